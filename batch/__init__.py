@@ -1,0 +1,1 @@
+"""Periodic batch jobs over the accumulated features (PCA refit)."""

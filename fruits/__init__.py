@@ -1,0 +1,1 @@
+"""Fruits! image ingestion service: shared code for the streaming and batch jobs."""

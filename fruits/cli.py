@@ -1,0 +1,129 @@
+"""The ``fruits`` command: ``stream``, ``refit-pca`` and ``status``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from typing import Any, Sequence
+
+from fruits.config import Config, ConfigError, load_config, parse_duration
+from fruits.model import WeightsUnavailable
+
+log = logging.getLogger("fruits")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--home", help="lakehouse root: local path or Hadoop URI (env FRUITS_HOME)")
+    parser.add_argument("--config", help="TOML file overriding conf/fruits.toml")
+    parser.add_argument("--log-level", default="INFO", help="Python log level (default INFO)")
+
+
+def _spark_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--master", help="Spark master URL (default local[*]; env FRUITS_MASTER)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fruits", description="Fruits! image ingestion service")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    stream = commands.add_parser("stream", help="featurize images landing in HOME/landing into HOME/tables/features")
+    _common(stream)
+    _spark_flags(stream)
+    stream.add_argument("--available-now", action="store_true", help="process what is there, then exit 0")
+    stream.add_argument("--trigger", help="micro-batch interval of the long-running stream (default 2s)")
+    stream.add_argument("--max-files-per-trigger", type=int, help="files per micro-batch at most (default 1000)")
+    stream.add_argument("--weights", help="'imagenet' (default, Keras download) or a local MobileNetV2 weights file")
+
+    refit = commands.add_parser("refit-pca", help="fit PCA over the features table and write HOME/tables/pca")
+    _common(refit)
+    _spark_flags(refit)
+    refit.add_argument("--k", type=int, help="number of principal components (default 20)")
+    refit.add_argument("--every", help="stay in the foreground and refit at this interval, e.g. 10m")
+
+    status = commands.add_parser("status", help="tables, row counts and the last refit (no Spark needed)")
+    _common(status)
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The merged configuration, with the command-line flags on top."""
+    overrides: dict[str, dict[str, Any]] = {
+        "paths": {"home": args.home},
+        "spark": {"master": getattr(args, "master", None)},
+        "stream": {
+            "trigger": getattr(args, "trigger", None),
+            "max_files_per_trigger": getattr(args, "max_files_per_trigger", None),
+        },
+        "model": {"weights": getattr(args, "weights", None)},
+        "pca": {"k": getattr(args, "k", None), "every": getattr(args, "every", None)},
+    }
+    return load_config(args.config, overrides)
+
+
+def cmd_stream(config: Config, args: argparse.Namespace) -> int:
+    from fruits.model import resolve_weights
+
+    # Resolve (and, for "imagenet", download) the weights before the JVM starts: fail fast and clearly.
+    weights = resolve_weights(str(config.section("model")["weights"]))
+    log.info("weights %s (%s)", weights.model_id, weights.path)
+
+    from fruits.session import build_spark
+    from streaming.ingest import run_stream
+
+    spark = build_spark(config, "stream")
+    files = run_stream(spark, config, weights, available_now=args.available_now)
+    log.info("stream stopped after %d files", files)
+    return 0
+
+
+def cmd_refit(config: Config, args: argparse.Namespace) -> int:
+    from batch.refit_pca import log_outcome, refit_every, refit_pca
+    from fruits.session import build_spark
+
+    k = int(config.section("pca")["k"])
+    every = str(config.section("pca").get("every") or "")
+    spark = build_spark(config, "refit-pca")
+    if not every:
+        log_outcome(refit_pca(spark, config, k))
+        return 0
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    refit_every(spark, config, k, parse_duration(every), stop)
+    return 0
+
+
+def cmd_status(config: Config, args: argparse.Namespace) -> int:
+    from fruits.status import collect_status, format_status
+
+    report = collect_status(config)
+    print(json.dumps(report, indent=2, default=str) if args.json else format_status(report))
+    return 0
+
+
+COMMANDS = {"stream": cmd_stream, "refit-pca": cmd_refit, "status": cmd_status}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("py4j").setLevel(logging.WARNING)
+    try:
+        config = config_from_args(args)
+        return COMMANDS[args.command](config, args)
+    except (ConfigError, WeightsUnavailable) as exc:
+        print(f"fruits {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Image bytes -> the model's RGB uint8 input, or a :class:`RejectedImage` that says why not."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Images are upsampled or downsampled to the model's input with the bilinear filter (as tf.image.resize does).
+RESAMPLE = Image.Resampling.BILINEAR
+DEFAULT_MAX_PIXELS = 50_000_000
+
+
+class RejectedImage(ValueError):
+    """The bytes are not an image the featurizer accepts; ``str(exc)`` is the quarantine reason."""
+
+
+def decode_image(data: bytes, size: int = 224, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode ``data`` to a ``(size, size, 3)`` uint8 RGB array.
+
+    EXIF orientation is applied, transparency is composited on white, any mode (L, P, CMYK, I;16, ...) is converted
+    to RGB, and the image is resized to ``size``x``size`` with a bilinear filter. Raises :class:`RejectedImage` with
+    a specific reason for empty, unknown, truncated or oversized input.
+    """
+    if not data:
+        raise RejectedImage("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise RejectedImage(
+                    f"image declares {width}x{height} = {width * height} pixels, above the limit of {max_pixels}"
+                )
+            image.load()
+    except RejectedImage:
+        raise
+    except UnidentifiedImageError:
+        raise RejectedImage("not a recognised image format") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise RejectedImage(f"decompression bomb: {exc}") from None
+    except OSError as exc:  # truncated or corrupt data
+        raise RejectedImage(f"cannot decode image: {exc}") from None
+    except Exception as exc:  # any other decoder failure is still the input's fault, never the stream's
+        raise RejectedImage(f"cannot decode image: {type(exc).__name__}: {exc}") from None
+    return to_model_input(image, size)
+
+
+def to_model_input(image: Image.Image, size: int = 224) -> np.ndarray:
+    """Upright, RGB, ``size``x``size`` uint8 array of a decoded PIL image."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit grey: scale to 8 bits instead of letting convert() clip everything above 255.
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), RESAMPLE)
+    return np.asarray(image, dtype=np.uint8)

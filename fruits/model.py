@@ -1,0 +1,183 @@
+"""MobileNetV2 feature extraction, in the shape of Apache Beam's ``ModelHandler``.
+
+Two duties only: :meth:`MobileNetV2Handler.load_model` builds the model (once per Python worker, see
+:func:`shared_model`) and :meth:`MobileNetV2Handler.run_inference` turns a batch of decoded images into 1280-d
+features. Which weights made a feature is recorded as :attr:`WeightsRef.model_id` on every row.
+
+The driver resolves the weights with :func:`resolve_weights` without importing TensorFlow when a local file is given:
+``"imagenet"`` (Keras' own download, cached) or a local Keras MobileNetV2 weights file, with or without the classifier.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ARCHITECTURE = "mobilenet_v2_1.0_224"
+FEATURE_DIM = 1280
+# Keras' own cache file for MobileNetV2(weights="imagenet", include_top=False, alpha=1.0, 224x224).
+KERAS_IMAGENET_NOTOP = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+
+
+class WeightsUnavailable(RuntimeError):
+    """The requested weights cannot be found or downloaded; the message says which option to use instead."""
+
+
+@dataclass(frozen=True)
+class WeightsRef:
+    """A resolved weights file: where it is on the driver, its content hash and whether it holds the ImageNet head."""
+
+    path: str
+    sha256: str
+    has_top: bool
+    source: str  # "imagenet" or "file"
+
+    @property
+    def model_id(self) -> str:
+        """Identifies the features' producer: architecture, weights origin and the weights file's hash."""
+        return f"{ARCHITECTURE}/{self.source}/sha256:{self.sha256[:16]}"
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_have_top(path: str) -> bool:
+    """Whether a Keras weights file (Keras 3 ``.weights.h5`` or legacy ``.h5``) holds the 1000-class Dense head."""
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        if "layers" in handle:  # Keras 3 format: one group per layer, the head is the only Dense layer
+            return any(name == "dense" or name.startswith("dense_") or name == "predictions" for name in handle["layers"])
+        names = handle.attrs.get("layer_names")
+        if names is None and "model_weights" in handle:
+            names = handle["model_weights"].attrs.get("layer_names")
+        return names is not None and any(
+            (n.decode() if isinstance(n, bytes) else str(n)) == "predictions" for n in names
+        )
+
+
+def _download_imagenet_weights() -> str:
+    """Keras' cached ImageNet MobileNetV2 (no top) file, downloading it on first use."""
+    try:
+        import keras
+        from keras.src.applications import mobilenet_v2 as keras_mobilenet_v2
+
+        return keras.utils.get_file(
+            KERAS_IMAGENET_NOTOP, keras_mobilenet_v2.BASE_WEIGHT_PATH + KERAS_IMAGENET_NOTOP, cache_subdir="models"
+        )
+    except Exception as exc:
+        raise WeightsUnavailable(
+            "Could not download Keras' ImageNet weights for MobileNetV2 "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}). "
+            "If this machine is offline, pass a local MobileNetV2 weights file with --weights FILE "
+            "(or FRUITS_WEIGHTS=FILE): a Keras .weights.h5 or .h5, with or without the classifier head."
+        ) from None
+
+
+def resolve_weights(spec: str) -> WeightsRef:
+    """Resolve ``--weights``: ``"imagenet"`` (Keras' download, cached in ~/.keras) or a local weights file."""
+    if spec == "imagenet":
+        keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+        cached = os.path.join(keras_home, "models", KERAS_IMAGENET_NOTOP)
+        path = cached if os.path.isfile(cached) else _download_imagenet_weights()
+        return WeightsRef(path=path, sha256=_sha256(path), has_top=False, source="imagenet")
+    path = str(Path(spec).expanduser().resolve())
+    if not os.path.isfile(path):
+        raise WeightsUnavailable(
+            f"--weights {spec}: no such file. Pass a local Keras MobileNetV2 weights file "
+            "(.weights.h5 or .h5, with or without the classifier head) or 'imagenet'."
+        )
+    try:
+        has_top = weights_have_top(path)
+    except OSError as exc:
+        raise WeightsUnavailable(f"--weights {spec}: not a Keras HDF5 weights file ({exc})") from None
+    return WeightsRef(path=path, sha256=_sha256(path), has_top=has_top, source="file")
+
+
+@dataclass(frozen=True)
+class MobileNetV2Handler:
+    """Builds MobileNetV2 feature extractors and runs them; picklable, so Spark ships it to Python workers."""
+
+    weights: WeightsRef
+    image_size: int = 224
+    batch_size: int = 32
+    intra_op_threads: int = 1
+
+    @property
+    def model_id(self) -> str:
+        return self.weights.model_id
+
+    def _weights_file(self) -> str:
+        """The weights on this machine: the driver's path if visible here, else the copy shipped by addFile."""
+        if os.path.isfile(self.weights.path):
+            return self.weights.path
+        from pyspark import SparkFiles
+
+        return SparkFiles.get(os.path.basename(self.weights.path))
+
+    def load_model(self) -> Any:
+        """MobileNetV2 backbone + global average pooling: the full model's ``layers[-2]`` (1280 floats)."""
+        import tensorflow as tf
+
+        if self.intra_op_threads:
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(int(self.intra_op_threads))
+                tf.config.threading.set_inter_op_parallelism_threads(1)
+            except RuntimeError:  # TensorFlow already initialised in this process: keep its setting
+                pass
+        shape = (self.image_size, self.image_size, 3)
+        apps = tf.keras.applications
+        if self.weights.has_top:
+            full = apps.MobileNetV2(weights=None, include_top=True, input_shape=shape)
+            full.load_weights(self._weights_file())
+            model = tf.keras.Model(full.inputs, full.layers[-2].output)
+        else:
+            model = apps.MobileNetV2(weights=None, include_top=False, pooling="avg", input_shape=shape)
+            model.load_weights(self._weights_file())
+        call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        return call
+
+    def run_inference(self, images: np.ndarray, model: Any) -> np.ndarray:
+        """``(n, size, size, 3)`` uint8 RGB images -> ``(n, 1280)`` float32 features."""
+        from keras.applications.mobilenet_v2 import preprocess_input
+
+        if len(images) == 0:
+            return np.zeros((0, FEATURE_DIM), dtype=np.float32)
+        chunks = []
+        for start in range(0, len(images), self.batch_size):
+            batch = preprocess_input(images[start : start + self.batch_size].astype(np.float32))
+            chunks.append(np.asarray(model(batch), dtype=np.float32))
+        return np.concatenate(chunks)
+
+
+_MODELS: dict[MobileNetV2Handler, Any] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def shared_model(handler: MobileNetV2Handler) -> Any:
+    """The model for ``handler``, loaded once per process and reused by every later batch and micro-batch."""
+    with _MODELS_LOCK:
+        if handler not in _MODELS:
+            started = time.perf_counter()
+            _MODELS[handler] = handler.load_model()
+            # Python workers have no logging set up; stderr reaches the executor's log.
+            print(
+                f"fruits: worker pid {os.getpid()} built {handler.model_id} in {time.perf_counter() - started:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+        return _MODELS[handler]
+

@@ -1,0 +1,55 @@
+"""The one place a SparkSession is built: Delta enabled, the project's Python for workers, settings from config."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+from fruits.config import Config
+
+log = logging.getLogger(__name__)
+
+DELTA_SETTINGS = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+
+def build_spark(config: Config, app_suffix: str = "") -> SparkSession:
+    """Get or create the SparkSession for ``config`` with Delta Lake on the classpath.
+
+    Delta's jars come from ``spark.jars_dir`` when it is set (a folder of jars, e.g. filled by
+    ``mvn dependency:copy``), otherwise from Maven Central via ``delta.configure_spark_with_delta_pip`` (Ivy cache).
+    Python workers use this interpreter unless ``spark.pyspark.python`` is configured.
+    """
+    spark_cfg = config.section("spark")
+    master = str(spark_cfg.get("master", "local[*]"))
+    if master.startswith("local"):
+        # A laptop or CI box: bind to loopback instead of whatever the hostname resolves to.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    builder = SparkSession.builder.master(master).appName(
+        "-".join(filter(None, [spark_cfg.get("app_name", "fruits"), app_suffix]))
+    )
+    settings = {**DELTA_SETTINGS, "spark.pyspark.python": sys.executable, **spark_cfg.get("conf", {})}
+    # PySpark's UDFs take the worker interpreter from PYSPARK_PYTHON on the driver, not from the setting.
+    os.environ["PYSPARK_PYTHON"] = str(settings["spark.pyspark.python"])
+    for key, value in settings.items():
+        builder = builder.config(key, str(value))
+
+    jars_dir = str(spark_cfg.get("jars_dir") or "")
+    if jars_dir:
+        jars = sorted(glob.glob(os.path.join(jars_dir, "*.jar")))
+        if not jars:
+            raise FileNotFoundError(f"spark.jars_dir={jars_dir!r} holds no .jar file")
+        builder = builder.config("spark.jars", ",".join(jars))
+    else:
+        from delta import configure_spark_with_delta_pip
+
+        builder = configure_spark_with_delta_pip(builder)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(str(spark_cfg.get("log_level", "WARN")))
+    return spark

@@ -1,0 +1,58 @@
+"""Small files (model metadata) on the home's filesystem, through Hadoop's FileSystem so any Hadoop URI works."""
+
+from __future__ import annotations
+
+from pyspark.sql import SparkSession
+
+
+def _path_and_fs(spark: SparkSession, uri: str):
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    return path, path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+
+
+def qualify(spark: SparkSession, uri: str) -> str:
+    """``uri`` as Spark's file sources spell it (``/a/b`` -> ``file:/a/b``)."""
+    path, fs = _path_and_fs(spark, uri)
+    return fs.makeQualified(path).toString()
+
+
+def exists(spark: SparkSession, uri: str) -> bool:
+    """Whether a file or folder exists at ``uri``."""
+    path, fs = _path_and_fs(spark, uri)
+    return bool(fs.exists(path))
+
+
+def mkdirs(spark: SparkSession, uri: str) -> None:
+    """Create the folder ``uri`` and its parents if missing."""
+    path, fs = _path_and_fs(spark, uri)
+    fs.mkdirs(path)
+
+
+def list_dir_names(spark: SparkSession, uri: str) -> list[str]:
+    """Names of the sub-folders of ``uri`` (empty if it does not exist)."""
+    path, fs = _path_and_fs(spark, uri)
+    if not fs.exists(path):
+        return []
+    return sorted(status.getPath().getName() for status in fs.listStatus(path) if status.isDirectory())
+
+
+def write_text(spark: SparkSession, uri: str, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``uri``, replacing it: written to a hidden temporary file then renamed."""
+    path, fs = _path_and_fs(spark, uri)
+    jvm = spark.sparkContext._jvm
+    tmp = jvm.org.apache.hadoop.fs.Path(path.getParent(), "." + path.getName() + ".tmp")
+    stream = fs.create(tmp, True)
+    try:
+        stream.write(bytearray(text.encode("utf-8")))
+    finally:
+        stream.close()
+    if fs.exists(path):
+        fs.delete(path, False)
+    if not fs.rename(tmp, path):
+        raise OSError(f"could not rename {tmp} to {uri}")
+
+
+def read_text(spark: SparkSession, uri: str) -> str:
+    """The UTF-8 text of the file at ``uri``."""
+    return spark.read.text(uri, wholetext=True).head()[0]

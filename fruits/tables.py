@@ -1,0 +1,67 @@
+"""The Delta tables' schemas, and creating them empty so readers find them before the first image arrives."""
+
+from __future__ import annotations
+
+from delta.tables import DeltaTable
+from pyspark.sql import SparkSession
+from pyspark.sql.types import (
+    ArrayType,
+    FloatType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+FEATURES_SCHEMA = StructType(
+    [
+        StructField("path", StringType(), False),
+        StructField("label", StringType(), True),
+        StructField("content_sha256", StringType(), False),
+        StructField("size_bytes", LongType(), False),
+        StructField("modified_at", TimestampType(), False),
+        StructField("ingested_at", TimestampType(), False),
+        StructField("features", ArrayType(FloatType(), True), False),
+        StructField("model_id", StringType(), False),
+    ]
+)
+
+QUARANTINE_SCHEMA = StructType(
+    [
+        StructField("path", StringType(), False),
+        StructField("label", StringType(), True),
+        StructField("content_sha256", StringType(), True),
+        StructField("size_bytes", LongType(), False),
+        StructField("modified_at", TimestampType(), False),
+        StructField("ingested_at", TimestampType(), False),
+        StructField("reason", StringType(), False),
+        StructField("model_id", StringType(), False),
+    ]
+)
+
+PCA_SCHEMA = StructType(
+    [
+        StructField("path", StringType(), False),
+        StructField("label", StringType(), True),
+        StructField("pca", ArrayType(FloatType(), True), False),
+        StructField("pca_version", LongType(), False),
+        StructField("source_version", LongType(), False),
+    ]
+)
+
+
+def ensure_table(spark: SparkSession, location: str, schema: StructType, description: str) -> None:
+    """Create an empty Delta table with ``schema`` at ``location`` unless one is already there."""
+    (
+        DeltaTable.createIfNotExists(spark)
+        .location(location)
+        .addColumns(schema)
+        .comment(description)
+        .execute()
+    )
+
+
+def latest_version(spark: SparkSession, location: str) -> int:
+    """The newest committed version of the Delta table at ``location``."""
+    return int(DeltaTable.forPath(spark, location).history(1).head()["version"])

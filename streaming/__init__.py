@@ -1,0 +1,1 @@
+"""The long-running ingestion stream: landing folder -> MobileNetV2 features -> Delta."""

@@ -1,0 +1,208 @@
+"""``fruits stream``: landing folder -> binaryFile stream -> MobileNetV2 features -> Delta (features | quarantine).
+
+Read top to bottom: :func:`start_stream` is the whole query. Each micro-batch is written by :class:`DeltaSink` to two
+Delta tables with idempotent appends (``txnAppId`` + ``txnVersion = batch_id``), so a micro-batch replayed after a
+crash is never written twice; the checkpoint makes the file source exactly-once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.streaming import StreamingQuery, StreamingQueryListener
+from pyspark.sql.types import BinaryType, LongType, StringType, StructField, StructType, TimestampType
+
+from fruits import storage
+from fruits.config import Config, parse_duration
+from fruits.featurize import featurize_column
+from fruits.model import MobileNetV2Handler, WeightsRef
+from fruits.tables import FEATURES_SCHEMA, QUARANTINE_SCHEMA, ensure_table
+
+log = logging.getLogger("fruits.stream")
+
+# The binaryFile source's schema, given explicitly so the stream never has to infer it.
+BINARY_FILE_SCHEMA = StructType(
+    [
+        StructField("path", StringType(), False),
+        StructField("modificationTime", TimestampType(), False),
+        StructField("length", LongType(), False),
+        StructField("content", BinaryType(), True),
+    ]
+)
+
+
+def image_glob(extensions: list[str]) -> str:
+    """A Hadoop glob for file names with one of ``extensions`` in any case, not starting with ``.``, ``_`` or ``~``.
+
+    ``["jpg", "png"]`` -> ``[!._~]*.{[jJ][pP][gG],[pP][nN][gG]}``. Temporary names (``x.part``, ``x.tmp``,
+    ``x.crdownload``) never match; Spark itself also skips names starting with ``.`` or ``_``.
+    """
+    def any_case(ext: str) -> str:
+        return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in ext.lstrip("."))
+
+    return "[!._~]*.{" + ",".join(any_case(ext) for ext in extensions) + "}"
+
+
+def label_column(path: Column, landing_root: str) -> Column:
+    """Name of the file's parent folder below ``landing_root`` (as Spark spells paths); null for files in the root."""
+    prefix = landing_root.rstrip("/") + "/"
+    relative = F.when(path.startswith(prefix), path.substr(len(prefix) + 1, 1 << 30))
+    return F.when(F.instr(relative, "/") > 0, F.element_at(F.split(relative, "/"), -2))
+
+
+@dataclass
+class DeltaSink:
+    """``foreachBatch`` writer: decoded rows to the features table, rejected rows to the quarantine table."""
+
+    features_table: str
+    quarantine_table: str
+    app_id: str
+    files_seen: int = 0
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        batch.persist()
+        try:
+            ok = F.col("result.error").isNull()
+            common = ["path", "label", "content_sha256", "size_bytes", "modified_at", "ingested_at"]
+            self._append(batch.where(ok).select(*common, "result.features", "model_id"), self.features_table, batch_id)
+            rejected = batch.where(~ok).select(*common, F.col("result.error").alias("reason"), "model_id")
+            self._append(rejected, self.quarantine_table, batch_id)
+        finally:
+            batch.unpersist()
+
+    def _append(self, rows: DataFrame, table: str, batch_id: int) -> None:
+        # txnAppId/txnVersion make the append idempotent: Delta skips a batch id it has already committed.
+        (
+            rows.write.format("delta")
+            .mode("append")
+            .option("txnAppId", self.app_id)
+            .option("txnVersion", batch_id)
+            .save(table)
+        )
+
+
+@dataclass
+class ProgressLogger(StreamingQueryListener):
+    """Logs one line per micro-batch that read files: how many, how fast, how long."""
+
+    query_name: str
+    files: int = 0
+    last_batch_id: int = -1
+
+    def onQueryStarted(self, event) -> None:
+        pass
+
+    def onQueryProgress(self, event) -> None:
+        progress = event.progress
+        if progress.name != self.query_name:
+            return
+        self.last_batch_id = progress.batchId
+        if not progress.numInputRows:
+            return
+        seconds = progress.durationMs.get("triggerExecution", 0) / 1000
+        self.files += progress.numInputRows
+        log.info(
+            "batch %d: %d files in %.2f s (%.1f images/s); %d files since start",
+            progress.batchId,
+            progress.numInputRows,
+            seconds,
+            progress.numInputRows / seconds if seconds else 0.0,
+            self.files,
+        )
+
+    def onQueryIdle(self, event) -> None:
+        pass
+
+    def onQueryTerminated(self, event) -> None:
+        pass
+
+
+def start_stream(spark: SparkSession, config: Config, weights: WeightsRef, available_now: bool = False) -> StreamingQuery:
+    """Start the ingestion query over ``config.landing``; returns the running :class:`StreamingQuery`."""
+    stream_cfg, model_cfg = config.section("stream"), config.section("model")
+    landing = storage.qualify(spark, config.landing)
+    storage.mkdirs(spark, landing)
+    ensure_table(spark, config.features_table, FEATURES_SCHEMA, "MobileNetV2 features of landed images")
+    ensure_table(spark, config.quarantine_table, QUARANTINE_SCHEMA, "Landed files that could not be featurized")
+    checkpoint = config.checkpoint("ingest")
+
+    handler = MobileNetV2Handler(
+        weights,
+        image_size=int(model_cfg["image_size"]),
+        batch_size=int(model_cfg["inference_batch_size"]),
+        intra_op_threads=int(model_cfg["intra_op_threads"]),
+    )
+    spark.sparkContext.addFile(weights.path)  # executors on other machines read their copy via SparkFiles
+    partitions = int(stream_cfg.get("partitions") or 0) or spark.sparkContext.defaultParallelism
+
+    images = (
+        spark.readStream.format("binaryFile")
+        .schema(BINARY_FILE_SCHEMA)
+        .option("recursiveFileLookup", "true")
+        .option("pathGlobFilter", image_glob(list(stream_cfg["extensions"])))
+        .option("maxFilesPerTrigger", int(stream_cfg["max_files_per_trigger"]))
+        .load(landing)
+    )
+    featurized = images.repartition(partitions).select(
+        "path",
+        label_column(F.col("path"), landing).alias("label"),
+        F.sha2("content", 256).alias("content_sha256"),
+        F.col("length").alias("size_bytes"),
+        F.col("modificationTime").alias("modified_at"),
+        F.current_timestamp().alias("ingested_at"),
+        featurize_column(F.col("content"), handler, int(model_cfg["max_pixels"])).alias("result"),
+        F.lit(handler.model_id).alias("model_id"),
+    )
+    sink = DeltaSink(
+        config.features_table,
+        config.quarantine_table,
+        app_id="fruits-ingest-" + hashlib.sha256(checkpoint.encode()).hexdigest()[:16],
+    )
+    writer = (
+        featurized.writeStream.queryName(str(stream_cfg["query_name"]))
+        .option("checkpointLocation", checkpoint)
+        .foreachBatch(sink)
+    )
+    if available_now:
+        writer = writer.trigger(availableNow=True)
+    else:
+        writer = writer.trigger(processingTime=f"{int(parse_duration(stream_cfg['trigger']) * 1000)} milliseconds")
+    return writer.start()
+
+
+def run_stream(spark: SparkSession, config: Config, weights: WeightsRef, available_now: bool = False) -> int:
+    """Run the stream until it ends (``available_now``) or SIGTERM / Ctrl-C stops it; returns the files it read."""
+    progress = ProgressLogger(str(config.section("stream")["query_name"]))
+    spark.streams.addListener(progress)
+    stop = threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+    query = start_stream(spark, config, weights, available_now)
+    log.info("stream %s watching %s (checkpoint %s)", query.name, config.landing, config.checkpoint("ingest"))
+    try:
+        while query.isActive and not stop.is_set():
+            query.awaitTermination(0.5)
+        if stop.is_set():
+            log.info("stop requested: stopping the stream (the checkpoint keeps its place)")
+            query.stop()
+        if query.exception() is not None:
+            raise RuntimeError(f"stream failed: {query.exception()}")
+        # Listener events arrive asynchronously: wait (briefly) for the last batch's before counting.
+        last = query.lastProgress
+        deadline = time.monotonic() + 5
+        while last and progress.last_batch_id < last["batchId"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return progress.files
+    finally:
+        spark.streams.removeListener(progress)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
