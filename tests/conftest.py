@@ -1,0 +1,140 @@
+"""Shared fixtures: one SparkSession per test run, the verified weights in ../shared, and real Fruits-360 images."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+SAMPLE = SHARED / "data" / "fruits360-sample"
+NOTOP_WEIGHTS = SHARED / "models" / "mobilenet_v2_imagenet_notop.weights.h5"
+TOP_WEIGHTS = SHARED / "models" / "mobilenet_v2_imagenet.weights.h5"
+
+
+def pytest_sessionstart(session):
+    missing = [p for p in (SAMPLE, NOTOP_WEIGHTS, TOP_WEIGHTS) if not p.exists()]
+    if missing:
+        raise pytest.UsageError(f"the tests need ../shared beside the repository; missing: {missing}")
+
+
+def sample_files(label: str, count: int | None = None, skip: int = 0) -> list[Path]:
+    """Real Fruits-360 photos of one class of the shared sample, in a stable order."""
+    files = sorted((SAMPLE / label).glob("*.jpg"))
+    return files[skip : None if count is None else skip + count]
+
+
+def place(files: list[Path], folder: Path, rename: str | None = None) -> list[Path]:
+    """Copy ``files`` into ``folder`` atomically (hidden temporary name, then rename), as a user should land them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    placed = []
+    for index, source in enumerate(files):
+        target = folder / (f"{rename}{index}{source.suffix}" if rename else source.name)
+        temporary = folder / f".{target.name}.tmp"
+        shutil.copyfile(source, temporary)
+        temporary.replace(target)
+        placed.append(target)
+    return placed
+
+
+def make_config(home: Path, **sections):
+    """A Config for ``home`` with test-sized Spark settings on top of conf/fruits.toml."""
+    from fruits.config import load_config
+
+    overrides = {"paths": {"home": str(home)}, "spark": {"master": "local[2]"}, "model": {"weights": str(NOTOP_WEIGHTS)}}
+    for section, values in sections.items():
+        overrides.setdefault(section, {}).update(values)
+    return load_config(overrides=overrides, environ={})
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    """The one SparkSession (local[2], Delta enabled) every test of the run shares."""
+    from fruits.session import build_spark
+
+    config = make_config(tmp_path_factory.mktemp("session-home"))
+    session = build_spark(config, "tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def weights():
+    """The verified ImageNet weights (no top) from ../shared/models."""
+    from fruits.model import resolve_weights
+
+    return resolve_weights(str(NOTOP_WEIGHTS))
+
+
+# Fruits-360 classes that ImageNet knows, with their ImageNet class index.
+IMAGENET_CLASSES = {
+    "Banana": 954,
+    "Apple Granny Smith": 948,
+    "Strawberry": 949,
+    "Orange": 950,
+    "Lemon": 951,
+    "Fig": 952,
+    "Pineapple": 953,
+    "Pomegranate": 957,
+    "Cauliflower": 938,
+    "Pepper Red": 945,
+    "Pepper Green": 945,
+    "Pepper Yellow": 945,
+    "Pepper Orange": 945,
+}
+ODD_LABEL = "Pépin 50% off ü"
+
+
+def local_path(spark_path: str) -> str:
+    """A local file path from the ``path`` column (``file:/a/b c.jpg``)."""
+    assert spark_path.startswith("file:")
+    return spark_path[len("file:") :]
+
+
+@pytest.fixture(scope="session")
+def ingested(spark, weights, tmp_path_factory):
+    """A home whose landing folder got real photos plus bad and ignorable files, streamed once (available-now)."""
+    from streaming.ingest import run_stream
+
+    home = tmp_path_factory.mktemp("ingested-home")
+    landing = home / "landing"
+    expected: dict[str, str | None] = {}  # landed file -> expected label
+    for label in IMAGENET_CLASSES:
+        for path in place(sample_files(label), landing / label):
+            expected[str(path)] = label
+    for path in place(sample_files("Kiwi", 3), landing / ODD_LABEL):
+        expected[str(path)] = ODD_LABEL
+    for path in place(sample_files("Kiwi", 2, skip=3), landing / "orchard" / "Kiwi"):
+        expected[str(path)] = "Kiwi"  # nested: the label is the immediate parent folder
+    for path in place(sample_files("Mango", 1), landing):
+        expected[str(path)] = None  # directly in the landing root: no label
+    for path in place(sample_files("Fig", 1, skip=22), landing / "Fig", rename="UPPER CASE "):
+        upper = path.with_suffix(".JPG")
+        path.rename(upper)
+        expected[str(upper)] = "Fig"
+
+    # Bad input: quarantined, never a crash.
+    good_jpeg = sample_files("Banana", 1)[0].read_bytes()
+    corrupt = {landing / "Banana" / "truncated.jpg": good_jpeg[:1200], landing / "Lemon" / "noise.jpg": os.urandom(3000)}
+    for path, data in corrupt.items():
+        path.write_bytes(data)
+    # Never read: hidden, Spark-private and temporary names, other extensions.
+    ignored = [".hidden.jpg", "_spark_private.jpg", "upload.jpg.part", "download.crdownload", "~lock.jpg", "notes.txt"]
+    for name in ignored:
+        (landing / "Banana" / name).write_bytes(good_jpeg)
+
+    config = make_config(home)
+    files_read = run_stream(spark, config, weights, available_now=True)
+    features = spark.read.format("delta").load(config.features_table).toPandas()
+    quarantine = spark.read.format("delta").load(config.quarantine_table).toPandas()
+    return {
+        "config": config,
+        "expected": expected,
+        "corrupt": {str(p) for p in corrupt},
+        "files_read": files_read,
+        "features": features,
+        "quarantine": quarantine,
+    }

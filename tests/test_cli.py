@@ -1,0 +1,55 @@
+"""The `fruits` console script, run as users run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import NOTOP_WEIGHTS, place, sample_files
+
+FRUITS = str(Path(sys.executable).with_name("fruits"))
+
+
+def run(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([FRUITS, *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_offline_imagenet_weights_fail_with_one_clear_error_naming_the_option(tmp_path):
+    result = run("stream", "--home", str(tmp_path), "--available-now", env={"KERAS_HOME": str(tmp_path / "keras"), "FRUITS_WEIGHTS": ""})
+    assert result.returncode == 2
+    assert "--weights FILE" in result.stderr and "FRUITS_WEIGHTS" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "tables").exists(), "Spark must not start when the weights are unavailable"
+
+
+def test_missing_weights_file_is_a_clear_error(tmp_path):
+    result = run("stream", "--home", str(tmp_path), "--weights", str(tmp_path / "nope.h5"))
+    assert result.returncode == 2 and "no such file" in result.stderr
+
+
+@pytest.mark.slow
+def test_stream_refit_and_status_from_the_command_line(tmp_path):
+    home = tmp_path / "home"
+    place(sample_files("Banana", 4), home / "landing" / "Banana")
+    place(sample_files("Lemon", 4), home / "landing" / "Lemon")
+    env = {"FRUITS_HOME": str(home), "FRUITS_WEIGHTS": str(NOTOP_WEIGHTS), "FRUITS_MASTER": "local[2]"}
+
+    stream = run("stream", "--available-now", "--max-files-per-trigger", "5", env=env)
+    assert stream.returncode == 0, stream.stderr[-3000:]
+    assert "batch 0: 5 files" in stream.stderr and "batch 1: 3 files" in stream.stderr  # one progress line per batch
+
+    refit = run("refit-pca", "--k", "4", env=env)
+    assert refit.returncode == 0, refit.stderr[-3000:]
+    assert "refit v1: k=4 over 8 rows" in refit.stderr
+
+    status = run("status", "--json", env=env)
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["features"]["rows"] == 8 and report["features"]["labels"] == {"Banana": 4, "Lemon": 4}
+    assert report["quarantine"]["rows"] == 0 and report["pca"]["rows"] == 8
+    assert report["last_refit"]["version"] == 1 and report["last_refit"]["k"] == 4

@@ -1,0 +1,77 @@
+"""Decoding real and deliberately broken images into the model's input."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import sample_files
+from fruits.images import RejectedImage, decode_image
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def real_photo() -> Image.Image:
+    return Image.open(sample_files("Banana", 1)[0]).convert("RGB")
+
+
+def test_real_jpeg_becomes_224_rgb_uint8_with_a_bilinear_resize():
+    data = sample_files("Banana", 1)[0].read_bytes()
+    array = decode_image(data)
+    assert array.shape == (224, 224, 3) and array.dtype == np.uint8
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR))
+    assert np.array_equal(array, expected)
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "P"])
+def test_other_colour_modes_are_converted_to_rgb(mode):
+    photo = real_photo().convert(mode)
+    array = decode_image(encode(photo, "PNG" if mode == "P" else "JPEG"))
+    assert array.shape == (224, 224, 3)
+
+
+def test_transparency_is_composited_on_white():
+    rgba = Image.new("RGBA", (10, 10), (255, 0, 0, 0))  # fully transparent red
+    assert (decode_image(encode(rgba, "PNG"), size=10) == 255).all()
+
+
+def test_exif_rotation_is_applied():
+    photo = real_photo().resize((120, 80))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    rotated = decode_image(encode(photo, "JPEG", exif=exif.tobytes(), quality=95), size=224)
+    upright = decode_image(encode(photo.transpose(Image.Transpose.ROTATE_270), "JPEG", quality=95), size=224)
+    assert np.abs(rotated.astype(int) - upright.astype(int)).mean() < 3
+
+
+@pytest.mark.parametrize(
+    "data,reason",
+    [
+        (b"", "empty file"),
+        (os.urandom(2000), "not a recognised image format"),
+        (b"<html><body>not an image</body></html>", "not a recognised image format"),
+    ],
+)
+def test_bad_bytes_are_rejected_with_a_reason(data, reason):
+    with pytest.raises(RejectedImage, match=reason):
+        decode_image(data)
+
+
+def test_truncated_jpeg_is_rejected():
+    data = sample_files("Banana", 1)[0].read_bytes()
+    with pytest.raises(RejectedImage, match="truncated"):
+        decode_image(data[: len(data) // 3])
+
+
+def test_pixel_limit_rejects_before_decoding():
+    data = encode(Image.new("L", (3000, 3000)), "PNG")
+    with pytest.raises(RejectedImage, match="above the limit"):
+        decode_image(data, max_pixels=1_000_000)
