@@ -135,7 +135,11 @@ def log_outcome(outcome: RefitOutcome) -> None:
 
 
 def refit_every(spark: SparkSession, config: Config, k: int, every_seconds: float, stop: threading.Event) -> None:
-    """Refit now and then every ``every_seconds`` until ``stop`` is set; a refit with no new data is skipped."""
+    """Refit now and then every ``every_seconds`` until ``stop`` is set; a refit with no new data is skipped and a
+    failed one is logged and tried again at the next period."""
     while not stop.is_set():
-        log_outcome(refit_pca(spark, config, k))
+        try:
+            log_outcome(refit_pca(spark, config, k))
+        except Exception:  # a failed refit (storage hiccup, concurrent vacuum, ...) is retried next period
+            log.exception("refit failed; retrying in %.0f s", every_seconds)
         stop.wait(every_seconds)

@@ -1,6 +1,7 @@
 """Configuration: one TOML file of defaults (conf/fruits.toml), then --config, then FRUITS_* env vars, then flags.
 
-Everything the jobs read comes from a :class:`Config`; nothing else reads the environment or the TOML files.
+Every setting the jobs read comes from a :class:`Config`; nothing else reads the TOML files or FRUITS_* variables.
+(Spark's and Keras' own variables — PYSPARK_PYTHON, SPARK_LOCAL_IP, KERAS_HOME — keep their usual meaning.)
 """
 
 from __future__ import annotations

@@ -69,15 +69,12 @@ def weights_have_top(path: str) -> bool:
         )
 
 
-def _download_imagenet_weights() -> str:
-    """Keras' cached ImageNet MobileNetV2 (no top) file, downloading it on first use."""
+def _download_imagenet_weights(cached: str) -> str:
+    """Keras' own ImageNet MobileNetV2 (no top) file: building the model makes Keras download it into its cache."""
     try:
         import keras
-        from keras.src.applications import mobilenet_v2 as keras_mobilenet_v2
 
-        return keras.utils.get_file(
-            KERAS_IMAGENET_NOTOP, keras_mobilenet_v2.BASE_WEIGHT_PATH + KERAS_IMAGENET_NOTOP, cache_subdir="models"
-        )
+        keras.applications.MobileNetV2(weights="imagenet", include_top=False, input_shape=(224, 224, 3))
     except Exception as exc:
         raise WeightsUnavailable(
             "Could not download Keras' ImageNet weights for MobileNetV2 "
@@ -85,6 +82,9 @@ def _download_imagenet_weights() -> str:
             "If this machine is offline, pass a local MobileNetV2 weights file with --weights FILE "
             "(or FRUITS_WEIGHTS=FILE): a Keras .weights.h5 or .h5, with or without the classifier head."
         ) from None
+    if not os.path.isfile(cached):
+        raise WeightsUnavailable(f"Keras loaded its ImageNet weights but not from {cached}; pass --weights FILE")
+    return cached
 
 
 def resolve_weights(spec: str) -> WeightsRef:
@@ -92,7 +92,7 @@ def resolve_weights(spec: str) -> WeightsRef:
     if spec == "imagenet":
         keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
         cached = os.path.join(keras_home, "models", KERAS_IMAGENET_NOTOP)
-        path = cached if os.path.isfile(cached) else _download_imagenet_weights()
+        path = cached if os.path.isfile(cached) else _download_imagenet_weights(cached)
         return WeightsRef(path=path, sha256=_sha256(path), has_top=False, source="imagenet")
     path = str(Path(spec).expanduser().resolve())
     if not os.path.isfile(path):

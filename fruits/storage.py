@@ -38,7 +38,8 @@ def list_dir_names(spark: SparkSession, uri: str) -> list[str]:
 
 
 def write_text(spark: SparkSession, uri: str, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``uri``, replacing it: written to a hidden temporary file then renamed."""
+    """Write ``text`` (UTF-8) to ``uri``: written to a hidden temporary file, then renamed into place, so readers
+    see the whole file or none (a file already at ``uri`` — left by an interrupted run — is replaced)."""
     path, fs = _path_and_fs(spark, uri)
     jvm = spark.sparkContext._jvm
     tmp = jvm.org.apache.hadoop.fs.Path(path.getParent(), "." + path.getName() + ".tmp")

@@ -64,7 +64,6 @@ class DeltaSink:
     features_table: str
     quarantine_table: str
     app_id: str
-    files_seen: int = 0
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         batch.persist()
@@ -78,6 +77,8 @@ class DeltaSink:
             batch.unpersist()
 
     def _append(self, rows: DataFrame, table: str, batch_id: int) -> None:
+        if rows.isEmpty():  # the batch is cached: cheap, and saves an empty commit
+            return
         # txnAppId/txnVersion make the append idempotent: Delta skips a batch id it has already committed.
         (
             rows.write.format("delta")

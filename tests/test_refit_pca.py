@@ -63,3 +63,26 @@ def test_refit_after_new_rows_makes_the_next_version(spark, weights, tmp_path):
     assert pca.count() == 12 and {r[0] for r in pca.select("pca_version").distinct().collect()} == {2}
     # The pca table's previous version still holds v1's rows (Delta time travel).
     assert spark.read.format("delta").option("versionAsOf", 0).load(config.pca_table).count() == 6
+
+
+def test_refit_every_refits_then_skips_when_nothing_is_new(spark, ingested, caplog):
+    import logging
+    import threading
+    import time
+
+    from batch.refit_pca import refit_every
+
+    stop = threading.Event()
+    caplog.set_level(logging.INFO, logger="fruits.refit")
+    worker = threading.Thread(target=refit_every, args=(spark, ingested["config"], 20, 0.2, stop))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 120
+        while caplog.text.count("refit skipped") < 2 and time.monotonic() < deadline:
+            stop.wait(0.2)
+    finally:
+        stop.set()
+        worker.join(60)
+    assert not worker.is_alive()
+    assert caplog.text.count("refit skipped: features table is still at version") >= 2
+    assert "refit v2" not in caplog.text

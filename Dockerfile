@@ -1,0 +1,61 @@
+# Fruits! image: Python 3.11 + OpenJDK 17 + the project (editable, at /opt/fruits) + Delta's jars in the Ivy cache.
+#
+# One image for every role (see docker-compose.yml):
+#   driver:  fruits stream | refit-pca | status ...           (the entrypoint)
+#   cluster: $SPARK_HOME/bin/spark-class org.apache.spark.deploy.master.Master / ...worker.Worker
+# Executors run the pandas UDF with this image's Python, TensorFlow and `fruits` package, so workers use it too.
+#
+#   docker build -t fruits .
+#   docker run --rm -v fruits-home:/data/fruits-home fruits status --home /data/fruits-home
+
+FROM python:3.11-slim-bookworm
+
+# procps: Spark's launch scripts call `ps`. tini: PID 1 that reaps the processes Spark forks and forwards SIGTERM.
+# /opt/java: a JAVA_HOME that does not depend on the CPU architecture (java-17-openjdk-amd64, -arm64, ...).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless procps tini \
+    && rm -rf /var/lib/apt/lists/* \
+    && ln -s "$(dirname "$(dirname "$(readlink -f "$(command -v java)")")")" /opt/java \
+    && /opt/java/bin/java -version
+
+# SPARK_HOME: the pip-installed pyspark package is a complete Spark distribution (bin/spark-class, jars/); /opt/spark
+# is a link to it, made below, so the path does not depend on the Python version.
+# KERAS_HOME: Keras' ImageNet download cache (--weights imagenet); mount a volume there to keep it across containers.
+ENV JAVA_HOME=/opt/java \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYSPARK_PYTHON=/usr/local/bin/python \
+    PYSPARK_DRIVER_PYTHON=/usr/local/bin/python \
+    SPARK_HOME=/opt/spark \
+    KERAS_HOME=/root/.keras
+
+WORKDIR /opt/fruits
+
+# Dependencies first, in their own layer: rebuilt only when pyproject.toml changes.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# The project itself. Editable on purpose: fruits/config.py reads conf/fruits.toml next to the source tree
+# (Path(__file__).resolve().parents[1] / "conf"), which a regular install into site-packages would not ship.
+COPY . .
+RUN pip install --no-deps -e . \
+    && ln -s "$(python -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')" "$SPARK_HOME" \
+    && test -x "$SPARK_HOME/bin/spark-class" \
+    && test -f conf/fruits.toml \
+    && fruits --help >/dev/null
+
+# Resolve Delta's jars now (Maven Central through Ivy, into /root/.ivy2*), so containers start without network.
+RUN cd /tmp && python -m fruits.jars warm && rm -rf /tmp/spark-* /tmp/blockmgr-* /tmp/spark-warehouse
+
+# The lakehouse home used by docker-compose.yml (a volume); any path or Hadoop URI works with --home.
+ENV FRUITS_HOME=/data/fruits-home
+RUN mkdir -p /data/fruits-home
+WORKDIR /data
+
+ENTRYPOINT ["/usr/bin/tini", "--", "fruits"]
+CMD ["--help"]

@@ -1,0 +1,43 @@
+# Fruits! — everything a fresh machine with Python 3.11 and Java 17 needs is installed by these targets.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+SHARED ?= ../shared
+# Real ImageNet weights: Keras' own download by default; the verified copy in ../shared when it is there (offline).
+WEIGHTS ?= $(if $(wildcard $(SHARED)/models/mobilenet_v2_imagenet_notop.weights.h5),$(SHARED)/models/mobilenet_v2_imagenet_notop.weights.h5,imagenet)
+DEMO_HOME ?= demo-home
+JARS_DIR := .cache/jars
+
+.PHONY: install jars demo test test-fast bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed jars
+
+# Delta's jars: Ivy through delta-spark; if Ivy cannot reach Maven Central, Maven into .cache/jars (see fruits/jars.py).
+jars: $(VENV)/.installed
+	@if [ -d $(JARS_DIR) ]; then echo "using Delta jars in $(JARS_DIR)"; \
+	elif $(PY) -m fruits.jars warm >/dev/null 2>.cache-jars.log; then echo "Delta jars resolved through Ivy"; rm -f .cache-jars.log; \
+	else echo "Ivy could not resolve Delta (see .cache-jars.log); trying Maven"; $(PY) -m fruits.jars maven $(JARS_DIR); fi
+
+# FRUITS_JARS_DIR is only set (non-empty) when the Maven fallback filled .cache/jars.
+RUN = FRUITS_JARS_DIR=$$([ -d $(JARS_DIR) ] && echo $(abspath $(JARS_DIR)))
+
+demo: install
+	$(RUN) $(PY) examples/demo.py --home $(DEMO_HOME) --weights $(WEIGHTS)
+
+test: install
+	$(RUN) $(PY) -m pytest tests
+
+test-fast: install
+	$(RUN) $(PY) -m pytest tests -m "not slow"
+
+bench: install
+	$(RUN) $(PY) bench/ingest_throughput.py --weights $(WEIGHTS)
+
+clean:
+	rm -rf $(DEMO_HOME) .pytest_cache spark-warehouse
