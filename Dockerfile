@@ -13,7 +13,7 @@ FROM python:3.11-slim-bookworm
 # procps: Spark's launch scripts call `ps`. tini: PID 1 that reaps the processes Spark forks and forwards SIGTERM.
 # /opt/java: a JAVA_HOME that does not depend on the CPU architecture (java-17-openjdk-amd64, -arm64, ...).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends openjdk-17-jre-headless procps tini \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless procps tini libopenblas0-pthread liblapack3 \
     && rm -rf /var/lib/apt/lists/* \
     && ln -s "$(dirname "$(dirname "$(readlink -f "$(command -v java)")")")" /opt/java \
     && /opt/java/bin/java -version

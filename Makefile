@@ -16,13 +16,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $@
 
-install: $(VENV)/.installed jars
+install: $(VENV)/.installed $(VENV)/.jars
 
 # Delta's jars: Ivy through delta-spark; if Ivy cannot reach Maven Central, Maven into .cache/jars (see fruits/jars.py).
-jars: $(VENV)/.installed
+jars: $(VENV)/.jars
+$(VENV)/.jars: $(VENV)/.installed
 	@if [ -d $(JARS_DIR) ]; then echo "using Delta jars in $(JARS_DIR)"; \
 	elif $(PY) -m fruits.jars warm >/dev/null 2>.cache-jars.log; then echo "Delta jars resolved through Ivy"; rm -f .cache-jars.log; \
 	else echo "Ivy could not resolve Delta (see .cache-jars.log); trying Maven"; $(PY) -m fruits.jars maven $(JARS_DIR); fi
+	touch $@
 
 # FRUITS_JARS_DIR is only set (non-empty) when the Maven fallback filled .cache/jars.
 RUN = FRUITS_JARS_DIR=$$([ -d $(JARS_DIR) ] && echo $(abspath $(JARS_DIR)))

@@ -1,25 +1,37 @@
-"""``fruits refit-pca``: Spark ML PCA over the features table at a pinned Delta version.
+"""``fruits refit-pca``: PCA over the features table at a pinned Delta version, full or incremental.
 
-Each refit writes ``models/pca/vN/spark-model`` (a :class:`pyspark.ml.feature.PCAModel`), then the ``tables/pca``
-rows of that version, then ``models/pca/vN/metadata.json`` last: a version without its metadata is an interrupted
-refit and is redone. A refit is skipped when the features table has no version newer than the last model's source.
+A **full** refit fits Spark ML's PCA on every row of the pinned version. An **incremental** refit reads only the
+rows added since the last model's source version (Delta change data feed), merges their sufficient statistics
+(n, mean, centred scatter; :mod:`batch.moments`) with the ones stored beside that model, and eigendecomposes the
+result: the same components as a full refit, without re-reading old rows. It falls back to a full refit when rows
+were deleted or updated, the model id of the features changed, or the previous statistics are missing.
+
+Each refit writes, under ``models/pca/vN/``: ``spark-model`` (a :class:`pyspark.ml.feature.PCAModel`),
+``components.npy`` (the same (d, k) matrix, for readers without Spark), ``moments.npz``, ``explained-variance.png``, ``pc1-pc2.png``; then the ``tables/pca`` rows of that version; then
+``metadata.json`` last: a version without its metadata is an interrupted refit and is redone. A refit is skipped
+when the features table has no version newer than the last model's source.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
+import numpy as np
+from pyspark.ml.common import _py2java
 from pyspark.ml.feature import PCA, PCAModel
 from pyspark.ml.functions import array_to_vector, vector_to_array
-from pyspark.sql import SparkSession
+from pyspark.ml.linalg import DenseMatrix, DenseVector
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from batch.moments import Moments, moments_of
 from fruits import storage
 from fruits.config import Config, join_uri
 from fruits.tables import latest_version
@@ -27,6 +39,9 @@ from fruits.tables import latest_version
 log = logging.getLogger("fruits.refit")
 
 METADATA = "metadata.json"
+MOMENTS = "moments.npz"
+COMPONENTS = "components.npy"
+SCATTER_SAMPLE = 3000
 
 
 @dataclass(frozen=True)
@@ -42,6 +57,11 @@ class PcaVersion:
     fitted_at: str
     model_path: str
     model_ids: list[str]
+    method: str = "full"  # "full" or "incremental"
+    k_rule: str = ""
+    new_rows: int = 0
+    fallback_reason: str | None = None
+    plots: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -62,19 +82,62 @@ def model_versions(spark: SparkSession, config: Config) -> list[PcaVersion]:
     return sorted(versions, key=lambda v: v.version)
 
 
-def refit_pca(spark: SparkSession, config: Config, k: int) -> RefitOutcome:
-    """Fit PCA(k) on the features table's current version; write the model, its metadata and ``tables/pca``."""
+def choose_k(explained: np.ndarray, k: int | None, variance: float | None) -> tuple[int, str]:
+    """``k`` as given, or the smallest k whose cumulative explained variance reaches ``variance``."""
+    if variance is not None:
+        if not 0 < variance <= 1:
+            raise ValueError(f"--variance {variance}: must be in (0, 1]")
+        reached = np.cumsum(explained) >= variance - 1e-12
+        return int(np.argmax(reached)) + 1 if reached.any() else len(explained), f"variance>={variance}"
+    return int(k), f"k={k}"
+
+
+def pca_model(spark: SparkSession, components: np.ndarray, explained: np.ndarray) -> PCAModel:
+    """A Spark ML :class:`PCAModel` from (d, k) components and k explained-variance ratios."""
+    dim, k = components.shape
+    java_model = spark.sparkContext._jvm.org.apache.spark.ml.feature.PCAModel(
+        f"PCAModel_incremental_{int(time.time())}",
+        _py2java(spark.sparkContext, DenseMatrix(dim, k, components.flatten(order="F").tolist())),
+        _py2java(spark.sparkContext, DenseVector(explained.tolist())),
+    )
+    java_model.set(java_model.k(), k)
+    model = PCAModel(java_model)
+    model._transfer_params_from_java()
+    return model
+
+
+def _changes_since(spark: SparkSession, config: Config, since: int, until: int) -> tuple[DataFrame | None, str | None]:
+    """Rows inserted in versions (since, until] of the features table, or None and why they cannot be used."""
+    try:
+        changes = (
+            spark.read.format("delta")
+            .option("readChangeFeed", "true")
+            .option("startingVersion", since + 1)
+            .option("endingVersion", until)
+            .load(config.features_table)
+        )
+        kinds = {r[0] for r in changes.select("_change_type").distinct().collect()}
+    except Exception as exc:  # change data feed off for those versions, or log files cleaned up
+        return None, f"change data feed unavailable ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})"
+    if kinds - {"insert"}:
+        return None, f"rows were changed or deleted since version {since} ({', '.join(sorted(kinds - {'insert'}))})"
+    return changes.where(F.col("_change_type") == "insert").drop("_change_type", "_commit_version", "_commit_timestamp"), None
+
+
+def refit_pca(
+    spark: SparkSession, config: Config, k: int | None = 20, variance: float | None = None, incremental: bool = True
+) -> RefitOutcome:
+    """Fit PCA on the features table's current version; write the model, its statistics, plots, ``tables/pca``."""
     if not storage.exists(spark, join_uri(config.features_table, "_delta_log")):
         return RefitOutcome(None, f"no features table at {config.features_table} yet")
     source_version = latest_version(spark, config.features_table)
     previous = model_versions(spark, config)
-    if previous and previous[-1].source_version == source_version:
-        return RefitOutcome(
-            None, f"features table is still at version {source_version}, already fitted by v{previous[-1].version}"
-        )
+    last = previous[-1] if previous else None
+    if last and last.source_version == source_version:
+        return RefitOutcome(None, f"features table is still at version {source_version}, already fitted by v{last.version}")
     features = (
         spark.read.format("delta").option("versionAsOf", source_version).load(config.features_table)
-        .select("path", "label", "model_id", array_to_vector("features").alias("vector"))
+        .select("path", "label", "model_id", "features")
         .persist()
     )
     try:
@@ -84,42 +147,150 @@ def refit_pca(spark: SparkSession, config: Config, k: int) -> RefitOutcome:
         model_ids = sorted(r["model_id"] for r in features.select("model_id").distinct().collect())
         if len(model_ids) > 1:
             log.warning("features of version %d come from several models: %s", source_version, model_ids)
-        version = (previous[-1].version + 1) if previous else 1
+        version = (last.version + 1) if last else 1
         folder = join_uri(config.pca_models, f"v{version}")
 
         started = time.perf_counter()
-        model: PCAModel = PCA(k=k, inputCol="vector", outputCol="pca_vector").fit(features)
+        new_rows, moments, fallback = rows, None, None
+        if incremental and last is not None:
+            moments, new_rows, fallback = _incremental_moments(spark, config, last, model_ids, source_version)
+        if moments is not None:
+            components, ratios = moments.principal_components()
+            chosen, rule = choose_k(ratios, k, variance)
+            model, method = pca_model(spark, components[:, :chosen], ratios[:chosen]), "incremental"
+        else:
+            moments = moments_of(features)
+            _, ratios = moments.principal_components()
+            chosen, rule = choose_k(ratios, k, variance)
+            vectors = features.select(array_to_vector("features").alias("vector"))
+            model, method = PCA(k=chosen, inputCol="vector", outputCol="pca_vector").fit(vectors), "full"
+            model, check = _checked(spark, model, moments, chosen)
+            fallback = fallback or check
         fit_seconds = time.perf_counter() - started
+        model.setInputCol("vector").setOutputCol("pca_vector")
         model.write().overwrite().save(join_uri(folder, "spark-model"))
+        storage.write_bytes(spark, join_uri(folder, MOMENTS), moments.to_bytes())
+        # The components again as a plain .npy, for readers without Spark (fruits identify).
+        storage.write_bytes(spark, join_uri(folder, COMPONENTS), _npy(model.pc.toArray()))
 
-        (
-            model.transform(features)
-            .select(
-                "path",
-                "label",
-                vector_to_array("pca_vector", "float32").alias("pca"),
-                F.lit(version).cast("long").alias("pca_version"),
-                F.lit(source_version).cast("long").alias("source_version"),
-            )
-            .write.format("delta")
-            .mode("overwrite")
-            .save(config.pca_table)
+        projected = model.transform(features.withColumn("vector", array_to_vector("features"))).select(
+            "path",
+            "label",
+            vector_to_array("pca_vector", "float32").alias("pca"),
+            F.lit(version).cast("long").alias("pca_version"),
+            F.lit(source_version).cast("long").alias("source_version"),
         )
+        projected.write.format("delta").mode("overwrite").save(config.pca_table)
+        explained = [float(v) for v in model.explainedVariance.toArray()]
+        plots = write_plots(spark, folder, ratios, explained, projected)
         record = PcaVersion(
             version=version,
-            k=k,
-            explained_variance=[float(v) for v in model.explainedVariance.toArray()],
+            k=chosen,
+            explained_variance=explained,
             rows=rows,
             source_version=source_version,
             fit_seconds=round(fit_seconds, 3),
             fitted_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             model_path=join_uri(folder, "spark-model"),
             model_ids=model_ids,
+            method=method,
+            k_rule=rule,
+            new_rows=new_rows,
+            fallback_reason=fallback,
+            plots=plots,
         )
         storage.write_text(spark, join_uri(folder, METADATA), json.dumps(asdict(record), indent=2))
         return RefitOutcome(record)
     finally:
         features.unpersist()
+
+
+def _checked(spark: SparkSession, model: PCAModel, moments: Moments, k: int) -> tuple[PCAModel, str | None]:
+    """Spark ML's PCA checked against the exact eigendecomposition of the same rows' covariance.
+
+    Without a native LAPACK, Spark falls back to a Java one whose SVD of a rank-deficient covariance (fewer rows
+    than 1280 dimensions) returns wrong components past the first few; then the exact ones are used instead.
+    """
+    components, ratios = moments.principal_components()
+    if np.abs(model.explainedVariance.toArray() - ratios[:k]).max() <= 1e-6:
+        return model, None
+    log.warning("Spark ML PCA disagrees with the exact eigendecomposition (is a native LAPACK installed?); using the exact one")
+    return pca_model(spark, components[:, :k], ratios[:k]), "Spark ML PCA disagreed with the exact eigendecomposition"
+
+
+def _incremental_moments(
+    spark: SparkSession, config: Config, last: PcaVersion, model_ids: list[str], source_version: int
+) -> tuple[Moments | None, int, str | None]:
+    """(merged statistics, rows added, None), or (None, 0, why a full refit is needed instead)."""
+    if last.model_ids != model_ids:
+        return None, 0, f"model id changed ({last.model_ids} -> {model_ids})"
+    stored = join_uri(config.pca_models, f"v{last.version}/{MOMENTS}")
+    if not storage.exists(spark, stored):
+        return None, 0, f"v{last.version} has no stored statistics"
+    added, why = _changes_since(spark, config, last.source_version, source_version)
+    if added is None:
+        return None, 0, why
+    previous = Moments.from_bytes(storage.read_bytes(spark, stored))
+    new = added.select("features").persist()
+    try:
+        count = new.count()
+        merged = previous.merge(moments_of(new)) if count else previous
+    finally:
+        new.unpersist()
+    if merged.n != previous.n + count:
+        return None, 0, "statistics do not add up"
+    return merged, count, None
+
+
+def write_plots(spark: SparkSession, folder: str, ratios: np.ndarray, explained: list[float], projected: DataFrame) -> list[str]:
+    """The cumulative explained-variance curve and a PC1/PC2 scatter coloured by label, as PNGs next to the model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    figure, axis = plt.subplots(figsize=(6, 4), dpi=110)
+    shown = min(len(ratios), max(100, 2 * len(explained)))
+    axis.plot(np.arange(1, shown + 1), np.cumsum(ratios[:shown]), label="all components")
+    axis.plot(np.arange(1, len(explained) + 1), np.cumsum(explained), "o", markersize=3, label=f"kept (k={len(explained)})")
+    axis.set(xlabel="components", ylabel="cumulative explained variance", ylim=(0, 1.01), title="PCA explained variance")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="lower right")
+    names.append(_save(spark, figure, folder, "explained-variance.png"))
+
+    total = projected.count()
+    sample = projected.sample(fraction=min(1.0, SCATTER_SAMPLE / max(total, 1)), seed=7) if total > SCATTER_SAMPLE else projected
+    points = sample.select("label", "pca").toPandas()
+    figure, axis = plt.subplots(figsize=(7, 6), dpi=110)
+    labels = sorted(points["label"].fillna("(none)").unique())
+    colours = plt.get_cmap("tab20")
+    for index, label in enumerate(labels):
+        mine = points[points["label"].fillna("(none)") == label]
+        xy = np.stack(mine["pca"].to_numpy())
+        axis.scatter(xy[:, 0], xy[:, 1] if xy.shape[1] > 1 else np.zeros(len(xy)), s=6, color=colours(index % 20), label=label)
+    axis.set(xlabel="PC1", ylabel="PC2", title=f"PC1 vs PC2, {len(points)} of {total} rows, {len(labels)} labels")
+    if len(labels) <= 20:
+        axis.legend(fontsize=6, markerscale=2, loc="best")
+    names.append(_save(spark, figure, folder, "pc1-pc2.png"))
+    return names
+
+
+def _npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def _save(spark: SparkSession, figure, folder: str, name: str) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    storage.write_bytes(spark, join_uri(folder, name), buffer.getvalue())
+    return name
 
 
 def log_outcome(outcome: RefitOutcome) -> None:
@@ -129,17 +300,20 @@ def log_outcome(outcome: RefitOutcome) -> None:
         return
     v = outcome.refitted
     log.info(
-        "refit v%d: k=%d over %d rows of features version %d in %.1f s; explained variance %.3f (first %.3f)",
-        v.version, v.k, v.rows, v.source_version, v.fit_seconds, sum(v.explained_variance), v.explained_variance[0],
+        "refit v%d (%s%s): k=%d over %d rows of features version %d (%d new) in %.1f s; explained variance %.3f (first %.3f)",
+        v.version, v.method, f", full because {v.fallback_reason}" if v.fallback_reason else "", v.k, v.rows,
+        v.source_version, v.new_rows, v.fit_seconds, sum(v.explained_variance), v.explained_variance[0],
     )
 
 
-def refit_every(spark: SparkSession, config: Config, k: int, every_seconds: float, stop: threading.Event) -> None:
+def refit_every(
+    spark: SparkSession, config: Config, k: int | None, variance: float | None, every_seconds: float, stop: threading.Event
+) -> None:
     """Refit now and then every ``every_seconds`` until ``stop`` is set; a refit with no new data is skipped and a
     failed one is logged and tried again at the next period."""
     while not stop.is_set():
         try:
-            log_outcome(refit_pca(spark, config, k))
+            log_outcome(refit_pca(spark, config, k, variance))
         except Exception:  # a failed refit (storage hiccup, concurrent vacuum, ...) is retried next period
             log.exception("refit failed; retrying in %.0f s", every_seconds)
         stop.wait(every_seconds)

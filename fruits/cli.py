@@ -8,9 +8,11 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any, Sequence
 
 from fruits.config import Config, ConfigError, load_config, parse_duration
+from fruits.identify import IdentifyError
 from fruits.model import WeightsUnavailable
 
 log = logging.getLogger("fruits")
@@ -42,7 +44,25 @@ def build_parser() -> argparse.ArgumentParser:
     _common(refit)
     _spark_flags(refit)
     refit.add_argument("--k", type=int, help="number of principal components (default 20)")
+    refit.add_argument("--variance", type=float, help="instead of --k: the smallest k explaining this share, e.g. 0.95")
+    refit.add_argument("--full", action="store_true", help="refit on every row even when an incremental refit is possible")
     refit.add_argument("--every", help="stay in the foreground and refit at this interval, e.g. 10m")
+
+    drop = commands.add_parser("drop", help="copy images into HOME/landing atomically (keeps class sub-folders)")
+    _common(drop)
+    drop.add_argument("sources", nargs="+", metavar="FILE_OR_DIR", help="image files, or folders of class folders")
+    drop.add_argument("--label", help="put the images under landing/LABEL/")
+
+    stage = commands.add_parser("stage", help="watch an inbox and promote complete files into HOME/landing")
+    _common(stage)
+    stage.add_argument("--inbox", required=True, help="folder where other tools write files slowly")
+    stage.add_argument("--stable-seconds", type=float, help="unchanged this long = complete, without a close event")
+
+    identify = commands.add_parser("identify", help="what fruit is this? nearest labelled rows in the PCA space")
+    _common(identify)
+    identify.add_argument("photos", nargs="+", metavar="PHOTO")
+    identify.add_argument("--weights", help="the weights the stream used (default: the configured ones)")
+    identify.add_argument("--json", action="store_true", help="one JSON object per line per photo")
 
     status = commands.add_parser("status", help="tables, row counts and the last refit (no Spark needed)")
     _common(status)
@@ -60,7 +80,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
             "max_files_per_trigger": getattr(args, "max_files_per_trigger", None),
         },
         "model": {"weights": getattr(args, "weights", None)},
-        "pca": {"k": getattr(args, "k", None), "every": getattr(args, "every", None)},
+        "pca": {"k": getattr(args, "k", None), "every": getattr(args, "every", None), "variance": getattr(args, "variance", None)},
+        "landing": {"stable_seconds": getattr(args, "stable_seconds", None)},
     }
     return load_config(args.config, overrides)
 
@@ -85,16 +106,65 @@ def cmd_refit(config: Config, args: argparse.Namespace) -> int:
     from batch.refit_pca import log_outcome, refit_every, refit_pca
     from fruits.session import build_spark
 
-    k = int(config.section("pca")["k"])
-    every = str(config.section("pca").get("every") or "")
+    pca = config.section("pca")
+    k, variance = int(pca["k"]), (float(pca["variance"]) if pca.get("variance") else None)
+    every = str(pca.get("every") or "")
     spark = build_spark(config, "refit-pca")
     if not every:
-        log_outcome(refit_pca(spark, config, k))
+        log_outcome(refit_pca(spark, config, k, variance, incremental=not args.full))
         return 0
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    refit_every(spark, config, k, parse_duration(every), stop)
+    refit_every(spark, config, k, variance, parse_duration(every), stop)
+    return 0
+
+
+def cmd_drop(config: Config, args: argparse.Namespace) -> int:
+    from fruits.landing import drop, local_folder
+
+    extensions = list(config.section("stream")["extensions"])
+    results = drop([Path(s) for s in args.sources], local_folder(config.landing), extensions, args.label)
+    for result in results:
+        print(f"{result.note}: {result.source}" + (f" -> {result.target}" if result.target else ""))
+    placed = sum(r.note == "placed" for r in results)
+    print(f"{placed} placed, {len(results) - placed} not", file=sys.stderr)
+    return 0 if all(r.note != "no such file or folder" for r in results) else 1
+
+
+def cmd_stage(config: Config, args: argparse.Namespace) -> int:
+    from fruits.landing import InboxStager, local_folder
+
+    landing_cfg = config.section("landing")
+    stager = InboxStager(
+        inbox=Path(args.inbox).resolve(),
+        landing=local_folder(config.landing),
+        extensions=list(config.section("stream")["extensions"]),
+        stable_seconds=float(landing_cfg["stable_seconds"]),
+        settle_seconds=float(landing_cfg["settle_seconds"]),
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("staging complete files from %s into %s", stager.inbox, stager.landing)
+    stager.run(stop)
+    log.info("stage stopped after promoting %d files", stager.promoted)
+    return 0
+
+
+def cmd_identify(config: Config, args: argparse.Namespace) -> int:
+    from fruits.identify import identify
+    from fruits.model import resolve_weights
+
+    weights = resolve_weights(str(config.section("model")["weights"]))
+    for result in identify([Path(p) for p in args.photos], config, weights):
+        if args.json:
+            print(json.dumps(result, ensure_ascii=False))
+        elif "error" in result:
+            print(f"{result['photo']}: cannot read ({result['error']})")
+        else:
+            neighbours = ", ".join(f"{n['label']} {n['distance']:.2f}" for n in result["neighbors"])
+            print(f"{result['photo']}: {result['predicted']} (confidence {result['confidence']:.0%}; nearest: {neighbours})")
     return 0
 
 
@@ -106,7 +176,14 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"stream": cmd_stream, "refit-pca": cmd_refit, "status": cmd_status}
+COMMANDS = {
+    "stream": cmd_stream,
+    "refit-pca": cmd_refit,
+    "drop": cmd_drop,
+    "identify": cmd_identify,
+    "stage": cmd_stage,
+    "status": cmd_status,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -120,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         return COMMANDS[args.command](config, args)
-    except (ConfigError, WeightsUnavailable) as exc:
+    except (ConfigError, WeightsUnavailable, IdentifyError) as exc:
         print(f"fruits {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -102,6 +102,11 @@ class Config:
     def cache(self) -> str:
         return self.location("cache")
 
+    @property
+    def stream_progress(self) -> str:
+        """The JSON file where the running stream leaves its last micro-batch's figures."""
+        return join_uri(self.location("status"), "stream-progress.json")
+
     def checkpoint(self, name: str) -> str:
         return join_uri(self.location("checkpoints"), name)
 

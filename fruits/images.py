@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pillow_heif import register_heif_opener
+
+# Phones (iPhones first) save HEIC by default: decode it like any other format.
+register_heif_opener()
+# decode_image enforces its own, configurable pixel limit from the header, before any decoding; Pillow's global
+# guard would otherwise pre-empt it with a fixed one.
+Image.MAX_IMAGE_PIXELS = None
 
 # Images are upsampled or downsampled to the model's input with the bilinear filter (as tf.image.resize does).
 RESAMPLE = Image.Resampling.BILINEAR
@@ -17,31 +23,30 @@ class RejectedImage(ValueError):
     """The bytes are not an image the featurizer accepts; ``str(exc)`` is the quarantine reason."""
 
 
-def decode_image(data: bytes, size: int = 224, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image(data: bytes | None, size: int = 224, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode ``data`` to a ``(size, size, 3)`` uint8 RGB array.
 
     EXIF orientation is applied, transparency is composited on white, any mode (L, P, CMYK, I;16, ...) is converted
     to RGB, and the image is resized to ``size``x``size`` with a bilinear filter. Raises :class:`RejectedImage` with
     a specific reason for empty, unknown, truncated or oversized input.
     """
+    if data is None:
+        raise RejectedImage("no content (file not read)")
     if not data:
         raise RejectedImage("empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise RejectedImage(
-                    f"image declares {width}x{height} = {width * height} pixels, above the limit of {max_pixels}"
-                )
-            image.load()
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels:
+            raise RejectedImage(
+                f"decompression bomb: image declares {width}x{height} = {width * height} pixels, "
+                f"above the limit of {max_pixels}"
+            )
+        image.load()
     except RejectedImage:
         raise
     except UnidentifiedImageError:
         raise RejectedImage("not a recognised image format") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise RejectedImage(f"decompression bomb: {exc}") from None
     except OSError as exc:  # truncated or corrupt data
         raise RejectedImage(f"cannot decode image: {exc}") from None
     except Exception as exc:  # any other decoder failure is still the input's fault, never the stream's

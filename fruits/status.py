@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
+from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -56,15 +58,69 @@ def last_refit(config: Config) -> dict[str, Any] | None:
     return None
 
 
-def collect_status(config: Config) -> dict[str, Any]:
-    """Versions and row counts of the features, quarantine and pca tables, labels, and the last refit."""
+def duplicates(uri: str) -> dict[str, int]:
+    """Identical bytes ingested under several paths: how many contents, and how many extra rows they make."""
+    table = open_table(uri)
+    if table is None:
+        return {"contents": 0, "extra_rows": 0}
+    counts = Counter(table.to_pyarrow_dataset().to_table(columns=["content_sha256"]).column(0).to_pylist())
     return {
+        "contents": sum(1 for n in counts.values() if n > 1),
+        "extra_rows": sum(n - 1 for n in counts.values() if n > 1),
+    }
+
+
+def changed_since_ingest(uri: str) -> dict[str, Any]:
+    """Ingested files of a local landing folder that were since overwritten in place (the stream reads a path once)
+    or removed: compares each row's size and modification time with the file's."""
+    table = open_table(uri)
+    rows = table.to_pyarrow_dataset().to_table(columns=["path", "size_bytes", "modified_at"]).to_pylist() if table else []
+    overwritten, removed = [], 0
+    for row in rows:
+        if not row["path"].startswith("file:"):
+            return {"checked": False}
+        local = "/" + row["path"][len("file:") :].lstrip("/")
+        try:
+            stat = os.stat(local)
+        except FileNotFoundError:
+            removed += 1
+            continue
+        ingested_ms = int(row["modified_at"].timestamp() * 1000)
+        if stat.st_size != row["size_bytes"] or stat.st_mtime_ns // 1_000_000 > ingested_ms:
+            overwritten.append(local)
+    return {"checked": True, "overwritten": len(overwritten), "overwritten_paths": overwritten[:20], "removed": removed}
+
+
+def _read_json(uri: str) -> dict[str, Any] | None:
+    fs, path = pafs.FileSystem.from_uri(rust_uri(uri))
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as handle:
+        return json.loads(handle.read().decode("utf-8"))
+
+
+def _age_seconds(timestamp: str) -> float:
+    return round((datetime.now(timezone.utc) - datetime.fromisoformat(timestamp.replace("Z", "+00:00"))).total_seconds(), 1)
+
+
+def collect_status(config: Config) -> dict[str, Any]:
+    """Versions and row counts of the features, quarantine and pca tables, labels, duplicates, files changed since
+    ingest, the last refit and the stream's last micro-batch."""
+    report = {
         "home": config.home,
         "features": _table_summary(config.features_table, label_counts=True),
+        "duplicates": duplicates(config.features_table),
+        "landing_changes": changed_since_ingest(config.features_table),
         "quarantine": _table_summary(config.quarantine_table),
         "pca": _table_summary(config.pca_table),
         "last_refit": last_refit(config),
+        "stream": _read_json(config.stream_progress),
     }
+    if report["last_refit"]:
+        report["last_refit"]["age_seconds"] = _age_seconds(report["last_refit"]["fitted_at"])
+    if report["stream"]:
+        report["stream"]["age_seconds"] = _age_seconds(report["stream"]["at"])
+    return report
 
 
 def format_status(report: dict[str, Any]) -> str:
@@ -78,12 +134,29 @@ def format_status(report: dict[str, Any]) -> str:
     labels = report["features"].get("labels") or {}
     if labels:
         lines.append(f"labels: {len(labels)} — " + ", ".join(f"{k} {v}" for k, v in list(labels.items())[:12]) + (" …" if len(labels) > 12 else ""))
+    dup = report["duplicates"]
+    lines.append(f"duplicates: {dup['contents']} contents ingested more than once ({dup['extra_rows']} extra rows)")
+    changes = report["landing_changes"]
+    if changes.get("checked"):
+        lines.append(
+            f"landing: {changes['overwritten']} ingested files overwritten in place since (not re-read), "
+            f"{changes['removed']} removed"
+        )
     refit = report["last_refit"]
     if refit:
         lines.append(
-            f"last refit: v{refit['version']} k={refit['k']} over {refit['rows']} rows of features version "
-            f"{refit['source_version']}, explained variance {sum(refit['explained_variance']):.3f}, at {refit['fitted_at']}"
+            f"last refit: v{refit['version']} ({refit.get('method', 'full')}) k={refit['k']} over {refit['rows']} rows "
+            f"of features version {refit['source_version']}, explained variance {sum(refit['explained_variance']):.3f}, "
+            f"{refit['age_seconds']:.0f} s ago"
         )
     else:
         lines.append("last refit: none")
+    stream = report.get("stream")
+    if stream:
+        lines.append(
+            f"stream: batch {stream['batch']} read {stream['files']} files in {stream['seconds']:.2f} s "
+            f"({stream['images_per_s']} images/s), {stream['files_since_start']} since its start, {stream['age_seconds']:.0f} s ago"
+        )
+    else:
+        lines.append("stream: no progress recorded")
     return "\n".join(lines)

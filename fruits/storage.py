@@ -23,6 +23,12 @@ def exists(spark: SparkSession, uri: str) -> bool:
     return bool(fs.exists(path))
 
 
+def file_length(spark: SparkSession, uri: str) -> int | None:
+    """Size in bytes of the file at ``uri``, or None if there is none."""
+    path, fs = _path_and_fs(spark, uri)
+    return int(fs.getFileStatus(path).getLen()) if fs.exists(path) else None
+
+
 def mkdirs(spark: SparkSession, uri: str) -> None:
     """Create the folder ``uri`` and its parents if missing."""
     path, fs = _path_and_fs(spark, uri)
@@ -52,6 +58,21 @@ def write_text(spark: SparkSession, uri: str, text: str) -> None:
         fs.delete(path, False)
     if not fs.rename(tmp, path):
         raise OSError(f"could not rename {tmp} to {uri}")
+
+
+def write_bytes(spark: SparkSession, uri: str, data: bytes) -> None:
+    """Write ``data`` to ``uri`` (replacing it)."""
+    path, fs = _path_and_fs(spark, uri)
+    stream = fs.create(path, True)
+    try:
+        stream.write(bytearray(data))
+    finally:
+        stream.close()
+
+
+def read_bytes(spark: SparkSession, uri: str) -> bytes:
+    """The bytes of the file at ``uri``."""
+    return bytes(spark.read.format("binaryFile").load(uri).head()["content"])
 
 
 def read_text(spark: SparkSession, uri: str) -> str:

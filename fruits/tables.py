@@ -51,15 +51,15 @@ PCA_SCHEMA = StructType(
 )
 
 
-def ensure_table(spark: SparkSession, location: str, schema: StructType, description: str) -> None:
-    """Create an empty Delta table with ``schema`` at ``location`` unless one is already there."""
-    (
-        DeltaTable.createIfNotExists(spark)
-        .location(location)
-        .addColumns(schema)
-        .comment(description)
-        .execute()
-    )
+def ensure_table(
+    spark: SparkSession, location: str, schema: StructType, description: str, change_feed: bool = False
+) -> None:
+    """Create an empty Delta table with ``schema`` at ``location`` unless one is already there; ``change_feed``
+    turns on Delta's change data feed (the PCA refit reads the rows added since its last model from it)."""
+    builder = DeltaTable.createIfNotExists(spark).location(location).addColumns(schema).comment(description)
+    if change_feed:
+        builder = builder.property("delta.enableChangeDataFeed", "true")
+    builder.execute()
 
 
 def latest_version(spark: SparkSession, location: str) -> int:

@@ -8,11 +8,15 @@ crash is never written twice; the checkpoint makes the file source exactly-once.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
+import re
 import signal
 import threading
 import time
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -57,24 +61,80 @@ def label_column(path: Column, landing_root: str) -> Column:
     return F.when(F.instr(relative, "/") > 0, F.element_at(F.split(relative, "/"), -2))
 
 
+def source_log_entries(spark: SparkSession, source_log: str, batch_id: int) -> dict[str, int]:
+    """The files the file source listed for ``batch_id`` (path as the ``path`` column spells it -> mtime in ms).
+
+    Read from the source's own log in the checkpoint (``sources/0/N``, or ``N.compact`` every tenth batch).
+    """
+    name = next(
+        (n for n in (str(batch_id), f"{batch_id}.compact") if storage.exists(spark, f"{source_log}/{n}")), None
+    )
+    if name is None:
+        return {}
+    lines = (
+        spark.read.text(f"{source_log}/{name}")
+        .where(F.col("value").contains(f'"batchId":{batch_id}}}'))
+        .collect()
+    )
+    entries = {}
+    for line in lines:
+        entry = json.loads(line["value"])
+        # The log holds URIs (file:///a/b%20c.jpg); the path column holds Hadoop's Path.toString (file:/a/b c.jpg).
+        path = re.sub(r"^file:///", "file:/", unquote(entry["path"]))
+        entries[path] = int(entry["timestamp"])
+    return entries
+
+
 @dataclass
 class DeltaSink:
-    """``foreachBatch`` writer: decoded rows to the features table, rejected rows to the quarantine table."""
+    """``foreachBatch`` writer: decoded rows to the features table, rejected rows to the quarantine table.
+
+    Files the source listed but that gave no row are quarantined too: Spark's file scan skips 0-byte files, and
+    (with ``spark.sql.files.ignoreMissingFiles``) files deleted between listing and reading. No file is lost silently.
+    """
 
     features_table: str
     quarantine_table: str
     app_id: str
+    source_log: str
+    landing_root: str
+    model_id: str
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         batch.persist()
         try:
-            ok = F.col("result.error").isNull()
+            ok = F.col("error").isNull()
             common = ["path", "label", "content_sha256", "size_bytes", "modified_at", "ingested_at"]
-            self._append(batch.where(ok).select(*common, "result.features", "model_id"), self.features_table, batch_id)
-            rejected = batch.where(~ok).select(*common, F.col("result.error").alias("reason"), "model_id")
-            self._append(rejected, self.quarantine_table, batch_id)
+            self._append(batch.where(ok).select(*common, "features", "model_id"), self.features_table, batch_id)
+            rejected = batch.where(~ok).select(*common, F.col("error").alias("reason"), "model_id")
+            self._append(rejected.unionByName(self._unread(batch, batch_id)), self.quarantine_table, batch_id)
         finally:
             batch.unpersist()
+
+    def _unread(self, batch: DataFrame, batch_id: int) -> DataFrame:
+        """Quarantine rows for the files listed for this batch that produced no row."""
+        spark = batch.sparkSession
+        listed = source_log_entries(spark, self.source_log, batch_id)
+        read = {row["path"] for row in batch.select("path").collect()}
+        rows = []
+        for path, modified_ms in sorted(listed.items()):
+            if path in read:
+                continue
+            size = storage.file_length(spark, path)
+            reason = {None: "file disappeared before it was read", 0: "empty file (0 bytes)"}.get(
+                size, "listed by the stream but produced no row"
+            )
+            rows.append((path, size or 0, modified_ms, reason))
+        return spark.createDataFrame(rows, "path string, size_bytes long, modified_ms long, reason string").select(
+            "path",
+            label_column(F.col("path"), self.landing_root).alias("label"),
+            F.lit(None).cast("string").alias("content_sha256"),
+            "size_bytes",
+            F.timestamp_millis("modified_ms").alias("modified_at"),
+            F.current_timestamp().alias("ingested_at"),
+            "reason",
+            F.lit(self.model_id).alias("model_id"),
+        )
 
     def _append(self, rows: DataFrame, table: str, batch_id: int) -> None:
         if rows.isEmpty():  # the batch is cached: cheap, and saves an empty commit
@@ -94,6 +154,8 @@ class ProgressLogger(StreamingQueryListener):
     """Logs one line per micro-batch that read files: how many, how fast, how long."""
 
     query_name: str
+    spark: SparkSession | None = None
+    progress_file: str | None = None  # where the last batch's figures go, for `fruits status`
     files: int = 0
     last_batch_id: int = -1
 
@@ -109,6 +171,16 @@ class ProgressLogger(StreamingQueryListener):
             return
         seconds = progress.durationMs.get("triggerExecution", 0) / 1000
         self.files += progress.numInputRows
+        if self.spark is not None and self.progress_file:
+            figures = {
+                "batch": progress.batchId, "files": progress.numInputRows, "seconds": seconds,
+                "images_per_s": round(progress.numInputRows / seconds, 1) if seconds else None,
+                "files_since_start": self.files, "at": progress.timestamp, "query_id": str(progress.id),
+            }
+            try:
+                storage.write_text(self.spark, self.progress_file, json.dumps(figures))
+            except Exception as exc:  # status figures are a convenience: never let them disturb the stream
+                log.warning("could not write %s: %s", self.progress_file, exc)
         log.info(
             "batch %d: %d files in %.2f s (%.1f images/s); %d files since start",
             progress.batchId,
@@ -130,7 +202,7 @@ def start_stream(spark: SparkSession, config: Config, weights: WeightsRef, avail
     stream_cfg, model_cfg = config.section("stream"), config.section("model")
     landing = storage.qualify(spark, config.landing)
     storage.mkdirs(spark, landing)
-    ensure_table(spark, config.features_table, FEATURES_SCHEMA, "MobileNetV2 features of landed images")
+    ensure_table(spark, config.features_table, FEATURES_SCHEMA, "MobileNetV2 features of landed images", change_feed=True)
     ensure_table(spark, config.quarantine_table, QUARANTINE_SCHEMA, "Landed files that could not be featurized")
     checkpoint = config.checkpoint("ingest")
 
@@ -140,7 +212,8 @@ def start_stream(spark: SparkSession, config: Config, weights: WeightsRef, avail
         batch_size=int(model_cfg["inference_batch_size"]),
         intra_op_threads=int(model_cfg["intra_op_threads"]),
     )
-    spark.sparkContext.addFile(weights.path)  # executors on other machines read their copy via SparkFiles
+    if not any(added.endswith("/" + os.path.basename(weights.path)) for added in spark.sparkContext.listFiles):
+        spark.sparkContext.addFile(weights.path)  # executors on other machines read their copy via SparkFiles
     partitions = int(stream_cfg.get("partitions") or 0) or spark.sparkContext.defaultParallelism
 
     images = (
@@ -151,20 +224,34 @@ def start_stream(spark: SparkSession, config: Config, weights: WeightsRef, avail
         .option("maxFilesPerTrigger", int(stream_cfg["max_files_per_trigger"]))
         .load(landing)
     )
-    featurized = images.repartition(partitions).select(
-        "path",
-        label_column(F.col("path"), landing).alias("label"),
-        F.sha2("content", 256).alias("content_sha256"),
-        F.col("length").alias("size_bytes"),
-        F.col("modificationTime").alias("modified_at"),
-        F.current_timestamp().alias("ingested_at"),
-        featurize_column(F.col("content"), handler, int(model_cfg["max_pixels"])).alias("result"),
-        F.lit(handler.model_id).alias("model_id"),
+    max_bytes = int(model_cfg["max_bytes"])
+    too_big = F.col("length") > max_bytes  # such bytes never reach Python
+    featurized = (
+        images.repartition(partitions)
+        .select(
+            "path",
+            label_column(F.col("path"), landing).alias("label"),
+            F.sha2("content", 256).alias("content_sha256"),
+            F.col("length").alias("size_bytes"),
+            F.col("modificationTime").alias("modified_at"),
+            F.current_timestamp().alias("ingested_at"),
+            featurize_column(F.when(~too_big, F.col("content")), handler, int(model_cfg["max_pixels"])).alias("result"),
+            F.when(too_big, F.format_string(f"file is %d bytes, above the limit of {max_bytes} bytes", "length"))
+            .alias("size_error"),
+            F.lit(handler.model_id).alias("model_id"),
+        )
+        .withColumns(
+            {"features": F.col("result.features"), "error": F.coalesce("size_error", "result.error")}
+        )
+        .drop("result", "size_error")
     )
     sink = DeltaSink(
         config.features_table,
         config.quarantine_table,
         app_id="fruits-ingest-" + hashlib.sha256(checkpoint.encode()).hexdigest()[:16],
+        source_log=f"{checkpoint}/sources/0",
+        landing_root=landing,
+        model_id=handler.model_id,
     )
     writer = (
         featurized.writeStream.queryName(str(stream_cfg["query_name"]))
@@ -180,7 +267,7 @@ def start_stream(spark: SparkSession, config: Config, weights: WeightsRef, avail
 
 def run_stream(spark: SparkSession, config: Config, weights: WeightsRef, available_now: bool = False) -> int:
     """Run the stream until it ends (``available_now``) or SIGTERM / Ctrl-C stops it; returns the files it read."""
-    progress = ProgressLogger(str(config.section("stream")["query_name"]))
+    progress = ProgressLogger(str(config.section("stream")["query_name"]), spark, config.stream_progress)
     spark.streams.addListener(progress)
     stop = threading.Event()
     previous = {}

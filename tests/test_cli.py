@@ -45,7 +45,7 @@ def test_stream_refit_and_status_from_the_command_line(tmp_path):
 
     refit = run("refit-pca", "--k", "4", env=env)
     assert refit.returncode == 0, refit.stderr[-3000:]
-    assert "refit v1: k=4 over 8 rows" in refit.stderr
+    assert "refit v1 (full): k=4 over 8 rows" in refit.stderr
 
     status = run("status", "--json", env=env)
     assert status.returncode == 0, status.stderr

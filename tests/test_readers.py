@@ -32,3 +32,15 @@ def test_features_pca_and_quarantine_tables_read_back_in_pandas(spark, weights, 
     assert len(pca) == 5 and np.stack(pca["pca"].to_numpy()).shape == (5, 3)
     assert list(quarantine.columns) == ["path", "reason"] and quarantine["path"].str.endswith("broken.png").all()
     assert len(old) == 0  # version 0 is the empty table the stream created before its first batch
+
+    # DuckDB over the Arrow data that deltalake reads (no Spark, no DuckDB extension download).
+    import duckdb
+
+    features_arrow = DeltaTable(f"{tmp_path}/tables/features").to_pyarrow_dataset()
+    pca_arrow = DeltaTable(f"{tmp_path}/tables/pca").to_pyarrow_dataset()
+    per_label = duckdb.sql("SELECT label, count(*) AS n, avg(len(features)) AS dim FROM features_arrow GROUP BY label").fetchall()
+    assert per_label == [("Pineapple", 5, 1280.0)]
+    joined = duckdb.sql(
+        "SELECT f.path, p.pca[1] AS pc1 FROM features_arrow f JOIN pca_arrow p USING (path) ORDER BY pc1"
+    ).fetchall()
+    assert len(joined) == 5

@@ -74,7 +74,7 @@ def test_refit_every_refits_then_skips_when_nothing_is_new(spark, ingested, capl
 
     stop = threading.Event()
     caplog.set_level(logging.INFO, logger="fruits.refit")
-    worker = threading.Thread(target=refit_every, args=(spark, ingested["config"], 20, 0.2, stop))
+    worker = threading.Thread(target=refit_every, args=(spark, ingested["config"], 20, None, 0.2, stop))
     worker.start()
     try:
         deadline = time.monotonic() + 120

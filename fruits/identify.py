@@ -1,0 +1,93 @@
+"""``fruits identify PHOTO...``: what fruit is this? No Spark: a handful of photos is answered in-process.
+
+Each photo goes through the stream's own decoding and model (same weights, checked against the model id of the
+features the PCA was fitted on), is projected with the latest PCA version exactly as Spark's ``PCAModel.transform``
+does (x · components, no centring), and is compared with the labelled rows of ``tables/pca``: the 5 nearest vote.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.fs as pafs
+
+from fruits.config import Config, join_uri
+from fruits.images import RejectedImage, decode_image
+from fruits.model import MobileNetV2Handler, WeightsRef
+from fruits.status import last_refit, open_table, rust_uri
+
+
+class IdentifyError(RuntimeError):
+    """Nothing to identify against yet, or the weights differ from those of the stored features."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The latest PCA version and the labelled rows of ``tables/pca``, loaded once for many photos."""
+
+    version: int
+    components: np.ndarray  # (1280, k)
+    labels: np.ndarray  # (n,)
+    points: np.ndarray  # (n, k) float32
+    model_ids: list[str]
+
+    @classmethod
+    def load(cls, config: Config) -> "Reference":
+        refit = last_refit(config)
+        if refit is None:
+            raise IdentifyError(f"no PCA model under {config.pca_models}: run `fruits refit-pca` first")
+        folder = join_uri(config.pca_models, f"v{refit['version']}")
+        fs, path = pafs.FileSystem.from_uri(rust_uri(join_uri(folder, "components.npy")))
+        with fs.open_input_file(path) as handle:
+            components = np.load(handle)
+        table = open_table(config.pca_table)
+        if table is None:
+            raise IdentifyError(f"no pca table at {config.pca_table}")
+        rows = table.to_pyarrow_dataset().to_table(columns=["label", "pca", "pca_version"]).to_pandas()
+        rows = rows[(rows["pca_version"] == refit["version"]) & rows["label"].notna()]
+        if rows.empty:
+            raise IdentifyError("the pca table has no labelled rows of the latest PCA version")
+        return cls(
+            refit["version"], components, rows["label"].to_numpy(), np.stack(rows["pca"].to_numpy()), refit["model_ids"]
+        )
+
+
+def nearest(reference: Reference, projected: np.ndarray, neighbours: int = 5) -> dict:
+    """Top-``neighbours`` labelled rows by Euclidean distance, and their vote."""
+    distances = np.linalg.norm(reference.points - projected.astype(np.float32), axis=1)
+    order = np.argsort(distances, kind="stable")[:neighbours]
+    found = [{"label": str(reference.labels[i]), "distance": round(float(distances[i]), 4)} for i in order]
+    votes = Counter(n["label"] for n in found)
+    best = max(votes.values())
+    # Ties go to the label of the nearest neighbour among the tied ones.
+    predicted = next(n["label"] for n in found if votes[n["label"]] == best)
+    return {"predicted": predicted, "confidence": round(best / len(found), 3), "neighbors": found}
+
+
+def identify(photos: list[Path], config: Config, weights: WeightsRef, neighbours: int = 5) -> list[dict]:
+    """One result per photo: ``photo``, ``predicted``, ``confidence``, ``neighbors``, or ``error``."""
+    reference = Reference.load(config)
+    if weights.model_id not in reference.model_ids:
+        raise IdentifyError(
+            f"--weights give model id {weights.model_id}, but PCA v{reference.version} was fitted on features of "
+            f"{', '.join(reference.model_ids)}: pass the weights the stream used"
+        )
+    model_cfg = config.section("model")
+    handler = MobileNetV2Handler(weights, image_size=int(model_cfg["image_size"]), batch_size=int(model_cfg["inference_batch_size"]), intra_op_threads=0)
+    results, images, good = [], [], []
+    for photo in photos:
+        try:
+            images.append(decode_image(photo.read_bytes(), handler.image_size, int(model_cfg["max_pixels"])))
+            good.append(len(results))
+            results.append({"photo": str(photo)})
+        except (OSError, RejectedImage) as exc:
+            results.append({"photo": str(photo), "error": str(exc)})
+    if images:
+        features = handler.run_inference(np.stack(images), handler.load_model())
+        projected = (features.astype(np.float64) @ reference.components).astype(np.float32)
+        for index, vector in zip(good, projected):
+            results[index].update(nearest(reference, vector, neighbours), pca_version=reference.version)
+    return results

@@ -1,0 +1,125 @@
+"""Atomic landing: `fruits drop` and `fruits stage` put whole files into the landing folder, never partial ones."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import local_path, make_config, place, sample_files
+from fruits.landing import InboxStager, drop
+
+EXTENSIONS = ["jpg", "jpeg", "png"]
+FRUITS = str(Path(sys.executable).with_name("fruits"))
+
+
+def test_drop_keeps_class_folders_and_never_overwrites(tmp_path):
+    source = tmp_path / "photos"
+    place(sample_files("Banana", 2), source / "Banana")
+    place(sample_files("Lemon", 1), source / "Lemon")
+    (source / "Lemon" / "notes.txt").write_text("not an image")
+    landing = tmp_path / "landing"
+
+    results = drop([source], landing, EXTENSIONS)
+    placed = sorted(str(r.target.relative_to(landing)) for r in results if r.note == "placed")
+    assert placed == sorted(f"{p.parent.name}/{p.name}" for p in sample_files("Banana", 2) + sample_files("Lemon", 1))
+    assert [r.note for r in results if r.target is None] == ["skipped: not an image name the stream reads"]
+    assert not [p for p in landing.rglob(".*")], "a temporary file was left behind"
+
+    again = drop([source], landing, EXTENSIONS)
+    assert {r.note for r in again if r.source.suffix == ".jpg"} == {"already there"}
+
+    other = tmp_path / "other.jpg"
+    other.write_bytes(sample_files("Kiwi", 1)[0].read_bytes())
+    clash = landing / "Banana" / sample_files("Banana", 1)[0].name
+    renamed = drop([other.rename(other.with_name(clash.name))], landing, EXTENSIONS, label="Banana")
+    assert renamed[0].target == clash.with_name(f"{clash.stem}-2{clash.suffix}")
+    assert clash.read_bytes() == sample_files("Banana", 1)[0].read_bytes()  # the first file was not overwritten
+
+
+def test_drop_command_prints_what_it_placed(tmp_path):
+    photo = sample_files("Fig", 1)[0]
+    result = subprocess.run(
+        [FRUITS, "drop", "--home", str(tmp_path), "--label", "Fig", str(photo), str(tmp_path / "missing.jpg")],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 1  # one source did not exist
+    assert f"placed: {photo} -> {tmp_path}/landing/Fig/{photo.name}" in result.stdout
+    assert "no such file or folder" in result.stdout
+    assert (tmp_path / "landing" / "Fig" / photo.name).read_bytes() == photo.read_bytes()
+
+
+def write_slowly(path: Path, data: bytes, seconds: float, chunks: int = 20) -> None:
+    """A slow uploader: one open file, written in chunks over ``seconds``."""
+    with open(path, "wb") as handle:
+        for index in range(chunks):
+            handle.write(data[index * len(data) // chunks : (index + 1) * len(data) // chunks])
+            handle.flush()
+            time.sleep(seconds / chunks)
+
+
+def test_stager_promotes_only_complete_files(tmp_path):
+    inbox, landing = tmp_path / "inbox", tmp_path / "landing"
+    stager = InboxStager(inbox, landing, EXTENSIONS, stable_seconds=30, settle_seconds=0.3)
+    stop = threading.Event()
+    runner = threading.Thread(target=stager.run, args=(stop, 0.05))
+    runner.start()
+    data = sample_files("Banana", 1)[0].read_bytes()
+    seen_sizes = set()
+    try:
+        time.sleep(0.5)
+        (inbox / "Banana").mkdir(parents=True)
+        writer = threading.Thread(target=write_slowly, args=(inbox / "Banana" / "slow.jpg", data, 2.0))
+        writer.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (landing / "Banana" / "slow.jpg").exists():
+            seen_sizes |= {p.stat().st_size for p in landing.rglob("*.jpg")}
+            time.sleep(0.01)
+        writer.join()
+    finally:
+        stop.set()
+        runner.join(10)
+    assert (landing / "Banana" / "slow.jpg").read_bytes() == data
+    assert seen_sizes <= {len(data)}, "a partial file was visible in the landing folder"
+    assert not (inbox / "Banana" / "slow.jpg").exists() and stager.promoted == 1
+
+
+@pytest.mark.slow
+def test_staged_slow_upload_is_featurized_whole_by_the_running_stream(spark, weights, tmp_path):
+    """A JPEG written in chunks over 2 s into the inbox, while the long-running stream polls every 200 ms:
+    the stream reads it once, whole; its features equal those of the same bytes landed at once."""
+    from streaming.ingest import start_stream
+
+    config = make_config(tmp_path, stream={"trigger": "200ms"})
+    landing = tmp_path / "landing"
+    reference = place(sample_files("Pineapple", 1), landing / "reference")[0]
+    stager = InboxStager(tmp_path / "inbox", landing, EXTENSIONS, stable_seconds=30, settle_seconds=0.3)
+    stop = threading.Event()
+    staging = threading.Thread(target=stager.run, args=(stop, 0.05))
+    query = start_stream(spark, config, weights)
+    try:
+        staging.start()
+        time.sleep(1)
+        (tmp_path / "inbox" / "Pineapple").mkdir(parents=True)
+        write_slowly(tmp_path / "inbox" / "Pineapple" / "upload.jpg", reference.read_bytes(), 2.0)
+        deadline = time.monotonic() + 120
+        rows = []
+        while time.monotonic() < deadline and len(rows) < 2:
+            query.awaitTermination(1)
+            rows = spark.read.format("delta").load(config.features_table).collect()
+    finally:
+        stop.set()
+        staging.join(10)
+        query.stop()
+    by_name = {Path(local_path(r["path"])).name: r for r in rows}
+    assert sorted(by_name) == [reference.name, "upload.jpg"]
+    assert by_name["upload.jpg"]["label"] == "Pineapple"
+    assert by_name["upload.jpg"]["content_sha256"] == by_name[reference.name]["content_sha256"]
+    assert np.array_equal(by_name["upload.jpg"]["features"], by_name[reference.name]["features"])
+    assert spark.read.format("delta").load(config.quarantine_table).count() == 0
