@@ -2,12 +2,11 @@
 
 Each photo goes through the stream's own decoding and model (same weights, checked against the model id of the
 features the PCA was fitted on), is projected with the latest PCA version exactly as Spark's ``PCAModel.transform``
-does (x · components, no centring), and is compared with the labelled rows of ``tables/pca``: the 5 nearest vote.
+does (x · components, no centring), and is compared with the labelled rows of ``tables/pca``: the 5 nearest vote, weighted by 1/distance.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,15 +55,16 @@ class Reference:
 
 
 def nearest(reference: Reference, projected: np.ndarray, neighbours: int = 5) -> dict:
-    """Top-``neighbours`` labelled rows by Euclidean distance, and their vote."""
+    """Top-``neighbours`` labelled rows by Euclidean distance, and their vote weighted by 1/distance: the
+    confidence is the winning label's share of the weights."""
     distances = np.linalg.norm(reference.points - projected.astype(np.float32), axis=1)
     order = np.argsort(distances, kind="stable")[:neighbours]
     found = [{"label": str(reference.labels[i]), "distance": round(float(distances[i]), 4)} for i in order]
-    votes = Counter(n["label"] for n in found)
-    best = max(votes.values())
-    # Ties go to the label of the nearest neighbour among the tied ones.
-    predicted = next(n["label"] for n in found if votes[n["label"]] == best)
-    return {"predicted": predicted, "confidence": round(best / len(found), 3), "neighbors": found}
+    weights: dict[str, float] = {}
+    for i in order:
+        weights[str(reference.labels[i])] = weights.get(str(reference.labels[i]), 0.0) + 1.0 / (float(distances[i]) + 1e-6)
+    predicted = max(weights, key=weights.get)
+    return {"predicted": predicted, "confidence": round(weights[predicted] / sum(weights.values()), 3), "neighbors": found}
 
 
 def identify(photos: list[Path], config: Config, weights: WeightsRef, neighbours: int = 5) -> list[dict]:

@@ -71,8 +71,13 @@ def write_bytes(spark: SparkSession, uri: str, data: bytes) -> None:
 
 
 def read_bytes(spark: SparkSession, uri: str) -> bytes:
-    """The bytes of the file at ``uri``."""
-    return bytes(spark.read.format("binaryFile").load(uri).head()["content"])
+    """The bytes of the file at ``uri`` (read on the driver, no Spark job)."""
+    path, fs = _path_and_fs(spark, uri)
+    stream = fs.open(path)
+    try:
+        return bytes(spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+    finally:
+        stream.close()
 
 
 def read_text(spark: SparkSession, uri: str) -> str:

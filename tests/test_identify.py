@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +24,10 @@ def identified_home(spark, weights, tmp_path_factory):
 
     home = tmp_path_factory.mktemp("identify-home")
     held_out = []
+    rng = random.Random(2026)
     for folder in sorted(p for p in SAMPLE.iterdir() if p.is_dir()):
         photos = sorted(folder.glob("*.jpg"))
+        rng.shuffle(photos)  # a random 80/20 split per class (a name-sorted split holds out mostly rotated views)
         cut = round(len(photos) * 0.8)
         place(photos[:cut], home / "landing" / folder.name)
         held_out += [(photo, folder.name) for photo in photos[cut:]]

@@ -97,8 +97,8 @@ def test_a_pca_that_disagrees_with_the_exact_eigendecomposition_is_replaced(spar
     moments = Moments.of_rows(np.stack(ingested["features"]["features"].to_numpy()))
     components, ratios = moments.principal_components()
     right = pca_model(spark, components[:, :5], ratios[:5])
-    assert _checked(spark, right, moments, 5) == (right, None)
+    assert _checked(spark, right, components[:, :5], ratios[:5]) == (right, None)
     wrong = pca_model(spark, components[:, 5:10], ratios[5:10])
-    fixed, note = _checked(spark, wrong, moments, 5)
+    fixed, note = _checked(spark, wrong, components[:, :5], ratios[:5])
     assert "disagreed" in note
     assert np.allclose(fixed.pc.toArray(), components[:, :5]) and np.allclose(fixed.explainedVariance.toArray(), ratios[:5])
