@@ -54,7 +54,7 @@ def stream_run(count: int, weights: str, master: str, workdir: Path) -> dict:
     batches = [(int(n), float(s)) for n, s in re.findall(r"batch \d+: (\d+) files in ([\d.]+) s", log)]
     assert sum(n for n, _ in batches) == count, f"stream read {sum(n for n, _ in batches)} of {count} files"
     refit_seconds, refit_log = timed(["refit-pca"], env)
-    fit = float(re.search(r"rows of features version \d+ in ([\d.]+) s", refit_log).group(1))
+    fit = float(re.search(r"rows of features version \d+ (?:\(\d+ new\) )?in ([\d.]+) s", refit_log).group(1))
     return {"images": count, "stream_seconds": round(seconds, 1), "batches": batches,
             "refit_command_seconds": round(refit_seconds, 1), "pca_fit_seconds": fit}
 

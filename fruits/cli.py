@@ -28,6 +28,11 @@ def _spark_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--master", help="Spark master URL (default local[*]; env FRUITS_MASTER)")
 
 
+def _runtime_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runtime", choices=["openvino", "tensorflow"], help="model runtime (default openvino)")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: openvino on bf16 CPUs only (default fp32)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fruits", description="Fruits! image ingestion service")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -39,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--trigger", help="micro-batch interval of the long-running stream (default 2s)")
     stream.add_argument("--max-files-per-trigger", type=int, help="files per micro-batch at most (default 1000)")
     stream.add_argument("--weights", help="'imagenet' (default, Keras download) or a local MobileNetV2 weights file")
+    _runtime_flags(stream)
 
     refit = commands.add_parser("refit-pca", help="fit PCA over the features table and write HOME/tables/pca")
     _common(refit)
@@ -62,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(identify)
     identify.add_argument("photos", nargs="+", metavar="PHOTO")
     identify.add_argument("--weights", help="the weights the stream used (default: the configured ones)")
+    _runtime_flags(identify)
     identify.add_argument("--json", action="store_true", help="one JSON object per line per photo")
 
     status = commands.add_parser("status", help="tables, row counts and the last refit (no Spark needed)")
@@ -79,7 +86,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
             "trigger": getattr(args, "trigger", None),
             "max_files_per_trigger": getattr(args, "max_files_per_trigger", None),
         },
-        "model": {"weights": getattr(args, "weights", None)},
+        "model": {
+            "weights": getattr(args, "weights", None),
+            "runtime": getattr(args, "runtime", None),
+            "precision": getattr(args, "precision", None),
+        },
         "pca": {"k": getattr(args, "k", None), "every": getattr(args, "every", None), "variance": getattr(args, "variance", None)},
         "landing": {"stable_seconds": getattr(args, "stable_seconds", None)},
     }
@@ -92,6 +103,10 @@ def cmd_stream(config: Config, args: argparse.Namespace) -> int:
     # Resolve (and, for "imagenet", download) the weights before the JVM starts: fail fast and clearly.
     weights = resolve_weights(str(config.section("model")["weights"]))
     log.info("weights %s (%s)", weights.model_id, weights.path)
+    from fruits.runtimes import make_handler
+
+    # Convert the Keras model for the fast runtime (once per weights file, cached) before the JVM starts, too.
+    log.info("featurizer %s", make_handler(config, weights).model_id)
 
     from fruits.session import build_spark
     from streaming.ingest import run_stream
@@ -186,14 +201,19 @@ COMMANDS = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def configure_logging(level: str) -> None:
+    """Log lines with time, level and logger to stderr; py4j's chatter only from WARNING."""
     logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        level=getattr(logging, str(level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     logging.getLogger("py4j").setLevel(logging.WARNING)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
     try:
         config = config_from_args(args)
         return COMMANDS[args.command](config, args)

@@ -20,6 +20,8 @@ DEFAULTS_FILE = Path(__file__).resolve().parents[1] / "conf" / "fruits.toml"
 ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "FRUITS_HOME": ("paths", "home"),
     "FRUITS_WEIGHTS": ("model", "weights"),
+    "FRUITS_RUNTIME": ("model", "runtime"),
+    "FRUITS_PRECISION": ("model", "precision"),
     "FRUITS_MASTER": ("spark", "master"),
     "FRUITS_JARS_DIR": ("spark", "jars_dir"),
 }

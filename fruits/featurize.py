@@ -10,7 +10,7 @@ from pyspark.sql import Column
 from pyspark.sql.functions import pandas_udf
 
 from fruits.images import DEFAULT_MAX_PIXELS, RejectedImage, decode_image
-from fruits.model import MobileNetV2Handler, shared_model
+from fruits.model import MobileNetV2Handler, shared_model  # or any handler of fruits.runtimes (same duties)
 
 RESULT_SCHEMA = "features array<float>, error string"
 

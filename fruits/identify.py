@@ -15,7 +15,8 @@ import pyarrow.fs as pafs
 
 from fruits.config import Config, join_uri
 from fruits.images import RejectedImage, decode_image
-from fruits.model import MobileNetV2Handler, WeightsRef
+from fruits.model import WeightsRef
+from fruits.runtimes import make_handler, same_features
 from fruits.status import last_refit, open_table, rust_uri
 
 
@@ -70,13 +71,18 @@ def nearest(reference: Reference, projected: np.ndarray, neighbours: int = 5) ->
 def identify(photos: list[Path], config: Config, weights: WeightsRef, neighbours: int = 5) -> list[dict]:
     """One result per photo: ``photo``, ``predicted``, ``confidence``, ``neighbors``, or ``error``."""
     reference = Reference.load(config)
-    if weights.model_id not in reference.model_ids:
+    if not any(stored == weights.model_id or stored.startswith(weights.model_id + "/") for stored in reference.model_ids):
         raise IdentifyError(
             f"--weights give model id {weights.model_id}, but PCA v{reference.version} was fitted on features of "
             f"{', '.join(reference.model_ids)}: pass the weights the stream used"
         )
     model_cfg = config.section("model")
-    handler = MobileNetV2Handler(weights, image_size=int(model_cfg["image_size"]), batch_size=int(model_cfg["inference_batch_size"]), intra_op_threads=0)
+    handler = make_handler(config, weights, threads=0)  # the stream's own factory: same runtime, same model id
+    if not any(same_features(handler.model_id, stored) for stored in reference.model_ids):
+        raise IdentifyError(
+            f"--runtime/--precision give model id {handler.model_id}, but PCA v{reference.version} was fitted on "
+            f"features of {', '.join(reference.model_ids)}: pass the precision the stream used"
+        )
     results, images, good = [], [], []
     for photo in photos:
         try:

@@ -107,6 +107,22 @@ def resolve_weights(spec: str) -> WeightsRef:
     return WeightsRef(path=path, sha256=_sha256(path), has_top=has_top, source="file")
 
 
+def build_keras_model(weights_file: str, has_top: bool, image_size: int = 224) -> Any:
+    """The Keras feature extractor (the source of truth): backbone + global average pooling = the full model's
+    ``layers[-2]``, 1280 floats per image. Other runtimes are converted from this model."""
+    import tensorflow as tf
+
+    shape = (image_size, image_size, 3)
+    apps = tf.keras.applications
+    if has_top:
+        full = apps.MobileNetV2(weights=None, include_top=True, input_shape=shape)
+        full.load_weights(weights_file)
+        return tf.keras.Model(full.inputs, full.layers[-2].output)
+    model = apps.MobileNetV2(weights=None, include_top=False, pooling="avg", input_shape=shape)
+    model.load_weights(weights_file)
+    return model
+
+
 @dataclass(frozen=True)
 class MobileNetV2Handler:
     """Builds MobileNetV2 feature extractors and runs them; picklable, so Spark ships it to Python workers."""
@@ -116,9 +132,18 @@ class MobileNetV2Handler:
     batch_size: int = 32
     intra_op_threads: int = 1
 
+    runtime = "tensorflow"
+    precision = "fp32"
+
     @property
     def model_id(self) -> str:
-        return self.weights.model_id
+        """The weights' id plus the runtime and precision that made the features: ``.../tensorflow-fp32``."""
+        return f"{self.weights.model_id}/{self.runtime}-{self.precision}"
+
+    @property
+    def files(self) -> list[str]:
+        """Driver-side files the executors need (shipped with ``SparkContext.addFile``)."""
+        return [self.weights.path]
 
     def _weights_file(self) -> str:
         """The weights on this machine: the driver's path if visible here, else the copy shipped by addFile."""
@@ -138,15 +163,7 @@ class MobileNetV2Handler:
                 tf.config.threading.set_inter_op_parallelism_threads(1)
             except RuntimeError:  # TensorFlow already initialised in this process: keep its setting
                 pass
-        shape = (self.image_size, self.image_size, 3)
-        apps = tf.keras.applications
-        if self.weights.has_top:
-            full = apps.MobileNetV2(weights=None, include_top=True, input_shape=shape)
-            full.load_weights(self._weights_file())
-            model = tf.keras.Model(full.inputs, full.layers[-2].output)
-        else:
-            model = apps.MobileNetV2(weights=None, include_top=False, pooling="avg", input_shape=shape)
-            model.load_weights(self._weights_file())
+        model = build_keras_model(self._weights_file(), self.weights.has_top, self.image_size)
         call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
         return call
 
@@ -163,11 +180,11 @@ class MobileNetV2Handler:
         return np.concatenate(chunks)
 
 
-_MODELS: dict[MobileNetV2Handler, Any] = {}
+_MODELS: dict[Any, Any] = {}  # handler (any hashable handler: TensorFlow or a fast runtime) -> model
 _MODELS_LOCK = threading.Lock()
 
 
-def shared_model(handler: MobileNetV2Handler) -> Any:
+def shared_model(handler: Any) -> Any:
     """The model for ``handler``, loaded once per process and reused by every later batch and micro-batch."""
     with _MODELS_LOCK:
         if handler not in _MODELS:

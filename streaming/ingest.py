@@ -26,7 +26,8 @@ from pyspark.sql.types import BinaryType, LongType, StringType, StructField, Str
 from fruits import storage
 from fruits.config import Config, parse_duration
 from fruits.featurize import featurize_column
-from fruits.model import MobileNetV2Handler, WeightsRef
+from fruits.model import WeightsRef
+from fruits.runtimes import make_handler
 from fruits.tables import FEATURES_SCHEMA, QUARANTINE_SCHEMA, ensure_table
 
 log = logging.getLogger("fruits.stream")
@@ -166,7 +167,12 @@ class ProgressLogger(StreamingQueryListener):
         progress = event.progress
         if progress.name != self.query_name:
             return
-        self.last_batch_id = progress.batchId
+        try:
+            self._on_progress(progress)
+        finally:  # last: run_stream waits for this, so the batch's line is out before the command returns
+            self.last_batch_id = progress.batchId
+
+    def _on_progress(self, progress) -> None:
         if not progress.numInputRows:
             return
         seconds = progress.durationMs.get("triggerExecution", 0) / 1000
@@ -206,14 +212,11 @@ def start_stream(spark: SparkSession, config: Config, weights: WeightsRef, avail
     ensure_table(spark, config.quarantine_table, QUARANTINE_SCHEMA, "Landed files that could not be featurized")
     checkpoint = config.checkpoint("ingest")
 
-    handler = MobileNetV2Handler(
-        weights,
-        image_size=int(model_cfg["image_size"]),
-        batch_size=int(model_cfg["inference_batch_size"]),
-        intra_op_threads=int(model_cfg["intra_op_threads"]),
-    )
-    if not any(added.endswith("/" + os.path.basename(weights.path)) for added in spark.sparkContext.listFiles):
-        spark.sparkContext.addFile(weights.path)  # executors on other machines read their copy via SparkFiles
+    handler = make_handler(config, weights)  # [model] runtime/precision; converts the Keras model once if needed
+    log.info("featurizer %s", handler.model_id)
+    for path in handler.files:  # weights or IR: executors on other machines read their copy via SparkFiles
+        if not any(added.endswith("/" + os.path.basename(path)) for added in spark.sparkContext.listFiles):
+            spark.sparkContext.addFile(path)
     partitions = int(stream_cfg.get("partitions") or 0) or spark.sparkContext.defaultParallelism
 
     images = (

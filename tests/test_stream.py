@@ -42,7 +42,8 @@ def test_row_metadata_is_filled_in(ingested):
     assert row["size_bytes"] == len(data)
     assert row["modified_at"] <= row["ingested_at"]
     assert features["model_id"].nunique() == 1
-    assert features["model_id"].iloc[0].startswith("mobilenet_v2_1.0_224/file/sha256:0c307d1bb5e7")
+    # weights id, then the runtime and precision that made the features (the default: OpenVINO fp32)
+    assert features["model_id"].iloc[0] == "mobilenet_v2_1.0_224/file/sha256:0c307d1bb5e7222e/openvino-fp32"
 
 
 def test_corrupt_files_are_quarantined_with_a_reason(ingested):

@@ -1,0 +1,187 @@
+"""Benchmark: the bare model, TensorFlow vs OpenVINO (fp32 and bf16), on pre-decoded real images, in one run.
+
+Each configuration runs in fresh processes (spawned, so no runtime shares a process with another), on the same
+pre-decoded 224x224 photos of ../shared/data/fruits360-sample; decoding is not timed. "2 proc x 1 thr" runs two
+processes at once, started together behind a barrier, like two Spark tasks with one Python worker each; its rate is
+the sum of both. Fidelity is measured against TensorFlow on the fruits ImageNet knows (ImageNet top-5 with the
+with-top weights file's Dense head, cosine and max abs diff of the 1280-d features).
+
+Usage: python bench/bare_model.py [--weights FILE] [--top-weights FILE] [--images 64] [--seconds 8]
+Because other jobs may share the cores, read the ratios (same run, same load) before the absolute figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED = ROOT.parent / "shared"
+SAMPLE = SHARED / "data" / "fruits360-sample"
+# Fruits-360 classes ImageNet knows -> ImageNet class index (as in tests/conftest.py).
+IMAGENET_CLASSES = {
+    "Banana": 954, "Apple Granny Smith": 948, "Strawberry": 949, "Orange": 950, "Lemon": 951, "Fig": 952,
+    "Pineapple": 953, "Pomegranate": 957, "Cauliflower": 938, "Pepper Red": 945, "Pepper Green": 945,
+    "Pepper Yellow": 945, "Pepper Orange": 945,
+}
+
+
+def decoded(files: list[Path]) -> np.ndarray:
+    from fruits.images import decode_image
+
+    return np.stack([decode_image(p.read_bytes()) for p in files])
+
+
+def handler_for(spec: dict, weights, ir_path: str):
+    if spec["runtime"] == "tensorflow":
+        from fruits.model import MobileNetV2Handler
+
+        return MobileNetV2Handler(weights, batch_size=spec["chunk"], intra_op_threads=spec["threads"])
+    from fruits.runtimes import OpenVinoHandler
+
+    return OpenVinoHandler(weights, ir_path, spec["precision"], batch_size=spec["chunk"], threads=spec["threads"])
+
+
+def worker(spec: dict, weights, ir_path: str, images: np.ndarray, seconds: float, barrier, results) -> None:
+    started = time.perf_counter()
+    handler = handler_for(spec, weights, ir_path)
+    model = handler.load_model()
+    handler.run_inference(images[:16], model)  # warm-up
+    ready = time.perf_counter() - started
+    barrier.wait()
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        handler.run_inference(images, model)
+        count += len(images)
+    elapsed = time.perf_counter() - t0
+    results.put({"rate": count / elapsed, "load_seconds": ready, "rss_mib": _rss_mib(),
+                 "tensorflow_imported": "tensorflow" in sys.modules})
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
+def features_worker(spec: dict, weights, ir_path: str, images: np.ndarray, results) -> None:
+    handler = handler_for(spec, weights, ir_path)
+    results.put(handler.run_inference(images, handler.load_model()))
+
+
+def measure(spec: dict, weights, ir_path: str, images: np.ndarray, seconds: float) -> dict:
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(spec["procs"]), ctx.Queue()
+    procs = [ctx.Process(target=worker, args=(spec, weights, ir_path, images, seconds, barrier, results))
+             for _ in range(spec["procs"])]
+    for p in procs:
+        p.start()
+    outs = [results.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return {**spec, "images_per_s": round(sum(o["rate"] for o in outs), 1),
+            "load_seconds": round(max(o["load_seconds"] for o in outs), 2),
+            "rss_mib_per_proc": round(max(o["rss_mib"] for o in outs)),
+            "tensorflow_imported": any(o["tensorflow_imported"] for o in outs)}
+
+
+def features(spec: dict, weights, ir_path: str, images: np.ndarray) -> np.ndarray:
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    p = ctx.Process(target=features_worker, args=(spec, weights, ir_path, images, results))
+    p.start()
+    out = results.get()
+    p.join()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", default=str(SHARED / "models" / "mobilenet_v2_imagenet_notop.weights.h5"))
+    parser.add_argument("--top-weights", default=str(SHARED / "models" / "mobilenet_v2_imagenet.weights.h5"))
+    parser.add_argument("--images", type=int, default=64, help="distinct photos in the timed loop")
+    parser.add_argument("--seconds", type=float, default=8.0, help="timed seconds per configuration")
+    parser.add_argument("--per-class", type=int, default=12, help="photos per ImageNet-known class for fidelity")
+    args = parser.parse_args()
+
+    from fruits.model import resolve_weights
+    from fruits.runtimes import convert_once, cpu_supports_bf16
+
+    weights = resolve_weights(args.weights)
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="fruits-bare-") as cache:
+        started = time.perf_counter()
+        # Conversion in a child, so this process never imports TensorFlow.
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(1) as pool:
+            ir_path = pool.apply(convert_once, (weights, cache))
+        convert_seconds = time.perf_counter() - started
+
+        photos = sorted(SAMPLE.glob("*/*.jpg"))
+        images = decoded(photos[:: max(1, len(photos) // args.images)][: args.images])
+        bf16 = cpu_supports_bf16()
+        specs = [
+            {"runtime": "tensorflow", "precision": "fp32", "procs": 1, "threads": 2, "chunk": 32},
+            {"runtime": "tensorflow", "precision": "fp32", "procs": 2, "threads": 1, "chunk": 32},
+            {"runtime": "openvino", "precision": "fp32", "procs": 1, "threads": 2, "chunk": 8},
+            {"runtime": "openvino", "precision": "fp32", "procs": 2, "threads": 1, "chunk": 8},
+            {"runtime": "openvino", "precision": "fp32", "procs": 2, "threads": 1, "chunk": 32},
+        ]
+        if bf16:
+            specs += [
+                {"runtime": "openvino", "precision": "bf16", "procs": 1, "threads": 2, "chunk": 8},
+                {"runtime": "openvino", "precision": "bf16", "procs": 2, "threads": 1, "chunk": 8},
+            ]
+        speed = []
+        for spec in specs:
+            speed.append(measure(spec, weights, ir_path, images, args.seconds))
+            print(json.dumps(speed[-1]), file=sys.stderr, flush=True)
+        baseline = max(s["images_per_s"] for s in speed if s["runtime"] == "tensorflow")
+        for s in speed:
+            s["x_tensorflow"] = round(s["images_per_s"] / baseline, 2)
+
+        # Fidelity on the fruits ImageNet knows.
+        files, classes = [], []
+        for label, index in IMAGENET_CLASSES.items():
+            chosen = sorted((SAMPLE / label).glob("*.jpg"))[: args.per_class]
+            files += chosen
+            classes += [index] * len(chosen)
+        fid_images, classes = decoded(files), np.array(classes)
+        one = {"procs": 1, "threads": 2, "chunk": 8}
+        made = {"tensorflow-fp32": features({**one, "runtime": "tensorflow", "precision": "fp32", "chunk": 32}, weights, ir_path, fid_images),
+                "openvino-fp32": features({**one, "runtime": "openvino", "precision": "fp32"}, weights, ir_path, fid_images)}
+        if bf16:
+            made["openvino-bf16"] = features({**one, "runtime": "openvino", "precision": "bf16"}, weights, ir_path, fid_images)
+    import h5py
+
+    with h5py.File(args.top_weights, "r") as handle:
+        dense = next(handle["layers"][k]["vars"] for k in handle["layers"] if k.startswith("dense"))
+        kernel, bias = dense["0"][()], dense["1"][()]
+    reference = made["tensorflow-fp32"]
+    fidelity = {}
+    for name, feats in made.items():
+        cosine = (feats * reference).sum(1) / np.linalg.norm(feats, axis=1) / np.linalg.norm(reference, axis=1)
+        top5 = np.argsort(-(feats @ kernel + bias), axis=1)[:, :5]
+        fidelity[name] = {
+            "max_abs_diff_vs_tensorflow": float(np.abs(feats - reference).max()),
+            "cosine_vs_tensorflow_mean": round(float(cosine.mean()), 5),
+            "cosine_vs_tensorflow_min": round(float(cosine.min()), 5),
+            "imagenet_top5": round(float((top5 == classes[:, None]).any(axis=1).mean()), 3),
+        }
+    print(json.dumps({
+        "cpu_count": os.cpu_count(), "bf16_supported": bf16, "load_avg_before": load_before,
+        "load_avg_after": os.getloadavg(), "conversion_seconds": round(convert_seconds, 1),
+        "timed_images": len(images), "fidelity_images": len(fid_images), "speed": speed, "fidelity": fidelity,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
