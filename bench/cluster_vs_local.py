@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,20 +27,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-SAMPLE = SHARED / "data" / "fruits360-sample"
 DEFAULT_WEIGHTS = SHARED / "models" / "mobilenet_v2_imagenet_notop.weights.h5"
 FRUITS = str(Path(sys.executable).with_name("fruits"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ingest_throughput import fill_landing  # noqa: E402  (the same real photos, the same names)
+
 BATCH_LINE = re.compile(r"batch (\d+): (\d+) files in ([\d.]+) s")
-
-
-def fill_landing(landing: Path, count: int) -> None:
-    """``count`` real photos in class folders (cycling through the sample under new names when count > 3,013)."""
-    photos = sorted(SAMPLE.glob("*/*.jpg"))
-    for index in range(count):
-        source = photos[index % len(photos)]
-        target = landing / source.parent.name / f"{index // len(photos)}_{source.name}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
 
 
 def load_average() -> float:
