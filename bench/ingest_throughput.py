@@ -1,12 +1,18 @@
-"""Benchmark: `fruits stream --available-now` end to end (landing -> Delta) and `fruits refit-pca`, real images.
+"""Benchmark: `fruits stream --available-now` end to end (landing -> Delta) over real images, against TensorFlow's
+bare model measured in the same run.
 
-Two stream runs of different sizes in one go, on the same machine, so that JVM start-up and model loading
-(the fixed cost) separate from the steady-state rate (the marginal images/s):
+1. TensorFlow fp32's bare model on pre-decoded photos (its best setting, 1 process x 2 threads, as in
+   bench/bare_model.py): the yardstick of the issue's "x TensorFlow" target.
+2. One `fruits stream --available-now` per variant, each on a fresh home with the same landing folder (the
+   Fruits-360 sample, reused under new names above 3,013 images). The steady rate comes from the stream's own
+   per-batch lines (``batch N: X files in Y s``) over the full micro-batches after the first, so JVM start-up and
+   model load are left out; the whole-command time is reported too.
 
-    marginal rate = (N_large - N_small) / (t_large - t_small)
+A variant is ``NAME=FLAGS``: extra `fruits stream` flags, e.g. ``--variant "tf=--runtime tensorflow"`` or
+``--variant "delta-default=--conf spark.databricks.delta.snapshotPartitions=50"``. Without --variant, the shipped
+configuration and the levers the README reports are run.
 
-Images come from ../shared/data/fruits360-sample (3,013 real photos), copied under distinct names when N is larger.
-Usage: python bench/ingest_throughput.py --weights FILE [--small 500] [--large 3013] [--master local[*]]
+Usage: python bench/ingest_throughput.py [--images 6026] [--variant NAME=FLAGS ...] [--master local[*]]
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -24,7 +31,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "fruits360-sample"
+DEFAULT_WEIGHTS = ROOT.parent / "shared" / "models" / "mobilenet_v2_imagenet_notop.weights.h5"
 FRUITS = str(Path(sys.executable).with_name("fruits"))
+DEFAULT_VARIANTS = [
+    "shipped=",
+    "bf16=--precision bf16",
+    "tensorflow=--runtime tensorflow",
+    "delta-default-snapshot-partitions=--conf spark.databricks.delta.snapshotPartitions=50",
+    "batches-of-2000=--max-files-per-trigger 2000",
+]
+BATCH_LINE = re.compile(r"batch (\d+): (\d+) files in ([\d.]+) s")
 
 
 def fill_landing(landing: Path, count: int) -> None:
@@ -37,7 +53,8 @@ def fill_landing(landing: Path, count: int) -> None:
         shutil.copyfile(source, target)
 
 
-def timed(args: list[str], env: dict[str, str]) -> tuple[float, str]:
+def run_fruits(args: list[str], env: dict[str, str]) -> tuple[float, str]:
+    """Run ``fruits ARGS``; returns (seconds, stderr). Exits with the log's tail if it fails."""
     started = time.perf_counter()
     result = subprocess.run([FRUITS, *args], env={**os.environ, **env}, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
@@ -46,39 +63,74 @@ def timed(args: list[str], env: dict[str, str]) -> tuple[float, str]:
     return elapsed, result.stderr
 
 
-def stream_run(count: int, weights: str, master: str, workdir: Path) -> dict:
-    home = workdir / f"home-{count}"
-    fill_landing(home / "landing", count)
+def steady_rate(batches: list[tuple[int, int, float]], skip: int = 1) -> tuple[float | None, int]:
+    """Images/s over the micro-batches after the first ``skip`` that are as large as the largest (full) batch."""
+    full = max((n for _, n, _ in batches), default=0)
+    steady = [(n, s) for b, n, s in batches if b >= skip and n == full]
+    if not steady:
+        return None, 0
+    return sum(n for n, _ in steady) / sum(s for _, s in steady), len(steady)
+
+
+def stream_variant(name: str, flags: str, source: Path, count: int, weights: str, master: str, workdir: Path) -> dict:
+    home = workdir / name
+    shutil.copytree(source, home / "landing")
     env = {"FRUITS_HOME": str(home), "FRUITS_WEIGHTS": weights, "FRUITS_MASTER": master}
-    seconds, log = timed(["stream", "--available-now"], env)
-    batches = [(int(n), float(s)) for n, s in re.findall(r"batch \d+: (\d+) files in ([\d.]+) s", log)]
-    assert sum(n for n, _ in batches) == count, f"stream read {sum(n for n, _ in batches)} of {count} files"
-    refit_seconds, refit_log = timed(["refit-pca"], env)
-    fit = float(re.search(r"rows of features version \d+ (?:\(\d+ new\) )?in ([\d.]+) s", refit_log).group(1))
-    return {"images": count, "stream_seconds": round(seconds, 1), "batches": batches,
-            "refit_command_seconds": round(refit_seconds, 1), "pca_fit_seconds": fit}
+    seconds, log = run_fruits(["stream", "--available-now", *shlex.split(flags)], env)
+    batches = [(int(b), int(n), float(s)) for b, n, s in BATCH_LINE.findall(log)]
+    if sum(n for _, n, _ in batches) != count:  # the last line can be lost at exit; the rate does not need it
+        print(f"{name}: progress lines account for {sum(n for _, n, _ in batches)} of {count} files", file=sys.stderr)
+    rate, used = steady_rate(batches)
+    model_id = re.search(r"featurizer (\S+)", log)
+    result = {
+        "variant": name, "flags": flags, "model_id": model_id.group(1) if model_id else None,
+        "steady_images_per_s": round(rate, 1) if rate else None, "steady_batches": used,
+        "whole_command_seconds": round(seconds, 1), "whole_command_images_per_s": round(count / seconds, 1),
+        "batches": [{"batch": b, "files": n, "seconds": s} for b, n, s in batches],
+    }
+    shutil.rmtree(home, ignore_errors=True)
+    return result
+
+
+def tensorflow_bare_rate(weights: str, seconds: float) -> float:
+    """TensorFlow fp32's bare model, 1 process x 2 threads, chunks of 32, on 64 pre-decoded photos (images/s)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bare_model import decoded, measure
+
+    from fruits.model import resolve_weights
+
+    photos = sorted(SAMPLE.glob("*/*.jpg"))
+    images = decoded(photos[:: len(photos) // 64][:64])
+    spec = {"runtime": "tensorflow", "precision": "fp32", "procs": 1, "threads": 2, "chunk": 32}
+    return measure(spec, resolve_weights(weights), "", images, seconds)["images_per_s"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", required=True)
-    parser.add_argument("--small", type=int, default=500)
-    parser.add_argument("--large", type=int, default=3013)
+    parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
+    parser.add_argument("--images", type=int, default=6026, help="photos in the landing folder (default 2 x 3,013)")
+    parser.add_argument("--variant", action="append", metavar="NAME=FLAGS", help="repeatable; see above")
     parser.add_argument("--master", default="local[*]")
+    parser.add_argument("--bare-seconds", type=float, default=10.0, help="timed seconds of the TensorFlow yardstick")
     args = parser.parse_args()
+    variants = [v.partition("=")[::2] for v in (args.variant or DEFAULT_VARIANTS)]
+
+    load_before = os.getloadavg()
+    tensorflow = tensorflow_bare_rate(args.weights, args.bare_seconds)
+    print(f"tensorflow bare model: {tensorflow} images/s", file=sys.stderr, flush=True)
+    runs = []
     with tempfile.TemporaryDirectory(prefix="fruits-bench-") as tmp:
-        small = stream_run(args.small, args.weights, args.master, Path(tmp))
-        large = stream_run(args.large, args.weights, args.master, Path(tmp))
-    marginal = (large["images"] - small["images"]) / (large["stream_seconds"] - small["stream_seconds"])
-    summary = {
-        "cpu_count": os.cpu_count(),
-        "master": args.master,
-        "runs": [small, large],
-        "whole_command_images_per_s": {str(r["images"]): round(r["images"] / r["stream_seconds"], 1) for r in (small, large)},
-        "marginal_images_per_s": round(marginal, 1),
-        "fixed_cost_seconds": round(small["stream_seconds"] - small["images"] / marginal, 1),
-    }
-    print(json.dumps(summary, indent=2))
+        source = Path(tmp) / "landing-source"
+        fill_landing(source, args.images)
+        for name, flags in variants:
+            runs.append(stream_variant(name, flags, source, args.images, args.weights, args.master, Path(tmp)))
+            runs[-1]["x_tensorflow_bare"] = round((runs[-1]["steady_images_per_s"] or 0) / tensorflow, 2)
+            print(json.dumps({k: v for k, v in runs[-1].items() if k != "batches"}), file=sys.stderr, flush=True)
+    print(json.dumps({
+        "cpu_count": os.cpu_count(), "master": args.master, "images": args.images,
+        "load_avg_before": [round(x, 2) for x in load_before], "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+        "tensorflow_bare_model_images_per_s": tensorflow, "runs": runs,
+    }, indent=2))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _spark_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--master", help="Spark master URL (default local[*]; env FRUITS_MASTER)")
+    parser.add_argument(
+        "--conf", action="append", default=[], type=_spark_setting, metavar="KEY=VALUE",
+        help="a Spark setting on top of [spark.conf], as with spark-submit (repeatable)",
+    )
+
+
+def _spark_setting(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE, e.g. spark.sql.shuffle.partitions=4")
+    return key.strip(), value.strip()
 
 
 def _runtime_flags(parser: argparse.ArgumentParser) -> None:
@@ -81,7 +92,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     """The merged configuration, with the command-line flags on top."""
     overrides: dict[str, dict[str, Any]] = {
         "paths": {"home": args.home},
-        "spark": {"master": getattr(args, "master", None)},
+        "spark": {"master": getattr(args, "master", None), "conf": dict(getattr(args, "conf", None) or []) or None},
         "stream": {
             "trigger": getattr(args, "trigger", None),
             "max_files_per_trigger": getattr(args, "max_files_per_trigger", None),

@@ -108,6 +108,7 @@ class OpenVinoHandler:
     image_size: int = 224
     batch_size: int = 8
     threads: int = 1  # inference threads per Python worker (Spark runs one worker per task slot); 0: OpenVINO's choice
+    cpu_pinning: bool = False  # OpenVINO's default (True) puts every worker's thread on the same core: see load_model
 
     runtime = "openvino"
 
@@ -139,6 +140,10 @@ class OpenVinoHandler:
             "INFERENCE_PRECISION_HINT": _OV_PRECISION[self.precision],
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1,
+            # OpenVINO pins its threads to cores by default. Spark runs one Python worker per task slot, each with
+            # its own 1-thread model: pinned, they all landed on the same core and ran at half the speed
+            # (bench/bare_model.py: 2 processes x 1 thread, 196 -> 426 images/s on 2 cores once unpinned).
+            "ENABLE_CPU_PINNING": self.cpu_pinning,
         }
         if self.threads:
             settings["INFERENCE_NUM_THREADS"] = int(self.threads)

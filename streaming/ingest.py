@@ -72,14 +72,17 @@ def source_log_entries(spark: SparkSession, source_log: str, batch_id: int) -> d
     )
     if name is None:
         return {}
-    lines = (
-        spark.read.text(f"{source_log}/{name}")
-        .where(F.col("value").contains(f'"batchId":{batch_id}}}'))
-        .collect()
-    )
+    marker = f'"batchId":{batch_id}}}'
+    if name.endswith(".compact"):  # every file since the start: filter it with a Spark job, not on the driver
+        lines = [
+            row["value"]
+            for row in spark.read.text(f"{source_log}/{name}").where(F.col("value").contains(marker)).collect()
+        ]
+    else:  # this batch's files only: read it directly, no Spark job
+        lines = [line for line in storage.read_bytes(spark, f"{source_log}/{name}").decode().splitlines() if marker in line]
     entries = {}
     for line in lines:
-        entry = json.loads(line["value"])
+        entry = json.loads(line)
         # The log holds URIs (file:///a/b%20c.jpg); the path column holds Hadoop's Path.toString (file:/a/b c.jpg).
         path = re.sub(r"^file:///", "file:/", unquote(entry["path"]))
         entries[path] = int(entry["timestamp"])
@@ -104,19 +107,25 @@ class DeltaSink:
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         batch.persist()
         try:
+            # One job over every partition at once featurizes the whole batch into the cache and tells which paths
+            # were read and which failed. (An isEmpty() first would featurize partition 0 alone, on one core.)
+            outcome = batch.select("path", F.col("error").isNull().alias("ok")).collect()
+            unread = self._unread(batch.sparkSession, batch_id, {row["path"] for row in outcome})
             ok = F.col("error").isNull()
             common = ["path", "label", "content_sha256", "size_bytes", "modified_at", "ingested_at"]
-            self._append(batch.where(ok).select(*common, "features", "model_id"), self.features_table, batch_id)
-            rejected = batch.where(~ok).select(*common, F.col("error").alias("reason"), "model_id")
-            self._append(rejected.unionByName(self._unread(batch, batch_id)), self.quarantine_table, batch_id)
+            if any(row["ok"] for row in outcome):
+                self._append(batch.where(ok).select(*common, "features", "model_id"), self.features_table, batch_id)
+            if unread is not None or not all(row["ok"] for row in outcome):
+                rejected = batch.where(~ok).select(*common, F.col("error").alias("reason"), "model_id")
+                if unread is not None:
+                    rejected = rejected.unionByName(unread)
+                self._append(rejected, self.quarantine_table, batch_id)
         finally:
             batch.unpersist()
 
-    def _unread(self, batch: DataFrame, batch_id: int) -> DataFrame:
-        """Quarantine rows for the files listed for this batch that produced no row."""
-        spark = batch.sparkSession
+    def _unread(self, spark: SparkSession, batch_id: int, read: set[str]) -> DataFrame | None:
+        """Quarantine rows for the files listed for this batch that produced no row (None if there are none)."""
         listed = source_log_entries(spark, self.source_log, batch_id)
-        read = {row["path"] for row in batch.select("path").collect()}
         rows = []
         for path, modified_ms in sorted(listed.items()):
             if path in read:
@@ -126,6 +135,8 @@ class DeltaSink:
                 size, "listed by the stream but produced no row"
             )
             rows.append((path, size or 0, modified_ms, reason))
+        if not rows:
+            return None
         return spark.createDataFrame(rows, "path string, size_bytes long, modified_ms long, reason string").select(
             "path",
             label_column(F.col("path"), self.landing_root).alias("label"),
@@ -138,8 +149,6 @@ class DeltaSink:
         )
 
     def _append(self, rows: DataFrame, table: str, batch_id: int) -> None:
-        if rows.isEmpty():  # the batch is cached: cheap, and saves an empty commit
-            return
         # txnAppId/txnVersion make the append idempotent: Delta skips a batch id it has already committed.
         (
             rows.write.format("delta")
@@ -230,7 +239,7 @@ def start_stream(spark: SparkSession, config: Config, weights: WeightsRef, avail
     max_bytes = int(model_cfg["max_bytes"])
     too_big = F.col("length") > max_bytes  # such bytes never reach Python
     featurized = (
-        images.repartition(partitions)
+        images.coalesce(partitions)
         .select(
             "path",
             label_column(F.col("path"), landing).alias("label"),
