@@ -27,7 +27,8 @@ def decode_image(data: bytes | None, size: int = 224, max_pixels: int = DEFAULT_
     """Decode ``data`` to a ``(size, size, 3)`` uint8 RGB array.
 
     EXIF orientation is applied, transparency is composited on white, any mode (L, P, CMYK, I;16, ...) is converted
-    to RGB, and the image is resized to ``size``x``size`` with a bilinear filter. Raises :class:`RejectedImage` with
+    to RGB, and the image is resized to ``size``x``size`` with a bilinear filter (large JPEGs are first decoded at a
+    reduced scale that is still at least ``size``x``size``). Raises :class:`RejectedImage` with
     a specific reason for empty, unknown, truncated or oversized input.
     """
     if data is None:
@@ -42,6 +43,10 @@ def decode_image(data: bytes | None, size: int = 224, max_pixels: int = DEFAULT_
                 f"decompression bomb: image declares {width}x{height} = {width * height} pixels, "
                 f"above the limit of {max_pixels}"
             )
+        if image.format == "JPEG":
+            # Phone photos are 12 MP and more: let libjpeg decode at 1/2, 1/4 or 1/8 scale (DCT scaling), never
+            # below size x size, before the bilinear resize. 12 MP -> 224: ~17x faster, pixels within a few levels.
+            image.draft(None, (size, size))
         image.load()
     except RejectedImage:
         raise

@@ -52,6 +52,15 @@ def test_exif_rotation_is_applied():
     assert np.abs(rotated.astype(int) - upright.astype(int)).mean() < 3
 
 
+def test_large_jpeg_is_decoded_at_reduced_scale_with_the_same_content():
+    photo = real_photo().resize((4000, 3000), Image.Resampling.BICUBIC)  # a phone-sized photo of a real fruit
+    data = encode(photo, "JPEG", quality=90)
+    drafted = decode_image(data).astype(int)
+    full = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR))
+    assert not np.array_equal(drafted, full)  # it was decoded at 1/8 scale (500x375), not in full ...
+    assert np.abs(drafted - full.astype(int)).mean() < 1.0  # ... and is the same picture within rounding
+
+
 @pytest.mark.parametrize(
     "data,reason",
     [
