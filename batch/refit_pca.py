@@ -6,6 +6,9 @@ rows added since the last model's source version (Delta change data feed), merge
 result: the same components as a full refit, without re-reading old rows. It falls back to a full refit when rows
 were deleted or updated, the model id of the features changed, or the previous statistics are missing.
 
+Before it pins the features version, a refit compacts the features and quarantine tables when they hold enough
+small files (Delta ``OPTIMIZE``, :mod:`batch.compaction`; ``[compaction]`` in conf/fruits.toml, ``--no-compact``).
+
 Each refit writes, under ``models/pca/vN/``: ``spark-model`` (a :class:`pyspark.ml.feature.PCAModel`),
 ``components.npy`` (the same (d, k) matrix, for readers without Spark), ``moments.npz``, ``explained-variance.png``, ``pc1-pc2.png``; then the ``tables/pca`` rows of that version; then
 ``metadata.json`` last: a version without its metadata is an interrupted refit and is redone. A refit is skipped
@@ -31,6 +34,7 @@ from pyspark.ml.linalg import DenseMatrix, DenseVector
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from batch.compaction import compact_tables, describe
 from batch.moments import Moments, moments_of
 from fruits import storage
 from fruits.config import Config, join_uri
@@ -62,6 +66,8 @@ class PcaVersion:
     new_rows: int = 0
     fallback_reason: str | None = None
     plots: list[str] = field(default_factory=list)
+    # Per table (features, quarantine): compacted with files before/after, or skipped and why, or the error.
+    compaction: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,7 @@ class RefitOutcome:
 
     refitted: PcaVersion | None
     skipped_reason: str | None = None
+    compaction: dict = field(default_factory=dict)
 
 
 def model_versions(spark: SparkSession, config: Config) -> list[PcaVersion]:
@@ -134,6 +141,17 @@ def refit_pca(
     last = previous[-1] if previous else None
     if last and last.source_version == source_version:
         return RefitOutcome(None, f"features table is still at version {source_version}, already fitted by v{last.version}")
+    # Compact before the version is pinned, not after the fit:
+    # - the fit and the projection below then scan the compacted files of the pinned version, not the small ones;
+    # - OPTIMIZE commits a new version (dataChange=false). Made after the fit, that commit would be newer than the
+    #   model's source version, so the next refit would find "new" data and make a version with no new row.
+    #   Made here, it is part of the pinned version. An OPTIMIZE commit inside a later refit's range
+    #   (source_version, latest] has no change-data-feed row, so the incremental path ignores it and does not fall
+    #   back to a full refit (tests/test_compaction.py checks both).
+    # - The stream may keep appending meanwhile: its blind appends do not conflict with OPTIMIZE, and whatever it
+    #   commits before the pin below is fitted now, after it at the next refit.
+    compaction = compact_tables(spark, config)
+    source_version = latest_version(spark, config.features_table)
     features = (
         spark.read.format("delta").option("versionAsOf", source_version).load(config.features_table)
         .select("path", "label", "model_id", "features")
@@ -142,7 +160,7 @@ def refit_pca(
     try:
         rows = features.count()
         if rows == 0:
-            return RefitOutcome(None, f"features table version {source_version} has no rows")
+            return RefitOutcome(None, f"features table version {source_version} has no rows", compaction)
         model_ids = sorted(r["model_id"] for r in features.select("model_id").distinct().collect())
         if len(model_ids) > 1:
             log.warning("features of version %d come from several models: %s", source_version, model_ids)
@@ -197,9 +215,10 @@ def refit_pca(
             new_rows=new_rows,
             fallback_reason=fallback,
             plots=plots,
+            compaction=compaction,
         )
         storage.write_text(spark, join_uri(folder, METADATA), json.dumps(asdict(record), indent=2))
-        return RefitOutcome(record)
+        return RefitOutcome(record, compaction=compaction)
     finally:
         features.unpersist()
 
@@ -291,14 +310,15 @@ def _save(spark: SparkSession, figure, folder: str, name: str) -> str:
 
 def log_outcome(outcome: RefitOutcome) -> None:
     """One line about a refit: the new version's figures, or why it was skipped."""
+    compaction = f"; compaction: {describe(outcome.compaction)}" if outcome.compaction else ""
     if outcome.refitted is None:
-        log.info("refit skipped: %s", outcome.skipped_reason)
+        log.info("refit skipped: %s%s", outcome.skipped_reason, compaction)
         return
     v = outcome.refitted
     log.info(
-        "refit v%d (%s%s): k=%d over %d rows of features version %d (%d new) in %.1f s; explained variance %.3f (first %.3f)",
+        "refit v%d (%s%s): k=%d over %d rows of features version %d (%d new) in %.1f s; explained variance %.3f (first %.3f)%s",
         v.version, v.method, f", full because {v.fallback_reason}" if v.fallback_reason else "", v.k, v.rows,
-        v.source_version, v.new_rows, v.fit_seconds, sum(v.explained_variance), v.explained_variance[0],
+        v.source_version, v.new_rows, v.fit_seconds, sum(v.explained_variance), v.explained_variance[0], compaction,
     )
 
 

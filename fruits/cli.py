@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     refit.add_argument("--variance", type=float, help="instead of --k: the smallest k explaining this share, e.g. 0.95")
     refit.add_argument("--full", action="store_true", help="refit on every row even when an incremental refit is possible")
     refit.add_argument("--every", help="stay in the foreground and refit at this interval, e.g. 10m")
+    refit.add_argument(
+        "--no-compact", action="store_true",
+        help="do not compact the features and quarantine tables (Delta OPTIMIZE) before fitting ([compaction] enabled)",
+    )
 
     drop = commands.add_parser("drop", help="copy images into HOME/landing atomically (keeps class sub-folders)")
     _common(drop)
@@ -104,6 +108,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         },
         "pca": {"k": getattr(args, "k", None), "every": getattr(args, "every", None), "variance": getattr(args, "variance", None)},
         "landing": {"stable_seconds": getattr(args, "stable_seconds", None)},
+        "compaction": {"enabled": False if getattr(args, "no_compact", False) else None},
     }
     return load_config(args.config, overrides)
 

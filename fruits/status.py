@@ -9,6 +9,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
@@ -35,11 +36,30 @@ def _table_summary(uri: str, label_counts: bool = False) -> dict[str, Any]:
     if table is None:
         return {"location": uri, "exists": False}
     dataset = table.to_pyarrow_dataset()
-    summary: dict[str, Any] = {"location": uri, "exists": True, "version": table.version(), "rows": dataset.count_rows()}
+    summary: dict[str, Any] = {
+        "location": uri, "exists": True, "version": table.version(), "rows": dataset.count_rows(), **data_files(table)
+    }
     if label_counts:
         labels = dataset.to_table(columns=["label"]).column("label").to_pylist()
         summary["labels"] = dict(sorted(Counter("(none)" if v is None else v for v in labels).items()))
     return summary
+
+
+def data_files(table: DeltaTable) -> dict[str, Any]:
+    """How many data files the current snapshot holds and their mean size (the stream adds small ones; a refit
+    compacts them): ``{"files": n, "mean_file_bytes": m}``."""
+    sizes = pa.table(table.get_add_actions()).column("size_bytes").to_pylist()
+    return {"files": len(sizes), "mean_file_bytes": round(sum(sizes) / len(sizes)) if sizes else 0}
+
+
+def _size(n: float) -> str:
+    """Bytes as ``512 B``, ``4.2 KB``, ``130.0 MB`` or ``2.5 GB``."""
+    unit = "B"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            break
+        n /= 1024
+    return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
 
 
 def last_refit(config: Config) -> dict[str, Any] | None:
@@ -104,8 +124,8 @@ def _age_seconds(timestamp: str) -> float:
 
 
 def collect_status(config: Config) -> dict[str, Any]:
-    """Versions and row counts of the features, quarantine and pca tables, labels, duplicates, files changed since
-    ingest, the last refit and the stream's last micro-batch."""
+    """Versions, row counts and data files of the features, quarantine and pca tables, labels, duplicates, files
+    changed since ingest, the last refit and the stream's last micro-batch."""
     report = {
         "home": config.home,
         "features": _table_summary(config.features_table, label_counts=True),
@@ -129,7 +149,10 @@ def format_status(report: dict[str, Any]) -> str:
     for name in ("features", "quarantine", "pca"):
         table = report[name]
         lines.append(
-            f"{name:<11} version {table['version']:>4}  rows {table['rows']:>7}" if table["exists"] else f"{name:<11} (none yet)"
+            f"{name:<11} version {table['version']:>4}  rows {table['rows']:>7}  files {table['files']:>5} "
+            f"(mean {_size(table['mean_file_bytes'])})"
+            if table["exists"]
+            else f"{name:<11} (none yet)"
         )
     labels = report["features"].get("labels") or {}
     if labels:
@@ -149,6 +172,10 @@ def format_status(report: dict[str, Any]) -> str:
             f"of features version {refit['source_version']}, explained variance {sum(refit['explained_variance']):.3f}, "
             f"{refit['age_seconds']:.0f} s ago"
         )
+        if refit.get("compaction"):
+            from batch.compaction import describe
+
+            lines.append(f"compaction at the last refit: {describe(refit['compaction'])}")
     else:
         lines.append("last refit: none")
     stream = report.get("stream")

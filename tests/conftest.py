@@ -138,3 +138,36 @@ def ingested(spark, weights, tmp_path_factory):
         "features": features,
         "quarantine": quarantine,
     }
+
+
+@pytest.fixture()
+def features_home(spark, ingested, tmp_path):
+    """A home whose features table (change data feed on) holds the first 250 real feature rows of `ingested`, and
+    ``append(frame)`` to add rows of ``rows`` (all of `ingested`'s, sorted by path) in one commit (2 small files)."""
+    from fruits.tables import FEATURES_SCHEMA, ensure_table
+
+    config = make_config(tmp_path)
+    ensure_table(spark, config.features_table, FEATURES_SCHEMA, "test", change_feed=True)
+    rows = ingested["features"].sort_values("path").reset_index(drop=True)
+
+    def append(frame):
+        frame = frame[FEATURES_SCHEMA.fieldNames()].assign(features=frame["features"].map(lambda v: [float(x) for x in v]))
+        spark.createDataFrame(frame, FEATURES_SCHEMA).write.format("delta").mode("append").save(config.features_table)
+
+    append(rows.iloc[:250])
+    return config, rows, append
+
+
+def assert_same_pca(fitted, reference) -> None:
+    """Two PCA versions (:class:`batch.refit_pca.PcaVersion`) have the same components up to sign (|cos| >= 0.9999
+    per component) and the same explained variance (within 1e-6)."""
+    import numpy as np
+    from pyspark.ml.feature import PCAModel
+
+    def unit_columns(matrix):
+        return matrix / np.linalg.norm(matrix, axis=0)
+
+    a, b = PCAModel.load(fitted.model_path).pc.toArray(), PCAModel.load(reference.model_path).pc.toArray()
+    cosines = np.abs(np.sum(unit_columns(a) * unit_columns(b), axis=0))
+    assert cosines.min() >= 0.9999, cosines
+    assert np.abs(np.array(fitted.explained_variance) - np.array(reference.explained_variance)).max() <= 1e-6

@@ -32,6 +32,41 @@ def test_missing_weights_file_is_a_clear_error(tmp_path):
     assert result.returncode == 2 and "no such file" in result.stderr
 
 
+@pytest.mark.parametrize("command", ["stream", "refit-pca"])
+def test_conf_flags_land_on_top_of_the_spark_conf_of_conf_fruits_toml(command, monkeypatch):
+    from fruits.cli import build_parser, config_from_args
+    from fruits.config import ENV_OVERRIDES, load_config
+
+    for variable in ENV_OVERRIDES:
+        monkeypatch.delenv(variable, raising=False)
+    defaults = load_config(environ={}).section("spark")["conf"]
+    args = build_parser().parse_args(
+        [command, "--conf", "spark.sql.shuffle.partitions=3", "--conf", " spark.custom.setting = a=b ", "--conf", "spark.empty="]
+    )
+    conf = config_from_args(args).section("spark")["conf"]
+    assert conf == {**defaults, "spark.sql.shuffle.partitions": "3", "spark.custom.setting": "a=b", "spark.empty": ""}
+    assert conf["spark.driver.memory"] == defaults["spark.driver.memory"] == "4g"  # the rest of [spark.conf] stays
+    assert config_from_args(build_parser().parse_args([command])).section("spark")["conf"] == defaults
+
+
+@pytest.mark.parametrize("setting", ["spark.sql.shuffle.partitions", "=4", " =4"])
+def test_a_conf_flag_without_key_and_equals_sign_is_rejected(setting, capsys):
+    from fruits.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["refit-pca", "--conf", setting])
+    assert exit_info.value.code == 2
+    assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_no_compact_turns_compaction_off_for_one_refit(monkeypatch):
+    from fruits.cli import build_parser, config_from_args
+
+    monkeypatch.delenv("FRUITS_HOME", raising=False)
+    assert config_from_args(build_parser().parse_args(["refit-pca"])).section("compaction")["enabled"] is True
+    assert config_from_args(build_parser().parse_args(["refit-pca", "--no-compact"])).section("compaction")["enabled"] is False
+
+
 @pytest.mark.slow
 def test_stream_refit_and_status_from_the_command_line(tmp_path):
     home = tmp_path / "home"

@@ -29,9 +29,17 @@ def test_status_reports_duplicates_and_files_overwritten_in_place(spark, weights
 
     report = collect_status(config)
     assert report["features"]["rows"] == 3
+    # Data files of the current snapshot, as Spark's Delta counts them; the quarantine table is still empty.
+    from delta.tables import DeltaTable
+
+    detail = DeltaTable.forPath(spark, config.features_table).detail().head()
+    assert report["features"]["files"] == detail["numFiles"] >= 1
+    assert report["features"]["mean_file_bytes"] == round(detail["sizeInBytes"] / detail["numFiles"])
+    assert report["quarantine"]["files"] == 0 and report["quarantine"]["mean_file_bytes"] == 0
     assert report["duplicates"] == {"contents": 1, "extra_rows": 1}
     assert report["landing_changes"]["overwritten"] == 1 and report["landing_changes"]["overwritten_paths"] == [str(lemon)]
     assert report["stream"]["files"] == 3 and report["stream"]["batch"] == 0  # the last micro-batch that read files
     text = format_status(report)
+    assert f"files {report['features']['files']:>5} (mean " in text and "files     0 (mean 0 B)" in text
     assert "duplicates: 1 contents ingested more than once (1 extra rows)" in text
     assert "1 ingested files overwritten in place since (not re-read)" in text

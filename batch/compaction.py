@@ -1,0 +1,145 @@
+"""Compaction of the tables the stream appends to: Delta ``OPTIMIZE`` (bin-packing) of ``tables/features`` and
+``tables/quarantine``, run by ``fruits refit-pca`` before it fits (see :func:`batch.refit_pca.refit_pca`).
+
+Every micro-batch appends a few small Parquet files to each table; with a 2 s trigger that is thousands of tiny
+files a day, which every full scan (the refit's fit and projection) and every snapshot rebuild then pays for.
+The periodic batch compacts them instead of the stream (Delta's auto-compaction would run synchronously after the
+stream's own commits and add its latency to every micro-batch).
+
+Safety while the stream keeps appending: ``OPTIMIZE`` only rewrites existing files and commits with
+``dataChange=false`` (snapshot isolation), and the stream's appends are blind appends (they read no files), so the
+two never conflict: appends committed meanwhile are kept and are simply not compacted this time. The change data
+feed has no rows for an ``OPTIMIZE`` commit, so the incremental refit still sees only the appended rows. The
+replaced small files stay on storage (time travel, change data feed) until a ``VACUUM``.
+
+On S3 with Delta's default log store, only one driver may write a table (two drivers can overwrite each other's
+commit). Compaction then writes the stream's tables from a second driver, so it is skipped there unless a
+multi-cluster log store is configured (``spark.delta.logStore.s3a.impl``, e.g. ``io.delta.storage.S3DynamoDBLogStore``).
+
+A failure to compact never fails the refit: it is logged as a warning and recorded in the outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from typing import TYPE_CHECKING, Any
+
+from fruits.config import Config, join_uri
+
+if TYPE_CHECKING:  # Spark is imported when compacting only: `fruits status` uses describe() without it
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger("fruits.compaction")
+
+MIB = 1024 * 1024
+# Delta's OPTIMIZE settings: files smaller than minFileSize are rewritten, into files of at most maxFileSize.
+OPTIMIZE_SIZE_SETTINGS = ("spark.databricks.delta.optimize.minFileSize", "spark.databricks.delta.optimize.maxFileSize")
+
+
+def compact_tables(spark: SparkSession, config: Config) -> dict[str, dict[str, Any]]:
+    """Compact the features and quarantine tables where it is worth it; one outcome per table (see :func:`compact_table`)."""
+    settings = config.section("compaction")
+    tables = {"features": config.features_table, "quarantine": config.quarantine_table}
+    if not settings["enabled"]:
+        return {name: {"compacted": False, "skipped": "compaction disabled"} for name in tables}
+    return {name: compact_table(spark, location, settings) for name, location in tables.items()}
+
+
+def compact_table(spark: SparkSession, location: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """``OPTIMIZE`` the Delta table at ``location`` if it holds at least ``min_extra_files`` more files than its size
+    needs at ``target_file_mb``. Returns ``{"compacted": True, "files_before", "files_after", ...}``, or
+    ``{"compacted": False, "skipped": why}``, or ``{"compacted": False, "error": what}``: it never raises."""
+    try:
+        return _compact(spark, location, int(settings["min_extra_files"]), float(settings["target_file_mb"]))
+    except Exception as exc:  # a failed compaction must not fail the refit; the small files stay until next time
+        error = _error_text(exc)
+        log.warning("compaction of %s failed, the refit goes on without it: %s", location, error)
+        return {"compacted": False, "error": error}
+
+
+def _compact(spark: SparkSession, location: str, min_extra_files: int, target_mb: float) -> dict[str, Any]:
+    from delta.tables import DeltaTable
+
+    from fruits import storage
+
+    unsafe = multi_writer_unsafe(location, spark.conf.get)
+    if unsafe:
+        return {"compacted": False, "skipped": unsafe}
+    if not storage.exists(spark, join_uri(location, "_delta_log")):
+        return {"compacted": False, "skipped": "no table yet"}
+    table = DeltaTable.forPath(spark, location)
+    detail = table.detail().select("numFiles", "sizeInBytes").head()
+    files, size = int(detail["numFiles"]), int(detail["sizeInBytes"])
+    target = max(1, int(target_mb * MIB))
+    extra = files - max(1, math.ceil(size / target))
+    figures = {"files_before": files, "bytes": size, "extra_files": max(extra, 0)}
+    if extra < min_extra_files:
+        return {"compacted": False, "skipped": f"{max(extra, 0)} extra files < min_extra_files {min_extra_files}", **figures}
+
+    started = time.perf_counter()
+    previous = {key: spark.conf.get(key, None) for key in OPTIMIZE_SIZE_SETTINGS}
+    try:
+        for key in OPTIMIZE_SIZE_SETTINGS:
+            spark.conf.set(key, str(target))
+        metrics = table.optimize().executeCompaction().head()["metrics"]
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
+    removed, added = int(metrics["numFilesRemoved"]), int(metrics["numFilesAdded"])
+    outcome = {
+        "compacted": removed > 0,
+        **figures,
+        # The snapshot OPTIMIZE worked on; appends committed meanwhile come on top of it.
+        "files_after": files - removed + added,
+        "files_removed": removed,
+        "files_added": added,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    if not removed:  # every small file alone in its bin: OPTIMIZE committed nothing
+        outcome["skipped"] = "OPTIMIZE found no files to merge"
+        return outcome
+    log.info("compacted %s: %d -> %d files (%.1f MB) in %.1f s", location, files, outcome["files_after"], size / MIB, outcome["seconds"])
+    return outcome
+
+
+def _error_text(exc: Exception) -> str:
+    """The first line of an error; for a Java one (Py4JJavaError), the Java exception's class and message."""
+    java = getattr(exc, "java_exception", None)
+    text = str(java.toString()) if java is not None else f"{type(exc).__name__}: {exc}"
+    lines = text.strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
+
+
+def multi_writer_unsafe(location: str, conf_get) -> str | None:
+    """Why a second driver must not write the table at ``location`` (S3 without a multi-cluster log store), or None.
+
+    ``conf_get(key, default)`` reads a Spark setting (``spark.conf.get``)."""
+    match = re.match(r"^(s3[an]?)://", location)
+    if not match:
+        return None
+    scheme = match.group(1)
+    if conf_get(f"spark.delta.logStore.{scheme}.impl", None) or conf_get("spark.delta.logStore.class", None):
+        return None
+    return (
+        f"{scheme}:// with Delta's single-driver log store: the stream is the only safe writer "
+        f"(set spark.delta.logStore.{scheme}.impl to a multi-cluster log store to compact from the refit)"
+    )
+
+
+def describe(compaction: dict[str, dict[str, Any]]) -> str:
+    """One phrase per table, for the refit's log line: ``features 62 -> 2 files, quarantine skipped (...)``."""
+    parts = []
+    for name, outcome in compaction.items():
+        if outcome.get("compacted"):
+            parts.append(f"{name} {outcome['files_before']} -> {outcome['files_after']} files")
+        elif "error" in outcome:
+            parts.append(f"{name} failed ({outcome['error']})")
+        else:
+            parts.append(f"{name} skipped ({outcome.get('skipped', 'nothing to compact')})")
+    return ", ".join(parts)

@@ -1,0 +1,278 @@
+"""Benchmark: latency of the long-running `fruits stream`, from a photo's atomic rename into the landing folder to
+its row being visible in the features Delta table.
+
+1. `fruits stream` (no --available-now: the configured processing-time trigger, 2 s as shipped, or --trigger) runs
+   on a fresh home in its own process group. Once it logs "stream ... watching", ``--warmup`` photos are dropped and
+   waited for, uncounted: the first micro-batch starts the Python workers and loads the model.
+2. ``--images`` real photos are dropped at about ``--rate`` per second into ``landing/<Class>/``, each with
+   ``fruits.landing.place_atomically`` (hidden temporary name, fsync, rename: what `fruits drop` does), in this
+   process; the time right after the rename is recorded.
+3. A thread polls ``tables/features/_delta_log/`` (and the quarantine table's) every ``--poll-ms`` for new
+   ``NNNNN.json`` commits, reads the ``path`` column of the parquet files each one adds, and records each path as
+   visible when its commit file was first listed (the lag behind the commit file's mtime is reported as
+   ``poll_lag``). Latency = visible - renamed. Every dropped photo must show up in the features table within
+   ``--timeout`` seconds of the last drop, or the run fails (naming any that were quarantined, with the reason).
+
+Breakdown: each commit carries ``txn.version`` = the micro-batch id, and the checkpoint's ``offsets/N`` file is
+written when micro-batch N is planned (after it listed the landing folder). So each latency splits into *queued*
+(rename -> batch N planned: the wait for the next trigger, plus the listing) and *processing* (planned -> commit
+visible: read, featurize, Delta append). Also reported: the stream's own per-batch lines (files per micro-batch).
+
+Compare triggers with e.g. ``--trigger 500ms`` or ``--flags "--trigger 500ms --conf spark.x=y"``.
+
+Usage: python bench/latency.py [--images 240] [--rate 5] [--warmup 5] [--trigger 2s] [--flags "..."]
+                               [--master local[*]] [--weights FILE] [--timeout 180] [--poll-ms 25]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import shlex
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from urllib.parse import unquote
+
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ingest_throughput import BATCH_LINE, DEFAULT_WEIGHTS, SAMPLE  # noqa: E402
+from proctree import exit_on_sigterm, fruits_process, load_average, log_tail, resolved_stream_config  # noqa: E402
+
+from fruits.landing import place_atomically  # noqa: E402
+
+COMMIT = re.compile(r"^(\d{20})\.json$")
+
+
+def local_path(spark_path: str) -> str:
+    """A path as the tables' ``path`` column spells it (``file:/a/b c.jpg``, Hadoop's Path.toString) as a local
+    path (``/a/b c.jpg``)."""
+    return "/" + re.sub(r"^file:", "", spark_path).lstrip("/")
+
+
+class CommitWatcher(threading.Thread):
+    """Polls the ``_delta_log`` of Delta tables for new commits; records, per landed path, when its row appeared.
+
+    ``seen[path] = (seconds since the epoch when the commit was first listed, table name, micro-batch id, reason)``:
+    the micro-batch id comes from the commit's ``txn`` action, the reason column from quarantine rows.
+    """
+
+    def __init__(self, tables: dict[str, Path], poll_seconds: float) -> None:
+        super().__init__(daemon=True)
+        self.tables, self.poll_seconds = tables, poll_seconds
+        self.seen: dict[str, tuple[float, str, int | None, str | None]] = {}
+        self.commits: list[dict] = []
+        self.error: BaseException | None = None
+        self._done_versions: dict[str, set[int]] = {name: set() for name in tables}
+        self._halt = threading.Event()
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        """Poll until :meth:`finish`; an error is kept in ``self.error`` for the main thread to raise."""
+        try:
+            while not self._halt.is_set():
+                self.poll()
+                self._halt.wait(self.poll_seconds)
+        except BaseException as exc:  # surfaced by the main thread: a silent watcher would look like lost files
+            self.error = exc
+
+    def poll(self) -> None:
+        """List each table's log once and read the commits not read yet."""
+        for name, table in self.tables.items():
+            log = table / "_delta_log"
+            try:
+                names = [m.group(1) for n in sorted(p.name for p in log.iterdir()) if (m := COMMIT.match(n))]
+            except FileNotFoundError:
+                continue
+            listed_at = time.time()
+            for version in map(int, names):
+                if version not in self._done_versions[name]:
+                    self._read_commit(name, table, version, listed_at)
+                    self._done_versions[name].add(version)
+
+    def _read_commit(self, name: str, table: Path, version: int, listed_at: float) -> None:
+        """Record the paths of the rows one commit added (renames make Delta commit files appear whole)."""
+        commit = table / "_delta_log" / f"{version:020d}.json"
+        actions = [json.loads(line) for line in commit.read_text().splitlines() if line]
+        batch = next((a["txn"]["version"] for a in actions if "txn" in a), None)
+        paths = []
+        for action in actions:
+            if "add" in action:
+                columns = ["path", "reason"] if name == "quarantine" else ["path"]
+                rows = pq.read_table(table / unquote(action["add"]["path"]), columns=columns).to_pylist()
+                paths.extend((local_path(r["path"]), r.get("reason")) for r in rows)
+        with self._lock:
+            for path, reason in paths:
+                self.seen.setdefault(path, (listed_at, name, batch, reason))
+            self.commits.append({"table": name, "version": version, "batch": batch, "rows": len(paths), "at": listed_at,
+                                 "poll_lag": listed_at - commit.stat().st_mtime})
+
+    def visible(self, paths) -> dict[str, tuple[float, str, int | None, str | None]]:
+        """The entries of ``paths`` seen so far."""
+        with self._lock:
+            return {p: self.seen[p] for p in paths if p in self.seen}
+
+    def finish(self) -> None:
+        """Stop polling and wait for the thread."""
+        self._halt.set()
+        self.join()
+
+
+def pick_photos(count: int, seed: int = 0) -> list[Path]:
+    """``count`` real photos in a random (seeded) order across classes, reusing the sample if it is too small."""
+    photos = sorted(SAMPLE.glob("*/*.jpg"))
+    random.Random(seed).shuffle(photos)
+    return [photos[i % len(photos)] for i in range(count)]
+
+
+def drop_paced(photos: list[Path], landing: Path, prefix: str, rate: float) -> dict[str, float]:
+    """Place ``photos`` atomically at ``landing/<Class>/<prefix>-<i>-<name>``, one every 1/``rate`` s (0: all at
+    once); returns local path -> time.time() right after its rename."""
+    renamed, start = {}, time.monotonic()
+    for index, photo in enumerate(photos):
+        if rate > 0:
+            time.sleep(max(0.0, start + index / rate - time.monotonic()))
+        placed = place_atomically(photo, landing / photo.parent.name / f"{prefix}-{index}-{photo.name}")
+        renamed[str(placed)] = time.time()
+    return renamed
+
+
+def wait_visible(watcher: CommitWatcher, paths, timeout: float, process) -> dict:
+    """Wait until every path is in a table (or ``timeout`` s pass, or the stream dies); returns what was seen."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and watcher.error is None and process.poll() is None:
+        seen = watcher.visible(paths)
+        if len(seen) == len(paths):
+            return seen
+        time.sleep(0.05)
+    if watcher.error is not None:
+        raise watcher.error
+    return watcher.visible(paths)
+
+
+def wait_ready(process, log_path: Path, timeout: float) -> None:
+    """Wait for the stream's "stream NAME watching" line; exit with the log's tail if it dies or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            sys.exit(f"fruits stream exited ({process.returncode}) before it was ready:\n{log_tail(log_path)}")
+        if re.search(r"stream \S+ watching", log_path.read_text(errors="replace")):
+            return
+        time.sleep(0.2)
+    sys.exit(f"fruits stream not ready after {timeout:.0f} s:\n{log_tail(log_path)}")
+
+
+def planned_at(checkpoint: Path, batch: int | None) -> float | None:
+    """When micro-batch ``batch`` was planned: the mtime of the checkpoint's ``offsets/N`` (written before it runs)."""
+    try:
+        return (checkpoint / "offsets" / str(batch)).stat().st_mtime if batch is not None else None
+    except FileNotFoundError:
+        return None
+
+
+def percentiles(values: list[float]) -> dict:
+    """p50, p95, max, min, mean of ``values`` (seconds, 3 decimals); empty dict if there are none."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+    cuts = statistics.quantiles(ordered, n=100, method="inclusive") if len(ordered) > 1 else ordered * 99
+    return {"p50": round(cuts[49], 3), "p95": round(cuts[94], 3), "max": round(ordered[-1], 3),
+            "min": round(ordered[0], 3), "mean": round(statistics.fmean(ordered), 3), "count": len(ordered)}
+
+
+def batch_summary(log_text: str, batches: set[int]) -> dict:
+    """The stream's own per-batch lines, restricted to the micro-batches ``batches`` (those of counted photos)."""
+    lines = [(int(b), int(n), float(s)) for b, n, s in BATCH_LINE.findall(log_text) if int(b) in batches]
+    files = [n for _, n, _ in lines]
+    return {
+        "micro_batches": len(batches), "micro_batches_logged": len(lines),
+        "files_per_batch": {"min": min(files, default=0), "mean": round(statistics.fmean(files), 2) if files else 0,
+                            "max": max(files, default=0)},
+        "batch_seconds": percentiles([s for _, _, s in lines]),
+        "batches": [{"batch": b, "files": n, "seconds": s} for b, n, s in lines],
+    }
+
+
+def main() -> None:
+    """Start the stream, warm it up, drop the photos at the given rate, wait for each row, print the JSON summary."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=240, help="counted photos (default 240; the issue asks >= 200)")
+    parser.add_argument("--rate", type=float, default=5.0, help="photos dropped per second (default 5)")
+    parser.add_argument("--warmup", type=int, default=5, help="uncounted photos dropped and awaited first (default 5)")
+    parser.add_argument("--trigger", help="the stream's --trigger (default: the configured one, 2s as shipped)")
+    parser.add_argument("--flags", default="", help='extra `fruits stream` flags, e.g. "--trigger 500ms"')
+    parser.add_argument("--master", default="local[*]")
+    parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
+    parser.add_argument("--timeout", type=float, default=180.0, help="s after the last drop for every row to appear")
+    parser.add_argument("--ready-timeout", type=float, default=600.0, help="s for start-up and the warm-up batch")
+    parser.add_argument("--poll-ms", type=float, default=25.0, help="how often _delta_log is listed (default 25 ms)")
+    args = parser.parse_args()
+    exit_on_sigterm()
+
+    flags = (["--trigger", args.trigger] if args.trigger else []) + shlex.split(args.flags)
+    resolved = resolved_stream_config(flags)
+    photos = pick_photos(args.warmup + args.images)
+    load_before = load_average()
+    with tempfile.TemporaryDirectory(prefix="fruits-latency-") as tmp:
+        home = Path(tmp).resolve() / "home"
+        landing, log_path = home / "landing", Path(tmp) / "stream.log"
+        landing.mkdir(parents=True)
+        env = {"FRUITS_HOME": str(home), "FRUITS_WEIGHTS": args.weights, "FRUITS_MASTER": args.master}
+        watcher = CommitWatcher({"features": home / "tables/features", "quarantine": home / "tables/quarantine"},
+                                args.poll_ms / 1000)
+        with fruits_process(["stream", *flags], env, log_path) as process:
+            wait_ready(process, log_path, args.ready_timeout)
+            watcher.start()
+            try:
+                warm = drop_paced(photos[: args.warmup], landing, "warmup", rate=0)
+                if len(wait_visible(watcher, warm, args.ready_timeout, process)) < len(warm):
+                    sys.exit(f"warm-up photos not visible after {args.ready_timeout:.0f} s:\n{log_tail(log_path)}")
+                print(f"warmed up; dropping {args.images} photos at {args.rate}/s", file=sys.stderr, flush=True)
+                renamed = drop_paced(photos[args.warmup :], landing, "photo", args.rate)
+                seen = wait_visible(watcher, renamed, args.timeout, process)
+            finally:
+                watcher.finish()
+        stream_exit = process.returncode
+        log_text = log_path.read_text(errors="replace")
+        checkpoint = home / "checkpoints" / "ingest"
+        missing = sorted(set(renamed) - set(seen))
+        quarantined = {p: s[3] for p, s in seen.items() if s[1] != "features"}
+        if missing or quarantined:
+            sys.exit(
+                f"{len(missing)} of {len(renamed)} dropped photos not visible {args.timeout:.0f} s after the last "
+                f"drop (e.g. {missing[:3]}); {len(quarantined)} quarantined: {dict(list(quarantined.items())[:3])}\n"
+                f"stream log tail:\n{log_tail(log_path)}"
+            )
+        latency = [seen[p][0] - renamed[p] for p in renamed]
+        planned = {p: planned_at(checkpoint, seen[p][2]) for p in renamed}
+        queued = [planned[p] - renamed[p] for p in renamed if planned[p] is not None]
+        processing = [seen[p][0] - planned[p] for p in renamed if planned[p] is not None]
+        drops = sorted(renamed.values())
+        commits = watcher.commits
+
+    print(json.dumps({
+        "images": len(renamed), "warmup": args.warmup, "master": args.master,
+        "trigger": resolved["trigger"], "max_files_per_trigger": resolved["max_files_per_trigger"],
+        "stream_flags": resolved["flags"], "poll_ms": args.poll_ms,
+        "rate_requested_per_s": args.rate,
+        "rate_achieved_per_s": round((len(drops) - 1) / (drops[-1] - drops[0]), 2) if len(drops) > 1 else None,
+        "latency_s": percentiles(latency),
+        "breakdown_s": {
+            "queued_rename_to_batch_planned": percentiles(queued),
+            "processing_batch_planned_to_visible": percentiles(processing),
+            "poll_lag_commit_written_to_seen": percentiles([c["poll_lag"] for c in commits if c["rows"]]),
+        },
+        "stream": batch_summary(log_text, {seen[p][2] for p in renamed if seen[p][2] is not None}),
+        "stream_exit_code": stream_exit,
+        "load_avg_before": load_before, "load_avg_after": load_average(),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
