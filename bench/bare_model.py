@@ -150,10 +150,7 @@ def main() -> None:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="fruits-bare-") as cache:
         started = time.perf_counter()
-        # Conversion in a child, so this process never imports TensorFlow.
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(1) as pool:
-            ir_path = pool.apply(convert_once, (weights, cache))
+        ir_path = convert_once(weights, cache)  # converts in a child: this process never imports TensorFlow
         convert_seconds = time.perf_counter() - started
 
         photos = sorted(SAMPLE.glob("*/*.jpg"))

@@ -12,7 +12,7 @@ A variant is ``NAME=FLAGS``: extra `fruits stream` flags, e.g. ``--variant "tf=-
 ``--variant "delta-default=--conf spark.databricks.delta.snapshotPartitions=50"``. Without --variant, the shipped
 configuration and the levers the README reports are run.
 
-Usage: python bench/ingest_throughput.py [--images 6026] [--variant NAME=FLAGS ...] [--master local[*]]
+Usage: python bench/ingest_throughput.py [--images 12052] [--variant NAME=FLAGS ...] [--master local[*]]
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ DEFAULT_VARIANTS = [
     "bf16=--precision bf16",
     "tensorflow=--runtime tensorflow",
     "delta-default-snapshot-partitions=--conf spark.databricks.delta.snapshotPartitions=50",
-    "batches-of-2000=--max-files-per-trigger 2000",
+    "batches-of-1000=--max-files-per-trigger 1000",
 ]
 BATCH_LINE = re.compile(r"batch (\d+): (\d+) files in ([\d.]+) s")
 
@@ -108,7 +108,7 @@ def tensorflow_bare_rate(weights: str, seconds: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
-    parser.add_argument("--images", type=int, default=6026, help="photos in the landing folder (default 2 x 3,013)")
+    parser.add_argument("--images", type=int, default=12052, help="photos in the landing folder (default 4 x 3,013)")
     parser.add_argument("--variant", action="append", metavar="NAME=FLAGS", help="repeatable; see above")
     parser.add_argument("--master", default="local[*]")
     parser.add_argument("--bare-seconds", type=float, default=10.0, help="timed seconds of the TensorFlow yardstick")

@@ -72,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fruits-pca-bench-") as home:
         config = load_config(overrides={"paths": {"home": home}, "spark": {"master": args.master}}, environ={})
-        spark = build_spark(config, "bench-pca")
+        spark = build_spark(config, "bench-pca", "pca")  # refit-pca's own settings (driver memory)
         ensure_table(spark, config.features_table, FEATURES_SCHEMA, "synthetic", change_feed=True)
         started = time.perf_counter()
         synthetic_rows(spark, 0, args.rows).write.format("delta").mode("append").save(config.features_table)

@@ -28,7 +28,8 @@ def _spark_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--master", help="Spark master URL (default local[*]; env FRUITS_MASTER)")
     parser.add_argument(
         "--conf", action="append", default=[], type=_spark_setting, metavar="KEY=VALUE",
-        help="a Spark setting on top of [spark.conf], as with spark-submit (repeatable)",
+        help="a Spark setting on top of [spark.conf] and the command's [stream|pca.spark_conf], as with spark-submit "
+        "(repeatable)",
     )
 
 
@@ -52,8 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(stream)
     _spark_flags(stream)
     stream.add_argument("--available-now", action="store_true", help="process what is there, then exit 0")
-    stream.add_argument("--trigger", help="micro-batch interval of the long-running stream (default 2s)")
-    stream.add_argument("--max-files-per-trigger", type=int, help="files per micro-batch at most (default 1000)")
+    stream.add_argument("--trigger", help="micro-batch interval of the long-running stream (default 1s)")
+    stream.add_argument("--max-files-per-trigger", type=int, help="files per micro-batch at most (default 2000)")
     stream.add_argument("--weights", help="'imagenet' (default, Keras download) or a local MobileNetV2 weights file")
     _runtime_flags(stream)
 
@@ -92,11 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The config section holding each Spark command's own settings (``[stream.spark_conf]``, ``[pca.spark_conf]``).
+COMMAND_SECTIONS = {"stream": "stream", "refit-pca": "pca"}
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """The merged configuration, with the command-line flags on top."""
     overrides: dict[str, dict[str, Any]] = {
         "paths": {"home": args.home},
-        "spark": {"master": getattr(args, "master", None), "conf": dict(getattr(args, "conf", None) or []) or None},
+        "spark": {"master": getattr(args, "master", None)},
         "stream": {
             "trigger": getattr(args, "trigger", None),
             "max_files_per_trigger": getattr(args, "max_files_per_trigger", None),
@@ -110,6 +115,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "landing": {"stable_seconds": getattr(args, "stable_seconds", None)},
         "compaction": {"enabled": False if getattr(args, "no_compact", False) else None},
     }
+    if getattr(args, "conf", None):  # --conf: on top of [spark.conf] and of the command's own [X.spark_conf]
+        overrides[COMMAND_SECTIONS[args.command]]["spark_conf"] = dict(args.conf)
     return load_config(args.config, overrides)
 
 
@@ -127,7 +134,7 @@ def cmd_stream(config: Config, args: argparse.Namespace) -> int:
     from fruits.session import build_spark
     from streaming.ingest import run_stream
 
-    spark = build_spark(config, "stream")
+    spark = build_spark(config, "stream", COMMAND_SECTIONS["stream"])
     files = run_stream(spark, config, weights, available_now=args.available_now)
     log.info("stream stopped after %d files", files)
     return 0
@@ -140,7 +147,7 @@ def cmd_refit(config: Config, args: argparse.Namespace) -> int:
     pca = config.section("pca")
     k, variance = int(pca["k"]), (float(pca["variance"]) if pca.get("variance") else None)
     every = str(pca.get("every") or "")
-    spark = build_spark(config, "refit-pca")
+    spark = build_spark(config, "refit-pca", COMMAND_SECTIONS["refit-pca"])
     if not every:
         log_outcome(refit_pca(spark, config, k, variance, incremental=not args.full))
         return 0

@@ -6,7 +6,7 @@ Performance section), imports in a fraction of a second, holds a fraction of Ten
 runtime offers an opt-in bf16 mode on CPUs that have bf16 instructions.
 
 - :func:`convert_once` (driver side) converts the Keras model to OpenVINO IR once per weights file and caches it,
-  keyed by the weights' sha256, under the home's ``paths.cache`` folder. Only this function imports TensorFlow.
+  keyed by the weights' sha256, under the home's ``paths.cache`` folder. Only its child process imports TensorFlow.
 - :class:`OpenVinoHandler` has the two duties of :class:`fruits.model.MobileNetV2Handler` (``load_model`` /
   ``run_inference``) and never imports TensorFlow: Python workers of the stream load only OpenVINO.
 - :func:`make_handler` is the one factory the stream and ``fruits identify`` use, so both make the same model id.
@@ -18,6 +18,7 @@ Every row's ``model_id`` is ``<weights id>/<runtime>-<precision>``, e.g.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import re
 import shutil
@@ -60,8 +61,8 @@ def local_cache_dir(config: Config) -> Path:
 def convert_once(weights: WeightsRef, cache_dir: str | os.PathLike[str], image_size: int = 224) -> str:
     """The path of the OpenVINO IR (.xml; its .bin beside it) of the Keras model built with ``weights``.
 
-    Converted with TensorFlow only if not cached yet under ``cache_dir/openvino/``; written to a temporary folder and
-    renamed into place, so a reader never sees half an IR, and concurrent converters do not clash.
+    Converted with TensorFlow, in a child process, only if not cached yet under ``cache_dir/openvino/``; written to a
+    temporary folder and renamed into place, so a reader never sees half an IR, and concurrent converters do not clash.
     """
     folder = Path(cache_dir) / "openvino"
     name = ir_basename(weights, image_size)
@@ -69,11 +70,19 @@ def convert_once(weights: WeightsRef, cache_dir: str | os.PathLike[str], image_s
     if xml.is_file() and xml.with_suffix(".bin").is_file():
         return str(xml)
     folder.mkdir(parents=True, exist_ok=True)
+    log.info("converting %s to OpenVINO IR under %s (once per weights file)", weights.model_id, folder)
+    # In a child process: TensorFlow (~0.7 GB) must not stay resident in the long-running stream's driver.
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        pool.apply(_convert, (weights, str(folder), name, image_size))
+    return str(xml)
+
+
+def _convert(weights: WeightsRef, folder: str, name: str, image_size: int) -> None:
+    """Convert and save the IR as ``folder/name/name.xml`` (temporary folder, then rename)."""
     import openvino as ov
 
     from fruits.model import build_keras_model
 
-    log.info("converting %s to OpenVINO IR under %s (once per weights file)", weights.model_id, folder)
     keras_model = build_keras_model(weights.path, weights.has_top, image_size)
     with warnings.catch_warnings():  # Keras warns that the traced input is a tuple: harmless here
         warnings.simplefilter("ignore", UserWarning)
@@ -82,13 +91,12 @@ def convert_once(weights: WeightsRef, cache_dir: str | os.PathLike[str], image_s
     try:
         ov.save_model(ov_model, str(temporary / f"{name}.xml"), compress_to_fp16=False)  # keep fp32 weights
         try:
-            os.rename(temporary, folder / name)
+            os.rename(temporary, Path(folder) / name)
         except OSError:  # another process got there first: use its (identical) IR
-            if not xml.is_file():
+            if not (Path(folder) / name / f"{name}.xml").is_file():
                 raise
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
-    return str(xml)
 
 
 def cpu_supports_bf16() -> bool:

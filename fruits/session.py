@@ -19,12 +19,21 @@ DELTA_SETTINGS = {
 }
 
 
-def build_spark(config: Config, app_suffix: str = "") -> SparkSession:
+def spark_settings(config: Config, command_section: str | None = None) -> dict[str, str]:
+    """Every Spark setting of a command: Delta's, ``[spark.conf]``, then the command's ``[<section>.spark_conf]``
+    (which holds the ``--conf`` flags too)."""
+    command_conf = config.section(command_section).get("spark_conf", {}) if command_section else {}
+    merged = {**DELTA_SETTINGS, "spark.pyspark.python": sys.executable, **config.section("spark").get("conf", {}), **command_conf}
+    return {key: str(value) for key, value in merged.items()}
+
+
+def build_spark(config: Config, app_suffix: str = "", command_section: str | None = None) -> SparkSession:
     """Get or create the SparkSession for ``config`` with Delta Lake on the classpath.
 
     Delta's jars come from ``spark.jars_dir`` when it is set (a folder of jars, e.g. filled by
     ``mvn dependency:copy``), otherwise from Maven Central via ``delta.configure_spark_with_delta_pip`` (Ivy cache).
-    Python workers use this interpreter unless ``spark.pyspark.python`` is configured.
+    Python workers use this interpreter unless ``spark.pyspark.python`` is configured. The settings are
+    ``[spark.conf]`` with the command's own ``[<command_section>.spark_conf]`` on top (e.g. its driver memory).
     """
     spark_cfg = config.section("spark")
     master = str(spark_cfg.get("master", "local[*]"))
@@ -34,7 +43,7 @@ def build_spark(config: Config, app_suffix: str = "") -> SparkSession:
     builder = SparkSession.builder.master(master).appName(
         "-".join(filter(None, [spark_cfg.get("app_name", "fruits"), app_suffix]))
     )
-    settings = {**DELTA_SETTINGS, "spark.pyspark.python": sys.executable, **spark_cfg.get("conf", {})}
+    settings = spark_settings(config, command_section)
     # PySpark's UDFs take the worker interpreter from PYSPARK_PYTHON on the driver, not from the setting.
     os.environ["PYSPARK_PYTHON"] = str(settings["spark.pyspark.python"])
     for key, value in settings.items():

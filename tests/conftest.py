@@ -56,7 +56,7 @@ def spark(tmp_path_factory):
     from fruits.session import build_spark
 
     config = make_config(tmp_path_factory.mktemp("session-home"))
-    session = build_spark(config, "tests")
+    session = build_spark(config, "tests", "pca")  # the larger driver heap of refit-pca: tests run both jobs
     yield session
     session.stop()
 

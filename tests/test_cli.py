@@ -32,21 +32,26 @@ def test_missing_weights_file_is_a_clear_error(tmp_path):
     assert result.returncode == 2 and "no such file" in result.stderr
 
 
-@pytest.mark.parametrize("command", ["stream", "refit-pca"])
-def test_conf_flags_land_on_top_of_the_spark_conf_of_conf_fruits_toml(command, monkeypatch):
-    from fruits.cli import build_parser, config_from_args
+@pytest.mark.parametrize("command,driver_memory", [("stream", "1500m"), ("refit-pca", "4g")])
+def test_conf_flags_land_on_top_of_the_command_settings_of_conf_fruits_toml(command, driver_memory, monkeypatch):
+    from fruits.cli import COMMAND_SECTIONS, build_parser, config_from_args
     from fruits.config import ENV_OVERRIDES, load_config
+    from fruits.session import spark_settings
 
     for variable in ENV_OVERRIDES:
         monkeypatch.delenv(variable, raising=False)
-    defaults = load_config(environ={}).section("spark")["conf"]
+    section = COMMAND_SECTIONS[command]
+    defaults = spark_settings(load_config(environ={}), section)
+    assert defaults["spark.driver.memory"] == driver_memory  # the command's own [X.spark_conf] over [spark.conf]
+    assert defaults["spark.sql.shuffle.partitions"] == load_config(environ={}).section("spark")["conf"]["spark.sql.shuffle.partitions"]
     args = build_parser().parse_args(
-        [command, "--conf", "spark.sql.shuffle.partitions=3", "--conf", " spark.custom.setting = a=b ", "--conf", "spark.empty="]
+        [command, "--conf", "spark.sql.shuffle.partitions=3", "--conf", " spark.custom.setting = a=b ", "--conf",
+         "spark.empty=", "--conf", "spark.driver.memory=8g"]
     )
-    conf = config_from_args(args).section("spark")["conf"]
-    assert conf == {**defaults, "spark.sql.shuffle.partitions": "3", "spark.custom.setting": "a=b", "spark.empty": ""}
-    assert conf["spark.driver.memory"] == defaults["spark.driver.memory"] == "4g"  # the rest of [spark.conf] stays
-    assert config_from_args(build_parser().parse_args([command])).section("spark")["conf"] == defaults
+    conf = spark_settings(config_from_args(args), section)
+    assert conf == {**defaults, "spark.sql.shuffle.partitions": "3", "spark.custom.setting": "a=b", "spark.empty": "",
+                    "spark.driver.memory": "8g"}
+    assert spark_settings(config_from_args(build_parser().parse_args([command])), section) == defaults
 
 
 @pytest.mark.parametrize("setting", ["spark.sql.shuffle.partitions", "=4", " =4"])
