@@ -9,7 +9,7 @@ Start-up (JVM, Ivy, executors, TensorFlow import, model build) is left out: the 
 progress lines (``batch N: X files in Y s``) over the full micro-batches after the first ``--skip-batches`` (1).
 Whole-command times are reported too. More than 3,013 images reuses the real photos under new names.
 
-Usage: python bench/cluster_vs_local.py [--images 3013] [--max-files-per-trigger 1000] [--rounds 1]
+Usage: python bench/cluster_vs_local.py [--images 10000] [--max-files-per-trigger 2000] [--rounds 1]
                                         [--skip-batches 1] [--conf KEY=VALUE]
 """
 
@@ -115,8 +115,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
-    parser.add_argument("--images", type=int, default=3013)
-    parser.add_argument("--max-files-per-trigger", type=int, default=1000, help="default: the service's own")
+    parser.add_argument("--images", type=int, default=10000)
+    parser.add_argument("--max-files-per-trigger", type=int, default=2000, help="default: the service's own")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cores", type=int, default=1, help="cores per worker")
     parser.add_argument("--memory", default="2g", help="memory per worker")
