@@ -109,9 +109,9 @@ class DeltaSink:
         try:
             # One job over every partition at once featurizes the whole batch into the cache and tells which paths
             # were read and which failed. (An isEmpty() first would featurize partition 0 alone, on one core.)
-            outcome = batch.select("path", F.col("error").isNull().alias("ok")).collect()
-            unread = self._unread(batch.sparkSession, batch_id, {row["path"] for row in outcome})
             ok = F.col("error").isNull()
+            outcome = batch.select("path", ok.alias("ok")).collect()
+            unread = self._unread(batch.sparkSession, batch_id, {row["path"] for row in outcome})
             common = ["path", "label", "content_sha256", "size_bytes", "modified_at", "ingested_at"]
             if any(row["ok"] for row in outcome):
                 self._append(batch.where(ok).select(*common, "features", "model_id"), self.features_table, batch_id)
