@@ -62,17 +62,33 @@ def label_column(path: Column, landing_root: str) -> Column:
     return F.when(F.instr(relative, "/") > 0, F.element_at(F.split(relative, "/"), -2))
 
 
-def source_log_entries(spark: SparkSession, source_log: str, batch_id: int) -> dict[str, int]:
-    """The files the file source listed for ``batch_id`` (path as the ``path`` column spells it -> mtime in ms).
+def source_batches(spark: SparkSession, checkpoint: str, batch_id: int) -> range:
+    """The file source's own batch ids that micro-batch ``batch_id`` read (from the checkpoint's offset log).
 
-    Read from the source's own log in the checkpoint (``sources/0/N``, or ``N.compact`` every tenth batch).
+    They are usually just ``batch_id``, but not after a crash between the source's log write and the offset log's:
+    the source's batch stays in its log, and the next micro-batch reads it together with a new one (offsets/N holds
+    ``{"logOffset": K}``, the last source batch included; the previous micro-batch's ends where this one starts).
+    """
+
+    def log_offset(batch: int) -> int:
+        lines = storage.read_bytes(spark, f"{checkpoint}/offsets/{batch}").decode().strip().splitlines()
+        return int(json.loads(lines[-1])["logOffset"])  # one source: its offset is the last line
+
+    end = log_offset(batch_id)
+    start = log_offset(batch_id - 1) if batch_id > 0 and storage.exists(spark, f"{checkpoint}/offsets/{batch_id - 1}") else end - 1
+    return range(start + 1, end + 1)
+
+
+def source_log_entries(spark: SparkSession, source_log: str, source_batch: int) -> dict[str, int]:
+    """The files the file source listed in its batch ``source_batch`` (path as the ``path`` column spells it ->
+    mtime in ms). Read from the source's own log in the checkpoint (``sources/0/N``, or ``N.compact`` every tenth).
     """
     name = next(
-        (n for n in (str(batch_id), f"{batch_id}.compact") if storage.exists(spark, f"{source_log}/{n}")), None
+        (n for n in (str(source_batch), f"{source_batch}.compact") if storage.exists(spark, f"{source_log}/{n}")), None
     )
     if name is None:
         return {}
-    marker = f'"batchId":{batch_id}}}'
+    marker = f'"batchId":{source_batch}}}'
     if name.endswith(".compact"):  # every file since the start: filter it with a Spark job, not on the driver
         lines = [
             row["value"]
@@ -100,7 +116,7 @@ class DeltaSink:
     features_table: str
     quarantine_table: str
     app_id: str
-    source_log: str
+    checkpoint: str
     landing_root: str
     model_id: str
 
@@ -125,7 +141,9 @@ class DeltaSink:
 
     def _unread(self, spark: SparkSession, batch_id: int, read: set[str]) -> DataFrame | None:
         """Quarantine rows for the files listed for this batch that produced no row (None if there are none)."""
-        listed = source_log_entries(spark, self.source_log, batch_id)
+        listed = {}
+        for source_batch in source_batches(spark, self.checkpoint, batch_id):
+            listed.update(source_log_entries(spark, f"{self.checkpoint}/sources/0", source_batch))
         rows = []
         for path, modified_ms in sorted(listed.items()):
             if path in read:
@@ -261,7 +279,7 @@ def start_stream(spark: SparkSession, config: Config, weights: WeightsRef, avail
         config.features_table,
         config.quarantine_table,
         app_id="fruits-ingest-" + hashlib.sha256(checkpoint.encode()).hexdigest()[:16],
-        source_log=f"{checkpoint}/sources/0",
+        checkpoint=checkpoint,
         landing_root=landing,
         model_id=handler.model_id,
     )
