@@ -1,5 +1,5 @@
-"""Compaction of the tables the stream appends to: Delta ``OPTIMIZE`` (bin-packing) of ``tables/features`` and
-``tables/quarantine``, run by ``fruits refit-pca`` before it fits (see :func:`batch.refit_pca.refit_pca`).
+"""Compaction of the tables the stream appends to: Delta ``OPTIMIZE`` (bin-packing) of ``tables/features``,
+``tables/quarantine`` and the file ledger ``tables/files``, run by ``fruits refit-pca`` before it fits (see :func:`batch.refit_pca.refit_pca`).
 
 Every micro-batch appends a few small Parquet files to each table; with a 2 s trigger that is thousands of tiny
 files a day, which every full scan (the refit's fit and projection) and every snapshot rebuild then pays for.
@@ -40,9 +40,10 @@ OPTIMIZE_SIZE_SETTINGS = ("spark.databricks.delta.optimize.minFileSize", "spark.
 
 
 def compact_tables(spark: SparkSession, config: Config) -> dict[str, dict[str, Any]]:
-    """Compact the features and quarantine tables where it is worth it; one outcome per table (see :func:`compact_table`)."""
+    """Compact the features, quarantine and file ledger tables where it is worth it (the ledger gets a small file per
+    discovery commit); one outcome per table (see :func:`compact_table`)."""
     settings = config.section("compaction")
-    tables = {"features": config.features_table, "quarantine": config.quarantine_table}
+    tables = {"features": config.features_table, "quarantine": config.quarantine_table, "files": config.files_table}
     if not settings["enabled"]:
         return {name: {"compacted": False, "skipped": "compaction disabled"} for name in tables}
     return {name: compact_table(spark, location, settings) for name, location in tables.items()}

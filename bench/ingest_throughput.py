@@ -1,8 +1,9 @@
-"""Benchmark: `fruits stream --available-now` end to end (landing -> Delta) over real images, against TensorFlow's
-bare model measured in the same run.
+"""Benchmark: `fruits stream --available-now` end to end (landing -> ledger -> Delta) over real images, against the
+bare models measured in the same run.
 
-1. TensorFlow fp32's bare model on pre-decoded photos (1 process x 2 threads and 2 processes x 1 thread, as in
-   bench/bare_model.py; the faster is the yardstick of the issue's "x TensorFlow" target).
+1. The bare models on pre-decoded photos, as in bench/bare_model.py: TensorFlow fp32 (1 process x 2 threads and
+   2 processes x 1 thread; the faster is the "x TensorFlow" yardstick) and OpenVINO fp32 2 x 1 (the runtime the
+   stream wraps: the "x OpenVINO" ratio says how close the pipeline runs to its model).
 2. One `fruits stream --available-now` per variant, each on a fresh home with the same landing folder (the
    Fruits-360 sample, reused under new names above 3,013 images). The steady rate comes from the stream's own
    per-batch lines (``batch N: X files in Y s``) over the full micro-batches after the first, so JVM start-up and
@@ -92,20 +93,24 @@ def stream_variant(name: str, flags: str, source: Path, count: int, weights: str
     return result
 
 
-def tensorflow_bare_rate(weights: str, seconds: float) -> dict[str, float]:
-    """TensorFlow fp32's bare model on 64 pre-decoded photos, chunks of 32, as 1 process x 2 threads and as
-    2 processes x 1 thread (images/s each; the yardstick is the faster of the two)."""
+def bare_rates(weights: str, seconds: float) -> dict[str, float]:
+    """Images/s of the bare models on 64 pre-decoded photos, chunks of 32 (TensorFlow) or 8 (OpenVINO, the stream's
+    inference batch): ``tensorflow 1x2``, ``tensorflow 2x1`` and ``openvino 2x1`` (processes x threads)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bare_model import decoded, measure
 
     from fruits.model import resolve_weights
+    from fruits.runtimes import convert_once
 
     photos = sorted(SAMPLE.glob("*/*.jpg"))
     images = decoded(photos[:: len(photos) // 64][:64])
-    rates = {}
-    for procs, threads in ((1, 2), (2, 1)):
-        spec = {"runtime": "tensorflow", "precision": "fp32", "procs": procs, "threads": threads, "chunk": 32}
-        rates[f"{procs}x{threads}"] = measure(spec, resolve_weights(weights), "", images, seconds)["images_per_s"]
+    resolved = resolve_weights(weights)
+    with tempfile.TemporaryDirectory(prefix="fruits-bench-ir-") as cache:
+        ir_path = convert_once(resolved, cache)
+        rates = {}
+        for runtime, procs, threads, chunk in (("tensorflow", 1, 2, 32), ("tensorflow", 2, 1, 32), ("openvino", 2, 1, 8)):
+            spec = {"runtime": runtime, "precision": "fp32", "procs": procs, "threads": threads, "chunk": chunk}
+            rates[f"{runtime} {procs}x{threads}"] = measure(spec, resolved, ir_path, images, seconds)["images_per_s"]
     return rates
 
 
@@ -120,9 +125,10 @@ def main() -> None:
     variants = [v.partition("=")[::2] for v in (args.variant or DEFAULT_VARIANTS)]
 
     load_before = os.getloadavg()
-    tensorflow_rates = tensorflow_bare_rate(args.weights, args.bare_seconds)
-    tensorflow = max(tensorflow_rates.values())
-    print(f"tensorflow bare model: {tensorflow_rates} images/s", file=sys.stderr, flush=True)
+    bare = bare_rates(args.weights, args.bare_seconds)
+    tensorflow = max(v for k, v in bare.items() if k.startswith("tensorflow"))
+    openvino = bare["openvino 2x1"]
+    print(f"bare models: {bare} images/s", file=sys.stderr, flush=True)
     runs = []
     with tempfile.TemporaryDirectory(prefix="fruits-bench-") as tmp:
         source = Path(tmp) / "landing-source"
@@ -130,11 +136,12 @@ def main() -> None:
         for name, flags in variants:
             runs.append(stream_variant(name, flags, source, args.images, args.weights, args.master, Path(tmp)))
             runs[-1]["x_tensorflow_bare"] = round((runs[-1]["steady_images_per_s"] or 0) / tensorflow, 2)
+            runs[-1]["x_openvino_bare"] = round((runs[-1]["steady_images_per_s"] or 0) / openvino, 2)
             print(json.dumps({k: v for k, v in runs[-1].items() if k != "batches"}), file=sys.stderr, flush=True)
     print(json.dumps({
         "cpu_count": os.cpu_count(), "master": args.master, "images": args.images,
         "load_avg_before": [round(x, 2) for x in load_before], "load_avg_after": [round(x, 2) for x in os.getloadavg()],
-        "tensorflow_bare_model_images_per_s": tensorflow_rates, "runs": runs,
+        "bare_model_images_per_s": bare, "runs": runs,
     }, indent=2))
 
 

@@ -3,7 +3,7 @@
 What it does, in order:
 
 1. (Re)creates the demo home folder HOME and copies ``examples/sample-images/<Class>/<file>.jpg`` into
-   ``HOME/landing/<Class>/`` atomically (hidden temporary name, then ``os.replace``), as a real producer must.
+   ``HOME/landing/<Class>/`` with `fruits drop`'s code (atomic, recorded in the file ledger), as a real producer must.
 2. Runs the ingestion stream once with an available-now trigger: every landed image -> MobileNetV2 features ->
    ``HOME/tables/features`` (or ``HOME/tables/quarantine``).
 3. Refits PCA (k=5 by default: the sample is small) over the features table -> ``HOME/tables/pca``.
@@ -40,7 +40,6 @@ from fruits.config import Config, ConfigError, load_config  # noqa: E402
 from fruits.model import WeightsUnavailable  # noqa: E402
 
 SAMPLE_IMAGES = REPO / "examples" / "sample-images"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
 log = logging.getLogger("fruits.demo")
 
@@ -73,23 +72,15 @@ def reset_home(home: Path) -> None:
     )
 
 
-def land_samples(source: Path, landing: Path) -> int:
-    """Copy ``source/<Class>/<image>`` to ``landing/<Class>/<image>`` atomically; returns the number of files.
+def land_samples(source: Path, config: Config) -> int:
+    """Land ``source/<Class>/<image>`` as ``landing/<Class>/<image>`` the way users do, with `fruits drop`'s code
+    (atomic, recorded in the file ledger); returns the number of files placed."""
+    from fruits.landing import LedgerNote, drop, local_folder
 
-    Each file is written to a hidden ``.name.tmp`` in its final folder, then renamed with ``os.replace``: the
-    stream's glob never matches the temporary name and never sees a half-written image.
-    """
-    count = 0
-    for image in sorted(source.rglob("*")):
-        if not image.is_file() or image.suffix.lower() not in IMAGE_SUFFIXES or image.name.startswith((".", "_")):
-            continue
-        target = landing / image.relative_to(source)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.tmp")
-        shutil.copyfile(image, temporary)
-        os.replace(temporary, target)
-        count += 1
-    return count
+    landing = local_folder(config.landing)
+    extensions = list(config.section("stream")["extensions"])
+    results = drop([source], landing, extensions, note=LedgerNote(config.files_table, landing, "drop"))
+    return sum(result.note == "placed" for result in results)
 
 
 def pca_preview(config: Config, rows: int = 8) -> str:
@@ -139,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("weights %s (%s)", weights.model_id, weights.path)
 
     reset_home(home)
-    landed = land_samples(SAMPLE_IMAGES, Path(config.landing))
+    landed = land_samples(SAMPLE_IMAGES, config)
     if landed == 0:
         raise ConfigError(f"no sample image found under {SAMPLE_IMAGES}")
     log.info("landed %d sample images in %s", landed, config.landing)

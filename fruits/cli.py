@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from fruits.config import Config, ConfigError, load_config, parse_duration
 from fruits.identify import IdentifyError
+from fruits.locks import AlreadyRunning
 from fruits.model import WeightsUnavailable
 
 log = logging.getLogger("fruits")
@@ -87,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     _runtime_flags(identify)
     identify.add_argument("--json", action="store_true", help="one JSON object per line per photo")
 
+    files = commands.add_parser("files", help="the file ledger: every discovered file and its outcome (no Spark needed)")
+    _common(files)
+    files.add_argument("--state", choices=["pending", "ingested", "quarantined"], help="only files in this state")
+    files.add_argument("--json", action="store_true", help="one JSON object per line per file")
+    files.add_argument("--limit", type=int, default=0, help="at most this many files (0: all)")
+
     status = commands.add_parser("status", help="tables, row counts and the last refit (no Spark needed)")
     _common(status)
     status.add_argument("--json", action="store_true", help="print one JSON object")
@@ -121,6 +128,13 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def cmd_stream(config: Config, args: argparse.Namespace) -> int:
+    from streaming.ingest import stream_lock
+
+    with stream_lock(config):  # a second stream on this home stops here, before the JVM or the model starts
+        return _stream(config, args)
+
+
+def _stream(config: Config, args: argparse.Namespace) -> int:
     from fruits.model import resolve_weights
 
     # Resolve (and, for "imagenet", download) the weights before the JVM starts: fail fast and clearly.
@@ -159,10 +173,12 @@ def cmd_refit(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_drop(config: Config, args: argparse.Namespace) -> int:
-    from fruits.landing import drop, local_folder
+    from fruits.landing import LedgerNote, drop, local_folder
 
     extensions = list(config.section("stream")["extensions"])
-    results = drop([Path(s) for s in args.sources], local_folder(config.landing), extensions, args.label)
+    landing = local_folder(config.landing)
+    note = LedgerNote(config.files_table, landing, "drop")
+    results = drop([Path(s) for s in args.sources], landing, extensions, args.label, note)
     for result in results:
         print(f"{result.note}: {result.source}" + (f" -> {result.target}" if result.target else ""))
     placed = sum(r.note == "placed" for r in results)
@@ -171,12 +187,14 @@ def cmd_drop(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_stage(config: Config, args: argparse.Namespace) -> int:
-    from fruits.landing import InboxStager, local_folder
+    from fruits.landing import InboxStager, LedgerNote, local_folder
 
     landing_cfg = config.section("landing")
+    landing = local_folder(config.landing)
     stager = InboxStager(
         inbox=Path(args.inbox).resolve(),
-        landing=local_folder(config.landing),
+        landing=landing,
+        note=LedgerNote(config.files_table, landing, "stage"),
         extensions=list(config.section("stream")["extensions"]),
         stable_seconds=float(landing_cfg["stable_seconds"]),
         settle_seconds=float(landing_cfg["settle_seconds"]),
@@ -206,6 +224,23 @@ def cmd_identify(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_files(config: Config, args: argparse.Namespace) -> int:
+    from fruits.files import file_states
+
+    rows = file_states(config, args.state)
+    if args.limit:
+        rows = rows[: args.limit]
+    for row in rows:
+        if args.json:
+            print(json.dumps(row, ensure_ascii=False, default=str))
+        else:
+            detail = f"  ({row['reason']})" if row.get("reason") else ""
+            print(f"{row['state']:<11} {row['discovered_at']}  {row['path']}{detail}")
+    if not args.json:
+        print(f"{len(rows)} files", file=sys.stderr)
+    return 0
+
+
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
     from fruits.status import collect_status, format_status
 
@@ -221,6 +256,7 @@ COMMANDS = {
     "identify": cmd_identify,
     "stage": cmd_stage,
     "status": cmd_status,
+    "files": cmd_files,
 }
 
 
@@ -240,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         return COMMANDS[args.command](config, args)
-    except (ConfigError, WeightsUnavailable, IdentifyError) as exc:
+    except (ConfigError, WeightsUnavailable, IdentifyError, AlreadyRunning) as exc:
         print(f"fruits {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

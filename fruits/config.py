@@ -93,6 +93,19 @@ class Config:
         return self.location("quarantine_table")
 
     @property
+    def files_table(self) -> str:
+        """The file ledger: one row per discovered file version (:mod:`fruits.ledger`)."""
+        return self.location("files_table")
+
+    @property
+    def archive(self) -> str:
+        return self.location("archive")
+
+    @property
+    def locks(self) -> str:
+        return self.location("locks")
+
+    @property
     def pca_table(self) -> str:
         return self.location("pca_table")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Iterator
 
 import numpy as np
@@ -15,12 +16,18 @@ from fruits.model import MobileNetV2Handler, shared_model  # or any handler of f
 RESULT_SCHEMA = "features array<float>, error string"
 
 
-def featurize_contents(contents: pd.Series, handler: MobileNetV2Handler, model, max_pixels: int) -> pd.DataFrame:
-    """Featurize one Arrow batch of image bytes; rows that cannot be decoded get ``error`` and null features."""
+def featurize_contents(
+    contents: pd.Series, handler: MobileNetV2Handler, model, max_pixels: int, crash_marker: bytes = b""
+) -> pd.DataFrame:
+    """Featurize one Arrow batch of image bytes; rows that cannot be decoded get ``error`` and null features.
+    ``crash_marker`` (tests only, ``[testing] crash_worker_on_bytes``): the worker process exits at once on a file
+    holding these bytes, as a crash in a native decoder would."""
     decoded: list[np.ndarray] = []
     good: list[int] = []
     errors: list[str | None] = [None] * len(contents)
     for row, data in enumerate(contents):
+        if crash_marker and data is not None and crash_marker in data:
+            os._exit(70)
         try:
             decoded.append(decode_image(data, handler.image_size, max_pixels))
             good.append(row)
@@ -34,13 +41,15 @@ def featurize_contents(contents: pd.Series, handler: MobileNetV2Handler, model, 
     return pd.DataFrame({"features": features, "error": errors})
 
 
-def featurize_column(content: Column, handler: MobileNetV2Handler, max_pixels: int = DEFAULT_MAX_PIXELS) -> Column:
+def featurize_column(
+    content: Column, handler: MobileNetV2Handler, max_pixels: int = DEFAULT_MAX_PIXELS, crash_marker: bytes = b""
+) -> Column:
     """A struct column ``(features array<float>, error string)`` computed from a binary ``content`` column."""
 
     @pandas_udf(RESULT_SCHEMA)
     def featurize(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         model = shared_model(handler)  # built once per Python worker, reused across batches and micro-batches
         for contents in batches:
-            yield featurize_contents(contents, handler, model, max_pixels)
+            yield featurize_contents(contents, handler, model, max_pixels, crash_marker)
 
     return featurize(content)

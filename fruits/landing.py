@@ -19,7 +19,13 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from fruits.ledger import FileVersion, ensure_ledger, label_of, local_mtime_ms, record
+from fruits.uris import hadoop_uri
+
 log = logging.getLogger("fruits.landing")
+
+# Files recorded in the ledger per commit by `fruits drop` (then made visible in landing).
+NOTE_GROUP = 500
 
 
 def local_folder(uri: str) -> Path:
@@ -42,38 +48,109 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def place_atomically(source: Path, target: Path, move: bool = False) -> Path | None:
-    """Put ``source``'s bytes at ``target`` atomically; returns where they landed, or None if already there.
+@dataclass(frozen=True)
+class LedgerNote:
+    """Records files in the ledger (:mod:`fruits.ledger`) just before they appear in the landing folder, so the
+    stream's discovery finds them already recorded and the stream does not wait for an event or a listing."""
 
-    A different file already at ``target`` is never overwritten (the stream would not read it again): the bytes
-    land under ``name-2.ext``, ``name-3.ext``, ... instead. With ``move``, the source is removed afterwards.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
+    ledger: str  # the ledger's location (config.files_table)
+    landing: Path
+    method: str  # "drop", "stage" or "upload"
+
+    def __call__(self, placements: list["_Placement"]) -> None:
+        landing = hadoop_uri(str(self.landing))
+        versions = []
+        for placement in placements:
+            stat = placement.temporary.stat()  # the rename keeps size and mtime
+            path = hadoop_uri(str(placement.final))
+            versions.append(FileVersion(path, stat.st_size, local_mtime_ms(stat), label_of(path, landing)))
+        ensure_ledger(self.ledger)
+        record(self.ledger, versions, self.method)
+
+
+@dataclass
+class _Placement:
+    """A file copied under a hidden temporary name beside its final name, not yet visible to the stream."""
+
+    source: Path
+    temporary: Path
+    final: Path
+
+
+def _free_name(source: Path, target: Path, chosen: set[Path] = frozenset()) -> Path | None:
+    """``target``, or ``name-2.ext``, ``name-3.ext``... if taken by other bytes (or in ``chosen``); None if the same
+    bytes are there."""
     final, number = target, 1
-    while final.exists():
+    while final in chosen or final.exists():
+        if final in chosen:
+            number += 1
+            final = target.with_name(f"{target.stem}-{number}{target.suffix}")
+            continue
         if final.stat().st_size == source.stat().st_size and _sha256(final) == _sha256(source):
-            if move:
-                source.unlink()
             return None
         number += 1
         final = target.with_name(f"{target.stem}-{number}{target.suffix}")
+    return final
+
+
+def _prepare(source: Path, target: Path, chosen: set[Path] = frozenset()) -> _Placement | None:
+    """Copy ``source`` beside ``target`` under a hidden name and flush it; None if its bytes are already there.
+    ``chosen``: names prepared but not published yet, which count as taken."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    final = _free_name(source, target, chosen)
+    if final is None:
+        return None
     temporary = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    with open(source, "rb") as reader, open(temporary, "wb") as writer:
+        shutil.copyfileobj(reader, writer, 1 << 20)
+        writer.flush()
+        os.fsync(writer.fileno())
+    return _Placement(source, temporary, final)
+
+
+def _publish(placement: _Placement, note: LedgerNote | None) -> Path:
+    """Make a prepared file visible under its final name, never replacing a file (a hard link fails if the name is
+    taken; then the next free name is used, and recorded)."""
     try:
-        with open(source, "rb") as reader, open(temporary, "wb") as writer:
-            shutil.copyfileobj(reader, writer, 1 << 20)
-            writer.flush()
-            os.fsync(writer.fileno())
-        os.replace(temporary, final)
+        while True:
+            try:
+                os.link(placement.temporary, placement.final)
+                break
+            except FileExistsError:  # another process took the name since we chose it
+                placement.final = _free_name(placement.source, placement.final) or placement.final
+                if placement.final.exists():
+                    break  # the same bytes landed meanwhile
+                if note is not None:
+                    note([placement])
     finally:
-        temporary.unlink(missing_ok=True)
-    directory = os.open(final.parent, os.O_RDONLY)
+        placement.temporary.unlink(missing_ok=True)
+    directory = os.open(placement.final.parent, os.O_RDONLY)
     try:
-        os.fsync(directory)  # the rename itself survives a power cut
+        os.fsync(directory)  # the new name itself survives a power cut
     finally:
         os.close(directory)
+    return placement.final
+
+
+def place_atomically(source: Path, target: Path, move: bool = False, note: LedgerNote | None = None) -> Path | None:
+    """Put ``source``'s bytes at ``target`` atomically; returns where they landed, or None if already there.
+
+    A different file already at ``target`` is never overwritten (the stream would not read it again): the bytes
+    land under ``name-2.ext``, ``name-3.ext``, ... instead. With ``note``, the file is recorded in the ledger before
+    it appears. With ``move``, the source is removed afterwards.
+    """
+    placement = _prepare(source, target)
+    if placement is not None:
+        try:
+            if note is not None:
+                note([placement])
+        except BaseException:
+            placement.temporary.unlink(missing_ok=True)
+            raise
+        _publish(placement, note)
     if move:
         source.unlink()
-    return final
+    return placement.final if placement else None
 
 
 @dataclass(frozen=True)
@@ -85,14 +162,17 @@ class Dropped:
     note: str
 
 
-def drop(sources: list[Path], landing: Path, extensions: list[str], label: str | None = None) -> list[Dropped]:
+def drop(
+    sources: list[Path], landing: Path, extensions: list[str], label: str | None = None, note: LedgerNote | None = None
+) -> list[Dropped]:
     """Copy image files, and the images under folders (keeping their sub-folders), into ``landing`` atomically.
 
     ``drop(["photos/"])`` puts ``photos/Banana/a.jpg`` at ``landing/Banana/a.jpg``; a file argument lands in the
     landing root, or in ``landing/<label>/`` with ``label``.
     """
     root = landing / label if label else landing
-    results = []
+    results: list[Dropped] = []
+    prepared: list[_Placement] = []
     for source in sources:
         if source.is_dir():
             pairs = [(path, root / path.relative_to(source)) for path in sorted(source.rglob("*")) if path.is_file()]
@@ -105,8 +185,21 @@ def drop(sources: list[Path], landing: Path, extensions: list[str], label: str |
             if not is_candidate(path.name, extensions):
                 results.append(Dropped(path, None, "skipped: not an image name the stream reads"))
                 continue
-            placed = place_atomically(path, target)
-            results.append(Dropped(path, placed, "placed" if placed else "already there"))
+            placement = _prepare(path, target, {p.final for p in prepared})
+            if placement is None:
+                results.append(Dropped(path, None, "already there"))
+            else:
+                prepared.append(placement)
+    for start in range(0, len(prepared), NOTE_GROUP):
+        group = prepared[start : start + NOTE_GROUP]
+        try:
+            if note is not None:
+                note(group)  # one ledger commit for many photos
+        except BaseException:
+            for placement in prepared[start:]:
+                placement.temporary.unlink(missing_ok=True)
+            raise
+        results.extend(Dropped(p.source, _publish(p, note), "placed") for p in group)
     return results
 
 
@@ -133,6 +226,7 @@ class InboxStager(FileSystemEventHandler):
     extensions: list[str]
     stable_seconds: float = 5.0
     settle_seconds: float = 0.5
+    note: LedgerNote | None = None
     pending: dict[Path, _Pending] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     promoted: int = 0
@@ -186,7 +280,7 @@ class InboxStager(FileSystemEventHandler):
                 quiet = now - entry.changed_at
                 if quiet >= (self.settle_seconds if entry.closed else self.stable_seconds):
                     del self.pending[path]
-                    placed = place_atomically(path, self.landing / path.relative_to(self.inbox), move=True)
+                    placed = place_atomically(path, self.landing / path.relative_to(self.inbox), move=True, note=self.note)
                     log.info("staged %s -> %s", path, placed or "(already in landing)")
                     promoted += 1
         self.promoted += promoted

@@ -10,17 +10,15 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from fruits.config import Config, join_uri
-
-
-def rust_uri(uri: str) -> str:
-    """A Hadoop URI as delta-rs / pyarrow spell it (``s3a://`` -> ``s3://``, ``file:/x`` -> ``/x``)."""
-    uri = re.sub(r"^s3a://", "s3://", uri)
-    return re.sub(r"^file:(//)?", "", uri) if uri.startswith("file:") else uri
+from fruits.files import backlog
+from fruits.ledger import ledger_rows
+from fruits.uris import local_path, rust_uri
 
 
 def open_table(uri: str) -> DeltaTable | None:
@@ -90,25 +88,12 @@ def duplicates(uri: str) -> dict[str, int]:
     }
 
 
-def changed_since_ingest(uri: str) -> dict[str, Any]:
-    """Ingested files of a local landing folder that were since overwritten in place (the stream reads a path once)
-    or removed: compares each row's size and modification time with the file's."""
-    table = open_table(uri)
-    rows = table.to_pyarrow_dataset().to_table(columns=["path", "size_bytes", "modified_at"]).to_pylist() if table else []
-    overwritten, removed = [], 0
-    for row in rows:
-        if not row["path"].startswith("file:"):
-            return {"checked": False}
-        local = "/" + row["path"][len("file:") :].lstrip("/")
-        try:
-            stat = os.stat(local)
-        except FileNotFoundError:
-            removed += 1
-            continue
-        ingested_ms = int(row["modified_at"].timestamp() * 1000)
-        if stat.st_size != row["size_bytes"] or stat.st_mtime_ns // 1_000_000 > ingested_ms:
-            overwritten.append(local)
-    return {"checked": True, "overwritten": len(overwritten), "overwritten_paths": overwritten[:20], "removed": removed}
+def overwritten_in_place(config: Config) -> dict[str, Any]:
+    """Files overwritten in place after their ingestion (``after_ingest = "keep"``): the ledger rows of their new
+    versions (featurized again only with ``[discovery] allow_overwrites``)."""
+    rows = ledger_rows(config.files_table, ["path", "overwrites"])
+    paths = rows.filter(pc.field("overwrites")).column("path").to_pylist()
+    return {"overwritten": len(paths), "overwritten_paths": [local_path(p) or p for p in paths[:20]]}
 
 
 def _read_json(uri: str) -> dict[str, Any] | None:
@@ -130,7 +115,8 @@ def collect_status(config: Config) -> dict[str, Any]:
         "home": config.home,
         "features": _table_summary(config.features_table, label_counts=True),
         "duplicates": duplicates(config.features_table),
-        "landing_changes": changed_since_ingest(config.features_table),
+        "landing_changes": overwritten_in_place(config),
+        "backlog": backlog(config),
         "quarantine": _table_summary(config.quarantine_table),
         "pca": _table_summary(config.pca_table),
         "last_refit": last_refit(config),
@@ -157,14 +143,17 @@ def format_status(report: dict[str, Any]) -> str:
     labels = report["features"].get("labels") or {}
     if labels:
         lines.append(f"labels: {len(labels)} — " + ", ".join(f"{k} {v}" for k, v in list(labels.items())[:12]) + (" …" if len(labels) > 12 else ""))
+    files = report["backlog"]
+    age = files["oldest_pending_age_seconds"]
+    lines.append(
+        f"files: {files['discovered']} discovered, {files['ingested']} ingested, {files['quarantined']} quarantined, "
+        f"{files['pending']} pending" + (f" (oldest waiting {age:.0f} s)" if age is not None else "")
+    )
     dup = report["duplicates"]
     lines.append(f"duplicates: {dup['contents']} contents ingested more than once ({dup['extra_rows']} extra rows)")
     changes = report["landing_changes"]
-    if changes.get("checked"):
-        lines.append(
-            f"landing: {changes['overwritten']} ingested files overwritten in place since (not re-read), "
-            f"{changes['removed']} removed"
-        )
+    if changes["overwritten"]:
+        lines.append(f"landing: {changes['overwritten']} ingested files overwritten in place since (new ledger rows)")
     refit = report["last_refit"]
     if refit:
         lines.append(

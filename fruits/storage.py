@@ -83,3 +83,18 @@ def read_bytes(spark: SparkSession, uri: str) -> bytes:
 def read_text(spark: SparkSession, uri: str) -> str:
     """The UTF-8 text of the file at ``uri``."""
     return spark.read.text(uri, wholetext=True).head()[0]
+
+
+def rename(spark: SparkSession, source: str, target: str) -> bool:
+    """Move the file ``source`` to ``target`` (its folder is created); False if ``source`` is gone or ``target`` is
+    taken. A local rename is atomic; on an object store it is a copy then a delete."""
+    src, fs = _path_and_fs(spark, source)
+    dst = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(target)
+    fs.mkdirs(dst.getParent())
+    return bool(fs.rename(src, dst))
+
+
+def delete(spark: SparkSession, uri: str) -> bool:
+    """Delete the file at ``uri``; False if there was none."""
+    path, fs = _path_and_fs(spark, uri)
+    return bool(fs.delete(path, False))

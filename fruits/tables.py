@@ -14,6 +14,15 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+# Columns every outcome row (features or quarantine) carries from its ledger row (fruits.ledger), after the
+# original columns (rows of homes older than the ledger have them null).
+LEDGER_LINK = [
+    StructField("file_id", StringType(), True),
+    StructField("discovered_at", TimestampType(), True),
+    # Where the file's bytes are now: HOME/archive/... once archived, the landing path when kept, null when deleted.
+    StructField("stored_path", StringType(), True),
+]
+
 FEATURES_SCHEMA = StructType(
     [
         StructField("path", StringType(), False),
@@ -24,6 +33,7 @@ FEATURES_SCHEMA = StructType(
         StructField("ingested_at", TimestampType(), False),
         StructField("features", ArrayType(FloatType(), True), False),
         StructField("model_id", StringType(), False),
+        *LEDGER_LINK,
     ]
 )
 
@@ -37,6 +47,7 @@ QUARANTINE_SCHEMA = StructType(
         StructField("ingested_at", TimestampType(), False),
         StructField("reason", StringType(), False),
         StructField("model_id", StringType(), False),
+        *LEDGER_LINK,
     ]
 )
 
@@ -60,6 +71,10 @@ def ensure_table(
     if change_feed:
         builder = builder.property("delta.enableChangeDataFeed", "true")
     builder.execute()
+    missing = [f for f in schema.fields if f.name not in DeltaTable.forPath(spark, location).toDF().columns]
+    if missing:  # a table made by an older version of the service: add the new (nullable) columns
+        columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
+        spark.sql(f"ALTER TABLE delta.`{location}` ADD COLUMNS ({columns})")
 
 
 def latest_version(spark: SparkSession, location: str) -> int:

@@ -57,9 +57,10 @@ def landing(tmp_path_factory) -> dict:
     for label in CLASSES:
         place(sample_files(label, PER_CLASS), landing / label)
     (landing / "Banana" / "truncated.jpg").write_bytes(sample_files("Banana", 1)[0].read_bytes()[:1500])
-    # Both homes take their landing folder from this file, so the `path` column is identical in both runs.
+    # Both homes take their landing folder from this file, so the `path` column is identical in both runs; the files
+    # stay there after the first run (not archived) for the second.
     config = root / "shared-landing.toml"
-    config.write_text(f'[paths]\nlanding = "{landing}"\n')
+    config.write_text(f'[paths]\nlanding = "{landing}"\n\n[discovery]\nafter_ingest = "keep"\n')
     return {"landing": landing, "config": config}
 
 
@@ -71,7 +72,7 @@ def local_run(spark, weights, landing, tmp_path_factory) -> dict:
 
     assert spark.sparkContext.master == "local[2]"
     home = tmp_path_factory.mktemp("local-home")
-    config = make_config(home, paths={"landing": str(landing["landing"])})
+    config = make_config(home, paths={"landing": str(landing["landing"])}, discovery={"after_ingest": "keep"})
     files = run_stream(spark, config, weights, available_now=True)
     return {"home": home, "files": files}
 

@@ -165,7 +165,7 @@ def test_compaction_can_be_disabled_and_is_skipped_on_s3_without_a_multi_cluster
     from batch.compaction import compact_tables, multi_writer_unsafe
 
     disabled = compact_tables(None, make_config(tmp_path, compaction={"enabled": False}))
-    assert disabled == {name: {"compacted": False, "skipped": "compaction disabled"} for name in ("features", "quarantine")}
+    assert disabled == {name: {"compacted": False, "skipped": "compaction disabled"} for name in ("features", "quarantine", "files")}
 
     assert "single-driver log store" in multi_writer_unsafe("s3a://bucket/home/tables/features", {}.get)
     dynamo = {"spark.delta.logStore.s3a.impl": "io.delta.storage.S3DynamoDBLogStore"}

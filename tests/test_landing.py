@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -53,6 +54,16 @@ def test_drop_command_prints_what_it_placed(tmp_path):
     assert f"placed: {photo} -> {tmp_path}/landing/Fig/{photo.name}" in result.stdout
     assert "no such file or folder" in result.stdout
     assert (tmp_path / "landing" / "Fig" / photo.name).read_bytes() == photo.read_bytes()
+    # drop recorded the photo in the file ledger itself: pending until the stream gives it an outcome
+    listed = subprocess.run(
+        [FRUITS, "files", "--home", str(tmp_path), "--state", "pending", "--json"], capture_output=True, text=True,
+        timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(r["path"], r["label"], r["discovered_by"], r["state"]) for r in rows] == [
+        (f"file:{tmp_path}/landing/Fig/{photo.name}", "Fig", "drop", "pending")
+    ]
 
 
 def write_slowly(path: Path, data: bytes, seconds: float, chunks: int = 20) -> None:
@@ -94,15 +105,21 @@ def test_stager_promotes_only_complete_files(tmp_path):
 def test_staged_slow_upload_is_featurized_whole_by_the_running_stream(spark, weights, tmp_path):
     """A JPEG written in chunks over 2 s into the inbox, while the long-running stream polls every 200 ms:
     the stream reads it once, whole; its features equal those of the same bytes landed at once."""
-    from streaming.ingest import start_stream
+    from delta.tables import DeltaTable
+
+    from fruits.files import file_states
+    from fruits.landing import LedgerNote
+    from streaming.ingest import run_stream
 
     config = make_config(tmp_path, stream={"trigger": "200ms"})
     landing = tmp_path / "landing"
     reference = place(sample_files("Pineapple", 1), landing / "reference")[0]
-    stager = InboxStager(tmp_path / "inbox", landing, EXTENSIONS, stable_seconds=30, settle_seconds=0.3)
-    stop = threading.Event()
+    note = LedgerNote(config.files_table, landing, "stage")
+    stager = InboxStager(tmp_path / "inbox", landing, EXTENSIONS, stable_seconds=30, settle_seconds=0.3, note=note)
+    stop, stop_stream = threading.Event(), threading.Event()
     staging = threading.Thread(target=stager.run, args=(stop, 0.05))
-    query = start_stream(spark, config, weights)
+    streaming = threading.Thread(target=run_stream, args=(spark, config, weights), kwargs={"stop": stop_stream})
+    streaming.start()
     try:
         staging.start()
         time.sleep(1)
@@ -111,15 +128,19 @@ def test_staged_slow_upload_is_featurized_whole_by_the_running_stream(spark, wei
         deadline = time.monotonic() + 120
         rows = []
         while time.monotonic() < deadline and len(rows) < 2:
-            query.awaitTermination(1)
-            rows = spark.read.format("delta").load(config.features_table).collect()
+            time.sleep(1)
+            if DeltaTable.isDeltaTable(spark, config.features_table):
+                rows = spark.read.format("delta").load(config.features_table).collect()
     finally:
         stop.set()
         staging.join(10)
-        query.stop()
+        stop_stream.set()
+        streaming.join(60)
     by_name = {Path(local_path(r["path"])).name: r for r in rows}
     assert sorted(by_name) == [reference.name, "upload.jpg"]
     assert by_name["upload.jpg"]["label"] == "Pineapple"
+    staged = [r for r in file_states(config) if r["path"].endswith("/upload.jpg")]
+    assert [r["discovered_by"] for r in staged] == ["stage"]  # recorded by stage itself, once
     assert by_name["upload.jpg"]["content_sha256"] == by_name[reference.name]["content_sha256"]
     assert np.array_equal(by_name["upload.jpg"]["features"], by_name[reference.name]["features"])
     assert spark.read.format("delta").load(config.quarantine_table).count() == 0

@@ -37,7 +37,8 @@ def test_row_metadata_is_filled_in(ingested):
 
     features = ingested["features"]
     row = features.iloc[0]
-    data = Path(local_path(row["path"])).read_bytes()
+    data = Path(local_path(row["stored_path"])).read_bytes()  # archived after ingestion (after_ingest = "archive")
+    assert local_path(row["stored_path"]).startswith(ingested["config"].archive + "/") and not Path(local_path(row["path"])).exists()
     assert row["content_sha256"] == hashlib.sha256(data).hexdigest()
     assert row["size_bytes"] == len(data)
     assert row["modified_at"] <= row["ingested_at"]
@@ -63,7 +64,7 @@ def test_features_equal_keras_full_model_penultimate_layer(ingested):
     from fruits.images import decode_image
 
     features = ingested["features"].sort_values("path").iloc[::20]
-    images = np.stack([decode_image(Path(local_path(p)).read_bytes()) for p in features["path"]])
+    images = np.stack([decode_image(Path(local_path(p)).read_bytes()) for p in features["stored_path"]])
     full = tf.keras.applications.MobileNetV2(weights=None, include_top=True, input_shape=(224, 224, 3))
     full.load_weights(str(TOP_WEIGHTS))
     penultimate = tf.keras.Model(full.inputs, full.layers[-2].output)
@@ -107,39 +108,6 @@ def test_restart_on_the_same_checkpoint_ingests_only_new_files(spark, weights, t
     # max_files_per_trigger=3: the 9 files took several micro-batches, each one Delta commit per table.
     history = spark.sql(f"DESCRIBE HISTORY delta.`{config.features_table}`").collect()
     assert len([h for h in history if h["operation"] == "WRITE"]) == 4
-
-
-def test_a_source_batch_left_by_a_crash_is_reconciled_with_the_micro_batch_that_read_it(spark, weights, tmp_path):
-    """A crash after the file source logged its batch N but before the offset log's entry N (the kill test hit it):
-    on restart, micro-batch N reads the source's batches N and N+1, micro-batch N+1 reads N+2. The sink must check
-    each micro-batch against the source batches it read, not the source batch of the same number: otherwise the
-    files of source batch N+1 are quarantined as "listed but produced no row" although they were featurized."""
-    import json
-
-    from deltalake import DeltaTable
-
-    from streaming.ingest import run_stream, source_batches
-
-    config = make_config(tmp_path, stream={"max_files_per_trigger": 3})
-    landing = tmp_path / "landing"
-    place(sample_files("Kiwi", 6), landing / "Kiwi")
-    run_stream(spark, config, weights, available_now=True)  # micro-batches 0 and 1 = source batches 0 and 1
-    checkpoint = Path(config.checkpoint("ingest"))
-    # The crash window: the source logs batch 2 (three new photos, written as Spark writes its log), no offsets/2.
-    logged = place(sample_files("Mango", 3), landing / "Mango")
-    entries = [json.dumps({"path": p.as_uri(), "timestamp": int(p.stat().st_mtime * 1000), "batchId": 2}) for p in logged]
-    (checkpoint / "sources" / "0" / "2").write_text("v1\n" + "\n".join(entries))
-    later = place(sample_files("Lemon", 6), landing / "Lemon")
-    run_stream(spark, config, weights, available_now=True)
-
-    assert list(source_batches(spark, str(checkpoint), 2)) == [2, 3]  # the case this test is about happened
-    assert list(source_batches(spark, str(checkpoint), 3)) == [4]
-    features = DeltaTable(config.features_table).to_pandas(columns=["path"])
-    quarantine = DeltaTable(config.quarantine_table).to_pandas(columns=["path", "reason"])
-    assert sorted(local_path(p) for p in features["path"]) == sorted(
-        str(p) for p in [*(landing / "Kiwi").glob("*.jpg"), *logged, *later]
-    )
-    assert quarantine.empty, quarantine.to_dict("records")
 
 
 def test_model_is_built_once_per_python_worker(spark, weights):

@@ -1,0 +1,307 @@
+"""Benchmark: discovery and the file ledger with a million files kept in landing (``after_ingest = "keep"``, the
+worst case), against Spark's plain file source listing the same folder.
+
+1. Landing: ``--files`` hardlinks of the real Fruits-360 photos in their class folders (fast to build, real files).
+2. Seed the "already processed" state in bulk, because featurizing a million photos takes hours here: the ledger
+   gets one row per file (the same rows a listing records, written 100,000 per commit), and the quarantine table one
+   outcome row per ledger row (reason "seeded by bench/discovery_scale.py", same ``file_id`` and ``discovered_at``).
+3. ``run_stream`` on a fresh checkpoint: it lists landing (nothing new), then replays the whole ledger and finds an
+   outcome for every row (the deleted-checkpoint case, at scale). Then a restart on that checkpoint.
+4. Idle triggers: the running stream's own progress (``triggerExecution`` of triggers that read nothing).
+5. One backfill listing (:meth:`Discovery.backfill`, driver time), ``--listings`` times.
+6. Drop -> visible: ``--drops`` new photos renamed into landing at ``--rate`` per second while the stream runs (the
+   watcher finds them); each one's time until its features row is readable (delta-rs, polled every 50 ms).
+7. Lost events: the stream stopped, ``--lost`` photos landed, the stream started again: how many get an outcome.
+8. Spark's file source (binaryFile, recursive, the image glob): one listing of the same folder (what each of its
+   triggers pays), unless ``--skip-file-source``.
+
+Usage: python bench/discovery_scale.py [--files 1000000] [--drops 100] [--rate 5] [--listings 3] [--lost 500]
+Prints JSON on stdout; progress on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SAMPLE = ROOT.parent / "shared" / "data" / "fruits360-sample"
+WEIGHTS = ROOT.parent / "shared" / "models" / "mobilenet_v2_imagenet_notop.weights.h5"
+SEED_REASON = "seeded by bench/discovery_scale.py"
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def build_landing(landing: Path, count: int, prefix: str = "") -> list[Path]:
+    """``count`` hardlinks of the sample photos, in their class folders."""
+    photos = sorted(SAMPLE.glob("*/*.jpg"))
+    made = []
+    for index in range(count):
+        source = photos[index % len(photos)]
+        target = landing / source.parent.name / f"{prefix}{index // len(photos)}_{source.name}"
+        if index < len(photos):
+            target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(source, target)
+        made.append(target)
+    return made
+
+
+def seed(spark, config, discovery) -> dict:
+    """Ledger rows for every file in landing (as a listing records them) and one outcome row each."""
+    from pyspark.sql import functions as F
+
+    from fruits.ledger import record
+    from fruits.tables import QUARANTINE_SCHEMA, ensure_table
+
+    started = time.perf_counter()
+    versions = discovery.list_landing()
+    listed = time.perf_counter() - started
+    for start in range(0, len(versions), 100_000):
+        record(config.files_table, versions[start : start + 100_000], "backfill")
+    ensure_table(spark, config.quarantine_table, QUARANTINE_SCHEMA, "bench")
+    ledger = spark.read.format("delta").load(config.files_table)
+    outcomes = ledger.select(
+        "path", "label", F.lit(None).cast("string").alias("content_sha256"), "size_bytes", "modified_at",
+        F.current_timestamp().alias("ingested_at"), F.lit(SEED_REASON).alias("reason"), F.lit("seed").alias("model_id"),
+        "file_id", "discovered_at", F.col("path").alias("stored_path"),
+    )
+    outcomes.write.format("delta").mode("append").save(config.quarantine_table)
+    return {"files": len(versions), "list_seconds": round(listed, 2), "seed_seconds": round(time.perf_counter() - started, 1)}
+
+
+class Stream:
+    """``run_stream`` in a thread, with its query at hand."""
+
+    def __init__(self, spark, config, weights) -> None:
+        from streaming.ingest import run_stream
+
+        self.spark, self.stop = spark, threading.Event()
+        self.started = time.perf_counter()
+        self.thread = threading.Thread(
+            target=run_stream, args=(spark, config, weights), kwargs={"stop": self.stop}, daemon=True
+        )
+        self.thread.start()
+
+    def query(self, timeout: float = 3600):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            active = self.spark.streams.active
+            if active:
+                return active[0]
+            time.sleep(0.05)
+        raise TimeoutError("the stream did not start")
+
+    def first_idle(self, timeout: float = 3600) -> float:
+        """Seconds from start until the query has finished a trigger with nothing left to read."""
+        query = self.query(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            progress = query.lastProgress
+            if progress and progress["numInputRows"] == 0 and progress["batchId"] >= 0 and not query.status["isDataAvailable"]:
+                return time.perf_counter() - self.started
+            time.sleep(0.05)
+        raise TimeoutError("the stream never went idle")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(600)
+
+
+def idle_triggers(query, seconds: float) -> dict:
+    """Durations (ms) of the triggers that read nothing during ``seconds`` (Spark reports them every 10 s)."""
+    time.sleep(seconds)
+    idle = [p for p in query.recentProgress if p["numInputRows"] == 0]
+    total = [p["durationMs"].get("triggerExecution", 0) for p in idle]
+    latest = [p["durationMs"].get("latestOffset", 0) for p in idle]
+    return {
+        "triggers": len(idle), "trigger_ms_median": statistics.median(total) if total else None,
+        "trigger_ms_max": max(total) if total else None, "latest_offset_ms_median": statistics.median(latest) if latest else None,
+    }
+
+
+def drop_to_visible(config, landing: Path, count: int, rate: float) -> dict:
+    """Rename ``count`` new photos into landing at ``rate``/s; seconds until each one's features row is readable."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+    from deltalake import DeltaTable
+
+    photos = sorted(SAMPLE.glob("*/*.jpg"))[:: max(1, 3013 // count)][:count]
+    staging = landing.parent / "bench-staging"
+    staging.mkdir(exist_ok=True)
+    landed: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    table = DeltaTable(config.features_table)
+
+    def poll() -> None:
+        table.update_incremental()
+        rows = table.to_pyarrow_dataset().to_table(columns=["path"], filter=pc.field("path").isin(list(landed)))
+        now = time.perf_counter()
+        for path in rows.column("path").to_pylist():
+            seen.setdefault(path, now)
+
+    for index, photo in enumerate(photos):
+        hidden = staging / f"drop-{index}.jpg"
+        hidden.write_bytes(photo.read_bytes())
+        target = landing / photo.parent.name / f"drop-{index}-{photo.name}"
+        os.rename(hidden, target)
+        landed[f"file:{target}"] = time.perf_counter()
+        next_at = time.perf_counter() + 1 / rate
+        while time.perf_counter() < next_at:
+            poll()
+            time.sleep(0.05)
+    deadline = time.perf_counter() + 120
+    while len(seen) < len(landed) and time.perf_counter() < deadline:
+        poll()
+        time.sleep(0.05)
+    latencies = sorted(seen[p] - landed[p] for p in seen)
+    quantile = lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 2) if latencies else None
+    return {"dropped": len(landed), "visible": len(seen), "p50_s": quantile(0.5), "p95_s": quantile(0.95), "max_s": quantile(1.0)}
+
+
+def guarantee_costs(spark, config, repeats: int = 7) -> dict:
+    """What each guarantee costs per micro-batch, with the tables at full size (medians of ``repeats``):
+    - the ledger commit of a discovery (5 rows, delta-rs) that makes a file's discovery durable;
+    - the sink's already-decided check (aggregate + anti-join against the outcome tables) on a 5-row micro-batch,
+      which makes replays and new checkpoints safe;
+    - the stream lock: one flock at start-up, nothing per micro-batch."""
+    from fruits.ledger import FileVersion, record
+    from streaming.sink import LEDGER_COLUMNS, OutcomeSink
+
+    commit, check = [], []
+    for index in range(repeats):
+        versions = [FileVersion(f"file:/nowhere/bench-{index}-{n}.jpg", 1000 + n, 1_700_000_000_000, "x") for n in range(5)]
+        started = time.perf_counter()
+        record(config.files_table, versions, "backfill")
+        commit.append(time.perf_counter() - started)
+    sink = OutcomeSink(config.features_table, config.quarantine_table, "", "", "keep", False, 2000, 2, None, 0, 0, None)
+    ledger = spark.read.format("delta").load(config.files_table)
+    newest = ledger.orderBy(ledger["discovered_at"].desc()).limit(5).select(*LEDGER_COLUMNS).localCheckpoint()
+    for _ in range(repeats):
+        started = time.perf_counter()
+        list(sink._undecided_chunks(newest))
+        check.append(time.perf_counter() - started)
+    return {
+        "ledger_commit_ms_median": round(statistics.median(commit) * 1000, 1),
+        "decided_check_ms_median": round(statistics.median(check) * 1000, 1),
+    }
+
+
+def du(path: str) -> dict:
+    out = subprocess.run(["du", "-sb", path], capture_output=True, text=True).stdout.split()
+    files = sum(len(f) for _, _, f in os.walk(path))
+    return {"bytes": int(out[0]) if out else 0, "files": files}
+
+
+def file_source_listing(spark, landing: str, extensions: list[str]) -> float:
+    """One listing of ``landing`` by Spark's file index as the old stream configured it (what every trigger paid)."""
+    glob = "[!._~]*.{" + ",".join("".join(f"[{c.lower()}{c.upper()}]" for c in e) for e in extensions) + "}"
+    started = time.perf_counter()
+    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").option("pathGlobFilter", glob).load(landing).inputFiles()
+    say(f"file source listed {len(files)} files")
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", type=int, default=1_000_000)
+    parser.add_argument("--drops", type=int, default=100)
+    parser.add_argument("--rate", type=float, default=5.0)
+    parser.add_argument("--listings", type=int, default=3)
+    parser.add_argument("--lost", type=int, default=500)
+    parser.add_argument("--idle-seconds", type=float, default=35.0)
+    parser.add_argument("--skip-file-source", action="store_true")
+    parser.add_argument("--workdir", default=None, help="where the home goes (default: a temporary folder)")
+    args = parser.parse_args()
+
+    from fruits.config import load_config
+    from fruits.files import backlog
+    from fruits.model import resolve_weights
+    from fruits.session import build_spark
+    from streaming.discovery import Discovery
+
+    tmp = tempfile.mkdtemp(prefix="fruits-discovery-", dir=args.workdir)
+    home = Path(tmp) / "home"
+    landing = home / "landing"
+    config = load_config(overrides={
+        "paths": {"home": str(home)}, "spark": {"master": "local[2]"}, "model": {"weights": str(WEIGHTS)},
+        "discovery": {"after_ingest": "keep", "backfill_interval": "10m"}, "stream": {"trigger": "1s"},
+    }, environ={})
+    result: dict = {"files": args.files, "cpu_count": os.cpu_count(), "load_avg_before": os.getloadavg()}
+
+    started = time.perf_counter()
+    build_landing(landing, args.files)
+    result["build_landing_seconds"] = round(time.perf_counter() - started, 1)
+    say(f"landing: {args.files} hardlinks in {result['build_landing_seconds']} s")
+
+    spark = build_spark(config, "bench-discovery", "stream")
+    weights = resolve_weights(str(WEIGHTS))
+    discovery = Discovery(config, f"file:{landing}")
+    result["seed"] = seed(spark, config, discovery)
+    say(f"seeded: {result['seed']}")
+
+    stream = Stream(spark, config, weights)  # fresh checkpoint over a ledger of --files rows
+    result["first_start_replay_seconds"] = round(stream.first_idle(), 1)
+    say(f"first start (listing + replay of the whole ledger): {result['first_start_replay_seconds']} s")
+    stream.close()
+
+    stream = Stream(spark, config, weights)  # restart on that checkpoint
+    result["restart_seconds"] = round(stream.first_idle(), 1)
+    say(f"restart: {result['restart_seconds']} s")
+    result["idle_triggers"] = idle_triggers(stream.query(), args.idle_seconds)
+    say(f"idle triggers: {result['idle_triggers']}")
+    result["drop_to_visible"] = drop_to_visible(config, landing, args.drops, args.rate)
+    say(f"drop -> visible: {result['drop_to_visible']}")
+    stream.close()
+
+    listings = []
+    for _ in range(args.listings):
+        probe = Discovery(config, f"file:{landing}")
+        probe.view.refresh()
+        probe.backfill()
+        listings.append(probe.last_backfill)
+    result["backfill_listing"] = {
+        "listed": listings[-1]["listed"], "new": [l["new"] for l in listings],
+        "list_seconds": [l["list_seconds"] for l in listings], "whole_seconds": [l["seconds"] for l in listings],
+    }
+    say(f"backfill listings: {result['backfill_listing']}")
+
+    # Lost events: photos landed while no stream (no watcher) ran; the start-up listing must find every one.
+    lost = build_landing(landing, args.lost, prefix="lost-")
+    stream = Stream(spark, config, weights)
+    stream.query()
+    expected, deadline = args.files + args.drops + args.lost, time.monotonic() + 600
+    while time.monotonic() < deadline:
+        counts = backlog(config)
+        if counts["discovered"] >= expected and counts["pending"] == 0:
+            break
+        time.sleep(1)
+    stream.close()
+    result["lost_events"] = {
+        "landed_while_stopped": len(lost), "discovered": counts["discovered"] - args.files - args.drops,
+        "pending_after": counts["pending"], "seconds_to_all_outcomes": round(time.perf_counter() - stream.started, 1),
+    }
+    say(f"lost events: {result['lost_events']}")
+
+    result["guarantee_costs"] = guarantee_costs(spark, config)
+    say(f"guarantee costs: {result['guarantee_costs']}")
+    result["sizes"] = {"ledger": du(config.files_table), "checkpoint": du(config.checkpoint("ingest"))}
+    if not args.skip_file_source:
+        result["file_source_listing_seconds"] = round(file_source_listing(spark, f"file:{landing}", ["jpg", "jpeg", "png", "heic", "heif"]), 1)
+        say(f"file source listing: {result['file_source_listing_seconds']} s")
+    result["load_avg_after"] = os.getloadavg()
+    print(json.dumps(result, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,229 @@
+"""The file ledger (``HOME/tables/files``): one Delta row per discovered file version, whatever its mtime.
+
+Discovery (the stream's watcher and listings, ``fruits drop``, ``fruits stage``) appends rows here; the stream reads
+the ledger as a Delta streaming source and gives every row exactly one outcome, a ``features`` row or a
+``quarantine`` row with the same ``file_id``. Rows are written with delta-rs (no JVM), so the commands that land files
+record them directly.
+
+A file version is (path, size, mtime in ms): ``file_id`` is their SHA-256. The same bytes landed again under the same
+path with the same mtime (``rsync -a`` of an archive twice) are the same version, recorded once; a file overwritten in
+place is a new version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import TableNotFoundError
+
+from fruits.uris import rust_uri
+
+log = logging.getLogger("fruits.ledger")
+
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+LEDGER_SCHEMA = pa.schema(
+    [
+        pa.field("file_id", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("label", pa.string()),
+        pa.field("size_bytes", pa.int64(), nullable=False),
+        pa.field("modified_at", TIMESTAMP, nullable=False),
+        pa.field("discovered_at", TIMESTAMP, nullable=False),
+        # "watch" (file event), "backfill" (listing), "drop", "stage", "upload", "migration" (ingested before the ledger)
+        pa.field("discovered_by", pa.string(), nullable=False),
+        # true: an earlier version of this path is in the ledger and was kept in landing (an overwrite in place)
+        pa.field("overwrites", pa.bool_(), nullable=False),
+    ]
+)
+DISCOVERY_METHODS = ("watch", "backfill", "drop", "stage", "upload", "migration")
+
+
+def file_id(path: str, size: int, mtime_ms: int) -> str:
+    """The id of one file version: 32 hex digits of SHA-256 over its path (as Spark spells it), size and mtime (ms)."""
+    return hashlib.sha256(f"{path}\n{size}\n{mtime_ms}".encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def label_of(path: str, landing: str) -> str | None:
+    """The file's parent folder below ``landing`` (both spelled alike); None for a file in the landing root."""
+    relative = path[len(landing.rstrip("/")) + 1 :] if path.startswith(landing.rstrip("/") + "/") else None
+    if relative is None or "/" not in relative:
+        return None
+    return relative.rsplit("/", 2)[-2]
+
+
+@dataclass(frozen=True)
+class FileVersion:
+    """One file as discovery saw it: ``path`` as Spark's ``binaryFile`` spells it, size, mtime in ms, label."""
+
+    path: str
+    size: int
+    mtime_ms: int
+    label: str | None
+
+    @property
+    def file_id(self) -> str:
+        return file_id(self.path, self.size, self.mtime_ms)
+
+
+def ensure_ledger(uri: str) -> None:
+    """Create the empty ledger at ``uri`` unless one is there (safe when several processes race to create it)."""
+    try:
+        DeltaTable(rust_uri(uri))
+        return
+    except TableNotFoundError:
+        pass
+    try:
+        DeltaTable.create(
+            rust_uri(uri), LEDGER_SCHEMA, mode="ignore", name="files",
+            description="Fruits! file ledger: one row per discovered file version",
+        )
+    except Exception:  # another process created it between our check and our commit
+        DeltaTable(rust_uri(uri))
+
+
+def record(uri: str, versions: Iterable[FileVersion], discovered_by: str, overwrites: Iterable[bool] | None = None) -> int:
+    """Append ``versions`` to the ledger in one commit; returns how many rows were written."""
+    versions = list(versions)
+    if not versions:
+        return 0
+    if discovered_by not in DISCOVERY_METHODS:
+        raise ValueError(f"discovered_by={discovered_by!r}: expected one of {DISCOVERY_METHODS}")
+    now = datetime.now(timezone.utc)
+    table = pa.table(
+        {
+            "file_id": [v.file_id for v in versions],
+            "path": [v.path for v in versions],
+            "label": [v.label for v in versions],
+            "size_bytes": [v.size for v in versions],
+            "modified_at": pa.array([v.mtime_ms * 1000 for v in versions], pa.int64()).cast(TIMESTAMP),
+            "discovered_at": pa.array([now] * len(versions), TIMESTAMP),
+            "discovered_by": [discovered_by] * len(versions),
+            "overwrites": list(overwrites) if overwrites is not None else [False] * len(versions),
+        },
+        schema=LEDGER_SCHEMA,
+    )
+    write_deltalake(rust_uri(uri), table, mode="append")
+    return len(versions)
+
+
+def digests(hex_ids: pa.Array | list[str]) -> np.ndarray:
+    """32-hex-digit ids as a numpy array of 16-byte values (what :class:`KnownFiles` stores)."""
+    ids = pa.array(hex_ids, pa.string()) if not isinstance(hex_ids, pa.Array) else hex_ids
+    if len(ids) == 0:
+        return np.zeros(0, dtype="S16")
+    return np.frombuffer(bytes.fromhex("".join(ids.to_pylist())), dtype="S16")
+
+
+def path_digests(paths: list[str]) -> np.ndarray:
+    """16-byte SHA-256 prefixes of paths (overwrite detection keeps these, not the paths)."""
+    return np.array([hashlib.sha256(p.encode("utf-8", "surrogateescape")).digest()[:16] for p in paths], dtype="S16")
+
+
+class SortedDigests:
+    """A set of 16-byte digests for millions of members: a sorted numpy array plus a small set of recent additions
+    (merged in when it grows). 16 bytes a member instead of ~100 for a Python set of strings."""
+
+    def __init__(self, members: np.ndarray | None = None) -> None:
+        self._sorted = np.unique(members) if members is not None and len(members) else np.zeros(0, dtype="S16")
+        self._recent: set[bytes] = set()
+
+    def __len__(self) -> int:
+        return len(self._sorted) + len(self._recent)
+
+    def contains(self, values: np.ndarray) -> np.ndarray:
+        """Boolean mask: which of ``values`` are members."""
+        if len(values) == 0:
+            return np.zeros(0, dtype=bool)
+        found = np.zeros(len(values), dtype=bool)
+        if len(self._sorted):
+            index = np.minimum(np.searchsorted(self._sorted, values), len(self._sorted) - 1)
+            found = self._sorted[index] == values
+        if self._recent:
+            found |= np.fromiter((v in self._recent for v in values.tolist()), dtype=bool, count=len(values))
+        return found
+
+    def add(self, values: np.ndarray) -> None:
+        self._recent.update(values.tolist())
+        if len(self._recent) > 100_000:
+            self._sorted = np.unique(np.concatenate([self._sorted, np.array(sorted(self._recent), dtype="S16")]))
+            self._recent.clear()
+
+
+class LedgerView:
+    """What discovery needs to know of the ledger: which file versions (and, to detect overwrites, which paths) are
+    in it. Loaded once, then kept up to date by reading only the data files added since (other processes' rows too).
+    """
+
+    def __init__(self, uri: str, track_paths: bool) -> None:
+        self.uri = uri
+        self.track_paths = track_paths
+        self.ids = SortedDigests()
+        self.paths = SortedDigests()
+        self._seen_files: set[str] = set()
+        self._table: DeltaTable | None = None
+        self.version = -1
+
+    def refresh(self) -> int:
+        """Read the rows of data files added since the last call; returns how many rows were read."""
+        if self._table is None:
+            ensure_ledger(self.uri)
+            self._table = DeltaTable(rust_uri(self.uri))
+        else:
+            self._table.update_incremental()
+        if self._table.version() == self.version:
+            return 0
+        self.version = self._table.version()
+        actions = pa.table(self._table.get_add_actions(flatten=True)).column("path").to_pylist()
+        new_files = [f for f in actions if f not in self._seen_files]
+        if not new_files:
+            return 0
+        root = rust_uri(self.uri).rstrip("/")
+        columns = ["file_id", "path"] if self.track_paths else ["file_id"]
+        import pyarrow.dataset as ds
+
+        files = [f if "://" in f or f.startswith("/") else f"{root}/{f}" for f in new_files]
+        filesystem = None
+        if "://" in root:
+            import pyarrow.fs as pafs
+
+            filesystem, _ = pafs.FileSystem.from_uri(root)
+            files = [f.split("://", 1)[1] for f in files]
+        rows = ds.dataset(files, format="parquet", filesystem=filesystem).to_table(columns=columns)
+        self.ids.add(digests(rows.column("file_id").combine_chunks()))
+        if self.track_paths:
+            self.paths.add(path_digests(rows.column("path").to_pylist()))
+        self._seen_files.update(new_files)
+        return rows.num_rows
+
+
+def ledger_rows(uri: str, columns: list[str] | None = None) -> pa.Table:
+    """The ledger's rows (all columns unless ``columns``); an empty table if there is no ledger yet."""
+    try:
+        table = DeltaTable(rust_uri(uri))
+    except TableNotFoundError:
+        return LEDGER_SCHEMA.empty_table().select(columns or LEDGER_SCHEMA.names)
+    return table.to_pyarrow_dataset().to_table(columns=columns)
+
+
+def outcome_ids(uri: str) -> pa.Array:
+    """The ``file_id`` values of an outcome table (features or quarantine); empty if it does not exist yet."""
+    try:
+        table = DeltaTable(rust_uri(uri))
+    except TableNotFoundError:
+        return pa.array([], pa.string())
+    ids = table.to_pyarrow_dataset().to_table(columns=["file_id"]).column("file_id")
+    return pc.drop_null(ids.combine_chunks())
+
+
+def local_mtime_ms(stat: os.stat_result) -> int:
+    """A local file's mtime in whole ms, as Hadoop's FileStatus (and so Spark's binaryFile) reports it."""
+    return stat.st_mtime_ns // 1_000_000

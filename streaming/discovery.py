@@ -1,0 +1,245 @@
+"""Discovery: find landed files and record each new file version in the ledger (:mod:`fruits.ledger`).
+
+Two ways in, both inside ``fruits stream`` on the driver:
+
+- **events**: a ``watchdog`` observer on a local landing folder. A path is recorded once it has been quiet for
+  ``settle`` (a ``cp -p`` closes the file, then sets its mtime: both are one version, not two);
+- **listing** (backfill): the whole landing folder at start-up and every ``[discovery] backfill_interval``. It is the
+  only way on ``s3a://`` / ``hdfs://`` and catches whatever events were lost (a watcher that was not running, a full
+  inotify queue). A file's mtime plays no part: an old photo moved in is new to the ledger all the same.
+
+``fruits drop`` / ``stage`` record their files themselves before the rename that makes them visible, so by the time
+an event or a listing sees such a file, the ledger already holds it: discovery reads the ledger's new rows before it
+decides, and never records a version twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from fruits.config import Config, parse_duration
+from fruits.landing import is_candidate
+from fruits.ledger import FileVersion, LedgerView, digests, label_of, local_mtime_ms, path_digests, record
+from fruits.uris import hadoop_uri, local_path
+
+log = logging.getLogger("fruits.discovery")
+
+# A path is recorded after this long without events (covers close-then-utime of `cp -p`, and rename-then-chmod).
+SETTLE_SECONDS = 0.25
+
+
+def _hidden(name: str) -> bool:
+    """Names the stream never reads (Spark's convention, and temporary files): ``.x``, ``_x``, ``~x``."""
+    return name.startswith((".", "_", "~"))
+
+
+def list_local(root: str, extensions: list[str]) -> list[FileVersion]:
+    """Every candidate image below the local folder ``root`` (hidden folders skipped), with size and mtime."""
+    found: list[FileVersion] = []
+    landing = hadoop_uri(root.rstrip("/"))
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        for entry in entries:
+            if _hidden(entry.name):
+                continue
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=False) and is_candidate(entry.name, extensions):
+                    stat = entry.stat(follow_symlinks=False)
+                    path = hadoop_uri(entry.path)
+                    found.append(FileVersion(path, stat.st_size, local_mtime_ms(stat), label_of(path, landing)))
+            except FileNotFoundError:  # removed while we listed: a later listing or event decides
+                continue
+    return found
+
+
+def list_hadoop(spark, root: str, extensions: list[str]) -> list[FileVersion]:
+    """Every candidate image below ``root`` on any Hadoop file system (s3a://, hdfs://), through the JVM."""
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(root)
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.exists(path):
+        return []
+    landing = fs.makeQualified(path).toString().rstrip("/")
+    found = []
+    files = fs.listFiles(path, True)
+    while files.hasNext():
+        status = files.next()
+        uri = status.getPath().toString()
+        relative = uri[len(landing) + 1 :].split("/")
+        if any(_hidden(part) for part in relative) or not is_candidate(relative[-1], extensions):
+            continue
+        found.append(FileVersion(uri, int(status.getLen()), int(status.getModificationTime()), label_of(uri, landing)))
+    return found
+
+
+@dataclass(eq=False)  # watchdog keeps handlers in a set: identity hashing
+class _Events(FileSystemEventHandler):
+    """Remembers when each path last had an event; folders created or moved in are walked for their files."""
+
+    extensions: list[str]
+    quiet_since: dict[str, float] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _touch(self, path: str | bytes) -> None:
+        path = os.fsdecode(path)
+        if is_candidate(os.path.basename(path), self.extensions):
+            with self.lock:
+                self.quiet_since[path] = time.monotonic()
+
+    def _walk(self, folder: str | bytes) -> None:
+        for version in list_local(os.fsdecode(folder), self.extensions):
+            self._touch(local_path(version.path))
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("deleted", "opened", "closed_no_write"):
+            return
+        target = event.dest_path if event.event_type == "moved" else event.src_path
+        if event.is_directory:
+            if event.event_type in ("created", "moved"):
+                self._walk(target)
+        else:
+            self._touch(target)
+
+    def settled(self, settle: float) -> list[str]:
+        """Paths quiet for ``settle`` seconds, removed from the pending set."""
+        now = time.monotonic()
+        with self.lock:
+            ready = [p for p, t in self.quiet_since.items() if now - t >= settle]
+            for path in ready:
+                del self.quiet_since[path]
+        return ready
+
+
+class Discovery:
+    """Records every new file version of the landing folder in the ledger; see the module docstring."""
+
+    def __init__(self, config: Config, landing: str, spark=None) -> None:
+        settings = config.section("discovery")
+        self.ledger = config.files_table
+        self.landing = landing  # as Spark spells it: file:/x or s3a://b/k
+        self.local = local_path(landing)
+        self.spark = spark
+        self.extensions = list(config.section("stream")["extensions"])
+        self.keep = str(settings["after_ingest"]) == "keep"
+        self.watch = bool(settings["watch"]) and self.local is not None
+        self.backfill_seconds = parse_duration(settings["backfill_interval"])
+        self.commit_seconds = parse_duration(settings["commit_interval"])
+        self.max_rows = int(settings["max_rows_per_commit"])
+        # Overwrites in place only exist when files stay in landing; otherwise a name is free again once archived.
+        self.view = LedgerView(self.ledger, track_paths=self.keep)
+        self.recorded: Counter[str] = Counter()
+        self.last_backfill: dict[str, float] = {}
+        self._events = _Events(self.extensions)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._observer = None
+        self._write_lock = threading.Lock()
+
+    def list_landing(self) -> list[FileVersion]:
+        """Every candidate file in landing now."""
+        if self.local is not None:
+            return list_local(self.local, self.extensions)
+        return list_hadoop(self.spark, self.landing, self.extensions)
+
+    def backfill(self) -> int:
+        """List the whole landing folder and record the versions the ledger lacks; returns how many."""
+        started = time.perf_counter()
+        listed = self.list_landing()
+        listed_at = time.perf_counter()
+        new = self._record_new(listed, "backfill")
+        self.last_backfill = {
+            "listed": len(listed), "new": new, "list_seconds": round(listed_at - started, 3),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        log.info(
+            "backfill: %d files listed in %.2f s, %d new recorded", len(listed), listed_at - started, new
+        )
+        return new
+
+    def flush_events(self, settle: float = SETTLE_SECONDS) -> int:
+        """Record the settled paths of file events; returns how many new versions were recorded."""
+        versions = []
+        for path in self._events.settled(settle):
+            try:
+                stat = os.stat(path, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if not os.path.isfile(path) or any(_hidden(p) for p in os.path.relpath(path, self.local).split(os.sep)):
+                continue
+            uri = hadoop_uri(path)
+            versions.append(FileVersion(uri, stat.st_size, local_mtime_ms(stat), label_of(uri, self.landing)))
+        return self._record_new(versions, "watch") if versions else 0
+
+    def _record_new(self, versions: list[FileVersion], method: str) -> int:
+        """Record the versions the ledger does not hold yet (after reading its newest rows); returns how many."""
+        with self._write_lock:
+            self.view.refresh()
+            unique = list({v.file_id: v for v in versions}.values())
+            ids = digests([v.file_id for v in unique])
+            new = ~self.view.ids.contains(ids)
+            unique, ids = [v for v, n in zip(unique, new) if n], ids[new]
+            for start in range(0, len(unique), self.max_rows):
+                chunk = unique[start : start + self.max_rows]
+                overwrites = None
+                if self.keep:
+                    overwrites = self.view.paths.contains(path_digests([v.path for v in chunk])).tolist()
+                record(self.ledger, chunk, method, overwrites)
+                self.view.ids.add(ids[start : start + self.max_rows])
+                if self.keep:
+                    self.view.paths.add(path_digests([v.path for v in chunk]))
+            self.recorded[method] += len(unique)
+            return len(unique)
+
+    def start(self, continuous: bool = True) -> None:
+        """One listing now (so a run that processes what is there sees it all); with ``continuous``, then the
+        watcher and the periodic listing until :meth:`stop`."""
+        self.view.refresh()
+        self.backfill()
+        if not continuous:
+            return
+        if self.watch:
+            os.makedirs(self.local, exist_ok=True)
+            self._observer = Observer()
+            self._observer.schedule(self._events, self.local, recursive=True)
+            self._observer.start()
+        self._thread = threading.Thread(target=self._run, name="fruits-discovery", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        next_backfill = time.monotonic() + self.backfill_seconds
+        while not self._stop.wait(self.commit_seconds):
+            try:
+                if self.watch:
+                    self.flush_events()
+                if time.monotonic() >= next_backfill:
+                    self.backfill()
+                    next_backfill = time.monotonic() + self.backfill_seconds
+            except Exception:  # a failed commit or listing is retried on the next tick; never stop discovering
+                log.exception("discovery failed; retrying")
+
+    def stop(self) -> None:
+        """Stop the watcher and the timer (recording what has settled first)."""
+        self._stop.set()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join()
+        if self._thread is not None:
+            self._thread.join()
+        if self._observer is not None:
+            self.flush_events(settle=0)

@@ -1,0 +1,46 @@
+"""What the stream tells people while it runs: one log line per featurized chunk, and the same figures in
+``HOME/status/stream-progress.json`` for ``fruits status`` and the web dashboard."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from pyspark.sql import SparkSession
+
+from fruits import storage
+
+log = logging.getLogger("fruits.stream")
+
+
+@dataclass
+class Progress:
+    """Counts the files given an outcome since the stream started, and reports each chunk: a "batch" here is one
+    featurized chunk (numbered from 0 at each start), part of Spark's micro-batch ``micro_batch``."""
+
+    spark: SparkSession
+    progress_file: str | None = None
+    files: int = 0
+    batches: int = 0
+
+    def chunk_done(self, micro_batch: int, files: int, seconds: float) -> None:
+        """Log and publish one chunk's figures (``files`` outcome rows committed in ``seconds``)."""
+        self.files += files
+        rate = round(files / seconds, 1) if seconds else None
+        log.info(
+            "batch %d: %d files in %.2f s (%s images/s); %d files since start (micro-batch %d)",
+            self.batches, files, seconds, rate, self.files, micro_batch,
+        )
+        figures = {
+            "batch": self.batches, "micro_batch": micro_batch, "files": files, "seconds": round(seconds, 3),
+            "images_per_s": rate, "files_since_start": self.files, "at": datetime.now(timezone.utc).isoformat(),
+        }
+        self.batches += 1
+        if not self.progress_file:
+            return
+        try:
+            storage.write_text(self.spark, self.progress_file, json.dumps(figures))
+        except Exception as exc:  # status figures are a convenience: never let them disturb the stream
+            log.warning("could not write %s: %s", self.progress_file, exc)

@@ -1,0 +1,383 @@
+"""The stream's ``foreachBatch`` sink: ledger rows in, exactly one outcome row out for each (features | quarantine).
+
+For each micro-batch of ledger rows:
+
+1. **Already decided?** The ``file_id`` values that already have an outcome row are dropped. The lookup reads only
+   the outcome rows discovered in the batch's time range (Delta data skipping on ``discovered_at``), so it stays cheap
+   as the tables grow. This check, not the checkpoint, makes the sink idempotent: a replay after a crash, a deleted or
+   new checkpoint, or other batch boundaries never write a second outcome for a file version.
+2. **Featurize** the rest in chunks of ``[stream] max_files_per_trigger``: Spark reads exactly those paths
+   (``binaryFile``), the pandas UDF featurizes them, one append per table and chunk. A ledger row whose file is gone,
+   empty, or no longer the version the ledger recorded gets a quarantine row saying so.
+3. **After ingest**: once a chunk's outcomes are committed, its files are archived (or deleted, or kept:
+   ``[discovery] after_ingest``), so the landing folder only holds the backlog.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import reduce
+from typing import Any, Iterator
+
+from pyspark.sql import DataFrame, Row, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import BinaryType, LongType, StringType, StructField, StructType, TimestampType
+from py4j.protocol import Py4JJavaError
+from pyspark.errors import PythonException
+from pyspark.sql.utils import AnalysisException
+
+from fruits import storage
+from fruits.featurize import featurize_column
+from fruits.uris import glob_escape, local_path
+from streaming.progress import Progress
+
+log = logging.getLogger("fruits.stream")
+
+# The binaryFile source's schema, given explicitly so Spark never has to infer it.
+BINARY_FILE_SCHEMA = StructType(
+    [
+        StructField("path", StringType(), False),
+        StructField("modificationTime", TimestampType(), False),
+        StructField("length", LongType(), False),
+        StructField("content", BinaryType(), True),
+    ]
+)
+LEDGER_COLUMNS = ["file_id", "path", "label", "size_bytes", "modified_at", "discovered_at", "overwrites"]
+# What a chunk's rows carry into Spark next to the bytes: the ledger's columns and where the file will be kept.
+CHUNK_SCHEMA = StructType(
+    [
+        StructField("file_id", StringType(), False),
+        StructField("path", StringType(), False),
+        StructField("label", StringType(), True),
+        StructField("size_bytes", LongType(), False),
+        StructField("modified_at", TimestampType(), False),
+        StructField("discovered_at", TimestampType(), False),
+        StructField("stored_path", StringType(), True),
+    ]
+)
+OUTCOME_COLUMNS = [
+    "path", "label", "content_sha256", "size_bytes", "modified_at", "ingested_at", "file_id", "discovered_at",
+    "stored_path",
+]
+# Tries of a featurizing job before its files are split to find the one(s) that make it fail.
+FEATURIZE_ATTEMPTS = 2
+# How a featurizing job fails when a file breaks it: a Python worker that died (Py4JJavaError: "Python worker exited
+# unexpectedly"), an exception raised in the UDF (PythonException), a JVM-side read error (Py4JJavaError).
+JOB_FAILURES = (Py4JJavaError, PythonException)
+OVERWRITE_REASON = "overwritten in place after its ingestion; not featurized again ([discovery] allow_overwrites = false)"
+
+
+class LandedFiles:
+    """Size/mtime checks and moves of landed files: the local file system directly, any other through Hadoop."""
+
+    def __init__(self, spark: SparkSession) -> None:
+        self.spark = spark
+
+    def version(self, uri: str) -> tuple[int, int] | None:
+        """(size, mtime in ms) of the file at ``uri``, or None if there is none."""
+        local = local_path(uri)
+        if local is not None:
+            try:
+                stat = os.stat(local)
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            return stat.st_size, stat.st_mtime_ns // 1_000_000
+        size = storage.file_length(self.spark, uri)
+        return None if size is None else (size, -1)  # object stores: the size is the check
+
+    def taken(self, uri: str) -> bool:
+        local = local_path(uri)
+        return os.path.lexists(local) if local is not None else storage.exists(self.spark, uri)
+
+    def move(self, uri: str, target: str) -> bool:
+        local, local_target = local_path(uri), local_path(target)
+        if local is not None and local_target is not None:
+            os.makedirs(os.path.dirname(local_target), exist_ok=True)
+            try:
+                os.link(local, local_target)  # never replaces an existing file, unlike rename
+            except FileExistsError:
+                return False
+            os.unlink(local)
+            return True
+        return storage.rename(self.spark, uri, target)
+
+    def remove(self, uri: str) -> None:
+        local = local_path(uri)
+        if local is not None:
+            try:
+                os.unlink(local)
+            except FileNotFoundError:
+                pass
+        else:
+            storage.delete(self.spark, uri)
+
+
+@dataclass
+class OutcomeSink:
+    """``foreachBatch`` writer of the ledger stream; see the module docstring."""
+
+    features_table: str
+    quarantine_table: str
+    landing: str  # as Spark spells it
+    archive: str
+    after_ingest: str  # "archive" | "delete" | "keep"
+    allow_overwrites: bool
+    chunk_rows: int
+    partitions: int
+    handler: Any  # a featurizer handler (fruits.model / fruits.runtimes)
+    max_bytes: int
+    max_pixels: int
+    progress: Progress
+    crash_marker: bytes = b""  # tests only: [testing] crash_worker_on_bytes
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        files = LandedFiles(batch.sparkSession)
+        started = time.perf_counter()
+        for chunk in self._undecided_chunks(batch):
+            stored = self._destinations(chunk, files)
+            self._write_outcomes(batch.sparkSession, chunk, stored, files)
+            self._after_ingest(chunk, stored, files)
+            self.progress.chunk_done(batch_id, len(chunk), time.perf_counter() - started)
+            started = time.perf_counter()
+
+    def _undecided_chunks(self, batch: DataFrame) -> Iterator[list[Row]]:
+        """The batch's ledger rows that have no outcome row yet, in chunks of ``chunk_rows``. The anti-join reads
+        only the outcome rows discovered in the batch's time range (data skipping on ``discovered_at``), and runs in
+        Spark: a replay of a million-row ledger (a new checkpoint) never collects it to the driver."""
+        spark = batch.sparkSession
+        low, high, count = batch.agg(F.min("discovered_at"), F.max("discovered_at"), F.count("*")).head()
+        if not count:
+            return
+        decided = reduce(
+            DataFrame.unionByName,
+            [
+                spark.read.format("delta").load(table).where(F.col("discovered_at").between(low, high)).select("file_id")
+                for table in (self.features_table, self.quarantine_table)
+            ],
+        )
+        todo = batch.select(*LEDGER_COLUMNS).join(F.broadcast(decided), "file_id", "left_anti")
+        chunk: dict[str, Row] = {}
+        for row in todo.toLocalIterator(prefetchPartitions=True):
+            chunk[row["file_id"]] = row  # a version recorded twice (racing writers) gets one outcome
+            if len(chunk) == self.chunk_rows:
+                yield list(chunk.values())
+                chunk = {}
+        if chunk:
+            yield list(chunk.values())
+
+    def _destinations(self, chunk: list[Row], files: LandedFiles) -> dict[str, str | None]:
+        """Where each file's bytes will be once its outcome is committed (recorded in the outcome row)."""
+        if self.after_ingest == "keep":
+            return {row["file_id"]: row["path"] for row in chunk}
+        if self.after_ingest == "delete":
+            return {row["file_id"]: None for row in chunk}
+        day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+        prefix, chosen, stored = self.landing.rstrip("/") + "/", set(), {}
+        for row in chunk:
+            relative = row["path"][len(prefix) :] if row["path"].startswith(prefix) else row["path"].rsplit("/", 1)[-1]
+            target = f"{self.archive.rstrip('/')}/{day}/{relative}"
+            if target in chosen or files.taken(target):  # the same name archived before today: keep both
+                stem, dot, extension = target.rpartition(".")
+                target = f"{stem}~{row['file_id'][:8]}{dot}{extension}"
+            chosen.add(target)
+            stored[row["file_id"]] = target
+        return stored
+
+    def _write_outcomes(self, spark: SparkSession, chunk: list[Row], stored: dict, files: LandedFiles) -> None:
+        """One append per table for the chunk: featurized rows, and quarantine rows (rejected images, files that
+        produced no row, verdicts made from the ledger row alone, and poison files)."""
+        verdicts = [(row, reason) for row in chunk if (reason := self._verdict(row))]
+        decided = {row["file_id"] for row, _ in verdicts}
+        verdicts += self._write_readable(spark, [row for row in chunk if row["file_id"] not in decided], stored, files)
+        if verdicts:
+            self._append(self._quarantine_rows(spark, verdicts, stored), self.quarantine_table)
+
+    def _verdict(self, row: Row) -> str | None:
+        """A quarantine reason known from the ledger row alone (the file is not read), or None."""
+        if row["overwrites"] and not self.allow_overwrites:
+            return OVERWRITE_REASON
+        if row["size_bytes"] > self.max_bytes:  # never read: not by Python, not by the JVM (>2 GiB would fail it)
+            return f"file is {row['size_bytes']} bytes, above the limit of {self.max_bytes} bytes"
+        return None
+
+    def _write_readable(self, spark: SparkSession, rows: list[Row], stored: dict, files: LandedFiles) -> list[tuple]:
+        """Featurize and append ``rows``; returns (row, reason) of the files that crashed the featurizing job.
+
+        A failed job (a Python worker that died on a file, a JVM-side read error) is tried ``FEATURIZE_ATTEMPTS``
+        times, then the rows are split in halves until the failing files are alone (tried that often again). A file that fails alone is
+        poison only if a known-good probe image still goes through; otherwise the failure is not the files' fault
+        and is raised (the stream stops, and the batch is replayed on restart: no verdict is made)."""
+        poison, pending = [], [rows] if rows else []
+        while pending:
+            group = pending.pop()
+            error = None
+            # The whole chunk and a lone file get every try; the halves in between one each (a split costs a job,
+            # and a crashed worker must load the model again).
+            for _ in range(FEATURIZE_ATTEMPTS if group is rows or len(group) == 1 else 1):
+                try:
+                    self._write_group(spark, group, stored, files)
+                    error = None
+                    break
+                except JOB_FAILURES as exc:
+                    error = exc
+                    log.warning("featurizing %d files failed: %s", len(group), _cause(exc))
+            if error is None:
+                continue
+            if len(group) > 1:
+                pending += [group[: len(group) // 2], group[len(group) // 2 :]]
+            elif self._probe_works(spark):
+                poison.append((group[0], f"featurizing this file failed {FEATURIZE_ATTEMPTS} times, alone: {_cause(error)}"))
+            else:
+                raise error
+        for row, reason in poison:
+            log.error("quarantined %s: %s", row["path"], reason)
+        return poison
+
+    def _write_group(self, spark: SparkSession, rows: list[Row], stored: dict, files: LandedFiles) -> None:
+        meta = spark.createDataFrame(
+            [(*(row[c] for c in CHUNK_SCHEMA.fieldNames()[:-1]), stored[row["file_id"]]) for row in rows], CHUNK_SCHEMA
+        )
+        featurized = self._featurize(self._read(spark, rows, files), meta)
+        featurized.persist()
+        try:
+            ok = F.col("error").isNull()
+            outcome = featurized.select("file_id", ok.alias("ok")).collect()  # one job: the whole group, every core
+            read = {row["file_id"] for row in outcome}
+            unread = [(row, self._unread_reason(row, files)) for row in rows if row["file_id"] not in read]
+            if any(row["ok"] for row in outcome):
+                self._append(featurized.where(ok).select(*OUTCOME_COLUMNS, "features", "model_id"), self.features_table)
+            if unread or not all(row["ok"] for row in outcome):
+                rejected = featurized.where(~ok).select(*OUTCOME_COLUMNS, F.col("error").alias("reason"), "model_id")
+                if unread:
+                    rejected = rejected.unionByName(self._quarantine_rows(spark, unread, stored))
+                self._append(rejected, self.quarantine_table)
+        finally:
+            featurized.unpersist()
+
+    def _probe_works(self, spark: SparkSession) -> bool:
+        """Whether the featurizing job works at all: one small image made here, through the same UDF."""
+        probe = spark.createDataFrame([(PROBE_IMAGE,)], "content binary")
+        try:
+            row = probe.select(featurize_column(F.col("content"), self.handler, self.max_pixels).alias("r")).head()
+        except JOB_FAILURES:
+            return False
+        return row["r"]["error"] is None
+
+    def _read(self, spark: SparkSession, rows: list[Row], files: LandedFiles) -> DataFrame:
+        """``binaryFile`` over exactly the rows' paths (those still there; a file deleted meanwhile is skipped by
+        ``spark.sql.files.ignoreMissingFiles`` and quarantined as disappeared)."""
+        paths = sorted({row["path"] for row in rows if files.version(row["path"]) is not None})
+        for _ in range(3):
+            if not paths:
+                break
+            try:
+                return spark.read.format("binaryFile").schema(BINARY_FILE_SCHEMA).load([glob_escape(p) for p in paths])
+            except AnalysisException as exc:  # PATH_NOT_FOUND: deleted between our check and Spark's
+                if "PATH_NOT_FOUND" not in str(exc):
+                    raise
+                paths = [p for p in paths if files.version(p) is not None]
+        return spark.createDataFrame([], BINARY_FILE_SCHEMA)
+
+    def _featurize(self, content: DataFrame, meta: DataFrame) -> DataFrame:
+        """Bytes + ledger columns -> outcome columns with ``features`` or an ``error``."""
+        changed = (F.col("length") != F.col("size_bytes")) | (F.col("modificationTime") != F.col("modified_at"))
+        error = (
+            F.when(changed, F.format_string(
+                "changed after it was discovered (now %d bytes, modified %s); its new version has its own ledger row",
+                "length", F.date_format("modificationTime", "yyyy-MM-dd HH:mm:ss.SSS"),
+            ))
+        )
+        return (
+            content.join(F.broadcast(meta), "path")
+            .coalesce(self.partitions)
+            .select(
+                *[c for c in OUTCOME_COLUMNS if c not in ("content_sha256", "ingested_at")],
+                F.sha2("content", 256).alias("content_sha256"),
+                F.current_timestamp().alias("ingested_at"),
+                error.alias("pre_error"),
+                featurize_column(
+                    F.when(~changed, F.col("content")), self.handler, self.max_pixels, self.crash_marker
+                ).alias("result"),
+                F.lit(self.handler.model_id).alias("model_id"),
+            )
+            .withColumns({"features": F.col("result.features"), "error": F.coalesce("pre_error", "result.error")})
+            .drop("result", "pre_error")
+        )
+
+    @staticmethod
+    def _unread_reason(row: Row, files: LandedFiles) -> str:
+        now = files.version(row["path"])
+        if now is None:
+            return "file disappeared before it was read"
+        if now[0] == 0:
+            return "empty file (0 bytes)"
+        return "listed in the ledger but produced no row when read"
+
+    def _quarantine_rows(self, spark: SparkSession, rows: list[tuple[Row, str]], stored: dict) -> DataFrame:
+        data = [
+            (*(row[c] for c in CHUNK_SCHEMA.fieldNames()[:-1]), stored[row["file_id"]], reason) for row, reason in rows
+        ]
+        frame = spark.createDataFrame(data, StructType([*CHUNK_SCHEMA.fields, StructField("reason", StringType())]))
+        return frame.select(
+            *[c for c in OUTCOME_COLUMNS if c not in ("content_sha256", "ingested_at")],
+            F.lit(None).cast("string").alias("content_sha256"),
+            F.current_timestamp().alias("ingested_at"),
+            "reason",
+            F.lit(self.handler.model_id).alias("model_id"),
+        )
+
+    @staticmethod
+    def _append(rows: DataFrame, table: str) -> None:
+        rows.write.format("delta").mode("append").save(table)
+
+    def _after_ingest(self, chunk: list[Row], stored: dict, files: LandedFiles) -> None:
+        """Archive or delete the chunk's files, now that their outcomes are committed. A file that is no longer the
+        version its row describes (overwritten meanwhile) stays: its newer version has its own ledger row."""
+        if self.after_ingest == "keep":
+            return
+        for row in chunk:
+            now = files.version(row["path"])
+            if now is None or now[0] != row["size_bytes"] or (now[1] != -1 and now[1] != _ms(row["modified_at"])):
+                continue
+            try:
+                if self.after_ingest == "delete":
+                    files.remove(row["path"])
+                elif not files.move(row["path"], stored[row["file_id"]]):
+                    log.warning("could not archive %s to %s; it stays in landing", row["path"], stored[row["file_id"]])
+            except OSError as exc:  # the outcome is committed: a file left in landing is only a cost, not a loss
+                log.warning("could not %s %s: %s", self.after_ingest, row["path"], exc)
+
+
+def _cause(exc: BaseException) -> str:
+    """What made a Spark job fail, in one line of at most 300 characters: the root cause of the Java exception that
+    names the file's problem (a worker that crashed, a file Spark cannot read), not the scheduler's wrapping."""
+    text = str(exc)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    causes = [re.sub(r"^Caused by: ", "", line) for line in lines if line.startswith("Caused by: ")]
+    telling = [c for c in causes + lines if re.search(r"worker exited|crashed|exceeds the max length", c)]
+    gist = (telling or causes[-1:] or lines[:1] or [type(exc).__name__])[0]
+    return re.split(r"[\w.$]+(?:Exception|Error): ", gist)[-1][:300]
+
+
+def _probe_image() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+PROBE_IMAGE = _probe_image()
+
+
+def _ms(timestamp: datetime) -> int:
+    """A collected timestamp in whole ms since the epoch (PySpark collects naive datetimes in local time, which is
+    what ``datetime.timestamp`` assumes)."""
+    return int(timestamp.replace(microsecond=0).timestamp()) * 1000 + timestamp.microsecond // 1000

@@ -1,0 +1,203 @@
+"""Discovery and the file ledger: every landed photo ends up exactly once in features or quarantine, whatever its
+mtime, whatever happened to the checkpoint, whether the watcher saw it or a listing did."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from deltalake import DeltaTable
+
+from conftest import NOTOP_WEIGHTS, make_config, place, sample_files
+
+FRUITS = str(Path(sys.executable).with_name("fruits"))
+THIRTY_DAYS = 30 * 24 * 3600
+
+
+def outcome_paths(config) -> Counter:
+    """How many outcome rows (features + quarantine) each landed path has."""
+    counts = Counter()
+    for table in (config.features_table, config.quarantine_table):
+        counts.update(DeltaTable(table).to_pandas(columns=["path"])["path"])
+    return counts
+
+
+def age(paths: list[Path], seconds: float) -> None:
+    """Set the mtime of ``paths`` ``seconds`` in the past, as `cp -p`, `rsync -a`, `mv` or unzip leave it."""
+    for path in paths:
+        when = time.time() - seconds
+        os.utime(path, (when, when))
+
+
+def uri(path: Path) -> str:
+    return f"file:{path}"
+
+
+def test_listing_records_each_version_once_and_skips_hidden_names(tmp_path):
+    """No Spark: repeated listings, and files `fruits drop` recorded itself, never give a second ledger row."""
+    from fruits.landing import LedgerNote, drop
+    from fruits.ledger import ledger_rows
+    from streaming.discovery import Discovery
+
+    config = make_config(tmp_path, discovery={"after_ingest": "keep"})
+    landing = tmp_path / "landing"
+    place(sample_files("Kiwi", 3), landing / "Kiwi")
+    place(sample_files("Kiwi", 1, skip=3), landing / "_spark_private")
+    place(sample_files("Kiwi", 1, skip=4), landing / ".staging")
+    (landing / "Kiwi" / ".hidden.jpg").write_bytes(b"x")
+    (landing / "Kiwi" / "notes.txt").write_text("not an image")
+    old = place(sample_files("Mango", 2), landing / "Mango")
+    age(old, THIRTY_DAYS)
+
+    discovery = Discovery(config, uri(landing))
+    discovery.start(continuous=False)
+    assert discovery.recorded == {"backfill": 5}
+    assert discovery.backfill() == 0  # nothing new
+    drop([sample_files("Lemon", 1)[0]], landing, ["jpg"], "Lemon", LedgerNote(config.files_table, landing, "drop"))
+    assert discovery.backfill() == 0  # drop recorded it before it appeared
+    (landing / "Kiwi" / sample_files("Kiwi", 1)[0].name).write_bytes(sample_files("Fig", 1)[0].read_bytes())
+    assert discovery.backfill() == 1  # overwritten in place: a new version
+
+    rows = ledger_rows(config.files_table).to_pandas()
+    assert len(rows) == len(set(rows["file_id"])) == 7
+    assert Counter(rows["discovered_by"]) == {"backfill": 6, "drop": 1}
+    assert rows.loc[rows["overwrites"], "path"].tolist() == [uri(landing / "Kiwi" / sample_files("Kiwi", 1)[0].name)]
+    assert sorted(set(rows["label"])) == ["Kiwi", "Lemon", "Mango"]
+    assert not rows["path"].str.contains("/_spark_private/|/.staging/|/.hidden", regex=True).any()
+
+
+@pytest.mark.slow
+def test_old_mtimes_and_a_deleted_checkpoint_lose_and_duplicate_nothing(spark, weights, tmp_path):
+    from streaming.ingest import run_stream
+
+    config = make_config(tmp_path, stream={"max_files_per_trigger": 4})
+    landing = tmp_path / "landing"
+    first = place(sample_files("Kiwi", 6), landing / "Kiwi")
+    assert run_stream(spark, config, weights, available_now=True) == 6
+
+    # Photos older than everything seen so far: copied with their mtime kept, and a folder moved in (rsync -a, mv).
+    copied = place(sample_files("Mango", 2), landing / "Mango")
+    age(copied, THIRTY_DAYS)
+    outside = tmp_path / "camera-roll" / "Fig"
+    moved = place(sample_files("Fig", 3), outside)
+    age(moved, 3 * THIRTY_DAYS)
+    shutil.move(str(outside), str(landing / "Fig"))
+    assert run_stream(spark, config, weights, available_now=True) == 5
+
+    # The operator deletes the checkpoint (a stuck stream), and one more photo lands.
+    shutil.rmtree(config.checkpoint("ingest"))
+    later = place(sample_files("Lemon", 1), landing / "Lemon")
+    run_stream(spark, config, weights, available_now=True)  # replays the whole ledger from a new checkpoint
+    assert run_stream(spark, config, weights, available_now=True) == 0
+
+    counts = outcome_paths(config)
+    landed = [*first, *copied, *(landing / "Fig" / p.name for p in moved), *later]
+    assert sorted(counts) == sorted(uri(p) for p in landed)
+    assert set(counts.values()) == {1}, {p: n for p, n in counts.items() if n > 1}
+    assert DeltaTable(config.quarantine_table).to_pandas().empty
+    # Each file was archived once its row was committed: landing holds no photo any more.
+    assert not [p for p in landing.rglob("*.jpg")]
+    stored = DeltaTable(config.features_table).to_pandas(columns=["stored_path"])["stored_path"]
+    assert all(Path(p[len("file:") :]).is_file() for p in stored)
+
+
+@pytest.mark.slow
+def test_watcher_events_and_listing_backfill_each_find_new_photos(spark, weights, tmp_path):
+    """With the watcher on, photos moved in are recorded from events, within seconds. With it off (or its events
+    lost), the periodic listing finds every photo landed meanwhile."""
+    from fruits.ledger import ledger_rows
+    from streaming.ingest import run_stream
+
+    landing = tmp_path / "landing"
+
+    def stream_until(config, land, expected: int, timeout: float = 120) -> None:
+        stop = threading.Event()
+        thread = threading.Thread(target=run_stream, args=(spark, config, weights), kwargs={"stop": stop})
+        thread.start()
+        try:
+            time.sleep(3)  # the stream is up (its first listing is done)
+            land()
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and sum(outcome_paths(config).values()) < expected:
+                time.sleep(0.5)
+        finally:
+            stop.set()
+            thread.join(120)
+
+    # 1. Watcher on, listing every 10 minutes: only events can find these in time.
+    watched = make_config(tmp_path, stream={"trigger": "200ms"}, discovery={"backfill_interval": "10m"})
+    outside = tmp_path / "incoming" / "Pineapple"
+    photos = place(sample_files("Pineapple", 4), outside)
+    age(photos, THIRTY_DAYS)
+
+    # a folder of old photos moved in at once
+    stream_until(watched, lambda: shutil.move(str(outside), str(landing / "Pineapple")), 4)
+    # 2. Watcher off, a listing every second: photos copied in by a tool that knows nothing of the ledger.
+    listed = make_config(tmp_path, stream={"trigger": "200ms"}, discovery={"watch": False, "backfill_interval": "1s"})
+
+    stream_until(listed, lambda: age(place(sample_files("Pomegranate", 3), landing / "Pomegranate"), THIRTY_DAYS), 7)
+
+    rows = ledger_rows(watched.files_table).to_pandas()
+    assert Counter(zip(rows["label"], rows["discovered_by"])) == {("Pineapple", "watch"): 4, ("Pomegranate", "backfill"): 3}
+    counts = outcome_paths(watched)
+    assert len(counts) == 7 and set(counts.values()) == {1}
+
+
+def test_a_second_stream_on_the_same_home_stops_at_once(tmp_path):
+    from streaming.ingest import stream_lock
+
+    config = make_config(tmp_path)
+    env = {**os.environ, "FRUITS_WEIGHTS": str(NOTOP_WEIGHTS), "FRUITS_MASTER": "local[2]"}
+    with stream_lock(config):  # the first stream
+        started = time.monotonic()
+        second = subprocess.run(
+            [FRUITS, "stream", "--home", str(tmp_path), "--available-now"], capture_output=True, text=True, env=env,
+            timeout=120,
+        )
+        took = time.monotonic() - started
+    assert second.returncode == 2
+    assert "`fruits stream` on" in second.stderr and "is already running" in second.stderr
+    assert f"pid {os.getpid()}" in second.stderr
+    assert took < 20, f"the second stream took {took:.0f} s to give up (it should not start Spark)"
+    assert not (tmp_path / "tables").exists()  # it wrote nothing
+
+
+@pytest.mark.slow
+def test_a_home_made_before_the_ledger_is_adopted_without_featurizing_anything_again(spark, weights, tmp_path):
+    """Tables written by the previous version (no ledger, no file_id column, photos still in landing): the first
+    stream adopts every row into the ledger and only featurizes the photo that is really new."""
+    from pyspark.sql import functions as F
+
+    from fruits.ledger import ledger_rows
+    from fruits.tables import LEDGER_LINK
+    from streaming.ingest import run_stream
+
+    config = make_config(tmp_path, discovery={"after_ingest": "keep"})
+    landing = tmp_path / "landing"
+    old = place(sample_files("Kiwi", 4), landing / "Kiwi")
+    (landing / "Kiwi" / "broken.jpg").write_bytes(b"not a jpeg")
+    assert run_stream(spark, config, weights, available_now=True) == 5
+    # Back to the previous version's layout: no ledger link columns, no ledger, no checkpoint.
+    legacy = [f.name for f in LEDGER_LINK]
+    for table in (config.features_table, config.quarantine_table):
+        frame = spark.read.format("delta").load(table).drop(*legacy).localCheckpoint()
+        frame.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(table)
+    shutil.rmtree(config.files_table)
+    shutil.rmtree(config.checkpoint("ingest"))
+    new = place(sample_files("Mango", 1), landing / "Mango")
+
+    assert run_stream(spark, config, weights, available_now=True) == 1
+    counts = outcome_paths(config)
+    assert sorted(counts) == sorted(uri(p) for p in [*old, landing / "Kiwi" / "broken.jpg", *new])
+    assert set(counts.values()) == {1}
+    rows = ledger_rows(config.files_table).to_pandas()
+    assert Counter(rows["discovered_by"]) == {"migration": 5, "backfill": 1}
+    features = spark.read.format("delta").load(config.features_table)
+    assert features.where(F.col("file_id").isNull()).count() == 0
