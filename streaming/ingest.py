@@ -32,9 +32,10 @@ from streaming.sink import OutcomeSink
 
 log = logging.getLogger("fruits.stream")
 
-# Ledger data files admitted per micro-batch at most: a listing writes up to [discovery] max_rows_per_commit rows a
-# file, an event commit a few; the sink featurizes a micro-batch in chunks of [stream] max_files_per_trigger rows.
-LEDGER_FILES_PER_TRIGGER = 200
+# Ledger files admitted per micro-batch: about 1 MB of them, some 20,000 rows (~50 bytes a row; a listing writes up
+# to [discovery] max_rows_per_commit rows a file, a file event a few, and Delta admits at least one file), which the
+# sink collects and featurizes in chunks of [stream] max_files_per_trigger rows.
+LEDGER_BYTES_PER_TRIGGER = "1m"
 
 def prepare_home(spark: SparkSession, config: Config) -> None:
     """The landing folder and the three tables, created if missing; a home older than the ledger is adopted."""
@@ -71,7 +72,7 @@ def start_stream(
         progress=progress,
         crash_marker=str(config.section("testing").get("crash_worker_on_bytes") or "").encode(),
     )
-    ledger = spark.readStream.format("delta").option("maxFilesPerTrigger", LEDGER_FILES_PER_TRIGGER).load(config.files_table)
+    ledger = spark.readStream.format("delta").option("maxBytesPerTrigger", LEDGER_BYTES_PER_TRIGGER).load(config.files_table)
     writer = (
         ledger.writeStream.queryName(str(stream_cfg["query_name"]))
         .option("checkpointLocation", config.checkpoint("ingest"))

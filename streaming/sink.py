@@ -27,13 +27,17 @@ from typing import Any, Iterator
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, LongType, StringType, StructField, StructType, TimestampType
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import PythonException
 from pyspark.sql.utils import AnalysisException
 
 from fruits import storage
 from fruits.featurize import featurize_column
-from fruits.uris import glob_escape, local_path
+from fruits.uris import glob_escape, local_path, rust_uri
 from streaming.progress import Progress
 
 log = logging.getLogger("fruits.stream")
@@ -134,6 +138,8 @@ class OutcomeSink:
     max_pixels: int
     progress: Progress
     crash_marker: bytes = b""  # tests only: [testing] crash_worker_on_bytes
+    # Seconds since the epoch: no outcome row was discovered later than this (read once, then kept up to date).
+    _decided_until: float | None = None
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         files = LandedFiles(batch.sparkSession)
@@ -146,29 +152,46 @@ class OutcomeSink:
             started = time.perf_counter()
 
     def _undecided_chunks(self, batch: DataFrame) -> Iterator[list[Row]]:
-        """The batch's ledger rows that have no outcome row yet, in chunks of ``chunk_rows``. The anti-join reads
-        only the outcome rows discovered in the batch's time range (data skipping on ``discovered_at``), and runs in
-        Spark: a replay of a million-row ledger (a new checkpoint) never collects it to the driver."""
-        spark = batch.sparkSession
-        low, high, count = batch.agg(F.min("discovered_at"), F.max("discovered_at"), F.count("*")).head()
-        if not count:
+        """The batch's ledger rows that have no outcome row yet, in chunks of ``chunk_rows``. A micro-batch holds
+        about 1 MB of ledger files at most (some 20,000 rows: ``streaming.ingest.LEDGER_BYTES_PER_TRIGGER``), so its
+        rows are collected."""
+        rows = list({row["file_id"]: row for row in batch.select(*LEDGER_COLUMNS).collect()}.values())
+        if not rows:
             return
-        decided = reduce(
-            DataFrame.unionByName,
-            [
-                spark.read.format("delta").load(table).where(F.col("discovered_at").between(low, high)).select("file_id")
-                for table in (self.features_table, self.quarantine_table)
-            ],
+        decided = self._decided(batch, rows)
+        todo = [row for row in rows if row["file_id"] not in decided]  # (duplicate versions were dropped above)
+        if decided:
+            log.info("%d of %d ledger rows already have an outcome (a replay): skipped", len(decided), len(rows))
+        for start in range(0, len(todo), self.chunk_rows):
+            chunk = todo[start : start + self.chunk_rows]
+            yield chunk
+            # its outcomes are committed now
+            self._decided_until = max(self._decided_until, max(row["discovered_at"] for row in chunk).timestamp())
+
+    def _decided(self, batch: DataFrame, rows: list[Row]) -> set[str]:
+        """The ``file_id`` values of ``rows`` that already have an outcome row. The check is one job that reads only
+        the outcome rows discovered in the rows' time range (Delta data skipping on ``discovered_at``), so it stays
+        cheap as the tables grow. It is skipped when every row was discovered after the newest ``discovered_at`` of
+        any outcome row, since none can have one then: the usual micro-batch. A replay, a new checkpoint, or rows
+        recorded out of order by another process run it."""
+        low, high = min(row["discovered_at"] for row in rows), max(row["discovered_at"] for row in rows)
+        if self._decided_until is None:
+            self._decided_until = newest_outcome(self.features_table, self.quarantine_table)
+        if low.timestamp() > self._decided_until:
+            return set()
+        spark = batch.sparkSession
+        outcomes = [
+            spark.read.format("delta").load(table).select("file_id", "discovered_at")
+            for table in (self.features_table, self.quarantine_table)
+        ]
+        found = (
+            reduce(DataFrame.unionByName, outcomes)
+            .where(F.col("discovered_at").between(low, high))
+            .join(F.broadcast(batch.select("file_id")), "file_id", "left_semi")
+            .select("file_id")
+            .collect()
         )
-        todo = batch.select(*LEDGER_COLUMNS).join(F.broadcast(decided), "file_id", "left_anti")
-        chunk: dict[str, Row] = {}
-        for row in todo.toLocalIterator(prefetchPartitions=True):
-            chunk[row["file_id"]] = row  # a version recorded twice (racing writers) gets one outcome
-            if len(chunk) == self.chunk_rows:
-                yield list(chunk.values())
-                chunk = {}
-        if chunk:
-            yield list(chunk.values())
+        return {row["file_id"] for row in found}
 
     def _destinations(self, chunk: list[Row], files: LandedFiles) -> dict[str, str | None]:
         """Where each file's bytes will be once its outcome is committed (recorded in the outcome row)."""
@@ -351,6 +374,25 @@ class OutcomeSink:
                     log.warning("could not archive %s to %s; it stays in landing", row["path"], stored[row["file_id"]])
             except OSError as exc:  # the outcome is committed: a file left in landing is only a cost, not a loss
                 log.warning("could not %s %s: %s", self.after_ingest, row["path"], exc)
+
+
+def newest_outcome(*tables: str) -> float:
+    """The newest ``discovered_at`` of the outcome tables' rows (seconds since the epoch), from the files' Delta
+    statistics (no scan). Statistics keep milliseconds, so one is added: the answer is never too early."""
+    newest = 0.0
+    for table in tables:
+        try:
+            actions = pa.table(DeltaTable(rust_uri(table)).get_add_actions(flatten=True))
+        except TableNotFoundError:
+            continue
+        column = "max.discovered_at"
+        if actions.num_rows and column in actions.column_names:
+            value = pc.max(actions.column(column)).as_py()
+            if value is not None:
+                newest = max(newest, value.timestamp() + 0.001)
+        elif actions.num_rows:  # rows without statistics: assume they may be the newest
+            return float("inf")
+    return newest
 
 
 def _cause(exc: BaseException) -> str:

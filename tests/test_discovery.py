@@ -122,7 +122,9 @@ def test_watcher_events_and_listing_backfill_each_find_new_photos(spark, weights
         thread = threading.Thread(target=run_stream, args=(spark, config, weights), kwargs={"stop": stop})
         thread.start()
         try:
-            time.sleep(3)  # the stream is up (its first listing is done)
+            deadline = time.monotonic() + timeout
+            while not spark.streams.active and time.monotonic() < deadline:  # discovery starts before the query
+                time.sleep(0.1)
             land()
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline and sum(outcome_paths(config).values()) < expected:
