@@ -106,6 +106,10 @@ $("add-form").addEventListener("submit", async (event) => {
 });
 
 $("token").addEventListener("change", () => sessionStorage.setItem("fruits-token", $("token").value));
+$("token-box").addEventListener("submit", (event) => {
+  event.preventDefault();
+  sessionStorage.setItem("fruits-token", $("token").value);
+});
 
 // --- dashboard ------------------------------------------------------------------------------------------------
 
