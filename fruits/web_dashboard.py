@@ -73,8 +73,8 @@ class ProgressSampler:
             return []
         first, last = int(samples[0][0] // bucket_seconds), int(now // bucket_seconds)
         points = []
-        for bucket in range(first + 1, last + 1):
-            elapsed = bucket_seconds if bucket < last else max(now - bucket * bucket_seconds, 1e-3)
+        for bucket in range(first, last + 1):
+            elapsed = bucket_seconds if bucket < last else max(now - bucket * bucket_seconds, 1.0)
             points.append({"t": bucket * bucket_seconds, "images_per_s": round(files.get(bucket, 0) / elapsed, 2)})
         return points
 

@@ -102,11 +102,13 @@ def test_a_new_pca_version_is_picked_up_without_a_restart(spark, weights, identi
     config = identify_home["config"]
     mango = sample_files("Mango")
     assert client.post("/api/identify", files=photo_file(mango[-1])).json()["pca_version"] == 1
+    model = client.app.state.service.identifier().featurizer()[1]
     place(mango[:-1], Path(config.home) / "landing" / "Mango")  # a class the server has never seen
     run_stream(spark, config, weights, available_now=True)
     assert refit_pca(spark, config, k=20).refitted.version == 2
     answer = client.post("/api/identify", files=photo_file(mango[-1])).json()
     assert answer["pca_version"] == 2 and answer["predicted"] == "Mango"
+    assert client.app.state.service.identifier().featurizer()[1] is model  # the same model: loaded once per process
 
 
 def test_the_page_identifies_a_real_photo_in_a_real_browser(identify_home, weights, page):
@@ -175,6 +177,9 @@ def test_dashboard_counters_rise_within_seconds_while_a_real_stream_runs(identif
             print(f"5 uploaded photos visible on the dashboard after {elapsed:.1f} s")
             expect(page.locator("#labels tbody tr")).to_have_count(2)
             expect(page.locator("#batches tbody tr").first).to_be_visible()
+            dashboard = httpx.get(f"{url}/api/dashboard").json()
+            assert any(point["images_per_s"] > 0 for point in dashboard["throughput"]), dashboard["throughput"]
+            assert dashboard["batches"][0]["files"] >= 1
             assert elapsed <= 20
     finally:
         stream.send_signal(signal.SIGTERM)

@@ -243,3 +243,34 @@ def test_status_is_the_fruits_status_json_object_and_the_page_is_served(tmp_path
     dashboard = client.get("/api/dashboard").json()
     assert {"status", "throughput", "batches", "quarantine_reasons", "pca", "backlog"} <= set(dashboard)
     assert client.post("/api/identify", files=[upload(BANANA[0])]).status_code == 503  # started without weights
+
+
+def test_images_per_second_come_from_the_streams_cumulative_counter(tmp_path):
+    """Samples of HOME/status/stream-progress.json: the rate counts every file between two samples, even of
+    micro-batches the sampler never saw, and a restarted stream (counter back down) does not go negative."""
+    import json
+
+    from fruits.web_dashboard import ProgressSampler
+
+    config = make_config(tmp_path)
+    progress = tmp_path / "status" / "stream-progress.json"
+    progress.parent.mkdir()
+    sampler = ProgressSampler(config, window_seconds=600, sample_seconds=1)
+
+    def write(batch: int, files: int, since_start: int) -> None:
+        figures = {"batch": batch, "files": files, "seconds": 1.0, "images_per_s": files, "files_since_start": since_start,
+                   "at": f"2026-12-03T09:00:{batch:02d}.000Z", "query_id": "q"}
+        progress.write_text(json.dumps(figures))
+
+    t0 = 1_000_000.0  # a multiple of the 5 s buckets
+    sampler.sample(now=t0)  # no file yet
+    write(0, 10, 10)
+    sampler.sample(now=t0 + 1)
+    write(2, 30, 100)  # batch 1 (60 files) was never sampled
+    sampler.sample(now=t0 + 6)
+    write(0, 7, 7)  # the stream restarted: its counter starts again
+    sampler.sample(now=t0 + 11)
+    rates = sampler.rates(bucket_seconds=5, now=t0 + 15)
+    assert [r["images_per_s"] for r in rates] == [10 / 5, 90 / 5, 7 / 5, 0.0]
+    assert [b["batch"] for b in sampler.batches] == [0, 2, 0]
+    assert client_for(tmp_path).get("/api/config").json()["refresh_seconds"] <= 2
