@@ -221,7 +221,11 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     from fruits.web import serve
 
     web = config.section("web")
-    weights = resolve_weights(str(config.section("model")["weights"]))
+    try:
+        weights = resolve_weights(str(config.section("model")["weights"]))
+    except WeightsUnavailable as exc:  # uploads, status and the dashboard still work; identify answers 503
+        log.warning("identify is off: %s", exc)
+        weights = None
     log.info("serving %s on http://%s:%s/ (POST token %s)", config.home, web["host"], web["port"], "on" if web.get("token") else "off")
     serve(config, weights, str(web["host"]), int(web["port"]))
     return 0

@@ -81,6 +81,23 @@ def test_identify_answers_the_object_of_fruits_identify_json_with_thumbnails(ide
             assert thumb.status_code == 200 and Image.open(io.BytesIO(thumb.content)).format == "JPEG"
 
 
+def test_status_is_what_fruits_status_json_prints(identify_home, client):
+    import json
+
+    def without_ages(report: dict) -> dict:
+        for section in ("last_refit", "stream"):
+            if report.get(section):
+                report[section].pop("age_seconds")
+        return report
+
+    result = subprocess.run(
+        [sys.executable, "-m", "fruits.cli", "status", "--home", identify_home["config"].home, "--json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert without_ages(client.get("/api/status").json()) == without_ages(json.loads(result.stdout))
+
+
 def test_identify_error_codes(identify_home, client, tmp_path):
     from fruits.web import create_app
 

@@ -75,15 +75,23 @@ def test_upload_never_overwrites(tmp_path):
 
 def test_the_format_comes_from_the_bytes_not_the_name(tmp_path):
     client = client_for(tmp_path)
-    png = io.BytesIO()
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    png, heic = io.BytesIO(), io.BytesIO()
     Image.open(BANANA[0]).save(png, format="PNG")
+    Image.open(BANANA[1]).save(heic, format="HEIF")  # what an iPhone sends
     response = client.post(
         "/api/photos",
-        files=[upload(BANANA[0], "from the camera"), upload(BANANA[0], "picture.png", png.getvalue()), upload(BANANA[1], ".hidden.txt")],
+        files=[upload(BANANA[0], "from the camera"), upload(BANANA[0], "picture.png", png.getvalue()),
+               upload(BANANA[1], ".hidden.txt"), upload(BANANA[1], "IMG_0001", heic.getvalue())],
     )
     assert response.status_code == 202
     # A name the stream would not read gets the extension of the real format; hidden prefixes are dropped.
-    assert [p["path"] for p in response.json()["photos"]] == ["from the camera.jpg", "picture.png", "hidden.txt.jpg"]
+    assert [p["path"] for p in response.json()["photos"]] == [
+        "from the camera.jpg", "picture.png", "hidden.txt.jpg", "IMG_0001.heic"
+    ]
+    assert (tmp_path / "landing" / "IMG_0001.heic").read_bytes() == heic.getvalue()
 
 
 def test_heif_magic_bytes_are_accepted():
