@@ -209,6 +209,13 @@ def test_dashboard_counters_rise_within_seconds_while_a_real_stream_runs(identif
             assert shown - committed <= 4.0  # the dashboard's part: its next poll (1.5 s) + the status cache
             expect(page.locator("#labels tbody tr")).to_have_count(2)
             expect(page.locator("#batches tbody tr").first).to_be_visible()
+            truncated = httpx.post(
+                f"{url}/api/photos", files=[("file", ("cut.jpg", photos[0].read_bytes()[:300], "image/jpeg"))], timeout=30
+            )
+            assert truncated.status_code == 202  # JPEG magic bytes: accepted; the stream quarantines what it cannot decode
+            expect(page.locator("#count-quarantine")).to_have_text("1", timeout=60_000)
+            expect(page.locator("#reasons tbody tr")).to_have_count(1)
+            expect(page.locator("#reasons tbody tr td").last).to_have_text("1")
             dashboard = httpx.get(f"{url}/api/dashboard").json()
             assert any(point["images_per_s"] > 0 for point in dashboard["throughput"]), dashboard["throughput"]
             assert dashboard["batches"][0]["files"] >= 1
