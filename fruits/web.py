@@ -45,7 +45,9 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; frame-ancestors 'none'",
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; frame-ancestors 'none'"
+    ),
 }
 
 
@@ -163,7 +165,7 @@ class WebService:
     def land(self, uploads: list[UploadFile], label: str | None) -> list[dict[str, Any]]:
         """Check every upload first (nothing lands if one is refused), then land each through ``drop``."""
         if self.landing is None:
-            raise HTTPException(501, f"the landing folder {self.config.landing} is not local: upload with `fruits drop`")
+            raise HTTPException(501, f"landing folder {self.config.landing} is not local: upload with `fruits drop`")
         if len(uploads) > self.max_files:
             raise HTTPException(413, f"{len(uploads)} photos in one request, above the limit of {self.max_files}")
         try:
@@ -214,7 +216,7 @@ def create_app(config: Config, weights: WeightsRef | None = None, warm: bool = T
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         sampler = threading.Thread(
-            target=service.dashboard.sampler.run, args=(stop, float(web["sample_seconds"])), name="progress-sampler", daemon=True
+            target=service.dashboard.sampler.run, args=(stop, float(web["sample_seconds"])), name="sampler", daemon=True
         )
         sampler.start()
         if warm and weights is not None:

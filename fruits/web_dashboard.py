@@ -30,6 +30,10 @@ def quarantine_reasons(config: Config) -> dict[str, int]:
     return dict(Counter(reasons).most_common())
 
 
+# The figures of one micro-batch, as the stream writes them to its progress file.
+BATCH_FIELDS = ("batch", "files", "seconds", "images_per_s", "at", "query_id")
+
+
 class ProgressSampler:
     """Ring buffer of ``(time, files_since_start, run)`` samples of the stream's progress file, and of the distinct
     micro-batches it recorded."""
@@ -49,14 +53,14 @@ class ProgressSampler:
             progress = None
         now = time.time() if now is None else now
         with self._lock:
-            if progress is None:
-                self.samples.append((now, self.samples[-1][1] if self.samples else 0, self.samples[-1][2] if self.samples else ""))
+            if progress is None:  # nothing new: the counter stays where it was
+                _, files, run = self.samples[-1] if self.samples else (now, 0, "")
+                self.samples.append((now, files, run))
                 return
-            run = str(progress.get("query_id"))
-            self.samples.append((now, int(progress.get("files_since_start") or 0), run))
-            key = (progress.get("query_id"), progress.get("batch"), progress.get("at"))
-            if not self.batches or (self.batches[-1]["query_id"], self.batches[-1]["batch"], self.batches[-1]["at"]) != key:
-                self.batches.append({k: progress.get(k) for k in ("batch", "files", "seconds", "images_per_s", "at", "query_id")})
+            self.samples.append((now, int(progress.get("files_since_start") or 0), str(progress.get("query_id"))))
+            batch = {key: progress.get(key) for key in BATCH_FIELDS}
+            if not self.batches or self.batches[-1] != batch:
+                self.batches.append(batch)
 
     def rates(self, bucket_seconds: float = 5.0, now: float | None = None) -> list[dict[str, float]]:
         """Images/s per ``bucket_seconds`` over the window: ``[{"t": unix seconds, "images_per_s": r}]``, oldest first.

@@ -92,10 +92,9 @@ class HomeFiles:
         parts = relative.replace("\\", "/").split("/")
         if relative.startswith("/") or any(part in ("", ".", "..") for part in parts):
             return None
-        candidate = (root / Path(*parts)).resolve()
-        if not candidate.is_relative_to(root) or not candidate.is_file() or not is_candidate(candidate.name, self.extensions):
-            return None
-        return candidate
+        candidate = (root / Path(*parts)).resolve()  # symlinks followed: where the bytes really are
+        inside = candidate.is_relative_to(root) and candidate.is_file()
+        return candidate if inside and is_candidate(candidate.name, self.extensions) else None
 
     def thumbnail(self, root_name: str, relative: str) -> bytes | None:
         """JPEG thumbnail of a photo under a root, or None (not found, not allowed, too big, undecodable)."""
