@@ -169,6 +169,21 @@ def test_the_page_identifies_a_real_photo_in_a_real_browser(identify_home, weigh
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
 
+        # "Add" lands the photo under the label shown (the predicted one), through POST /api/photos.
+        expect(page.locator("#add-label")).to_have_value("Strawberry")
+        page.click("#add-form button")
+        expect(page.locator("#add-result")).to_have_text(f"added as Strawberry/{photo.name}")
+        assert (Path(config.landing) / "Strawberry" / photo.name).read_bytes() == photo.read_bytes()
+
+        # The backlog, once the status report has one (its key is {pending, oldest_pending_age_seconds}).
+        def with_backlog(route):
+            answer = route.fetch()
+            route.fulfill(response=answer, json={**answer.json(), "backlog": {"pending": 7, "oldest_pending_age_seconds": 42}})
+
+        page.route("**/api/dashboard", with_backlog)
+        expect(page.locator("#count-backlog")).to_have_text("7", timeout=10_000)
+        expect(page.locator("#count-oldest")).to_have_text("42 s")
+
 
 def test_dashboard_counters_rise_within_seconds_while_a_real_stream_runs(identify_home, tmp_path, page):
     """A real `fruits stream` subprocess and the server share a home; photos uploaded through the API reach the
