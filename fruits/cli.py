@@ -1,4 +1,4 @@
-"""The ``fruits`` command: ``stream``, ``refit-pca`` and ``status``."""
+"""The ``fruits`` command: ``stream``, ``refit-pca``, ``drop``, ``stage``, ``identify``, ``serve`` and ``status``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from fruits.config import Config, ConfigError, load_config, parse_duration
 from fruits.identify import IdentifyError
+from fruits.landing import BadLabel
 from fruits.locks import AlreadyRunning
 from fruits.model import WeightsUnavailable
 
@@ -94,6 +95,14 @@ def build_parser() -> argparse.ArgumentParser:
     files.add_argument("--json", action="store_true", help="one JSON object per line per file")
     files.add_argument("--limit", type=int, default=0, help="at most this many files (0: all)")
 
+    serve = commands.add_parser("serve", help="HTTP API, web page and live dashboard for HOME (no Spark)")
+    _common(serve)
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--token", help="bearer token the POST endpoints require (env FRUITS_TOKEN; default none)")
+    serve.add_argument("--weights", help="the weights the stream used, for identify (default: the configured ones)")
+    _runtime_flags(serve)
+
     status = commands.add_parser("status", help="tables, row counts and the last refit (no Spark needed)")
     _common(status)
     status.add_argument("--json", action="store_true", help="print one JSON object")
@@ -121,6 +130,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         "pca": {"k": getattr(args, "k", None), "every": getattr(args, "every", None), "variance": getattr(args, "variance", None)},
         "landing": {"stable_seconds": getattr(args, "stable_seconds", None)},
         "compaction": {"enabled": False if getattr(args, "no_compact", False) else None},
+        "web": {"host": getattr(args, "host", None), "port": getattr(args, "port", None), "token": getattr(args, "token", None)},
     }
     if getattr(args, "conf", None):  # --conf: on top of [spark.conf] and of the command's own [X.spark_conf]
         overrides[COMMAND_SECTIONS[args.command]]["spark_conf"] = dict(args.conf)
@@ -241,6 +251,21 @@ def cmd_files(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(config: Config, args: argparse.Namespace) -> int:
+    from fruits.model import resolve_weights
+    from fruits.web import serve
+
+    web = config.section("web")
+    try:
+        weights = resolve_weights(str(config.section("model")["weights"]))
+    except WeightsUnavailable as exc:  # uploads, status and the dashboard still work; identify answers 503
+        log.warning("identify is off: %s", exc)
+        weights = None
+    log.info("serving %s on http://%s:%s/ (POST token %s)", config.home, web["host"], web["port"], "on" if web.get("token") else "off")
+    serve(config, weights, str(web["host"]), int(web["port"]))
+    return 0
+
+
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
     from fruits.status import collect_status, format_status
 
@@ -255,6 +280,7 @@ COMMANDS = {
     "drop": cmd_drop,
     "identify": cmd_identify,
     "stage": cmd_stage,
+    "serve": cmd_serve,
     "status": cmd_status,
     "files": cmd_files,
 }
@@ -276,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         return COMMANDS[args.command](config, args)
-    except (ConfigError, WeightsUnavailable, IdentifyError, AlreadyRunning) as exc:
+    except (ConfigError, WeightsUnavailable, IdentifyError, AlreadyRunning, BadLabel) as exc:
         print(f"fruits {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

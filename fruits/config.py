@@ -24,6 +24,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "FRUITS_PRECISION": ("model", "precision"),
     "FRUITS_MASTER": ("spark", "master"),
     "FRUITS_JARS_DIR": ("spark", "jars_dir"),
+    "FRUITS_TOKEN": ("web", "token"),
 }
 
 

@@ -3,12 +3,16 @@
 Each photo goes through the stream's own decoding and model (same weights, checked against the model id of the
 features the PCA was fitted on), is projected with the latest PCA version exactly as Spark's ``PCAModel.transform``
 does (x · components, no centring), and is compared with the labelled rows of ``tables/pca``: the 5 nearest vote, weighted by 1/distance.
+:class:`Identifier` keeps the model loaded between calls and takes bytes (``fruits serve`` uses it);
+:func:`identify` is the command's one-shot use of it.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -33,10 +37,12 @@ class Reference:
     labels: np.ndarray  # (n,)
     points: np.ndarray  # (n, k) float32
     model_ids: list[str]
+    paths: np.ndarray  # (n,) the rows' ``path`` (``file:/...`` as the stream wrote it)
 
     @classmethod
-    def load(cls, config: Config) -> "Reference":
-        refit = last_refit(config)
+    def load(cls, config: Config, refit: dict | None = None) -> "Reference":
+        """The rows of ``refit`` (a :func:`fruits.status.last_refit` record; by default the newest version)."""
+        refit = refit or last_refit(config)
         if refit is None:
             raise IdentifyError(f"no PCA model under {config.pca_models}: run `fruits refit-pca` first")
         folder = join_uri(config.pca_models, f"v{refit['version']}")
@@ -46,21 +52,25 @@ class Reference:
         table = open_table(config.pca_table)
         if table is None:
             raise IdentifyError(f"no pca table at {config.pca_table}")
-        rows = table.to_pyarrow_dataset().to_table(columns=["label", "pca", "pca_version"]).to_pandas()
+        rows = table.to_pyarrow_dataset().to_table(columns=["path", "label", "pca", "pca_version"]).to_pandas()
         rows = rows[(rows["pca_version"] == refit["version"]) & rows["label"].notna()]
         if rows.empty:
             raise IdentifyError("the pca table has no labelled rows of the latest PCA version")
         return cls(
-            refit["version"], components, rows["label"].to_numpy(), np.stack(rows["pca"].to_numpy()), refit["model_ids"]
+            refit["version"], components, rows["label"].to_numpy(), np.stack(rows["pca"].to_numpy()), refit["model_ids"],
+            rows["path"].to_numpy(),
         )
 
 
-def nearest(reference: Reference, projected: np.ndarray, neighbours: int = 5) -> dict:
+def nearest(reference: Reference, projected: np.ndarray, neighbours: int = 5, with_paths: bool = False) -> dict:
     """Top-``neighbours`` labelled rows by Euclidean distance, and their vote weighted by 1/distance: the
-    confidence is the winning label's share of the weights."""
+    confidence is the winning label's share of the weights. ``with_paths`` adds each neighbour's ``path``."""
     distances = np.linalg.norm(reference.points - projected.astype(np.float32), axis=1)
     order = np.argsort(distances, kind="stable")[:neighbours]
     found = [{"label": str(reference.labels[i]), "distance": round(float(distances[i]), 4)} for i in order]
+    if with_paths:
+        for neighbour, i in zip(found, order):
+            neighbour["path"] = str(reference.paths[i])
     weights: dict[str, float] = {}
     for i in order:
         weights[str(reference.labels[i])] = weights.get(str(reference.labels[i]), 0.0) + 1.0 / (float(distances[i]) + 1e-6)
@@ -68,32 +78,86 @@ def nearest(reference: Reference, projected: np.ndarray, neighbours: int = 5) ->
     return {"predicted": predicted, "confidence": round(weights[predicted] / sum(weights.values()), 3), "neighbors": found}
 
 
+class Identifier:
+    """Identifies photos given as bytes; keeps its model loaded (once per process) and follows the PCA versions.
+
+    ``fruits identify`` makes one per run; ``fruits serve`` keeps one for its whole life: each call looks at the
+    newest PCA version and reloads the reference rows only when a refit made a new one, so no restart is needed.
+    Thread-safe: concurrent calls share the compiled model, each with its own inference request.
+    """
+
+    def __init__(self, config: Config, weights: WeightsRef) -> None:
+        self.config, self.weights = config, weights
+        self.max_pixels = int(config.section("model")["max_pixels"])
+        self._lock = threading.Lock()
+        self._reference: Reference | None = None
+        self._handler: Any = None
+        self._model: Any = None
+
+    def featurizer(self) -> tuple[Any, Any]:
+        """The stream's own featurizer (same runtime, same model id) and its model, built on the first call."""
+        with self._lock:
+            if self._model is None:
+                handler = make_handler(self.config, self.weights, threads=0)
+                self._model, self._handler = handler.load_model(), handler
+            return self._handler, self._model
+
+    def reference(self) -> Reference:
+        """The newest PCA version's reference rows, checked against the weights and runtime in use."""
+        refit = last_refit(self.config)
+        if refit is None:
+            raise IdentifyError(f"no PCA model under {self.config.pca_models}: run `fruits refit-pca` first")
+        current = self._reference
+        if current is not None and current.version == refit["version"]:
+            return current
+        reference = Reference.load(self.config, refit)
+        if not any(stored == self.weights.model_id or stored.startswith(self.weights.model_id + "/") for stored in reference.model_ids):
+            raise IdentifyError(
+                f"--weights give model id {self.weights.model_id}, but PCA v{reference.version} was fitted on features "
+                f"of {', '.join(reference.model_ids)}: pass the weights the stream used"
+            )
+        handler, _ = self.featurizer()
+        if not any(same_features(handler.model_id, stored) for stored in reference.model_ids):
+            raise IdentifyError(
+                f"--runtime/--precision give model id {handler.model_id}, but PCA v{reference.version} was fitted on "
+                f"features of {', '.join(reference.model_ids)}: pass the precision the stream used"
+            )
+        self._reference = reference
+        return reference
+
+    def identify(
+        self, photos: Sequence[tuple[str, bytes | Exception]], neighbours: int = 5, with_paths: bool = False
+    ) -> list[dict]:
+        """One result per ``(name, bytes)``: ``photo``, ``predicted``, ``confidence``, ``neighbors``,
+        ``pca_version``, or ``photo`` and ``error`` (undecodable bytes, or the exception given instead of bytes)."""
+        reference = self.reference()
+        handler, model = self.featurizer()
+        results, images, good = [], [], []
+        for name, data in photos:
+            try:
+                if isinstance(data, Exception):
+                    raise data
+                images.append(decode_image(data, handler.image_size, self.max_pixels))
+                good.append(len(results))
+                results.append({"photo": name})
+            except (OSError, RejectedImage) as exc:
+                results.append({"photo": name, "error": str(exc)})
+        if images:
+            features = handler.run_inference(np.stack(images), model)
+            projected = (features.astype(np.float64) @ reference.components).astype(np.float32)
+            for index, vector in zip(good, projected):
+                results[index].update(nearest(reference, vector, neighbours, with_paths), pca_version=reference.version)
+        return results
+
+
 def identify(photos: list[Path], config: Config, weights: WeightsRef, neighbours: int = 5) -> list[dict]:
-    """One result per photo: ``photo``, ``predicted``, ``confidence``, ``neighbors``, or ``error``."""
-    reference = Reference.load(config)
-    if not any(stored == weights.model_id or stored.startswith(weights.model_id + "/") for stored in reference.model_ids):
-        raise IdentifyError(
-            f"--weights give model id {weights.model_id}, but PCA v{reference.version} was fitted on features of "
-            f"{', '.join(reference.model_ids)}: pass the weights the stream used"
-        )
-    model_cfg = config.section("model")
-    handler = make_handler(config, weights, threads=0)  # the stream's own factory: same runtime, same model id
-    if not any(same_features(handler.model_id, stored) for stored in reference.model_ids):
-        raise IdentifyError(
-            f"--runtime/--precision give model id {handler.model_id}, but PCA v{reference.version} was fitted on "
-            f"features of {', '.join(reference.model_ids)}: pass the precision the stream used"
-        )
-    results, images, good = [], [], []
+    """One result per photo file: ``photo``, ``predicted``, ``confidence``, ``neighbors``, or ``error``."""
+    identifier = Identifier(config, weights)
+    identifier.reference()  # no model, or other weights: IdentifyError before any photo is read
+    contents: list[tuple[str, bytes | Exception]] = []
     for photo in photos:
         try:
-            images.append(decode_image(photo.read_bytes(), handler.image_size, int(model_cfg["max_pixels"])))
-            good.append(len(results))
-            results.append({"photo": str(photo)})
-        except (OSError, RejectedImage) as exc:
-            results.append({"photo": str(photo), "error": str(exc)})
-    if images:
-        features = handler.run_inference(np.stack(images), handler.load_model())
-        projected = (features.astype(np.float64) @ reference.components).astype(np.float32)
-        for index, vector in zip(good, projected):
-            results[index].update(nearest(reference, vector, neighbours), pca_version=reference.version)
-    return results
+            contents.append((str(photo), photo.read_bytes()))
+        except OSError as exc:
+            contents.append((str(photo), exc))
+    return identifier.identify(contents, neighbours)

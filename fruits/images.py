@@ -19,6 +19,22 @@ RESAMPLE = Image.Resampling.BILINEAR
 DEFAULT_MAX_PIXELS = 50_000_000
 
 
+# ISO-BMFF brands of HEIF files (HEIC from phones included): bytes 8-12 of a file whose bytes 4-8 are "ftyp".
+HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs", b"mif1", b"msf1"}
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The image format the first bytes of a file announce (its magic bytes, whatever its name says): ``"jpg"``,
+    ``"png"`` or ``"heic"`` (the formats and extensions the stream reads), or None."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[4:8] == b"ftyp" and head[8:12] in HEIF_BRANDS:
+        return "heic"
+    return None
+
+
 class RejectedImage(ValueError):
     """The bytes are not an image the featurizer accepts; ``str(exc)`` is the quarantine reason."""
 

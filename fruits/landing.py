@@ -44,6 +44,44 @@ def is_candidate(name: str, extensions: list[str]) -> bool:
     return bool(dot and stem) and not name.startswith((".", "_", "~")) and extension.lower() in accepted
 
 
+class BadLabel(ValueError):
+    """A label that is not a single plain folder name under the landing folder."""
+
+
+def check_label(label: str | None) -> str | None:
+    """``label`` if it can name a class folder directly under the landing folder (None or "" for no label).
+
+    Refused: ``.`` and ``..``, any ``/`` or ``\\`` (no nesting, no traversal, no absolute path), a leading ``.`` or
+    ``_`` (names the stream never reads), a leading ``~``, control characters, more than 255 bytes.
+    """
+    if label is None or label == "":
+        return None
+    reason = None
+    if label.strip() != label or not label.strip():
+        reason = "leading or trailing blanks"
+    elif "/" in label or "\\" in label:
+        reason = "a label is one folder name: no '/' or '\\'"
+    elif label.startswith((".", "_", "~")):
+        reason = "a leading '.', '_' or '~' names a folder the stream never reads"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in label):
+        reason = "control characters"
+    elif len(label.encode("utf-8")) > 255:
+        reason = "longer than 255 bytes"
+    if reason:
+        raise BadLabel(f"bad label {label!r}: {reason}")
+    return label
+
+
+def landing_name(filename: str | None, extensions: list[str], extension: str) -> str:
+    """The name an uploaded photo gets in the landing folder: the base name of the client's ``filename`` (any folder
+    part dropped, both ``/`` and ``\\``), without leading ``.``, ``_`` or ``~``; when that is not a name the stream
+    reads (:func:`is_candidate`), ``extension`` (the format the bytes really are) is appended."""
+    base = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(c for c in base if ord(c) >= 32 and ord(c) != 127).strip().lstrip("._~").strip()
+    base = base[:200] or "photo"
+    return base if is_candidate(base, extensions) else f"{base}.{extension}"
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -168,8 +206,9 @@ def drop(
     """Copy image files, and the images under folders (keeping their sub-folders), into ``landing`` atomically.
 
     ``drop(["photos/"])`` puts ``photos/Banana/a.jpg`` at ``landing/Banana/a.jpg``; a file argument lands in the
-    landing root, or in ``landing/<label>/`` with ``label``.
+    landing root, or in ``landing/<label>/`` with ``label`` (checked by :func:`check_label`: :class:`BadLabel`).
     """
+    label = check_label(label)
     root = landing / label if label else landing
     results: list[Dropped] = []
     prepared: list[_Placement] = []

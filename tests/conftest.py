@@ -15,6 +15,34 @@ NOTOP_WEIGHTS = SHARED / "models" / "mobilenet_v2_imagenet_notop.weights.h5"
 TOP_WEIGHTS = SHARED / "models" / "mobilenet_v2_imagenet.weights.h5"
 
 
+def chromium_path() -> str | None:
+    """The Chromium the browser tests drive: $FRUITS_CHROMIUM, else Debian's `chromium` (or chromium-browser,
+    google-chrome) on PATH."""
+    for candidate in (os.environ.get("FRUITS_CHROMIUM"), *map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))):
+        if candidate:
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """pytest-playwright launches this Chromium (Playwright's own browser download is not needed). Without one the
+    browser tests are skipped, or fail when FRUITS_REQUIRE_BROWSER is set (CI)."""
+    path = chromium_path()
+    if path is None:
+        message = "no Chromium: `apt-get install chromium`, or set FRUITS_CHROMIUM to a Chromium/Chrome binary"
+        if os.environ.get("FRUITS_REQUIRE_BROWSER"):
+            pytest.fail(message)
+        pytest.skip(message)
+    args = ["--no-sandbox"] if os.geteuid() == 0 else []  # Chromium's sandbox refuses to run as root
+    return {**browser_type_launch_args, "executable_path": path, "headless": True, "args": args}
+
+
+@pytest.fixture(scope="session")
+def browser_context_args(browser_context_args):
+    return {**browser_context_args, "viewport": {"width": 1280, "height": 1000}}
+
+
 def pytest_sessionstart(session):
     missing = [p for p in (SAMPLE, NOTOP_WEIGHTS, TOP_WEIGHTS) if not p.exists()]
     if missing:
@@ -171,3 +199,26 @@ def assert_same_pca(fitted, reference) -> None:
     cosines = np.abs(np.sum(unit_columns(a) * unit_columns(b), axis=0))
     assert cosines.min() >= 0.9999, cosines
     assert np.abs(np.array(fitted.explained_variance) - np.array(reference.explained_variance)).max() <= 1e-6
+
+
+# Classes of the home `identify_home` holds (all their sample photos but the last, which is held out).
+IDENTIFY_CLASSES = ["Banana", "Lemon", "Strawberry", "Orange", "Kiwi", "Pineapple", "Apple Granny Smith", "Fig"]
+
+
+@pytest.fixture(scope="session")
+def identify_home(spark, weights, tmp_path_factory):
+    """A home built by the real stream and refit: features of real photos of IDENTIFY_CLASSES under
+    landing/<class>/ and PCA v1 over them; ``held_out`` maps each class to one of its photos not in the tables."""
+    from batch.refit_pca import refit_pca
+    from streaming.ingest import run_stream
+
+    home = tmp_path_factory.mktemp("identify-home")
+    held_out = {}
+    for label in IDENTIFY_CLASSES:
+        photos = sample_files(label)
+        place(photos[:-1], home / "landing" / label)
+        held_out[label] = photos[-1]
+    config = make_config(home)
+    run_stream(spark, config, weights, available_now=True)
+    assert refit_pca(spark, config, k=20).refitted.version == 1
+    return {"config": config, "held_out": held_out}

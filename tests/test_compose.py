@@ -64,9 +64,9 @@ def mounts(service: dict) -> dict[str, str]:
     return found
 
 
-def test_services_are_a_master_two_workers_the_stream_and_the_refit(compose):
+def test_services_are_a_master_two_workers_the_stream_the_refit_and_the_web(compose):
     services = compose["services"]
-    assert {"spark-master", "stream", "refit"} <= set(services)
+    assert {"spark-master", "stream", "refit", "web"} <= set(services)
     workers = sorted(name for name, s in services.items() if WORKER_CLASS in command(s))
     assert workers == ["spark-worker-1", "spark-worker-2"]
     assert MASTER_CLASS in command(services["spark-master"])
@@ -93,12 +93,12 @@ def test_the_shared_home_volume_is_mounted_at_the_same_path_in_workers_stream_an
     assert "fruits-home" in compose["volumes"]
     targets = {
         name: mounts(services[name]).get("fruits-home")
-        for name in ("spark-worker-1", "spark-worker-2", "stream", "refit")
+        for name in ("spark-worker-1", "spark-worker-2", "stream", "refit", "web")
     }
     assert None not in targets.values(), f"fruits-home is not mounted in every service: {targets}"
     assert len(set(targets.values())) == 1, f"fruits-home is mounted at different paths: {targets}"
     home = targets["stream"]
-    for name in ("stream", "refit"):
+    for name in ("stream", "refit", "web"):
         args = parse_fruits(command(services[name]), name)
         assert args.home == home, f"{name} uses --home {args.home}, the shared volume is at {home}"
 
@@ -109,8 +109,9 @@ def test_every_fruits_command_line_parses_with_the_real_parser(compose, image_en
     for name, service in services.items():
         if runs_fruits(service, image_entrypoint):
             parsed[name] = parse_fruits(command(service), f"service {name}")
-    assert {"stream", "refit"} <= set(parsed)
+    assert {"stream", "refit", "web"} <= set(parsed)
     assert parsed["stream"].command == "stream" and parsed["refit"].command == "refit-pca"
+    assert parsed["web"].command == "serve"
     assert parsed["refit"].every  # the periodic refit
 
     # The header's `docker compose run [options] SERVICE ARGS...` lines: ARGS go to the service's entrypoint.
@@ -137,3 +138,17 @@ def test_fruits_environment_variables_are_ones_the_config_reads(compose):
         for key in keys:
             if key.startswith("FRUITS_"):
                 assert key in ENV_OVERRIDES, f"service {name} sets {key}, which fruits.config does not read"
+
+
+def test_the_web_service_is_published_on_the_host_loopback_only_with_the_streams_weights(compose):
+    web = compose["services"]["web"]
+    assert web["ports"], "the web service publishes its port"
+    for port in web["ports"]:
+        host_ip, host_port, container_port = str(port).split(":")
+        assert host_ip == "127.0.0.1", f"web port {port} is published on every interface"
+    argv = parse_fruits(command(web), "web")
+    assert (argv.host, argv.port) == ("0.0.0.0", int(container_port))  # inside the container, for the port mapping
+    stream = compose["services"]["stream"]
+    assert web["environment"]["FRUITS_WEIGHTS"] == stream["environment"]["FRUITS_WEIGHTS"]
+    assert mounts(web).get("keras-cache") == mounts(stream).get("keras-cache")
+    assert "FRUITS_TOKEN" in web["environment"]

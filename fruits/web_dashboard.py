@@ -1,0 +1,135 @@
+"""What the live dashboard of ``fruits serve`` shows, computed server-side (no Spark).
+
+- The status report of ``fruits status --json`` (:func:`fruits.status.collect_status`), computed at most once per
+  ``refresh_seconds`` however many pages poll it (it reads whole columns of the tables).
+- Images/s over the last ``window_seconds``: a ring buffer of samples of the stream's progress file
+  (``HOME/status/stream-progress.json``, rewritten after each micro-batch that read files). Its ``files_since_start``
+  counter is cumulative, so the rate between two samples counts every micro-batch, even those the sampler missed.
+- The last micro-batches seen in that file, the quarantine reasons with their counts, and the newest PCA plots.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from datetime import datetime, timezone
+from typing import Any
+
+from fruits.config import Config
+from fruits.status import _read_json, collect_status, open_table
+from fruits.web_files import HomeFiles
+
+
+def quarantine_reasons(config: Config) -> dict[str, int]:
+    """Each quarantine reason and how many rows have it, most frequent first."""
+    table = open_table(config.quarantine_table)
+    if table is None:
+        return {}
+    reasons = table.to_pyarrow_dataset().to_table(columns=["reason"]).column("reason").to_pylist()
+    return dict(Counter(reasons).most_common())
+
+
+# The figures of one micro-batch, as the stream writes them to its progress file.
+BATCH_FIELDS = ("batch", "files", "seconds", "images_per_s", "at", "query_id")
+
+
+class ProgressSampler:
+    """Ring buffer of ``(time, files_since_start, run)`` samples of the stream's progress file, and of the distinct
+    micro-batches it recorded."""
+
+    def __init__(self, config: Config, window_seconds: float, sample_seconds: float, batches: int = 12) -> None:
+        self.config = config
+        self.window = float(window_seconds)
+        self.samples: deque[tuple[float, int, str]] = deque(maxlen=int(self.window / max(sample_seconds, 0.1)) + 2)
+        self.batches: deque[dict[str, Any]] = deque(maxlen=batches)
+        self._lock = threading.Lock()
+
+    def sample(self, now: float | None = None) -> None:
+        """Read the progress file once and record what it says."""
+        try:
+            progress = _read_json(self.config.stream_progress)
+        except (OSError, ValueError):  # being rewritten, or not there yet
+            progress = None
+        now = time.time() if now is None else now
+        with self._lock:
+            if progress is None:  # nothing new: the counter stays where it was
+                _, files, run = self.samples[-1] if self.samples else (now, 0, "")
+                self.samples.append((now, files, run))
+                return
+            self.samples.append((now, int(progress.get("files_since_start") or 0), str(progress.get("query_id"))))
+            batch = {key: progress.get(key) for key in BATCH_FIELDS}
+            if not self.batches or self.batches[-1] != batch:
+                self.batches.append(batch)
+
+    def rates(self, bucket_seconds: float = 5.0, now: float | None = None) -> list[dict[str, float]]:
+        """Images/s per ``bucket_seconds`` over the window: ``[{"t": unix seconds, "images_per_s": r}]``, oldest first.
+        A counter that went down is a restarted stream: its new value is what the new run read since."""
+        now = time.time() if now is None else now
+        with self._lock:
+            samples = [s for s in self.samples if s[0] >= now - self.window - bucket_seconds]
+        files: dict[int, int] = {}
+        for (_, before, run_before), (t, after, run) in zip(samples, samples[1:]):
+            read = after - before if after >= before and run == run_before else after
+            bucket = int(t // bucket_seconds)
+            files[bucket] = files.get(bucket, 0) + read
+        if not samples:
+            return []
+        first, last = int(samples[0][0] // bucket_seconds), int(now // bucket_seconds)
+        points = []
+        for bucket in range(first, last + 1):
+            elapsed = bucket_seconds if bucket < last else max(now - bucket * bucket_seconds, 1.0)
+            points.append({"t": bucket * bucket_seconds, "images_per_s": round(files.get(bucket, 0) / elapsed, 2)})
+        return points
+
+    def run(self, stop: threading.Event, every: float) -> None:
+        """Sample every ``every`` seconds until ``stop`` is set (the server's background thread)."""
+        while not stop.is_set():
+            self.sample()
+            stop.wait(every)
+
+
+class Dashboard:
+    """The dashboard's data, shared by every client of one server process."""
+
+    def __init__(self, config: Config, files: HomeFiles) -> None:
+        web = config.section("web")
+        self.config, self.files = config, files
+        self.refresh = min(float(web["refresh_seconds"]), 2.0)
+        self.sampler = ProgressSampler(config, float(web["window_seconds"]), float(web["sample_seconds"]))
+        self._status: tuple[float, dict[str, Any]] | None = None
+        self._reasons: tuple[Any, dict[str, int]] = (None, {})
+        self._lock = threading.Lock()
+
+    def status(self) -> dict[str, Any]:
+        """:func:`collect_status`, recomputed when older than the refresh interval (one computation at a time)."""
+        with self._lock:
+            if self._status is None or time.monotonic() - self._status[0] >= self.refresh * 0.5:
+                self._status = (time.monotonic(), collect_status(self.config))
+            return self._status[1]
+
+    def reasons(self, quarantine_version: Any) -> dict[str, int]:
+        """Quarantine reasons with counts, recounted only when the quarantine table has a new version."""
+        if self._reasons[0] != quarantine_version or quarantine_version is None:
+            self._reasons = (quarantine_version, quarantine_reasons(self.config))
+        return self._reasons[1]
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything the page draws, as one JSON-able object."""
+        self.sampler.sample()
+        status = self.status()
+        refit = status.get("last_refit") or {}
+        plots = [
+            {"name": name, "url": self.files.plot_url(refit["version"], name)}
+            for name in refit.get("plots") or []
+        ]
+        return {
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "refresh_seconds": self.refresh,
+            "status": status,
+            "backlog": status.get("backlog"),  # present once the status report has it
+            "throughput": self.sampler.rates(),
+            "batches": list(reversed(self.sampler.batches)),
+            "quarantine_reasons": self.reasons(status["quarantine"].get("version")),
+            "pca": {"version": refit.get("version"), "k": refit.get("k"), "plots": plots},
+        }
