@@ -28,7 +28,7 @@ from fruits.tables import FEATURES_SCHEMA, QUARANTINE_SCHEMA, ensure_table
 from streaming.discovery import Discovery
 from streaming.migration import adopt_legacy_rows
 from streaming.progress import Progress
-from streaming.sink import OutcomeSink
+from streaming.sink import OutcomeSink, StopRequested
 
 log = logging.getLogger("fruits.stream")
 
@@ -47,7 +47,12 @@ def prepare_home(spark: SparkSession, config: Config) -> None:
 
 
 def start_stream(
-    spark: SparkSession, config: Config, weights: WeightsRef, progress: Progress, available_now: bool = False
+    spark: SparkSession,
+    config: Config,
+    weights: WeightsRef,
+    progress: Progress,
+    available_now: bool = False,
+    stop: threading.Event | None = None,
 ) -> StreamingQuery:
     """Start the featurizing query over the ledger (discovery must be running); returns the :class:`StreamingQuery`."""
     stream_cfg, model_cfg, discovery_cfg = config.section("stream"), config.section("model"), config.section("discovery")
@@ -71,6 +76,7 @@ def start_stream(
         max_pixels=int(model_cfg["max_pixels"]),
         progress=progress,
         crash_marker=str(config.section("testing").get("crash_worker_on_bytes") or "").encode(),
+        stop_requested=stop,
     )
     ledger = spark.readStream.format("delta").option("maxBytesPerTrigger", LEDGER_BYTES_PER_TRIGGER).load(config.files_table)
     writer = (
@@ -106,7 +112,7 @@ def run_stream(
         try:
             prepare_home(spark, config)
             discovery.start(continuous=not available_now)  # one listing first: an available-now run sees it all
-            query = start_stream(spark, config, weights, progress, available_now)
+            query = start_stream(spark, config, weights, progress, available_now, stop)
             log.info("stream %s watching %s (checkpoint %s)", query.name, config.landing, config.checkpoint("ingest"))
             _await(query, stop)
             return progress.files
@@ -123,8 +129,9 @@ def _await(query: StreamingQuery, stop: threading.Event) -> None:
         if query.isActive:
             log.info("stop requested: stopping the stream (the checkpoint keeps its place)")
             query.stop()
-    if query.exception() is not None:
-        raise RuntimeError(f"stream failed: {query.exception()}")
+    failure = query.exception()
+    if failure is not None and not (stop.is_set() and StopRequested.__name__ in str(failure)):
+        raise RuntimeError(f"stream failed: {failure}")
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -121,6 +122,10 @@ class LandedFiles:
             storage.delete(self.spark, uri)
 
 
+class StopRequested(RuntimeError):
+    """Raised between chunks when a stop was requested: the micro-batch ends without being marked done."""
+
+
 @dataclass
 class OutcomeSink:
     """``foreachBatch`` writer of the ledger stream; see the module docstring."""
@@ -138,6 +143,7 @@ class OutcomeSink:
     max_pixels: int
     progress: Progress
     crash_marker: bytes = b""  # tests only: [testing] crash_worker_on_bytes
+    stop_requested: threading.Event | None = None  # set by SIGTERM / Ctrl-C: stop between chunks
     # Seconds since the epoch: no outcome row was discovered later than this (read once, then kept up to date).
     _decided_until: float | None = None
 
@@ -145,6 +151,10 @@ class OutcomeSink:
         files = LandedFiles(batch.sparkSession)
         started = time.perf_counter()
         for chunk in self._undecided_chunks(batch):
+            if self.stop_requested is not None and self.stop_requested.is_set():
+                # Not a normal return, which would mark the micro-batch done: it is replayed at the next start,
+                # where its chunks already written are found decided.
+                raise StopRequested(f"stopped during micro-batch {batch_id}; it is finished at the next start")
             stored = self._destinations(chunk, files)
             self._write_outcomes(batch.sparkSession, chunk, stored, files)
             self._after_ingest(chunk, stored, files)
