@@ -14,6 +14,7 @@ from typing import Any, Sequence
 from fruits.config import Config, ConfigError, load_config, parse_duration
 from fruits.identify import IdentifyError
 from fruits.model import WeightsUnavailable
+from fruits.names import UnsafeName
 
 log = logging.getLogger("fruits")
 
@@ -173,7 +174,10 @@ def cmd_drop(config: Config, args: argparse.Namespace) -> int:
 def cmd_stage(config: Config, args: argparse.Namespace) -> int:
     from fruits.landing import InboxStager, local_folder
 
+    from fruits.names import check_inbox
+
     landing_cfg = config.section("landing")
+    check_inbox(Path(args.inbox), local_folder(config.landing))
     stager = InboxStager(
         inbox=Path(args.inbox).resolve(),
         landing=local_folder(config.landing),
@@ -240,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         return COMMANDS[args.command](config, args)
-    except (ConfigError, WeightsUnavailable, IdentifyError) as exc:
+    except (ConfigError, WeightsUnavailable, IdentifyError, UnsafeName) as exc:
         print(f"fruits {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -19,6 +19,8 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from fruits.names import check_label, check_relative, check_sources, inside
+
 log = logging.getLogger("fruits.landing")
 
 
@@ -91,6 +93,8 @@ def drop(sources: list[Path], landing: Path, extensions: list[str], label: str |
     ``drop(["photos/"])`` puts ``photos/Banana/a.jpg`` at ``landing/Banana/a.jpg``; a file argument lands in the
     landing root, or in ``landing/<label>/`` with ``label``.
     """
+    check_label(label)  # fruits.names: refuse, before anything is written, what would leave landing or go unread
+    check_sources(sources, lambda name: is_candidate(name, extensions))
     root = landing / label if label else landing
     results = []
     for source in sources:
@@ -141,12 +145,25 @@ class InboxStager(FileSystemEventHandler):
         path = Path(os.fsdecode(path))
         if not is_candidate(path.name, self.extensions) or not path.is_file():
             return
+        if not self._stageable(path):
+            return
         stat = path.stat()
         with self.lock:
             entry = self.pending.get(path)
             if entry is None or (entry.size, entry.mtime_ns) != (stat.st_size, stat.st_mtime_ns):
                 self.pending[path] = entry = _Pending(stat.st_size, stat.st_mtime_ns, time.monotonic())
             entry.closed = entry.closed or closed
+
+    def _stageable(self, path: Path) -> bool:
+        """Never follow a symbolic link out of the inbox, nor stage to a name Spark would not read (fruits.names)."""
+        try:
+            if not inside(path, self.inbox):
+                raise ValueError(f"{path}: a symbolic link, or outside the inbox")
+            check_relative(path.relative_to(self.inbox))
+            return True
+        except ValueError as exc:
+            log.warning("not staged: %s", exc)
+            return False
 
     def on_created(self, event: FileSystemEvent) -> None:
         if not event.is_directory:
