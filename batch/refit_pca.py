@@ -322,14 +322,34 @@ def log_outcome(outcome: RefitOutcome) -> None:
     )
 
 
+class RefitKeepsFailing(RuntimeError):
+    """``refit_every`` gave up after too many failed refits in a row."""
+
+
 def refit_every(
-    spark: SparkSession, config: Config, k: int | None, variance: float | None, every_seconds: float, stop: threading.Event
+    spark: SparkSession,
+    config: Config,
+    k: int | None,
+    variance: float | None,
+    every_seconds: float,
+    stop: threading.Event,
+    max_consecutive_failures: int = 3,
 ) -> None:
     """Refit now and then every ``every_seconds`` until ``stop`` is set; a refit with no new data is skipped and a
-    failed one is logged and tried again at the next period."""
+    failed one is logged and tried again at the next period. After ``max_consecutive_failures`` failed refits in a
+    row, raises :class:`RefitKeepsFailing` (a failure that lasts is not fixed by waiting: let the orchestrator
+    restart the process and alert)."""
+    failures = 0
     while not stop.is_set():
         try:
             log_outcome(refit_pca(spark, config, k, variance))
-        except Exception:  # a failed refit (storage hiccup, concurrent vacuum, ...) is retried next period
-            log.exception("refit failed; retrying in %.0f s", every_seconds)
+            failures = 0
+        except Exception as exc:  # a failed refit (storage hiccup, concurrent vacuum, ...) is retried next period
+            failures += 1
+            if failures >= max_consecutive_failures:
+                raise RefitKeepsFailing(
+                    f"{failures} refits failed in a row, the last with {type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:300] if str(exc) else 'no detail'}"
+                ) from exc
+            log.exception("refit failed (%d of %d in a row); retrying in %.0f s", failures, max_consecutive_failures, every_seconds)
         stop.wait(every_seconds)

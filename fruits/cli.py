@@ -142,7 +142,18 @@ def cmd_stream(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_refit(config: Config, args: argparse.Namespace) -> int:
-    from batch.refit_pca import log_outcome, refit_every, refit_pca
+    from fruits.locks import LockBusy, exclusive
+
+    try:
+        with exclusive(config, "refit-pca"):  # one refit per home: a second one exits at once, before Spark starts
+            return _refit(config, args)
+    except LockBusy as exc:
+        print(f"fruits refit-pca: {exc}", file=sys.stderr)
+        return 3
+
+
+def _refit(config: Config, args: argparse.Namespace) -> int:
+    from batch.refit_pca import RefitKeepsFailing, log_outcome, refit_every, refit_pca
     from fruits.session import build_spark
 
     pca = config.section("pca")
@@ -155,7 +166,11 @@ def cmd_refit(config: Config, args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    refit_every(spark, config, k, variance, parse_duration(every), stop)
+    try:
+        refit_every(spark, config, k, variance, parse_duration(every), stop, int(pca["max_consecutive_failures"]))
+    except RefitKeepsFailing as exc:  # exit non-zero: the orchestrator restarts the service (and alerts)
+        print(f"fruits refit-pca: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -46,13 +46,27 @@ class Reference:
         table = open_table(config.pca_table)
         if table is None:
             raise IdentifyError(f"no pca table at {config.pca_table}")
-        rows = table.to_pyarrow_dataset().to_table(columns=["label", "pca", "pca_version"]).to_pandas()
-        rows = rows[(rows["pca_version"] == refit["version"]) & rows["label"].notna()]
+        rows = rows_of_version(table, refit["version"])
+        rows = rows[rows["label"].notna()]
         if rows.empty:
             raise IdentifyError("the pca table has no labelled rows of the latest PCA version")
         return cls(
             refit["version"], components, rows["label"].to_numpy(), np.stack(rows["pca"].to_numpy()), refit["model_ids"]
         )
+
+
+def rows_of_version(table, version: int):
+    """The rows of PCA ``version`` in the pca table: its current snapshot's, or, while a refit is replacing the
+    table (it overwrites the table before it writes the new version's metadata, so readers still see the previous
+    version as the latest), those of the newest earlier snapshot that holds them."""
+    snapshot = table.version()
+    while True:
+        rows = table.to_pyarrow_dataset().to_table(columns=["label", "pca", "pca_version"]).to_pandas()
+        held = set(rows["pca_version"].unique())
+        if version in held or snapshot == 0 or (held and max(held) < version):
+            return rows[rows["pca_version"] == version]
+        snapshot -= 1
+        table.load_as_version(snapshot)
 
 
 def nearest(reference: Reference, projected: np.ndarray, neighbours: int = 5) -> dict:
