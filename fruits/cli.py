@@ -188,7 +188,6 @@ def cmd_drop(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_stage(config: Config, args: argparse.Namespace) -> int:
     from fruits.landing import InboxStager, local_folder
-
     from fruits.names import check_inbox
 
     landing_cfg = config.section("landing")

@@ -19,7 +19,7 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from fruits.names import check_label, check_relative, check_sources, inside
+from fruits.names import check_label, check_sources, stage_refusal
 
 log = logging.getLogger("fruits.landing")
 
@@ -145,7 +145,9 @@ class InboxStager(FileSystemEventHandler):
         path = Path(os.fsdecode(path))
         if not is_candidate(path.name, self.extensions) or not path.is_file():
             return
-        if not self._stageable(path):
+        refusal = stage_refusal(path, self.inbox)  # fruits.names: no link out of the inbox, no name Spark skips
+        if refusal:
+            log.warning("not staged: %s", refusal)
             return
         stat = path.stat()
         with self.lock:
@@ -153,17 +155,6 @@ class InboxStager(FileSystemEventHandler):
             if entry is None or (entry.size, entry.mtime_ns) != (stat.st_size, stat.st_mtime_ns):
                 self.pending[path] = entry = _Pending(stat.st_size, stat.st_mtime_ns, time.monotonic())
             entry.closed = entry.closed or closed
-
-    def _stageable(self, path: Path) -> bool:
-        """Never follow a symbolic link out of the inbox, nor stage to a name Spark would not read (fruits.names)."""
-        try:
-            if not inside(path, self.inbox):
-                raise ValueError(f"{path}: a symbolic link, or outside the inbox")
-            check_relative(path.relative_to(self.inbox))
-            return True
-        except ValueError as exc:
-            log.warning("not staged: %s", exc)
-            return False
 
     def on_created(self, event: FileSystemEvent) -> None:
         if not event.is_directory:
@@ -203,6 +194,8 @@ class InboxStager(FileSystemEventHandler):
                 quiet = now - entry.changed_at
                 if quiet >= (self.settle_seconds if entry.closed else self.stable_seconds):
                     del self.pending[path]
+                    if stage_refusal(path, self.inbox):  # replaced by a link since it was tracked
+                        continue
                     placed = place_atomically(path, self.landing / path.relative_to(self.inbox), move=True)
                     log.info("staged %s -> %s", path, placed or "(already in landing)")
                     promoted += 1

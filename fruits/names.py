@@ -65,6 +65,18 @@ def inside(path: Path, root: Path) -> bool:
         return False
 
 
+def stage_refusal(path: Path, inbox: Path) -> str | None:
+    """Why ``stage`` must not promote ``path`` (a symbolic link, or a link on the way out of ``inbox``; a name Spark
+    never reads below it), or None if it may."""
+    if not inside(path, inbox):
+        return f"{path}: a symbolic link, or outside the inbox {inbox}"
+    try:
+        check_relative(path.relative_to(inbox))
+    except UnsafeName as exc:
+        return str(exc)
+    return None
+
+
 def check_inbox(inbox: Path, landing: Path) -> None:
     """Raise :class:`UnsafeName` if the inbox and the landing folder overlap (the stream would read files still
     being written, or staged files would be staged again)."""
