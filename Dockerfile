@@ -4,6 +4,7 @@
 #   driver:  fruits stream | refit-pca | status ...           (the entrypoint)
 #   cluster: $SPARK_HOME/bin/spark-class org.apache.spark.deploy.master.Master / ...worker.Worker
 # Executors run the pandas UDF with this image's Python, TensorFlow and `fruits` package, so workers use it too.
+# Every process runs as the unprivileged user `fruits` (uid 10001), never as root.
 #
 #   docker build -t fruits .
 #   docker run --rm -v fruits-home:/data/fruits-home fruits status --home /data/fruits-home
@@ -29,7 +30,11 @@ ENV JAVA_HOME=/opt/java \
     PYSPARK_PYTHON=/usr/local/bin/python \
     PYSPARK_DRIVER_PYTHON=/usr/local/bin/python \
     SPARK_HOME=/opt/spark \
-    KERAS_HOME=/root/.keras
+    SPARK_CONF_DIR=/home/fruits/spark-conf \
+    KERAS_HOME=/home/fruits/.keras
+
+# The unprivileged user every role runs as; its home holds the Ivy and Keras caches and Spark's generated settings.
+RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin fruits
 
 WORKDIR /opt/fruits
 
@@ -49,13 +54,19 @@ RUN pip install --no-deps -e . \
     && test -f conf/fruits.toml \
     && fruits --help >/dev/null
 
-# Resolve Delta's jars now (Maven Central through Ivy, into /root/.ivy2*), so containers start without network.
+# The lakehouse home used by docker-compose.yml (a volume, which starts with this folder's owner); any path or
+# Hadoop URI works with --home.
+ENV FRUITS_HOME=/data/fruits-home
+RUN mkdir -p /data/fruits-home /home/fruits/.keras /home/fruits/spark-conf \
+    && chown -R fruits:fruits /data /home/fruits
+
+USER fruits
+
+# Resolve Delta's jars now (Maven Central through Ivy, into ~fruits/.ivy2*), so containers start without network.
 RUN cd /tmp && python -m fruits.jars warm && rm -rf /tmp/spark-* /tmp/blockmgr-* /tmp/spark-warehouse
 
-# The lakehouse home used by docker-compose.yml (a volume); any path or Hadoop URI works with --home.
-ENV FRUITS_HOME=/data/fruits-home
-RUN mkdir -p /data/fruits-home
 WORKDIR /data
 
-ENTRYPOINT ["/usr/bin/tini", "--", "fruits"]
+# deploy/docker-entrypoint.sh writes Spark's authentication settings from SPARK_AUTH_SECRET, then runs the command.
+ENTRYPOINT ["/usr/bin/tini", "--", "/opt/fruits/deploy/docker-entrypoint.sh", "fruits"]
 CMD ["--help"]

@@ -152,11 +152,10 @@ def refit_pca(
     #   commits before the pin below is fitted now, after it at the next refit.
     compaction = compact_tables(spark, config)
     source_version = latest_version(spark, config.features_table)
-    features = (
-        spark.read.format("delta").option("versionAsOf", source_version).load(config.features_table)
-        .select("path", "label", "model_id", "features")
-        .persist()
-    )
+    table = spark.read.format("delta").option("versionAsOf", source_version).load(config.features_table)
+    # where each photo is now (archived after ingestion): identify shows it; null in tables older than the ledger
+    stored = F.col("stored_path") if "stored_path" in table.columns else F.lit(None).cast("string")
+    features = table.select("path", stored.alias("stored_path"), "label", "model_id", "features").persist()
     try:
         rows = features.count()
         if rows == 0:
@@ -192,12 +191,13 @@ def refit_pca(
 
         projected = model.transform(features.withColumn("vector", array_to_vector("features"))).select(
             "path",
+            "stored_path",
             "label",
             vector_to_array("pca_vector", "float32").alias("pca"),
             F.lit(version).cast("long").alias("pca_version"),
             F.lit(source_version).cast("long").alias("source_version"),
         )
-        projected.write.format("delta").mode("overwrite").save(config.pca_table)
+        projected.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(config.pca_table)
         explained = [float(v) for v in model.explainedVariance.toArray()]
         plots = write_plots(spark, folder, ratios, explained, projected)
         record = PcaVersion(
@@ -322,14 +322,34 @@ def log_outcome(outcome: RefitOutcome) -> None:
     )
 
 
+class RefitKeepsFailing(RuntimeError):
+    """``refit_every`` gave up after too many failed refits in a row."""
+
+
 def refit_every(
-    spark: SparkSession, config: Config, k: int | None, variance: float | None, every_seconds: float, stop: threading.Event
+    spark: SparkSession,
+    config: Config,
+    k: int | None,
+    variance: float | None,
+    every_seconds: float,
+    stop: threading.Event,
+    max_consecutive_failures: int = 3,
 ) -> None:
     """Refit now and then every ``every_seconds`` until ``stop`` is set; a refit with no new data is skipped and a
-    failed one is logged and tried again at the next period."""
+    failed one is logged and tried again at the next period. After ``max_consecutive_failures`` failed refits in a
+    row, raises :class:`RefitKeepsFailing` (a failure that lasts is not fixed by waiting: let the orchestrator
+    restart the process and alert)."""
+    failures = 0
     while not stop.is_set():
         try:
             log_outcome(refit_pca(spark, config, k, variance))
-        except Exception:  # a failed refit (storage hiccup, concurrent vacuum, ...) is retried next period
-            log.exception("refit failed; retrying in %.0f s", every_seconds)
+            failures = 0
+        except Exception as exc:  # a failed refit (storage hiccup, concurrent vacuum, ...) is retried next period
+            failures += 1
+            if failures >= max_consecutive_failures:
+                raise RefitKeepsFailing(
+                    f"{failures} refits failed in a row, the last with {type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:300] if str(exc) else 'no detail'}"
+                ) from exc
+            log.exception("refit failed (%d of %d in a row); retrying in %.0f s", failures, max_consecutive_failures, every_seconds)
         stop.wait(every_seconds)

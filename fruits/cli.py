@@ -13,9 +13,8 @@ from typing import Any, Sequence
 
 from fruits.config import Config, ConfigError, load_config, parse_duration
 from fruits.identify import IdentifyError
-from fruits.landing import BadLabel
-from fruits.locks import AlreadyRunning
 from fruits.model import WeightsUnavailable
+from fruits.names import UnsafeName
 
 log = logging.getLogger("fruits")
 
@@ -138,10 +137,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def cmd_stream(config: Config, args: argparse.Namespace) -> int:
-    from streaming.ingest import stream_lock
+    from fruits.locks import LockBusy, exclusive
 
-    with stream_lock(config):  # a second stream on this home stops here, before the JVM or the model starts
-        return _stream(config, args)
+    try:
+        with exclusive(config, "stream"):  # a second stream on this home stops here, before the JVM or the model
+            return _stream(config, args)
+    except LockBusy as exc:
+        print(f"fruits stream: {exc}", file=sys.stderr)
+        return 3
 
 
 def _stream(config: Config, args: argparse.Namespace) -> int:
@@ -159,13 +162,24 @@ def _stream(config: Config, args: argparse.Namespace) -> int:
     from streaming.ingest import run_stream
 
     spark = build_spark(config, "stream", COMMAND_SECTIONS["stream"])
-    files = run_stream(spark, config, weights, available_now=args.available_now)
+    files = run_stream(spark, config, weights, available_now=args.available_now, lock_held=True)
     log.info("stream stopped after %d files", files)
     return 0
 
 
 def cmd_refit(config: Config, args: argparse.Namespace) -> int:
-    from batch.refit_pca import log_outcome, refit_every, refit_pca
+    from fruits.locks import LockBusy, exclusive
+
+    try:
+        with exclusive(config, "refit-pca"):  # one refit per home: a second one exits at once, before Spark starts
+            return _refit(config, args)
+    except LockBusy as exc:
+        print(f"fruits refit-pca: {exc}", file=sys.stderr)
+        return 3
+
+
+def _refit(config: Config, args: argparse.Namespace) -> int:
+    from batch.refit_pca import RefitKeepsFailing, log_outcome, refit_every, refit_pca
     from fruits.session import build_spark
 
     pca = config.section("pca")
@@ -178,7 +192,11 @@ def cmd_refit(config: Config, args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    refit_every(spark, config, k, variance, parse_duration(every), stop)
+    try:
+        refit_every(spark, config, k, variance, parse_duration(every), stop, int(pca["max_consecutive_failures"]))
+    except RefitKeepsFailing as exc:  # exit non-zero: the orchestrator restarts the service (and alerts)
+        print(f"fruits refit-pca: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -198,9 +216,11 @@ def cmd_drop(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_stage(config: Config, args: argparse.Namespace) -> int:
     from fruits.landing import InboxStager, LedgerNote, local_folder
+    from fruits.names import check_inbox
 
     landing_cfg = config.section("landing")
     landing = local_folder(config.landing)
+    check_inbox(Path(args.inbox), landing)
     stager = InboxStager(
         inbox=Path(args.inbox).resolve(),
         landing=landing,
@@ -302,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         return COMMANDS[args.command](config, args)
-    except (ConfigError, WeightsUnavailable, IdentifyError, AlreadyRunning, BadLabel) as exc:
+    except (ConfigError, WeightsUnavailable, IdentifyError, UnsafeName) as exc:
         print(f"fruits {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,7 +1,14 @@
-"""The featurizing pandas UDF: image bytes -> (features, error). Bad images become an error, never an exception."""
+"""The featurizing pandas UDF: image bytes -> (features, error). Bad images become an error, never an exception.
+
+Isolation, image by image: a failure to decode or convert one image quarantines that image (its reason names the
+exception); if the model fails on a chunk, each image of it is run alone and only the culprit is quarantined.
+Failures that say nothing about an image (out of memory, a model that cannot load or fails on a blank probe image)
+are raised: the task fails and is retried, and no image gets a verdict from them.
+"""
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Iterator
 
@@ -10,18 +17,68 @@ import pandas as pd
 from pyspark.sql import Column
 from pyspark.sql.functions import pandas_udf
 
-from fruits.images import DEFAULT_MAX_PIXELS, RejectedImage, decode_image
+from fruits.images import DEFAULT_MAX_PIXELS, TRANSIENT, RejectedImage, decode_image
 from fruits.model import MobileNetV2Handler, shared_model  # or any handler of fruits.runtimes (same duties)
 
 RESULT_SCHEMA = "features array<float>, error string"
 
 
+class ModelFailure(RuntimeError):
+    """The model fails on a blank image too: the fault is the model's or the worker's, not the images'."""
+
+
+def decode_isolated(data: bytes | None, size: int, max_pixels: int) -> np.ndarray:
+    """:func:`decode_image`, tried once more after freeing memory if it ran out (a transient failure is never the
+    image's verdict; a second one is raised)."""
+    try:
+        return decode_image(data, size, max_pixels)
+    except TRANSIENT:
+        gc.collect()
+        return decode_image(data, size, max_pixels)
+
+
+def _model_works(handler, model) -> bool:
+    """Whether the model still runs on a blank image (then a failure on a given image is that image's fault)."""
+    try:
+        handler.run_inference(np.zeros((1, handler.image_size, handler.image_size, 3), dtype=np.uint8), model)
+        return True
+    except Exception:
+        return False
+
+
+def infer_isolated(handler, model, images: list[np.ndarray]) -> list[np.ndarray | str]:
+    """Features of each image, or the reason its inference failed.
+
+    The images run as one batch; if that fails, each runs alone. An image that fails alone, while the model still
+    runs on a blank image, gets ``"inference failed: <type>: <message>"``. Raises :class:`ModelFailure` if the model
+    fails on the blank image too, and any :data:`~fruits.images.TRANSIENT` error of a single image.
+    """
+    try:
+        return list(handler.run_inference(np.stack(images), model))
+    except Exception:  # includes MemoryError: one image at a time needs far less memory
+        pass
+    results: list[np.ndarray | str] = []
+    model_ok: bool | None = None
+    for image in images:
+        try:
+            results.append(handler.run_inference(image[None], model)[0])
+        except TRANSIENT:
+            raise
+        except Exception as exc:
+            if model_ok is None:
+                model_ok = _model_works(handler, model)
+            if not model_ok:
+                raise ModelFailure(f"the model fails on a blank image too: {type(exc).__name__}: {exc}") from exc
+            results.append(f"inference failed: {type(exc).__name__}: {exc}")
+    return results
+
+
 def featurize_contents(
     contents: pd.Series, handler: MobileNetV2Handler, model, max_pixels: int, crash_marker: bytes = b""
 ) -> pd.DataFrame:
-    """Featurize one Arrow batch of image bytes; rows that cannot be decoded get ``error`` and null features.
-    ``crash_marker`` (tests only, ``[testing] crash_worker_on_bytes``): the worker process exits at once on a file
-    holding these bytes, as a crash in a native decoder would."""
+    """Featurize one Arrow batch of image bytes; rows that cannot be decoded or inferred get ``error`` and null
+    features. ``crash_marker`` (tests only, ``[testing] crash_worker_on_bytes``): the worker process exits at once
+    on a file holding these bytes, as a crash in a native decoder would."""
     decoded: list[np.ndarray] = []
     good: list[int] = []
     errors: list[str | None] = [None] * len(contents)
@@ -29,15 +86,17 @@ def featurize_contents(
         if crash_marker and data is not None and crash_marker in data:
             os._exit(70)
         try:
-            decoded.append(decode_image(data, handler.image_size, max_pixels))
+            decoded.append(decode_isolated(data, handler.image_size, max_pixels))
             good.append(row)
         except RejectedImage as exc:
             errors[row] = str(exc)
     features: list[np.ndarray | None] = [None] * len(contents)
     if decoded:
-        vectors = handler.run_inference(np.stack(decoded), model)
-        for row, vector in zip(good, vectors):
-            features[row] = vector
+        for row, outcome in zip(good, infer_isolated(handler, model, decoded)):
+            if isinstance(outcome, str):
+                errors[row] = outcome
+            else:
+                features[row] = outcome
     return pd.DataFrame({"features": features, "error": errors})
 
 

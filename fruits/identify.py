@@ -37,7 +37,7 @@ class Reference:
     labels: np.ndarray  # (n,)
     points: np.ndarray  # (n, k) float32
     model_ids: list[str]
-    paths: np.ndarray  # (n,) the rows' ``path`` (``file:/...`` as the stream wrote it)
+    paths: np.ndarray  # (n,) where each row's photo is now (``stored_path``: archived, or still in landing)
 
     @classmethod
     def load(cls, config: Config, refit: dict | None = None) -> "Reference":
@@ -52,14 +52,32 @@ class Reference:
         table = open_table(config.pca_table)
         if table is None:
             raise IdentifyError(f"no pca table at {config.pca_table}")
-        rows = table.to_pyarrow_dataset().to_table(columns=["path", "label", "pca", "pca_version"]).to_pandas()
-        rows = rows[(rows["pca_version"] == refit["version"]) & rows["label"].notna()]
+        rows = rows_of_version(table, refit["version"])
+        rows = rows[rows["label"].notna()]
         if rows.empty:
             raise IdentifyError("the pca table has no labelled rows of the latest PCA version")
         return cls(
             refit["version"], components, rows["label"].to_numpy(), np.stack(rows["pca"].to_numpy()), refit["model_ids"],
-            rows["path"].to_numpy(),
+            rows["shown_path"].to_numpy(),
         )
+
+
+def rows_of_version(table, version: int):
+    """The rows of PCA ``version`` in the pca table: its current snapshot's, or, while a refit is replacing the
+    table (it overwrites the table before it writes the new version's metadata, so readers still see the previous
+    version as the latest), those of the newest earlier snapshot that holds them."""
+    snapshot = table.version()
+    while True:
+        dataset = table.to_pyarrow_dataset()
+        # where each row's photo is now (archived after ingestion), for thumbnails; tables of older refits: its path
+        where = "stored_path" if "stored_path" in dataset.schema.names else "path"
+        rows = dataset.to_table(columns=list(dict.fromkeys(["path", where, "label", "pca", "pca_version"]))).to_pandas()
+        rows["shown_path"] = rows[where].fillna(rows["path"])
+        held = set(rows["pca_version"].unique())
+        if version in held or snapshot == 0 or (held and max(held) < version):
+            return rows[rows["pca_version"] == version]
+        snapshot -= 1
+        table.load_as_version(snapshot)
 
 
 def nearest(reference: Reference, projected: np.ndarray, neighbours: int = 5, with_paths: bool = False) -> dict:

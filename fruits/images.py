@@ -39,13 +39,18 @@ class RejectedImage(ValueError):
     """The bytes are not an image the featurizer accepts; ``str(exc)`` is the quarantine reason."""
 
 
+# Failures that say nothing about the input (the worker ran short of memory): raised, retried, never quarantined.
+TRANSIENT = (MemoryError,)
+
+
 def decode_image(data: bytes | None, size: int = 224, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode ``data`` to a ``(size, size, 3)`` uint8 RGB array.
 
     EXIF orientation is applied, transparency is composited on white, any mode (L, P, CMYK, I;16, ...) is converted
     to RGB, and the image is resized to ``size``x``size`` with a bilinear filter (large JPEGs are first decoded at a
     reduced scale that is still at least ``size``x``size``). Raises :class:`RejectedImage` with
-    a specific reason for empty, unknown, truncated or oversized input.
+    a specific reason for empty, unknown, truncated or oversized input, and with the exception's type and message for
+    any other failure of decoding or converting this one image. Only :data:`TRANSIENT` errors propagate.
     """
     if data is None:
         raise RejectedImage("no content (file not read)")
@@ -64,15 +69,19 @@ def decode_image(data: bytes | None, size: int = 224, max_pixels: int = DEFAULT_
             # below size x size, before the bilinear resize. 12 MP -> 224: ~17x faster, pixels within a few levels.
             image.draft(None, (size, size))
         image.load()
+        # Inside the try: converting can fail on the input too (exif_transpose raises SyntaxError on a PNG whose
+        # EXIF block is 8 zero bytes).
+        return to_model_input(image, size)
     except RejectedImage:
+        raise
+    except TRANSIENT:  # the worker's trouble, not the image's: never a verdict on the input
         raise
     except UnidentifiedImageError:
         raise RejectedImage("not a recognised image format") from None
     except OSError as exc:  # truncated or corrupt data
         raise RejectedImage(f"cannot decode image: {exc}") from None
-    except Exception as exc:  # any other decoder failure is still the input's fault, never the stream's
+    except Exception as exc:  # any other decoder or conversion failure is still the input's fault, never the stream's
         raise RejectedImage(f"cannot decode image: {type(exc).__name__}: {exc}") from None
-    return to_model_input(image, size)
 
 
 def to_model_input(image: Image.Image, size: int = 224) -> np.ndarray:

@@ -21,6 +21,7 @@ from watchdog.observers import Observer
 
 from fruits.ledger import FileVersion, ensure_ledger, label_of, local_mtime_ms, record
 from fruits.uris import hadoop_uri
+from fruits.names import check_label, check_sources, is_candidate, stage_refusal
 
 log = logging.getLogger("fruits.landing")
 
@@ -35,51 +36,6 @@ def local_folder(uri: str) -> Path:
     if "://" in uri:
         raise ValueError(f"{uri}: drop and stage write to a local (or mounted) landing folder only")
     return Path(uri)
-
-
-def is_candidate(name: str, extensions: list[str]) -> bool:
-    """Whether the stream would read a file of this name: an image extension, not hidden or temporary."""
-    stem, dot, extension = name.rpartition(".")
-    accepted = {e.lower().lstrip(".") for e in extensions}
-    return bool(dot and stem) and not name.startswith((".", "_", "~")) and extension.lower() in accepted
-
-
-class BadLabel(ValueError):
-    """A label that is not a single plain folder name under the landing folder."""
-
-
-def check_label(label: str | None) -> str | None:
-    """``label`` if it can name a class folder directly under the landing folder (None or "" for no label).
-
-    Refused: ``.`` and ``..``, any ``/`` or ``\\`` (no nesting, no traversal, no absolute path), a leading ``.`` or
-    ``_`` (names the stream never reads), a leading ``~``, control characters, more than 255 bytes.
-    """
-    if label is None or label == "":
-        return None
-    reason = None
-    if label.strip() != label or not label.strip():
-        reason = "leading or trailing blanks"
-    elif "/" in label or "\\" in label:
-        reason = "a label is one folder name: no '/' or '\\'"
-    elif label.startswith((".", "_", "~")):
-        reason = "a leading '.', '_' or '~' names a folder the stream never reads"
-    elif any(ord(c) < 32 or ord(c) == 127 for c in label):
-        reason = "control characters"
-    elif len(label.encode("utf-8")) > 255:
-        reason = "longer than 255 bytes"
-    if reason:
-        raise BadLabel(f"bad label {label!r}: {reason}")
-    return label
-
-
-def landing_name(filename: str | None, extensions: list[str], extension: str) -> str:
-    """The name an uploaded photo gets in the landing folder: the base name of the client's ``filename`` (any folder
-    part dropped, both ``/`` and ``\\``), without leading ``.``, ``_`` or ``~``; when that is not a name the stream
-    reads (:func:`is_candidate`), ``extension`` (the format the bytes really are) is appended."""
-    base = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
-    base = "".join(c for c in base if ord(c) >= 32 and ord(c) != 127).strip().lstrip("._~").strip()
-    base = base[:200] or "photo"
-    return base if is_candidate(base, extensions) else f"{base}.{extension}"
 
 
 def _sha256(path: Path) -> str:
@@ -206,9 +162,10 @@ def drop(
     """Copy image files, and the images under folders (keeping their sub-folders), into ``landing`` atomically.
 
     ``drop(["photos/"])`` puts ``photos/Banana/a.jpg`` at ``landing/Banana/a.jpg``; a file argument lands in the
-    landing root, or in ``landing/<label>/`` with ``label`` (checked by :func:`check_label`: :class:`BadLabel`).
+    landing root, or in ``landing/<label>/`` with ``label`` (checked by :func:`fruits.names.check_label`).
     """
-    label = check_label(label)
+    label = check_label(label)  # fruits.names: refuse, before anything is written, what would leave landing
+    check_sources(sources, lambda name: is_candidate(name, extensions))  # or go unread
     root = landing / label if label else landing
     results: list[Dropped] = []
     prepared: list[_Placement] = []
@@ -274,6 +231,10 @@ class InboxStager(FileSystemEventHandler):
         path = Path(os.fsdecode(path))
         if not is_candidate(path.name, self.extensions) or not path.is_file():
             return
+        refusal = stage_refusal(path, self.inbox)  # fruits.names: no link out of the inbox, no name Spark skips
+        if refusal:
+            log.warning("not staged: %s", refusal)
+            return
         stat = path.stat()
         with self.lock:
             entry = self.pending.get(path)
@@ -319,6 +280,8 @@ class InboxStager(FileSystemEventHandler):
                 quiet = now - entry.changed_at
                 if quiet >= (self.settle_seconds if entry.closed else self.stable_seconds):
                     del self.pending[path]
+                    if stage_refusal(path, self.inbox):  # replaced by a link since it was tracked
+                        continue
                     placed = place_atomically(path, self.landing / path.relative_to(self.inbox), move=True, note=self.note)
                     log.info("staged %s -> %s", path, placed or "(already in landing)")
                     promoted += 1

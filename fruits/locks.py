@@ -1,75 +1,66 @@
-"""One process at a time per home and job: an exclusive ``flock`` on ``HOME/locks/<name>.lock``.
+"""One ``fruits stream`` and one ``refit-pca`` per home at a time: an exclusive, non-blocking ``flock`` on a file
+under the home.
 
-The kernel drops the lock when the process dies (even by SIGKILL), so a crash never leaves a stale lock behind. It
-holds on a local disk and on NFSv4; on an object store (``s3a://``) there is no such lock, and the home is locked on
-this machine only (run one stream per home: see docs/deployment.md).
+The lock file is ``HOME/locks/<name>.lock`` (``[paths] locks``) for a local home (or one every machine mounts, e.g.
+NFS with working locks). ``flock`` is released by the kernel when the process dies, so a killed refit never leaves a stale
+lock. Object stores (``s3a://``) have no locks: for a remote home the lock file is local
+(``~/.cache/fruits/locks/``), which only keeps refits on the same machine apart; see docs/deployment.md
+(Concurrent refits) for what to use there.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
+import re
 import socket
-import tempfile
+import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
+from fruits.config import Config
 from fruits.uris import local_path
 
-
-class AlreadyRunning(RuntimeError):
-    """Another process holds the lock; the message says which and how to proceed."""
+log = logging.getLogger("fruits.locks")
 
 
-class HomeLock:
-    """``with HomeLock(config.locks, "stream", what):`` runs the block only if no other process holds that lock.
+class LockBusy(RuntimeError):
+    """Another process holds the lock; the message names it."""
 
-    Re-entrant within a process (the CLI takes it before starting the JVM, the job again when it starts)."""
 
-    _held: dict[Path, list[int]] = {}  # lock file -> [descriptor, how many holders in this process]
+def lock_path(config: Config, name: str) -> Path:
+    """Where the lock ``name`` of ``config``'s home lives (local file; see the module's docstring)."""
+    folder = local_path(config.locks)
+    if folder is not None:
+        return Path(folder) / f"{name}.lock"
+    digest = hashlib.sha256(config.home.encode()).hexdigest()[:16]
+    return Path.home() / ".cache" / "fruits" / "locks" / f"{digest}-{name}.lock"
 
-    def __init__(self, locks_uri: str, name: str, what: str) -> None:
-        folder = local_path(locks_uri)
-        if folder is None:  # object store: lock on this machine, keyed by the home's URI
-            folder = os.path.join(tempfile.gettempdir(), "fruits-locks", hashlib.sha256(locks_uri.encode()).hexdigest()[:16])
-        self.path = Path(folder) / f"{name}.lock"
-        self.what = what
-        self._fd: int | None = None
 
-    def acquire(self) -> None:
-        if self.path in self._held:
-            self._held[self.path][1] += 1
-            self._fd = self._held[self.path][0]
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+@contextmanager
+def exclusive(config: Config, name: str) -> Iterator[Path]:
+    """Hold the lock ``name`` of the home for the ``with`` block, or raise :class:`LockBusy` at once if another
+    process holds it. The lock file records the holder (host, pid, since) for the message."""
+    path = lock_path(config, name)
+    if not config.home.startswith(("/", "file:")) and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", config.home):
+        log.warning("home %s is remote: the %s lock (%s) keeps out only processes of this machine", config.home, name, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise AlreadyRunning(
-                f"{self.what} is already running on this home ({holder}; lock {self.path}). "
-                "Stop it first, or use another --home."
+            holder = os.pread(descriptor, 512, 0).decode(errors="replace").strip() or "unknown process"
+            raise LockBusy(
+                f"another {name} is running on this home ({holder}; lock {path}): exiting; "
+                "run it again once that one has finished"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-        self._fd = fd
-        self._held[self.path] = [fd, 1]
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        held = self._held[self.path]
-        held[1] -= 1
-        if held[1] == 0:
-            del self._held[self.path]
-            os.close(self._fd)  # closing the descriptor releases the flock
-        self._fd = None
-
-    def __enter__(self) -> "HomeLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
+        os.ftruncate(descriptor, 0)
+        holder = f"host {socket.gethostname()} pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
+        os.pwrite(descriptor, holder.encode() + b"\n", 0)
+        yield path
+    finally:
+        os.close(descriptor)  # releases the lock

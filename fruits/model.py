@@ -182,14 +182,36 @@ class MobileNetV2Handler:
 
 _MODELS: dict[Any, Any] = {}  # handler (any hashable handler: TensorFlow or a fast runtime) -> model
 _MODELS_LOCK = threading.Lock()
+# A model that fails to load (a shipped file not there yet, a full disk for the runtime's cache, ...) is tried again
+# in the worker before the task fails, and a failed load is never cached: the next batch tries afresh. Never a
+# verdict on an image (fruits.featurize).
+LOAD_ATTEMPTS = 3
+LOAD_BACKOFF_SECONDS = 1.0
 
 
-def shared_model(handler: Any) -> Any:
-    """The model for ``handler``, loaded once per process and reused by every later batch and micro-batch."""
+def shared_model(handler: Any, attempts: int = LOAD_ATTEMPTS, backoff_seconds: float = LOAD_BACKOFF_SECONDS) -> Any:
+    """The model for ``handler``, loaded once per process and reused by every later batch and micro-batch.
+
+    A load that raises is tried up to ``attempts`` times (waiting ``backoff_seconds`` x attempt in between); the last
+    error is raised, and nothing is cached, so a later call tries again."""
     with _MODELS_LOCK:
         if handler not in _MODELS:
             started = time.perf_counter()
-            _MODELS[handler] = handler.load_model()
+            for attempt in range(1, attempts + 1):
+                try:
+                    model = handler.load_model()
+                    break
+                except Exception as exc:
+                    if attempt == attempts:
+                        raise
+                    print(
+                        f"fruits: worker pid {os.getpid()} could not build {handler.model_id} "
+                        f"(attempt {attempt} of {attempts}: {type(exc).__name__}: {exc}); retrying",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    time.sleep(backoff_seconds * attempt)
+            _MODELS[handler] = model
             # Python workers have no logging set up; stderr reaches the executor's log.
             print(
                 f"fruits: worker pid {os.getpid()} built {handler.model_id} in {time.perf_counter() - started:.1f} s",
@@ -197,4 +219,3 @@ def shared_model(handler: Any) -> Any:
                 flush=True,
             )
         return _MODELS[handler]
-

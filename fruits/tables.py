@@ -54,6 +54,7 @@ QUARANTINE_SCHEMA = StructType(
 PCA_SCHEMA = StructType(
     [
         StructField("path", StringType(), False),
+        StructField("stored_path", StringType(), True),
         StructField("label", StringType(), True),
         StructField("pca", ArrayType(FloatType(), True), False),
         StructField("pca_version", LongType(), False),

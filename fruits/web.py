@@ -33,7 +33,8 @@ from starlette.concurrency import run_in_threadpool
 from fruits.config import Config
 from fruits.identify import Identifier, IdentifyError
 from fruits.images import sniff_format
-from fruits.landing import BadLabel, LedgerNote, check_label, drop, landing_name, local_folder
+from fruits.landing import LedgerNote, drop, local_folder
+from fruits.names import UnsafeName, check_label, landing_name
 from fruits.model import WeightsRef
 from fruits.web_dashboard import Dashboard
 from fruits.web_files import HomeFiles
@@ -171,9 +172,9 @@ class WebService:
         if len(uploads) > self.max_files:
             raise HTTPException(413, f"{len(uploads)} photos in one request, above the limit of {self.max_files}")
         try:
-            label = check_label(label)
-        except BadLabel as exc:
-            raise HTTPException(422, str(exc)) from None
+            label = check_label(label or None)  # an empty form field: no label
+        except UnsafeName as exc:
+            raise HTTPException(422, f"bad label: {exc}") from None
         kinds = [checked_upload(upload, self.max_bytes) for upload in uploads]
         landed = []
         with tempfile.TemporaryDirectory(prefix="fruits-upload-") as scratch:

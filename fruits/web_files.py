@@ -20,7 +20,8 @@ from PIL import Image, ImageOps
 
 from fruits.config import Config, join_uri
 from fruits.images import RejectedImage
-from fruits.landing import is_candidate, local_folder
+from fruits.landing import local_folder
+from fruits.names import is_candidate
 from fruits.status import rust_uri
 
 PLOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\.png")

@@ -27,7 +27,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from fruits.config import Config, parse_duration
-from fruits.landing import is_candidate
+from fruits.names import is_candidate
 from fruits.ledger import FileVersion, LedgerView, digests, label_of, local_mtime_ms, path_digests, record
 from fruits.uris import hadoop_uri, local_path
 

@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 from pyspark.sql import SparkSession
@@ -21,7 +21,7 @@ from pyspark.sql.streaming import StreamingQuery
 from fruits import storage
 from fruits.config import Config, parse_duration
 from fruits.ledger import ensure_ledger
-from fruits.locks import HomeLock
+from fruits.locks import exclusive
 from fruits.model import WeightsRef
 from fruits.runtimes import make_handler
 from fruits.tables import FEATURES_SCHEMA, QUARANTINE_SCHEMA, ensure_table
@@ -91,22 +91,18 @@ def start_stream(
     return writer.start()
 
 
-def stream_lock(config: Config) -> HomeLock:
-    """The lock that keeps a second ``fruits stream`` off a home."""
-    return HomeLock(config.locks, "stream", f"`fruits stream` on {config.home}")
-
-
 def run_stream(
     spark: SparkSession,
     config: Config,
     weights: WeightsRef,
     available_now: bool = False,
     stop: threading.Event | None = None,
+    lock_held: bool = False,
 ) -> int:
     """Run the stream until it ends (``available_now``: what has landed by now), ``stop`` is set, or SIGTERM /
-    Ctrl-C stops it; returns how many ledger rows (files) it read. Refuses to start (:class:`AlreadyRunning`) while
-    another stream runs on the home."""
-    with stream_lock(config), _stop_on_signals(stop) as stop:
+    Ctrl-C stops it; returns how many files it gave an outcome. Refuses to start (:class:`fruits.locks.LockBusy`)
+    while another stream runs on the home, unless the caller holds the home's stream lock (``lock_held``)."""
+    with nullcontext() if lock_held else exclusive(config, "stream"), _stop_on_signals(stop) as stop:
         discovery = Discovery(config, storage.qualify(spark, config.landing), spark)
         progress = Progress(spark, config.stream_progress)
         try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
 
 import pytest
 import yaml
@@ -152,3 +153,122 @@ def test_the_web_service_is_published_on_the_host_loopback_only_with_the_streams
     assert web["environment"]["FRUITS_WEIGHTS"] == stream["environment"]["FRUITS_WEIGHTS"]
     assert mounts(web).get("keras-cache") == mounts(stream).get("keras-cache")
     assert "FRUITS_TOKEN" in web["environment"]
+
+
+# --- A locked-down deployment ---------------------------------------------------------------------------------------
+
+SPARK_SERVICES = ("spark-master", "spark-worker-1", "spark-worker-2", "stream", "refit")
+ENTRYPOINT_SCRIPT = ROOT / "deploy" / "docker-entrypoint.sh"
+
+
+def interpolate(value: str, environ: dict[str, str] | None = None) -> str:
+    """Compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?error}`` with ``environ`` (default: nothing set); a
+    required variable that is unset raises ``LookupError``."""
+
+    def one(match: re.Match) -> str:
+        name, op, arg = match.group(1), match.group(2), match.group(3) or ""
+        value = (environ or {}).get(name, "")
+        if value:
+            return value
+        if op == ":?":
+            raise LookupError(f"{name}: {arg}")
+        return arg if op == ":-" else ""
+
+    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", one, value)
+
+
+def size_bytes(text: str) -> int:
+    number, unit = re.fullmatch(r"(\d+)([kmg]?)b?", str(text).lower()).groups()
+    return int(number) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit]
+
+
+def dockerfile_instructions(name: str) -> list[str]:
+    return [line.split(None, 1)[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith(name + " ")]
+
+
+def test_the_image_runs_as_an_unprivileged_user_whose_home_holds_the_caches(compose):
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    users = [i for i, line in enumerate(lines) if line.startswith("USER ")]
+    entry = [i for i, line in enumerate(lines) if line.startswith("ENTRYPOINT")][0]
+    assert users and users[-1] < entry, "no USER before the ENTRYPOINT: containers would run as root"
+    user = lines[users[-1]].split()[1]
+    assert user not in ("root", "0") and not user.startswith("0:")
+    created = re.search(rf"useradd\b.*--uid (\d+).*\b{user}\b", "\n".join(lines))
+    assert created and int(created.group(1)) >= 1000, "the user is created with a non-system uid"
+    keras_home = re.search(r"KERAS_HOME=(\S+)", "\n".join(lines)).group(1)
+    assert keras_home.startswith(f"/home/{user}/")
+    for name, service in compose["services"].items():
+        assert str(service.get("user", user)) not in ("root", "0"), f"{name} runs as root"
+    assert mounts(compose["services"]["stream"])["keras-cache"] == keras_home  # the cache the user can write
+
+
+def test_published_ports_bind_to_localhost_by_default(compose):
+    published = 0
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            parts = interpolate(str(port)).split(":")
+            assert len(parts) == 3 and parts[0] == "127.0.0.1", f"{name} publishes {port} on every interface"
+            published += 1
+    assert published >= 1  # the master's web UI
+    ui = compose["services"]["spark-master"]["ports"][0]
+    assert interpolate(ui, {"FRUITS_UI_BIND": "0.0.0.0"}).startswith("0.0.0.0:"), "FRUITS_UI_BIND opens it on purpose"
+
+
+def test_spark_services_require_the_shared_secret_from_the_environment(compose, image_entrypoint):
+    for name in SPARK_SERVICES:
+        service = compose["services"][name]
+        environment = service.get("environment") or {}
+        assert "SPARK_AUTH_SECRET" in environment, f"{name} gets no SPARK_AUTH_SECRET"
+        with pytest.raises(LookupError):  # compose refuses to start without it: no default, no empty secret
+            interpolate(environment["SPARK_AUTH_SECRET"])
+        assert interpolate(environment["SPARK_AUTH_SECRET"], {"SPARK_AUTH_SECRET": "s3cret"}) == "s3cret"
+        entry = entrypoint(service, image_entrypoint)
+        assert str(ENTRYPOINT_SCRIPT.relative_to(ROOT)) in " ".join(entry), f"{name} skips {ENTRYPOINT_SCRIPT.name}"
+
+
+def run_entrypoint(tmp_path, **environ) -> subprocess.CompletedProcess:
+    env = {"PATH": "/usr/bin:/bin", "SPARK_CONF_DIR": str(tmp_path / "conf"), **environ}
+    return subprocess.run(["sh", str(ENTRYPOINT_SCRIPT), "sh", "-c", "echo ran $0 $1", "a", "b"],
+                          env=env, capture_output=True, text=True, timeout=30)
+
+
+def spark_properties(path) -> dict[str, str]:
+    """A spark-defaults.conf as Spark reads it: ``key value`` per line (whitespace or '=' between)."""
+    pairs = [re.split(r"[\s=]+", line.strip(), maxsplit=1) for line in path.read_text().splitlines()]
+    return {pair[0]: pair[1] for pair in pairs if pair[0] and not pair[0].startswith("#")}
+
+
+def test_the_entrypoint_turns_on_rpc_authentication_with_the_secret_readable_by_its_user_only(tmp_path):
+    result = run_entrypoint(tmp_path, SPARK_AUTH_SECRET="s3cret value")
+    assert result.returncode == 0 and result.stdout.strip() == "ran a b", result.stderr  # then runs the command
+    defaults = tmp_path / "conf" / "spark-defaults.conf"
+    assert spark_properties(defaults) == {"spark.authenticate": "true", "spark.authenticate.secret": "s3cret value"}
+    assert defaults.stat().st_mode & 0o777 == 0o600
+    run_entrypoint(tmp_path, SPARK_AUTH_SECRET="x", SPARK_NETWORK_CRYPTO="true", SPARK_IO_ENCRYPTION="true")
+    properties = spark_properties(defaults)
+    assert properties["spark.network.crypto.enabled"] == "true" and properties["spark.io.encryption.enabled"] == "true"
+    other = tmp_path / "unset"
+    assert run_entrypoint(other).returncode == 0 and not (other / "conf").exists()  # local commands need no secret
+
+
+def test_the_master_rest_submission_port_is_off(compose):
+    master = compose["services"]["spark-master"]
+    options = master["environment"]["SPARK_MASTER_OPTS"].split()
+    assert "-Dspark.master.rest.enabled=false" in options
+    assert not any("6066" in str(port) for port in master.get("ports", []))
+
+
+def test_every_service_has_a_memory_limit_above_what_it_is_given(compose):
+    from fruits.config import load_config
+    from fruits.session import spark_settings
+
+    services = compose["services"]
+    for name, service in services.items():
+        assert "mem_limit" in service, f"{name} has no memory limit"
+    for name in ("spark-worker-1", "spark-worker-2"):
+        argv = command(services[name])
+        assert size_bytes(services[name]["mem_limit"]) > size_bytes(argv[argv.index("--memory") + 1])
+    config = load_config(environ={})
+    for name, section in (("stream", "stream"), ("refit", "pca")):
+        driver = spark_settings(config, section)["spark.driver.memory"]
+        assert size_bytes(services[name]["mem_limit"]) >= size_bytes(driver) + (1 << 30), (name, driver)

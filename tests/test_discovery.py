@@ -153,20 +153,20 @@ def test_watcher_events_and_listing_backfill_each_find_new_photos(spark, weights
 
 
 def test_a_second_stream_on_the_same_home_stops_at_once(tmp_path):
-    from streaming.ingest import stream_lock
+    from fruits.locks import exclusive
 
     config = make_config(tmp_path)
     env = {**os.environ, "FRUITS_WEIGHTS": str(NOTOP_WEIGHTS), "FRUITS_MASTER": "local[2]"}
-    with stream_lock(config):  # the first stream
+    with exclusive(config, "stream"):  # the first stream
         started = time.monotonic()
         second = subprocess.run(
             [FRUITS, "stream", "--home", str(tmp_path), "--available-now"], capture_output=True, text=True, env=env,
             timeout=120,
         )
         took = time.monotonic() - started
-    assert second.returncode == 2
-    assert "`fruits stream` on" in second.stderr and "is already running" in second.stderr
-    assert f"pid {os.getpid()}" in second.stderr
+    assert second.returncode == 3
+    assert "another stream is running on this home" in second.stderr
+    assert f"pid {os.getpid()} " in second.stderr
     assert took < 20, f"the second stream took {took:.0f} s to give up (it should not start Spark)"
     assert not (tmp_path / "tables").exists()  # it wrote nothing
 

@@ -16,7 +16,8 @@ from PIL import Image
 from conftest import make_config, sample_files
 from fruits.cli import build_parser, config_from_args
 from fruits.config import load_config
-from fruits.landing import BadLabel, drop
+from fruits.landing import drop
+from fruits.names import UnsafeName
 from fruits.web import create_app
 
 FRUITS = str(Path(sys.executable).with_name("fruits"))
@@ -144,7 +145,7 @@ def test_422_for_a_bad_label_the_same_rule_as_fruits_drop(tmp_path, label):
     response = client_for(tmp_path).post("/api/photos", files=[upload(BANANA[0])], data={"label": label})
     assert response.status_code == 422 and "bad label" in response.json()["detail"]
     assert not (tmp_path / "landing").exists() or landed(tmp_path) == []
-    with pytest.raises(BadLabel):
+    with pytest.raises(UnsafeName):
         drop([BANANA[0]], tmp_path / "landing", ["jpg"], label)
     assert not (tmp_path / "outside").exists()
 

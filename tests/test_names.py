@@ -1,0 +1,91 @@
+"""`fruits drop` and `fruits stage` refuse labels and paths that would leave the landing folder or that Spark never
+reads, before writing anything; `stage` never follows a symbolic link out of its inbox."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePath
+
+import pytest
+
+from conftest import place, sample_files
+from fruits.cli import main
+from fruits.landing import InboxStager
+from fruits.names import UnsafeName, check_relative
+
+EXTENSIONS = ["jpg", "jpeg", "png"]
+
+
+def tree(root: Path) -> set[str]:
+    """Every file and folder under ``root`` (links not followed)."""
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize(
+    "label,reason",
+    [
+        ("../../escaped", "one folder name"),
+        ("..", "would leave the landing folder"),
+        ("/tmp/absolute", "one folder name"),
+        ("Banana/ripe", "one folder name"),
+        ("back\\slash", "one folder name"),
+        (".hidden", "Spark never reads"),
+        ("_private", "Spark never reads"),
+        ("  ", "empty"),
+    ],
+)
+def test_drop_refuses_a_label_that_leaves_landing_or_is_never_read_and_writes_nothing(tmp_path, capsys, label, reason):
+    photo = place(sample_files("Banana", 1), tmp_path / "photos")[0]
+    home = tmp_path / "a" / "b" / "home"
+    before = tree(tmp_path)
+    assert main(["drop", "--home", str(home), "--label", label, str(photo)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fruits drop: error: --label") and reason in err, err
+    assert tree(tmp_path) == before, "something was written"
+
+
+def test_drop_refuses_a_folder_holding_images_under_names_spark_never_reads_and_writes_nothing(tmp_path, capsys):
+    source = tmp_path / "photos"
+    place(sample_files("Banana", 2), source / "Banana")
+    place(sample_files("Lemon", 1), source / "_drafts" / "Lemon")
+    home = tmp_path / "home"
+    before = tree(tmp_path)
+    assert main(["drop", "--home", str(home), str(source)]) == 2
+    err = capsys.readouterr().err
+    assert "_drafts/Lemon/" in err and "Spark never reads names starting with '.' or '_'" in err
+    assert tree(tmp_path) == before, "the valid images must not land either"
+    (source / "_drafts" / "Lemon" / sample_files("Lemon", 1)[0].name).unlink()  # without it, the folder drops
+    assert main(["drop", "--home", str(home), str(source)]) == 0
+    assert sorted(p.name for p in (home / "landing" / "Banana").iterdir()) == [p.name for p in sample_files("Banana", 2)]
+
+
+@pytest.mark.parametrize("relative", ["../x.jpg", "a/../../x.jpg", "/etc/x.jpg", ".cache/x.jpg", "a/_b/x.jpg"])
+def test_relative_landing_paths_must_stay_inside_and_be_read(relative):
+    with pytest.raises(UnsafeName):
+        check_relative(PurePath(relative))
+    check_relative(PurePath("orchard/Kiwi/kiwi #1 ü.jpg"))  # nested and odd, but inside and read
+
+
+def test_stage_does_not_follow_symbolic_links_out_of_the_inbox(tmp_path):
+    outside = place(sample_files("Fig", 2), tmp_path / "secret")
+    inbox, landing = tmp_path / "inbox", tmp_path / "landing"
+    real = place(sample_files("Banana", 1), inbox / "Banana")[0]
+    (inbox / "Fig").mkdir()
+    os.symlink(outside[0], inbox / "Fig" / "linked.jpg")  # a link to a file outside
+    os.symlink(tmp_path / "secret", inbox / "linked-folder")  # a linked folder leading outside
+    place(sample_files("Kiwi", 1), inbox / ".partial")  # a folder Spark never reads
+    stager = InboxStager(inbox, landing, EXTENSIONS, stable_seconds=0, settle_seconds=0)
+    stager.scan()
+    stager._track(str(inbox / "Fig" / "linked.jpg"), closed=True)  # as an inotify event would
+    stager._track(str(inbox / "linked-folder" / outside[1].name), closed=True)
+    assert stager.promote_ready() == 1
+    assert tree(landing) == {"Banana", f"Banana/{real.name}"}
+    assert all(p.exists() for p in outside) and (inbox / "Fig" / "linked.jpg").is_symlink()
+
+
+def test_stage_refuses_an_inbox_that_overlaps_the_landing_folder(tmp_path, capsys):
+    home = tmp_path / "home"
+    for inbox in (home / "landing" / "inbox", home / "landing", home):
+        assert main(["stage", "--home", str(home), "--inbox", str(inbox)]) == 2
+        assert "overlap" in capsys.readouterr().err
+    assert not (home / "landing").exists()
