@@ -154,7 +154,7 @@ def test_fruits_drop_refuses_a_bad_label_too(tmp_path):
     result = subprocess.run(
         [FRUITS, "drop", "--home", str(tmp_path), "--label", "../x", str(BANANA[0])], capture_output=True, text=True, timeout=60
     )
-    assert result.returncode == 2 and "bad label" in result.stderr
+    assert result.returncode == 2 and "--label '../x': a label is one folder name" in result.stderr
     assert not (tmp_path / "x").exists() and landed(tmp_path) == []
 
 
