@@ -257,6 +257,8 @@ class OutcomeSink:
                     error = None
                     break
                 except JOB_FAILURES as exc:
+                    if "SPARK_JOB_CANCELLED" in str(exc) or (self.stop_requested and self.stop_requested.is_set()):
+                        raise  # the query is stopping: that says nothing about the files
                     error = exc
                     log.warning("featurizing %d files failed: %s", len(group), _cause(exc))
             if error is None:

@@ -203,3 +203,28 @@ def test_a_home_made_before_the_ledger_is_adopted_without_featurizing_anything_a
     assert Counter(rows["discovered_by"]) == {"migration": 5, "backfill": 1}
     features = spark.read.format("delta").load(config.features_table)
     assert features.where(F.col("file_id").isNull()).count() == 0
+
+
+@pytest.mark.slow
+def test_delete_after_ingest_and_a_file_changed_between_discovery_and_reading(spark, weights, tmp_path):
+    """With after_ingest = "delete" the landed file is removed once its row is committed. A file rewritten after its
+    discovery keeps the ledger row of its first version, which gets a quarantine row saying so; its new version
+    (found by the start-up listing) is featurized."""
+    from fruits.landing import LedgerNote, drop
+    from streaming.ingest import run_stream
+
+    config = make_config(tmp_path, discovery={"after_ingest": "delete"})
+    landing = tmp_path / "landing"
+    note = LedgerNote(config.files_table, landing, "drop")
+    kept, changed = (r.target for r in drop(sample_files("Kiwi", 2), landing, ["jpg"], "Kiwi", note))
+    changed.write_bytes(sample_files("Fig", 1)[0].read_bytes())  # rewritten after drop recorded it
+    assert run_stream(spark, config, weights, available_now=True) == 3
+
+    features = DeltaTable(config.features_table).to_pandas(columns=["path", "size_bytes", "stored_path"])
+    quarantine = DeltaTable(config.quarantine_table).to_pandas(columns=["path", "reason"])
+    assert sorted(features["path"]) == sorted([uri(kept), uri(changed)])
+    assert features.loc[features["path"] == uri(changed), "size_bytes"].item() == len(sample_files("Fig", 1)[0].read_bytes())
+    assert features["stored_path"].isna().all()
+    assert quarantine["path"].tolist() == [uri(changed)]
+    assert quarantine["reason"].item().startswith("changed after it was discovered")
+    assert not list(landing.rglob("*.jpg")) and not (tmp_path / "archive").exists()

@@ -64,6 +64,9 @@ def test_drop_command_prints_what_it_placed(tmp_path):
     assert [(r["path"], r["label"], r["discovered_by"], r["state"]) for r in rows] == [
         (f"file:{tmp_path}/landing/Fig/{photo.name}", "Fig", "drop", "pending")
     ]
+    status = subprocess.run([FRUITS, "status", "--home", str(tmp_path), "--json"], capture_output=True, text=True, timeout=60)
+    backlog = json.loads(status.stdout)["backlog"]
+    assert backlog["pending"] == 1 and backlog["discovered"] == 1 and backlog["oldest_pending_age_seconds"] >= 0
 
 
 def write_slowly(path: Path, data: bytes, seconds: float, chunks: int = 20) -> None:
