@@ -89,7 +89,7 @@ def test_identify_answers_the_object_of_fruits_identify_json_with_thumbnails(ide
         assert [{k: n[k] for k in ("label", "distance")} for n in answer["neighbors"]] == cli["neighbors"]
         assert len(answer["neighbors"]) == 5
         for neighbour in answer["neighbors"]:
-            assert neighbour["thumbnail"].startswith("/thumbs/landing/")
+            assert neighbour["thumbnail"].startswith("/thumbs/archive/")  # the photos were archived once ingested
             thumb = client.get(neighbour["thumbnail"])
             assert thumb.status_code == 200 and Image.open(io.BytesIO(thumb.content)).format == "JPEG"
 
