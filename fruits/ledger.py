@@ -21,7 +21,6 @@ from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
@@ -212,16 +211,6 @@ def ledger_rows(uri: str, columns: list[str] | None = None) -> pa.Table:
     except TableNotFoundError:
         return LEDGER_SCHEMA.empty_table().select(columns or LEDGER_SCHEMA.names)
     return table.to_pyarrow_dataset().to_table(columns=columns)
-
-
-def outcome_ids(uri: str) -> pa.Array:
-    """The ``file_id`` values of an outcome table (features or quarantine); empty if it does not exist yet."""
-    try:
-        table = DeltaTable(rust_uri(uri))
-    except TableNotFoundError:
-        return pa.array([], pa.string())
-    ids = table.to_pyarrow_dataset().to_table(columns=["file_id"]).column("file_id")
-    return pc.drop_null(ids.combine_chunks())
 
 
 def local_mtime_ms(stat: os.stat_result) -> int:
