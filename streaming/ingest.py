@@ -16,6 +16,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 from pyspark.sql import SparkSession
+from pyspark.errors import StreamingQueryException
 from pyspark.sql.streaming import StreamingQuery
 
 from fruits import storage
@@ -120,7 +121,11 @@ def _await(query: StreamingQuery, stop: threading.Event) -> None:
     """Wait for ``query`` to end or for ``stop``; raise if it failed."""
     try:
         while query.isActive and not stop.is_set():
-            query.awaitTermination(0.5)
+            try:
+                query.awaitTermination(0.5)
+            except StreamingQueryException as exc:  # the sink ended the batch because a stop was requested
+                if not (stop.is_set() and StopRequested.__name__ in str(exc)):
+                    raise
     finally:
         if query.isActive:
             log.info("stop requested: stopping the stream (the checkpoint keeps its place)")
