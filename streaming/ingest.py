@@ -127,8 +127,9 @@ def _await(query: StreamingQuery, stop: threading.Event) -> None:
                 if not (stop.is_set() and StopRequested.__name__ in str(exc)):
                     raise
     finally:
-        if query.isActive:
+        if stop.is_set():
             log.info("stop requested: stopping the stream (the checkpoint keeps its place)")
+        if query.isActive:
             query.stop()
     failure = query.exception()
     if failure is not None and not (stop.is_set() and StopRequested.__name__ in str(failure)):
