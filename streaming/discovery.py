@@ -190,19 +190,17 @@ class Discovery:
         """Record the versions the ledger does not hold yet (after reading its newest rows); returns how many."""
         with self._write_lock:
             self.view.refresh()
-            unique = list({v.file_id: v for v in versions}.values())
-            ids = digests([v.file_id for v in unique])
+            by_id = {v.file_id: v for v in versions}  # file_id hashes: computed once per version
+            unique, ids = list(by_id.values()), digests(list(by_id))
             new = ~self.view.ids.contains(ids)
             unique, ids = [v for v, n in zip(unique, new) if n], ids[new]
             for start in range(0, len(unique), self.max_rows):
                 chunk = unique[start : start + self.max_rows]
-                overwrites = None
-                if self.keep:
-                    overwrites = self.view.paths.contains(path_digests([v.path for v in chunk])).tolist()
-                record(self.ledger, chunk, method, overwrites)
+                paths = path_digests([v.path for v in chunk]) if self.keep else None
+                record(self.ledger, chunk, method, self.view.paths.contains(paths).tolist() if self.keep else None)
                 self.view.ids.add(ids[start : start + self.max_rows])
                 if self.keep:
-                    self.view.paths.add(path_digests([v.path for v in chunk]))
+                    self.view.paths.add(paths)
             self.recorded[method] += len(unique)
             return len(unique)
 
