@@ -1,5 +1,5 @@
 """Compaction of the tables the stream appends to: Delta ``OPTIMIZE`` (bin-packing) of ``tables/features``,
-``tables/quarantine`` and the file ledger ``tables/files``, run by ``fruits refit-pca`` before it fits (see :func:`batch.refit_pca.refit_pca`).
+``tables/quarantine`` and the file ledger ``tables/files``, run by ``fruits refit-pca`` before it fits (see :func:`fruits.batch.refit_pca.refit_pca`).
 
 Every micro-batch appends a few small Parquet files to each table; with a 2 s trigger that is thousands of tiny
 files a day, which every full scan (the refit's fit and projection) and every snapshot rebuild then pays for.

@@ -2,12 +2,12 @@
 
 A **full** refit fits Spark ML's PCA on every row of the pinned version. An **incremental** refit reads only the
 rows added since the last model's source version (Delta change data feed), merges their sufficient statistics
-(n, mean, centred scatter; :mod:`batch.moments`) with the ones stored beside that model, and eigendecomposes the
+(n, mean, centred scatter; :mod:`fruits.batch.moments`) with the ones stored beside that model, and eigendecomposes the
 result: the same components as a full refit, without re-reading old rows. It falls back to a full refit when rows
 were deleted or updated, the model id of the features changed, or the previous statistics are missing.
 
 Before it pins the features version, a refit compacts the features and quarantine tables when they hold enough
-small files (Delta ``OPTIMIZE``, :mod:`batch.compaction`; ``[compaction]`` in conf/fruits.toml, ``--no-compact``).
+small files (Delta ``OPTIMIZE``, :mod:`fruits.batch.compaction`; ``[compaction]`` in conf/fruits.toml, ``--no-compact``).
 
 Each refit writes, under ``models/pca/vN/``: ``spark-model`` (a :class:`pyspark.ml.feature.PCAModel`),
 ``components.npy`` (the same (d, k) matrix, for readers without Spark), ``moments.npz``, ``explained-variance.png``, ``pc1-pc2.png``; then the ``tables/pca`` rows of that version; then
@@ -34,8 +34,8 @@ from pyspark.ml.linalg import DenseMatrix, DenseVector
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from batch.compaction import compact_tables, describe
-from batch.moments import Moments, moments_of
+from fruits.batch.compaction import compact_tables, describe
+from fruits.batch.moments import Moments, moments_of
 from fruits import storage
 from fruits.config import Config, join_uri
 from fruits.tables import latest_version

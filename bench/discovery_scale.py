@@ -85,7 +85,7 @@ class Stream:
     """``run_stream`` in a thread, with its query at hand."""
 
     def __init__(self, spark, config, weights) -> None:
-        from streaming.ingest import run_stream
+        from fruits.streaming.ingest import run_stream
 
         self.spark, self.stop = spark, threading.Event()
         self.started = time.perf_counter()
@@ -178,7 +178,7 @@ def guarantee_costs(spark, config, repeats: int = 7) -> dict:
       new checkpoint); it makes replays and new checkpoints safe;
     - the stream lock: one flock at start-up, nothing per micro-batch."""
     from fruits.ledger import FileVersion, record
-    from streaming.sink import LEDGER_COLUMNS, OutcomeSink
+    from fruits.streaming.sink import LEDGER_COLUMNS, OutcomeSink
 
     commit, fresh, replay = [], [], []
     for index in range(repeats):
@@ -237,7 +237,7 @@ def main() -> None:
     from fruits.model import resolve_weights
     from fruits.runtimes import make_handler
     from fruits.session import build_spark
-    from streaming.discovery import Discovery
+    from fruits.streaming.discovery import Discovery
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)

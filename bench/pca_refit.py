@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from batch.refit_pca import refit_pca  # noqa: E402
+from fruits.batch.refit_pca import refit_pca  # noqa: E402
 from fruits.config import load_config  # noqa: E402
 from fruits.session import build_spark  # noqa: E402
 from fruits.tables import FEATURES_SCHEMA, ensure_table  # noqa: E402

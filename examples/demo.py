@@ -135,9 +135,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"no sample image found under {SAMPLE_IMAGES}")
     log.info("landed %d sample images in %s", landed, config.landing)
 
-    from batch.refit_pca import log_outcome, refit_pca
+    from fruits.batch.refit_pca import log_outcome, refit_pca
     from fruits.session import build_spark
-    from streaming.ingest import run_stream
+    from fruits.streaming.ingest import run_stream
 
     spark = build_spark(config, "demo")
     try:

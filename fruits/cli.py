@@ -159,7 +159,7 @@ def _stream(config: Config, args: argparse.Namespace) -> int:
     log.info("featurizer %s", make_handler(config, weights).model_id)
 
     from fruits.session import build_spark
-    from streaming.ingest import run_stream
+    from fruits.streaming.ingest import run_stream
 
     spark = build_spark(config, "stream", COMMAND_SECTIONS["stream"])
     files = run_stream(spark, config, weights, available_now=args.available_now, lock_held=True)
@@ -179,7 +179,7 @@ def cmd_refit(config: Config, args: argparse.Namespace) -> int:
 
 
 def _refit(config: Config, args: argparse.Namespace) -> int:
-    from batch.refit_pca import RefitKeepsFailing, log_outcome, refit_every, refit_pca
+    from fruits.batch.refit_pca import RefitKeepsFailing, log_outcome, refit_every, refit_pca
     from fruits.session import build_spark
 
     pca = config.section("pca")

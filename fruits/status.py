@@ -162,7 +162,7 @@ def format_status(report: dict[str, Any]) -> str:
             f"{refit['age_seconds']:.0f} s ago"
         )
         if refit.get("compaction"):
-            from batch.compaction import describe
+            from fruits.batch.compaction import describe
 
             lines.append(f"compaction at the last refit: {describe(refit['compaction'])}")
     else:

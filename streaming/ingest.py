@@ -1,9 +1,9 @@
 """``fruits stream``: landing folder -> file ledger -> MobileNetV2 features -> Delta (features | quarantine).
 
-Read top to bottom: :func:`run_stream` takes the home's stream lock, starts discovery (:mod:`streaming.discovery`:
+Read top to bottom: :func:`run_stream` takes the home's stream lock, starts discovery (:mod:`fruits.streaming.discovery`:
 file events and listings record every new file version in the ledger, ``tables/files``), then runs
 :func:`start_stream`'s query: the ledger as a Delta streaming source, each micro-batch written by
-:class:`streaming.sink.OutcomeSink`, which gives every ledger row exactly one outcome row.
+:class:`fruits.streaming.sink.OutcomeSink`, which gives every ledger row exactly one outcome row.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from fruits.locks import exclusive
 from fruits.model import WeightsRef
 from fruits.runtimes import make_handler
 from fruits.tables import FEATURES_SCHEMA, QUARANTINE_SCHEMA, ensure_table
-from streaming.discovery import Discovery
-from streaming.migration import adopt_legacy_rows
-from streaming.progress import Progress
-from streaming.sink import OutcomeSink, StopRequested
+from fruits.streaming.discovery import Discovery
+from fruits.streaming.migration import adopt_legacy_rows
+from fruits.streaming.progress import Progress
+from fruits.streaming.sink import OutcomeSink, StopRequested
 
 log = logging.getLogger("fruits.stream")
 

@@ -39,7 +39,7 @@ from pyspark.sql.utils import AnalysisException
 from fruits import storage
 from fruits.featurize import featurize_column
 from fruits.uris import glob_escape, local_path, rust_uri
-from streaming.progress import Progress
+from fruits.streaming.progress import Progress
 
 log = logging.getLogger("fruits.stream")
 
@@ -163,7 +163,7 @@ class OutcomeSink:
 
     def _undecided_chunks(self, batch: DataFrame) -> Iterator[list[Row]]:
         """The batch's ledger rows that have no outcome row yet, in chunks of ``chunk_rows``. A micro-batch holds
-        about 1 MB of ledger files at most (some 20,000 rows: ``streaming.ingest.LEDGER_BYTES_PER_TRIGGER``), so its
+        about 1 MB of ledger files at most (some 20,000 rows: ``fruits.streaming.ingest.LEDGER_BYTES_PER_TRIGGER``), so its
         rows are collected."""
         rows = list({row["file_id"]: row for row in batch.select(*LEDGER_COLUMNS).collect()}.values())
         if not rows:

@@ -125,7 +125,7 @@ def local_path(spark_path: str) -> str:
 @pytest.fixture(scope="session")
 def ingested(spark, weights, tmp_path_factory):
     """A home whose landing folder got real photos plus bad and ignorable files, streamed once (available-now)."""
-    from streaming.ingest import run_stream
+    from fruits.streaming.ingest import run_stream
 
     home = tmp_path_factory.mktemp("ingested-home")
     landing = home / "landing"
@@ -187,7 +187,7 @@ def features_home(spark, ingested, tmp_path):
 
 
 def assert_same_pca(fitted, reference) -> None:
-    """Two PCA versions (:class:`batch.refit_pca.PcaVersion`) have the same components up to sign (|cos| >= 0.9999
+    """Two PCA versions (:class:`fruits.batch.refit_pca.PcaVersion`) have the same components up to sign (|cos| >= 0.9999
     per component) and the same explained variance (within 1e-6)."""
     import numpy as np
     from pyspark.ml.feature import PCAModel
@@ -209,8 +209,8 @@ IDENTIFY_CLASSES = ["Banana", "Lemon", "Strawberry", "Orange", "Kiwi", "Pineappl
 def identify_home(spark, weights, tmp_path_factory):
     """A home built by the real stream and refit: features of real photos of IDENTIFY_CLASSES under
     landing/<class>/ and PCA v1 over them; ``held_out`` maps each class to one of its photos not in the tables."""
-    from batch.refit_pca import refit_pca
-    from streaming.ingest import run_stream
+    from fruits.batch.refit_pca import refit_pca
+    from fruits.streaming.ingest import run_stream
 
     home = tmp_path_factory.mktemp("identify-home")
     held_out = {}

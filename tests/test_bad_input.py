@@ -92,7 +92,7 @@ def catalogue() -> tuple[dict[str, bytes], dict[str, bytes], dict[str, str], dic
 
 @pytest.fixture(scope="module")
 def streamed(spark, weights, tmp_path_factory):
-    from streaming.ingest import run_stream
+    from fruits.streaming.ingest import run_stream
 
     home = tmp_path_factory.mktemp("bad-input-home")
     good, bad, reasons, never = catalogue()

@@ -1,7 +1,7 @@
 """The same service on a real Spark standalone cluster: a master and two 1-core workers as local processes.
 
 The cluster comes from pyspark's own distribution (``bin/spark-class ...Master`` / ``...Worker``, see
-:mod:`fruits.standalone`), on 127.0.0.1 and free ports. Workers reach what they need as they would on other machines:
+tests/standalone.py), on 127.0.0.1 and free ports. Workers reach what they need as they would on other machines:
 
 - Python and the project's code: the same interpreter path (``spark.pyspark.python``, set by ``fruits.session``) with
   the project installed in it, as every node of a real cluster runs the same image or virtualenv;
@@ -67,8 +67,8 @@ def landing(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def local_run(spark, weights, landing, tmp_path_factory) -> dict:
     """Local mode over the same landing folder: the stream `fruits stream --master local[2] --available-now` runs
-    (:func:`streaming.ingest.run_stream`), on the test run's shared local[2] session, so no second JVM is started."""
-    from streaming.ingest import run_stream
+    (:func:`fruits.streaming.ingest.run_stream`), on the test run's shared local[2] session, so no second JVM is started."""
+    from fruits.streaming.ingest import run_stream
 
     assert spark.sparkContext.master == "local[2]"
     home = tmp_path_factory.mktemp("local-home")
@@ -80,7 +80,7 @@ def local_run(spark, weights, landing, tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, local_run):  # local mode first: it does not compete with the cluster for CPU
     """Master + 2 workers (1 core, 2g each) that cannot see ../shared; stopped at the end even if a test failed."""
-    from fruits.standalone import StandaloneCluster
+    from standalone import StandaloneCluster
 
     with StandaloneCluster(
         workers=2, cores=1, memory="2g", root=tmp_path_factory.mktemp("standalone"), hide=[str(SHARED)]

@@ -38,7 +38,7 @@ def operations(spark, location: str) -> dict[int, str]:
 
 @pytest.mark.slow
 def test_compaction_merges_many_small_appends_into_one_file_with_the_same_rows(spark, features_home):
-    from batch.compaction import compact_table
+    from fruits.batch.compaction import compact_table
     from fruits.status import collect_status, format_status
     from fruits.tables import latest_version
 
@@ -79,7 +79,7 @@ def test_compaction_while_the_stream_appends_loses_no_row(spark, features_home):
     """OPTIMIZE and blind appends do not conflict: appends committed during the compaction are all kept. (Whether one
     lands inside OPTIMIZE's read-to-commit window depends on timing; on 2 cores it did: read version 8, committed as
     10 after an append's 9.)"""
-    from batch.compaction import compact_table
+    from fruits.batch.compaction import compact_table
 
     config, rows, append = features_home
     start = append_in_slices(append, rows, 250, slices=4)
@@ -108,7 +108,7 @@ def test_compaction_while_the_stream_appends_loses_no_row(spark, features_home):
 
 @pytest.mark.slow
 def test_incremental_refit_after_optimize_stays_incremental_and_equals_a_full_refit(spark, features_home, tmp_path):
-    from batch.refit_pca import refit_pca
+    from fruits.batch.refit_pca import refit_pca
 
     _, rows, append = features_home
     config = make_config(tmp_path, compaction=SMALL)  # the same home, with a low compaction threshold
@@ -135,7 +135,7 @@ def test_incremental_refit_after_optimize_stays_incremental_and_equals_a_full_re
 
 @pytest.mark.slow
 def test_refit_records_compaction_skipped_below_the_threshold_and_survives_a_failed_one(spark, features_home, caplog):
-    from batch.refit_pca import log_outcome, refit_pca
+    from fruits.batch.refit_pca import log_outcome, refit_pca
 
     config, _, _ = features_home  # default threshold (50 extra files); the features table holds 2 small files
     # A quarantine table whose log is corrupt: compacting it fails, the refit must not.
@@ -162,7 +162,7 @@ def test_refit_records_compaction_skipped_below_the_threshold_and_survives_a_fai
 
 
 def test_compaction_can_be_disabled_and_is_skipped_on_s3_without_a_multi_cluster_log_store(tmp_path):
-    from batch.compaction import compact_tables, multi_writer_unsafe
+    from fruits.batch.compaction import compact_tables, multi_writer_unsafe
 
     disabled = compact_tables(None, make_config(tmp_path, compaction={"enabled": False}))
     assert disabled == {name: {"compacted": False, "skipped": "compaction disabled"} for name in ("features", "quarantine", "files")}

@@ -44,7 +44,7 @@ def test_listing_records_each_version_once_and_skips_hidden_names(tmp_path):
     """No Spark: repeated listings, and files `fruits drop` recorded itself, never give a second ledger row."""
     from fruits.landing import LedgerNote, drop
     from fruits.ledger import ledger_rows
-    from streaming.discovery import Discovery
+    from fruits.streaming.discovery import Discovery
 
     config = make_config(tmp_path, discovery={"after_ingest": "keep"})
     landing = tmp_path / "landing"
@@ -75,7 +75,7 @@ def test_listing_records_each_version_once_and_skips_hidden_names(tmp_path):
 
 @pytest.mark.slow
 def test_old_mtimes_and_a_deleted_checkpoint_lose_and_duplicate_nothing(spark, weights, tmp_path):
-    from streaming.ingest import run_stream
+    from fruits.streaming.ingest import run_stream
 
     config = make_config(tmp_path, stream={"max_files_per_trigger": 4})
     landing = tmp_path / "landing"
@@ -113,7 +113,7 @@ def test_watcher_events_and_listing_backfill_each_find_new_photos(spark, weights
     """With the watcher on, photos moved in are recorded from events, within seconds. With it off (or its events
     lost), the periodic listing finds every photo landed meanwhile."""
     from fruits.ledger import ledger_rows
-    from streaming.ingest import run_stream
+    from fruits.streaming.ingest import run_stream
 
     landing = tmp_path / "landing"
 
@@ -179,7 +179,7 @@ def test_a_home_made_before_the_ledger_is_adopted_without_featurizing_anything_a
 
     from fruits.ledger import ledger_rows
     from fruits.tables import LEDGER_LINK
-    from streaming.ingest import run_stream
+    from fruits.streaming.ingest import run_stream
 
     config = make_config(tmp_path, discovery={"after_ingest": "keep"})
     landing = tmp_path / "landing"
@@ -211,7 +211,7 @@ def test_delete_after_ingest_and_a_file_changed_between_discovery_and_reading(sp
     discovery keeps the ledger row of its first version, which gets a quarantine row saying so; its new version
     (found by the start-up listing) is featurized."""
     from fruits.landing import LedgerNote, drop
-    from streaming.ingest import run_stream
+    from fruits.streaming.ingest import run_stream
 
     config = make_config(tmp_path, discovery={"after_ingest": "delete"})
     landing = tmp_path / "landing"

@@ -36,7 +36,7 @@ def test_decode_image_returns_an_image_or_a_rejection_for_1000_mutated_photos():
 
 @pytest.mark.slow
 def test_the_stream_puts_each_of_240_mutated_photos_exactly_once_in_features_or_quarantine(spark, weights, tmp_path):
-    from streaming.ingest import run_stream
+    from fruits.streaming.ingest import run_stream
 
     landing = tmp_path / "landing"
     expected: dict[str, str] = {}  # landed file -> the decoder's verdict ("decoded" or its reason class)

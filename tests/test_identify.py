@@ -19,8 +19,8 @@ FRUITS = str(Path(sys.executable).with_name("fruits"))
 
 @pytest.fixture(scope="module")
 def identified_home(spark, weights, tmp_path_factory):
-    from batch.refit_pca import refit_pca
-    from streaming.ingest import run_stream
+    from fruits.batch.refit_pca import refit_pca
+    from fruits.streaming.ingest import run_stream
 
     home = tmp_path_factory.mktemp("identify-home")
     held_out = []

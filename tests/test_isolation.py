@@ -134,7 +134,7 @@ def test_a_model_that_fails_to_load_is_retried_and_a_lasting_failure_is_raised_u
 @pytest.mark.slow
 def test_the_stream_quarantines_the_bad_png_and_featurizes_the_12_photos(spark, weights, tmp_path):
     """Issue 11's reproduction, through the real stream: 12 real photos and one PNG whose EXIF is 8 zero bytes."""
-    from streaming.ingest import run_stream
+    from fruits.streaming.ingest import run_stream
 
     landing = tmp_path / "landing"
     good = place(sample_files("Banana", 6), landing / "Banana") + place(sample_files("Lemon", 6), landing / "Lemon")

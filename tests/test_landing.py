@@ -112,7 +112,7 @@ def test_staged_slow_upload_is_featurized_whole_by_the_running_stream(spark, wei
 
     from fruits.files import file_states
     from fruits.landing import LedgerNote
-    from streaming.ingest import run_stream
+    from fruits.streaming.ingest import run_stream
 
     config = make_config(tmp_path, stream={"trigger": "200ms"})
     landing = tmp_path / "landing"

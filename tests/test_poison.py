@@ -17,7 +17,7 @@ MARKER = "FRUITS-TEST-CRASH-THE-WORKER"
 
 
 def test_a_worker_crash_and_a_file_over_2_gib_are_quarantined_and_the_rest_ingested(spark, weights, tmp_path):
-    from streaming.ingest import run_stream
+    from fruits.streaming.ingest import run_stream
 
     # A byte cap above 2 GiB, so that the big file reaches Spark's reader (which cannot read it) instead of being
     # quarantined from its ledger size before any read.

@@ -13,8 +13,8 @@ pytestmark = pytest.mark.slow
 def test_features_pca_and_quarantine_tables_read_back_in_pandas(spark, weights, tmp_path):
     from deltalake import DeltaTable
 
-    from batch.refit_pca import refit_pca
-    from streaming.ingest import run_stream
+    from fruits.batch.refit_pca import refit_pca
+    from fruits.streaming.ingest import run_stream
 
     config = make_config(tmp_path)
     place(sample_files("Pineapple", 5), tmp_path / "landing" / "Pineapple")

@@ -56,7 +56,7 @@ def test_the_refit_lock_is_exclusive_names_its_holder_and_dies_with_it(tmp_path)
 def test_a_second_refit_exits_while_identify_and_status_keep_answering(spark, weights, features_home):
     """One refit holds the home's lock (as `fruits refit-pca` does) and refits; a second `fruits refit-pca` exits 3 at
     once with a clear message; `identify` and `status` run in a loop meanwhile, without one failure."""
-    from batch.refit_pca import model_versions, refit_pca
+    from fruits.batch.refit_pca import model_versions, refit_pca
     from fruits.identify import identify
     from fruits.status import collect_status
 
@@ -126,8 +126,8 @@ def test_a_second_refit_exits_while_identify_and_status_keep_answering(spark, we
 def test_an_incremental_refit_after_210_small_commits_merges_on_the_executors(spark, features_home):
     """210 one-row commits, read as 210 partitions: the statistics are merged in a tree on the executors, so the
     refit passes with spark.driver.maxResultSize=40m, which a single 13 MB block per partition would exceed."""
-    from batch.moments import Moments
-    from batch.refit_pca import model_versions, refit_pca
+    from fruits.batch.moments import Moments
+    from fruits.batch.refit_pca import model_versions, refit_pca
     from fruits.tables import latest_version
 
     config, rows, append = features_home

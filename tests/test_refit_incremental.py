@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_incremental_refit_equals_a_full_refit_on_the_same_rows(spark, features_home, tmp_path):
-    from batch.refit_pca import refit_pca
+    from fruits.batch.refit_pca import refit_pca
 
     config, rows, append = features_home
     first = refit_pca(spark, config, k=10).refitted
@@ -36,7 +36,7 @@ def test_incremental_refit_equals_a_full_refit_on_the_same_rows(spark, features_
 
 
 def test_deleted_rows_force_a_full_refit(spark, features_home):
-    from batch.refit_pca import refit_pca
+    from fruits.batch.refit_pca import refit_pca
 
     config, rows, append = features_home
     refit_pca(spark, config, k=5)
@@ -47,7 +47,7 @@ def test_deleted_rows_force_a_full_refit(spark, features_home):
 
 
 def test_variance_target_picks_the_smallest_k_and_plots_are_written(spark, features_home):
-    from batch.refit_pca import refit_pca
+    from fruits.batch.refit_pca import refit_pca
 
     config, _, _ = features_home
     fitted = refit_pca(spark, config, k=None, variance=0.8).refitted
@@ -63,8 +63,8 @@ def test_variance_target_picks_the_smallest_k_and_plots_are_written(spark, featu
 def test_a_pca_that_disagrees_with_the_exact_eigendecomposition_is_replaced(spark, ingested):
     """Guard for Spark ML's Java-LAPACK fallback, which gets rank-deficient covariances wrong: a PCAModel whose
     explained variance is off is replaced by the exact components of the same statistics."""
-    from batch.moments import Moments
-    from batch.refit_pca import _checked, pca_model
+    from fruits.batch.moments import Moments
+    from fruits.batch.refit_pca import _checked, pca_model
 
     moments = Moments.of_rows(np.stack(ingested["features"]["features"].to_numpy()))
     components, ratios = moments.principal_components()

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 def test_refit_writes_a_versioned_model_and_one_pca_row_per_feature_row(spark, ingested):
     from pyspark.ml.feature import PCAModel
 
-    from batch.refit_pca import model_versions, refit_pca
+    from fruits.batch.refit_pca import model_versions, refit_pca
     from fruits.tables import latest_version
 
     config = ingested["config"]
@@ -46,9 +46,9 @@ def test_refit_writes_a_versioned_model_and_one_pca_row_per_feature_row(spark, i
 
 
 def test_refit_after_new_rows_makes_the_next_version(spark, weights, tmp_path):
-    from batch.refit_pca import refit_pca
+    from fruits.batch.refit_pca import refit_pca
     from conftest import make_config, place, sample_files
-    from streaming.ingest import run_stream
+    from fruits.streaming.ingest import run_stream
 
     config = make_config(tmp_path)
     assert refit_pca(spark, config, k=3).skipped_reason.startswith("no features table")
@@ -70,7 +70,7 @@ def test_refit_every_refits_then_skips_when_nothing_is_new(spark, ingested, capl
     import threading
     import time
 
-    from batch.refit_pca import refit_every
+    from fruits.batch.refit_pca import refit_every
 
     stop = threading.Event()
     caplog.set_level(logging.INFO, logger="fruits.refit")

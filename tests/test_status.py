@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 def test_status_reports_duplicates_and_files_overwritten_in_place(spark, weights, tmp_path):
     from fruits.status import collect_status, format_status
-    from streaming.ingest import run_stream
+    from fruits.streaming.ingest import run_stream
 
     config = make_config(tmp_path, discovery={"after_ingest": "keep"})  # overwrites in place need files kept
     banana = place(sample_files("Banana", 1), tmp_path / "landing" / "Banana")[0]

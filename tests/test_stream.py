@@ -93,7 +93,7 @@ def test_stored_features_classify_imagenet_fruits_with_the_imagenet_head(ingeste
 
 
 def test_restart_on_the_same_checkpoint_ingests_only_new_files(spark, weights, tmp_path):
-    from streaming.ingest import run_stream
+    from fruits.streaming.ingest import run_stream
 
     config = make_config(tmp_path, stream={"max_files_per_trigger": 3})
     first = place(sample_files("Kiwi", 5), tmp_path / "landing" / "Kiwi")

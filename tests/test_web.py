@@ -126,8 +126,8 @@ def test_identify_error_codes(identify_home, client, tmp_path):
 
 
 def test_a_new_pca_version_is_picked_up_without_a_restart(spark, weights, identify_home, client):
-    from batch.refit_pca import refit_pca
-    from streaming.ingest import run_stream
+    from fruits.batch.refit_pca import refit_pca
+    from fruits.streaming.ingest import run_stream
 
     config = identify_home["config"]
     mango = sample_files("Mango")

@@ -5,7 +5,7 @@ and ``...worker.Worker`` from the pip-installed pyspark), bound to 127.0.0.1 on 
 pid folders in a private directory. It is what the cluster test and ``bench/cluster_vs_local.py`` run against, and a
 quick way to try ``--master spark://...`` on a laptop::
 
-    python -m fruits.standalone --workers 2 --cores 1      # prints the master URL, Ctrl-C stops everything
+    python tests/standalone.py --workers 2 --cores 1      # prints the master URL, Ctrl-C stops everything
 
 Folders listed in ``hide`` are made invisible to the workers (and to the executors and Python workers they start):
 each worker runs in a private mount namespace with an empty tmpfs mounted over them. Workers then see this machine's
