@@ -27,7 +27,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from fruits.config import Config, join_uri
+from fruits.config import CompactionConfig, Config, join_uri
 
 if TYPE_CHECKING:  # Spark is imported when compacting only: `fruits status` uses describe() without it
     from pyspark.sql import SparkSession
@@ -42,19 +42,19 @@ OPTIMIZE_SIZE_SETTINGS = ("spark.databricks.delta.optimize.minFileSize", "spark.
 def compact_tables(spark: SparkSession, config: Config) -> dict[str, dict[str, Any]]:
     """Compact the features, quarantine and file ledger tables where it is worth it (the ledger gets a small file per
     discovery commit); one outcome per table (see :func:`compact_table`)."""
-    settings = config.section("compaction")
+    settings = config.compaction
     tables = {"features": config.features_table, "quarantine": config.quarantine_table, "files": config.files_table}
-    if not settings["enabled"]:
+    if not settings.enabled:
         return {name: {"compacted": False, "skipped": "compaction disabled"} for name in tables}
     return {name: compact_table(spark, location, settings) for name, location in tables.items()}
 
 
-def compact_table(spark: SparkSession, location: str, settings: dict[str, Any]) -> dict[str, Any]:
+def compact_table(spark: SparkSession, location: str, settings: CompactionConfig) -> dict[str, Any]:
     """``OPTIMIZE`` the Delta table at ``location`` if it holds at least ``min_extra_files`` more files than its size
     needs at ``target_file_mb``. Returns ``{"compacted": True, "files_before", "files_after", ...}``, or
     ``{"compacted": False, "skipped": why}``, or ``{"compacted": False, "error": what}``: it never raises."""
     try:
-        return _compact(spark, location, int(settings["min_extra_files"]), float(settings["target_file_mb"]))
+        return _compact(spark, location, settings.min_extra_files, settings.target_file_mb)
     except Exception as exc:  # a failed compaction must not fail the refit; the small files stay until next time
         error = _error_text(exc)
         log.warning("compaction of %s failed, the refit goes on without it: %s", location, error)

@@ -122,10 +122,10 @@ def resolved_stream_config(flags: list[str]) -> dict:
     from fruits.cli import build_parser, config_from_args
 
     args = build_parser().parse_args(["stream", *flags])
-    stream_cfg = config_from_args(args).section("stream")
+    stream_cfg = config_from_args(args).stream
     return {
-        "trigger": "availableNow" if args.available_now else str(stream_cfg["trigger"]),
-        "max_files_per_trigger": int(stream_cfg["max_files_per_trigger"]),
+        "trigger": "availableNow" if args.available_now else f"{stream_cfg.trigger}s",
+        "max_files_per_trigger": stream_cfg.max_files_per_trigger,
         "flags": shlex.join(flags),
     }
 

@@ -78,7 +78,7 @@ def land_samples(source: Path, config: Config) -> int:
     from fruits.landing import LedgerNote, drop, local_folder
 
     landing = local_folder(config.landing)
-    extensions = list(config.section("stream")["extensions"])
+    extensions = list(config.stream.extensions)
     results = drop([source], landing, extensions, note=LedgerNote(config.files_table, landing, "drop"))
     return sum(result.note == "placed" for result in results)
 
@@ -121,12 +121,12 @@ def run(args: argparse.Namespace) -> int:
     home = Path(config.home)
     if "://" in config.home or not home.is_absolute():
         raise ConfigError(f"--home {args.home}: the demo needs a local folder")
-    k = int(config.section("pca")["k"])
+    k = config.pca.k
     if k < 1:
         raise ConfigError(f"--k {k}: must be at least 1")
 
     # Resolve (and, for "imagenet", download) the weights before the JVM starts: fail fast and clearly.
-    weights = resolve_weights(str(config.section("model")["weights"]))
+    weights = resolve_weights(config.model.weights)
     log.info("weights %s (%s)", weights.model_id, weights.path)
 
     reset_home(home)

@@ -11,7 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from fruits.config import Config, ConfigError, load_config, parse_duration
+from fruits.config import Config, ConfigError, allowed_values, default_value, load_config
 from fruits.identify import IdentifyError
 from fruits.model import WeightsUnavailable
 from fruits.names import UnsafeName
@@ -26,7 +26,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _spark_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--master", help="Spark master URL (default local[*]; env FRUITS_MASTER)")
+    parser.add_argument("--master", help=f"Spark master URL (default {default_value('spark', 'master')}; env FRUITS_MASTER)")
     parser.add_argument(
         "--conf", action="append", default=[], type=_spark_setting, metavar="KEY=VALUE",
         help="a Spark setting on top of [spark.conf] and the command's [stream|pca.spark_conf], as with spark-submit "
@@ -42,8 +42,14 @@ def _spark_setting(text: str) -> tuple[str, str]:
 
 
 def _runtime_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runtime", choices=["openvino", "tensorflow"], help="model runtime (default openvino)")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: openvino on bf16 CPUs only (default fp32)")
+    parser.add_argument(
+        "--runtime", choices=allowed_values("model", "runtime"),
+        help=f"model runtime (default {default_value('model', 'runtime')}; env FRUITS_RUNTIME)",
+    )
+    parser.add_argument(
+        "--precision", choices=allowed_values("model", "precision"),
+        help=f"bf16: openvino on bf16 CPUs only (default {default_value('model', 'precision')}; env FRUITS_PRECISION)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,15 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     _common(stream)
     _spark_flags(stream)
     stream.add_argument("--available-now", action="store_true", help="process what is there, then exit 0")
-    stream.add_argument("--trigger", help="micro-batch interval of the long-running stream (default 1s)")
-    stream.add_argument("--max-files-per-trigger", type=int, help="files per micro-batch at most (default 2000)")
+    stream.add_argument("--trigger", help=f"micro-batch interval (default {default_value('stream', 'trigger')})")
+    stream.add_argument(
+        "--max-files-per-trigger", type=int,
+        help=f"files per micro-batch at most (default {default_value('stream', 'max_files_per_trigger')})",
+    )
     stream.add_argument("--weights", help="'imagenet' (default, Keras download) or a local MobileNetV2 weights file")
     _runtime_flags(stream)
 
     refit = commands.add_parser("refit-pca", help="fit PCA over the features table and write HOME/tables/pca")
     _common(refit)
     _spark_flags(refit)
-    refit.add_argument("--k", type=int, help="number of principal components (default 20)")
+    refit.add_argument("--k", type=int, help=f"number of principal components (default {default_value('pca', 'k')})")
     refit.add_argument("--variance", type=float, help="instead of --k: the smallest k explaining this share, e.g. 0.95")
     refit.add_argument("--full", action="store_true", help="refit on every row even when an incremental refit is possible")
     refit.add_argument("--every", help="stay in the foreground and refit at this interval, e.g. 10m")
@@ -96,8 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="HTTP API, web page and live dashboard for HOME (no Spark)")
     _common(serve)
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1: this machine only)")
-    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--host", help=f"address to listen on (default {default_value('web', 'host')})")
+    serve.add_argument("--port", type=int, help=f"port (default {default_value('web', 'port')})")
     serve.add_argument("--token", help="bearer token the POST endpoints require (env FRUITS_TOKEN; default none)")
     serve.add_argument("--weights", help="the weights the stream used, for identify (default: the configured ones)")
     _runtime_flags(serve)
@@ -127,7 +136,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             "precision": getattr(args, "precision", None),
         },
         "pca": {"k": getattr(args, "k", None), "every": getattr(args, "every", None), "variance": getattr(args, "variance", None)},
-        "landing": {"stable_seconds": getattr(args, "stable_seconds", None)},
+        "stage": {"stable_seconds": getattr(args, "stable_seconds", None)},
         "compaction": {"enabled": False if getattr(args, "no_compact", False) else None},
         "web": {"host": getattr(args, "host", None), "port": getattr(args, "port", None), "token": getattr(args, "token", None)},
     }
@@ -151,7 +160,7 @@ def _stream(config: Config, args: argparse.Namespace) -> int:
     from fruits.model import resolve_weights
 
     # Resolve (and, for "imagenet", download) the weights before the JVM starts: fail fast and clearly.
-    weights = resolve_weights(str(config.section("model")["weights"]))
+    weights = resolve_weights(config.model.weights)
     log.info("weights %s (%s)", weights.model_id, weights.path)
     from fruits.runtimes import make_handler
 
@@ -182,9 +191,8 @@ def _refit(config: Config, args: argparse.Namespace) -> int:
     from fruits.batch.refit_pca import RefitKeepsFailing, log_outcome, refit_every, refit_pca
     from fruits.session import build_spark
 
-    pca = config.section("pca")
-    k, variance = int(pca["k"]), (float(pca["variance"]) if pca.get("variance") else None)
-    every = str(pca.get("every") or "")
+    pca = config.pca
+    k, variance, every = pca.k, (pca.variance or None), pca.every
     spark = build_spark(config, "refit-pca", COMMAND_SECTIONS["refit-pca"])
     if not every:
         log_outcome(refit_pca(spark, config, k, variance, incremental=not args.full))
@@ -193,7 +201,7 @@ def _refit(config: Config, args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        refit_every(spark, config, k, variance, parse_duration(every), stop, int(pca["max_consecutive_failures"]))
+        refit_every(spark, config, k, variance, every, stop, pca.max_consecutive_failures)
     except RefitKeepsFailing as exc:  # exit non-zero: the orchestrator restarts the service (and alerts)
         print(f"fruits refit-pca: {exc}", file=sys.stderr)
         return 1
@@ -203,10 +211,9 @@ def _refit(config: Config, args: argparse.Namespace) -> int:
 def cmd_drop(config: Config, args: argparse.Namespace) -> int:
     from fruits.landing import LedgerNote, drop, local_folder
 
-    extensions = list(config.section("stream")["extensions"])
     landing = local_folder(config.landing)
     note = LedgerNote(config.files_table, landing, "drop")
-    results = drop([Path(s) for s in args.sources], landing, extensions, args.label, note)
+    results = drop([Path(s) for s in args.sources], landing, list(config.stream.extensions), args.label, note)
     for result in results:
         print(f"{result.note}: {result.source}" + (f" -> {result.target}" if result.target else ""))
     placed = sum(r.note == "placed" for r in results)
@@ -218,16 +225,15 @@ def cmd_stage(config: Config, args: argparse.Namespace) -> int:
     from fruits.landing import InboxStager, LedgerNote, local_folder
     from fruits.names import check_inbox
 
-    landing_cfg = config.section("landing")
     landing = local_folder(config.landing)
     check_inbox(Path(args.inbox), landing)
     stager = InboxStager(
         inbox=Path(args.inbox).resolve(),
         landing=landing,
         note=LedgerNote(config.files_table, landing, "stage"),
-        extensions=list(config.section("stream")["extensions"]),
-        stable_seconds=float(landing_cfg["stable_seconds"]),
-        settle_seconds=float(landing_cfg["settle_seconds"]),
+        extensions=list(config.stream.extensions),
+        stable_seconds=config.stage.stable_seconds,
+        settle_seconds=config.stage.settle_seconds,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -242,7 +248,7 @@ def cmd_identify(config: Config, args: argparse.Namespace) -> int:
     from fruits.identify import identify
     from fruits.model import resolve_weights
 
-    weights = resolve_weights(str(config.section("model")["weights"]))
+    weights = resolve_weights(config.model.weights)
     for result in identify([Path(p) for p in args.photos], config, weights):
         if args.json:
             print(json.dumps(result, ensure_ascii=False))
@@ -275,14 +281,14 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     from fruits.model import resolve_weights
     from fruits.web import serve
 
-    web = config.section("web")
+    web = config.web
     try:
-        weights = resolve_weights(str(config.section("model")["weights"]))
+        weights = resolve_weights(config.model.weights)
     except WeightsUnavailable as exc:  # uploads, status and the dashboard still work; identify answers 503
         log.warning("identify is off: %s", exc)
         weights = None
-    log.info("serving %s on http://%s:%s/ (POST token %s)", config.home, web["host"], web["port"], "on" if web.get("token") else "off")
-    serve(config, weights, str(web["host"]), int(web["port"]))
+    log.info("serving %s on http://%s:%s/ (POST token %s)", config.home, web.host, web.port, "on" if web.token else "off")
+    serve(config, weights, web.host, web.port)
     return 0
 
 

@@ -1,47 +1,29 @@
-"""Configuration: one TOML file of defaults (conf/fruits.toml), then --config, then FRUITS_* env vars, then flags.
+"""Configuration: the shipped defaults (conf/fruits.toml), then --config, then FRUITS_* env vars, then flags.
 
-Every setting the jobs read comes from a :class:`Config`; nothing else reads the TOML files or FRUITS_* variables.
-(Spark's and Keras' own variables — PYSPARK_PYTHON, SPARK_LOCAL_IP, KERAS_HOME — keep their usual meaning.)
+Every setting the jobs read comes from a :class:`Config`: one frozen dataclass per TOML section, checked when it is
+loaded. A wrong type, a value outside its allowed set or an unknown key is a :class:`ConfigError` that names where
+the value came from (file, environment variable or flag), the key and what is allowed; nothing is silently ignored.
+Nothing else reads the TOML files or FRUITS_* variables (Spark's and Keras' own variables, PYSPARK_PYTHON,
+SPARK_LOCAL_IP, KERAS_HOME, keep their usual meaning). The defaults exist once, in conf/fruits.toml, which ships
+inside the package (``fruits.conf``), so a plain ``pip install .`` finds them.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
-
-DEFAULTS_FILE = Path(__file__).resolve().parents[1] / "conf" / "fruits.toml"
-
-# Environment variable -> (section, key) it overrides.
-ENV_OVERRIDES: dict[str, tuple[str, str]] = {
-    "FRUITS_HOME": ("paths", "home"),
-    "FRUITS_WEIGHTS": ("model", "weights"),
-    "FRUITS_RUNTIME": ("model", "runtime"),
-    "FRUITS_PRECISION": ("model", "precision"),
-    "FRUITS_MASTER": ("spark", "master"),
-    "FRUITS_JARS_DIR": ("spark", "jars_dir"),
-    "FRUITS_TOKEN": ("web", "token"),
-}
+from typing import Any, Mapping, get_type_hints
 
 
 class ConfigError(ValueError):
-    """A configuration value is missing or malformed."""
+    """A configuration value is missing, malformed or unknown."""
 
 
-def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
-def parse_duration(text: str) -> float:
+def parse_duration(text: str | float) -> float:
     """Seconds in a duration such as ``"2s"``, ``"500ms"``, ``"10m"``, ``"1h"`` or a bare number of seconds."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", str(text))
     if not match:
@@ -64,22 +46,163 @@ def _absolute(home: str) -> str:
     return str(Path(home).expanduser().resolve())
 
 
+# --- the sections: field types are checked at load; ``choices`` and ``minimum`` restrict values further ----------
+
+Seconds = float  # a duration: "500ms", "2s", "10m", "1h" or a number of seconds in TOML, seconds once loaded
+SparkConf = dict[str, str]  # Spark settings, passed as they are
+
+
+def _choice(*allowed: str) -> Any:
+    return field(metadata={"choices": allowed})
+
+
+def _at_least(minimum: float) -> Any:
+    return field(metadata={"minimum": minimum})
+
+
+def _duration(optional: bool = False) -> Any:
+    return field(metadata={"duration": True, "optional": optional})
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    home: str
+    landing: str
+    features_table: str
+    quarantine_table: str
+    files_table: str
+    pca_table: str
+    checkpoints: str
+    pca_models: str
+    status: str
+    archive: str
+    locks: str
+    cache: str
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    master: str
+    app_name: str
+    jars_dir: str
+    conf: SparkConf
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    trigger: Seconds = _duration()
+    max_files_per_trigger: int = _at_least(1)
+    extensions: tuple[str, ...]
+    partitions: int = _at_least(0)
+    query_name: str
+    spark_conf: SparkConf
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    watch: bool
+    backfill_interval: Seconds = _duration()
+    commit_interval: Seconds = _duration()
+    max_rows_per_commit: int = _at_least(1)
+    after_ingest: str = _choice("archive", "delete", "keep")
+    allow_overwrites: bool
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    settle_seconds: float = _at_least(0)
+    stable_seconds: float = _at_least(0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    weights: str
+    image_size: int = _at_least(32)
+    runtime: str = _choice("openvino", "tensorflow")
+    precision: str = _choice("fp32", "bf16")
+    inference_batch_size: int = _at_least(1)
+    intra_op_threads: int = _at_least(1)
+    max_pixels: int = _at_least(1)
+    max_bytes: int = _at_least(1)
+
+
+@dataclass(frozen=True)
+class TestingConfig:
+    crash_worker_on_bytes: str
+
+
+@dataclass(frozen=True)
+class PcaConfig:
+    k: int = _at_least(1)
+    variance: float = _at_least(0)
+    every: Seconds | None = _duration(optional=True)
+    max_consecutive_failures: int = _at_least(1)
+    spark_conf: SparkConf
+
+
+@dataclass(frozen=True)
+class CompactionConfig:
+    enabled: bool
+    min_extra_files: int = _at_least(0)
+    target_file_mb: int = _at_least(1)
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    host: str
+    port: int = _at_least(0)
+    token: str
+    cors_origins: tuple[str, ...]
+    max_request_bytes: int = _at_least(1)
+    max_files: int = _at_least(1)
+    thumbnail_px: int = _at_least(16)
+    refresh_seconds: float = _at_least(0.1)
+    window_seconds: float = _at_least(1)
+    sample_seconds: float = _at_least(0.1)
+
+
+SECTIONS: dict[str, type] = {
+    "paths": PathsConfig, "spark": SparkConfig, "stream": StreamConfig, "discovery": DiscoveryConfig,
+    "stage": StageConfig, "model": ModelConfig, "testing": TestingConfig, "pca": PcaConfig,
+    "compaction": CompactionConfig, "web": WebConfig,
+}
+
+# Environment variable -> (section, key) it overrides.
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "FRUITS_HOME": ("paths", "home"),
+    "FRUITS_WEIGHTS": ("model", "weights"),
+    "FRUITS_RUNTIME": ("model", "runtime"),
+    "FRUITS_PRECISION": ("model", "precision"),
+    "FRUITS_MASTER": ("spark", "master"),
+    "FRUITS_JARS_DIR": ("spark", "jars_dir"),
+    "FRUITS_TOKEN": ("web", "token"),
+}
+
+
 @dataclass(frozen=True)
 class Config:
-    """The merged settings, with the derived locations of the home folder."""
+    """The merged, checked settings, one attribute per section, and the derived locations of the home folder."""
 
-    raw: dict[str, Any]
-
-    def section(self, name: str) -> dict[str, Any]:
-        return self.raw.get(name, {})
+    paths: PathsConfig
+    spark: SparkConfig
+    stream: StreamConfig
+    discovery: DiscoveryConfig
+    stage: StageConfig
+    model: ModelConfig
+    testing: TestingConfig
+    pca: PcaConfig
+    compaction: CompactionConfig
+    web: WebConfig
 
     @property
     def home(self) -> str:
-        return _absolute(str(self.raw["paths"]["home"]))
+        return _absolute(self.paths.home)
 
     def location(self, key: str) -> str:
         """Location of ``key`` in [paths] (landing, features_table, ...), resolved against the home."""
-        return join_uri(self.home, str(self.raw["paths"][key]))
+        if key not in {f.name for f in fields(PathsConfig)}:
+            raise ConfigError(f"no location named {key!r} in [paths]")
+        return join_uri(self.home, getattr(self.paths, key))
 
     @property
     def landing(self) -> str:
@@ -127,6 +250,118 @@ class Config:
         return join_uri(self.location("checkpoints"), name)
 
 
+def allowed_values(section: str, key: str) -> tuple[str, ...]:
+    """The values ``[section] key`` accepts (for the command-line flags' ``choices``)."""
+    spec = next(f for f in fields(SECTIONS[section]) if f.name == key)
+    return tuple(spec.metadata["choices"])
+
+
+def default_value(section: str, key: str) -> Any:
+    """``[section] key`` as written in the shipped defaults (for the command-line help)."""
+    return tomllib.loads(defaults_text())[section][key]
+
+
+# --- loading ---------------------------------------------------------------------------------------------------
+
+
+def defaults_text() -> str:
+    """conf/fruits.toml as shipped in the package (package data ``fruits.conf``)."""
+    return resources.files("fruits.conf").joinpath("fruits.toml").read_text()
+
+
+class _Layers:
+    """The raw values of every layer merged in order, remembering which layer gave each value."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+        self.origins: dict[tuple[str, str], str] = {}
+
+    def add(self, origin: str, layer: Mapping[str, Any]) -> None:
+        for section, values in layer.items():
+            if section not in SECTIONS:
+                raise ConfigError(f"{origin}: unknown section [{section}] (known: {', '.join(SECTIONS)})")
+            if not isinstance(values, Mapping):
+                raise ConfigError(f"{origin}: [{section}] must be a table of settings, not {values!r}")
+            known = get_type_hints(SECTIONS[section])
+            for key, value in values.items():
+                if value is None:  # a flag that was not given
+                    continue
+                if key not in known:
+                    raise ConfigError(f"{origin}: unknown key [{section}] {key} (known: {', '.join(known)})")
+                current = self.values[section].get(key)
+                if known[key] == SparkConf and isinstance(current, dict) and isinstance(value, Mapping):
+                    value = {**current, **value}  # Spark settings add up across layers
+                self.values[section][key] = value
+                self.origins[(section, key)] = origin
+
+    def build(self) -> Config:
+        return Config(**{name: self._section(name, cls) for name, cls in SECTIONS.items()})
+
+    def _section(self, name: str, cls: type) -> Any:
+        hints = get_type_hints(cls)
+        values = {}
+        for spec in fields(cls):
+            if spec.name not in self.values[name]:
+                raise ConfigError(f"[{name}] {spec.name} is missing from the defaults file")
+            raw = self.values[name][spec.name]
+            where = f"{self.origins[(name, spec.name)]}: [{name}] {spec.name} = {raw!r}"
+            values[spec.name] = _checked(raw, hints[spec.name], spec.metadata, where)
+        return cls(**values)
+
+
+def _checked(raw: Any, kind: Any, meta: Mapping[str, Any], where: str) -> Any:
+    """``raw`` as ``kind``, or a ConfigError saying where the value came from and what is allowed."""
+    if meta.get("duration"):
+        if meta.get("optional") and raw in ("", 0):
+            return None
+        try:
+            return parse_duration(raw)
+        except ConfigError:
+            raise ConfigError(f"{where}: expected a duration such as 500ms, 2s, 10m or 1h") from None
+    value = _typed(raw, kind, where)
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{where}: expected one of {', '.join(meta['choices'])}")
+    if "minimum" in meta and value < meta["minimum"]:
+        raise ConfigError(f"{where}: expected a number >= {meta['minimum']:g}")
+    return value
+
+
+def _typed(raw: Any, kind: Any, where: str) -> Any:
+    if kind == SparkConf:
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{where}: expected a table of Spark settings")
+        return {str(k): str(v).lower() if isinstance(v, bool) else str(v) for k, v in raw.items()}
+    if kind == tuple[str, ...]:
+        if not isinstance(raw, (list, tuple)) or not all(isinstance(v, str) for v in raw):
+            raise ConfigError(f"{where}: expected a list of strings")
+        return tuple(raw)
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        if isinstance(raw, str) and raw.lower() in ("true", "false"):
+            return raw.lower() == "true"
+        raise ConfigError(f"{where}: expected true or false")
+    if kind in (int, float):
+        try:
+            if isinstance(raw, bool) or (kind is int and isinstance(raw, float)):
+                raise ValueError
+            return kind(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected {'an integer' if kind is int else 'a number'}") from None
+    if kind is str:
+        if not isinstance(raw, str):
+            raise ConfigError(f"{where}: expected a string (in quotes)")
+        return raw
+    raise TypeError(f"unsupported setting type {kind!r}")  # a bug in the sections above, not in a file
+
+
+def _read_toml(path: Path, what: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{what} {path}: not valid TOML ({exc})") from None
+
+
 def load_config(
     config_file: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
@@ -135,19 +370,18 @@ def load_config(
     """Merge, lowest precedence first: conf/fruits.toml, ``config_file``, FRUITS_* variables, ``overrides``.
 
     ``overrides`` holds the command-line flags as ``{section: {key: value}}``; ``None`` values are ignored.
+    Raises :class:`ConfigError` naming the file (or variable, or flag), the key and the allowed values.
     """
-    if not DEFAULTS_FILE.is_file():
-        raise ConfigError(f"default configuration not found at {DEFAULTS_FILE}; install the project with `pip install -e .`")
-    raw = tomllib.loads(DEFAULTS_FILE.read_text())
+    layers = _Layers()
+    layers.add("defaults (conf/fruits.toml)", tomllib.loads(defaults_text()))
     if config_file:
         path = Path(config_file)
         if not path.is_file():
             raise ConfigError(f"--config {config_file}: no such file")
-        _merge(raw, tomllib.loads(path.read_text()))
+        layers.add(str(path), _read_toml(path, "--config"))
     env = os.environ if environ is None else environ
     for var, (section, key) in ENV_OVERRIDES.items():
         if env.get(var):
-            raw[section][key] = env[var]
-    for section, values in (overrides or {}).items():
-        _merge(raw.setdefault(section, {}), {k: v for k, v in values.items() if v is not None})
-    return Config(copy.deepcopy(raw))
+            layers.add(f"environment variable {var}", {section: {key: env[var]}})
+    layers.add("command-line flags", overrides or {})
+    return layers.build()

@@ -106,7 +106,7 @@ class Identifier:
 
     def __init__(self, config: Config, weights: WeightsRef) -> None:
         self.config, self.weights = config, weights
-        self.max_pixels = int(config.section("model")["max_pixels"])
+        self.max_pixels = config.model.max_pixels
         self._lock = threading.Lock()
         self._reference: Reference | None = None
         self._handler: Any = None

@@ -175,16 +175,15 @@ class OpenVinoHandler:
 def make_handler(config: Config, weights: WeightsRef, threads: int | None = None) -> Any:
     """The featurizer ``config`` asks for (``[model] runtime`` and ``precision``): the one factory of the stream and
     ``fruits identify``, so both give the same model id. Converts (once) on the driver when the runtime needs it."""
-    model_cfg = config.section("model")
-    runtime = str(model_cfg.get("runtime", "openvino"))
-    precision = str(model_cfg.get("precision", "fp32"))
+    model_cfg = config.model
+    runtime, precision = model_cfg.runtime, model_cfg.precision
     if runtime not in RUNTIMES:
         raise ConfigError(f"--runtime {runtime}: unknown runtime; use one of {', '.join(RUNTIMES)}")
     if precision not in PRECISIONS:
         raise ConfigError(f"--precision {precision}: unknown precision; use one of {', '.join(PRECISIONS)}")
-    image_size = int(model_cfg["image_size"])
-    batch_size = int(model_cfg["inference_batch_size"])
-    threads = int(model_cfg["intra_op_threads"]) if threads is None else threads
+    image_size = model_cfg.image_size
+    batch_size = model_cfg.inference_batch_size
+    threads = model_cfg.intra_op_threads if threads is None else threads
     if runtime == "tensorflow":
         if precision != "fp32":
             raise ConfigError("--precision bf16 needs --runtime openvino; the TensorFlow runtime runs fp32 only")

@@ -22,9 +22,8 @@ DELTA_SETTINGS = {
 def spark_settings(config: Config, command_section: str | None = None) -> dict[str, str]:
     """Every Spark setting of a command: Delta's, ``[spark.conf]``, then the command's ``[<section>.spark_conf]``
     (which holds the ``--conf`` flags too)."""
-    command_conf = config.section(command_section).get("spark_conf", {}) if command_section else {}
-    merged = {**DELTA_SETTINGS, "spark.pyspark.python": sys.executable, **config.section("spark").get("conf", {}), **command_conf}
-    return {key: str(value) for key, value in merged.items()}
+    command_conf = getattr(config, command_section).spark_conf if command_section else {}
+    return {**DELTA_SETTINGS, "spark.pyspark.python": sys.executable, **config.spark.conf, **command_conf}
 
 
 def build_spark(config: Config, app_suffix: str = "", command_section: str | None = None) -> SparkSession:
@@ -35,13 +34,13 @@ def build_spark(config: Config, app_suffix: str = "", command_section: str | Non
     Python workers use this interpreter unless ``spark.pyspark.python`` is configured. The settings are
     ``[spark.conf]`` with the command's own ``[<command_section>.spark_conf]`` on top (e.g. its driver memory).
     """
-    spark_cfg = config.section("spark")
-    master = str(spark_cfg.get("master", "local[*]"))
+    spark_cfg = config.spark
+    master = spark_cfg.master
     if master.startswith("local"):
         # A laptop or CI box: bind to loopback instead of whatever the hostname resolves to.
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder = SparkSession.builder.master(master).appName(
-        "-".join(filter(None, [spark_cfg.get("app_name", "fruits"), app_suffix]))
+        "-".join(filter(None, [spark_cfg.app_name, app_suffix]))
     )
     settings = spark_settings(config, command_section)
     # PySpark's UDFs take the worker interpreter from PYSPARK_PYTHON on the driver, not from the setting.
@@ -49,7 +48,7 @@ def build_spark(config: Config, app_suffix: str = "", command_section: str | Non
     for key, value in settings.items():
         builder = builder.config(key, str(value))
 
-    jars_dir = str(spark_cfg.get("jars_dir") or "")
+    jars_dir = spark_cfg.jars_dir
     if jars_dir:
         jars = sorted(glob.glob(os.path.join(jars_dir, "*.jar")))
         if not jars:
@@ -60,5 +59,5 @@ def build_spark(config: Config, app_suffix: str = "", command_section: str | Non
 
         builder = configure_spark_with_delta_pip(builder)
     spark = builder.getOrCreate()
-    spark.sparkContext.setLogLevel(str(spark_cfg.get("log_level", "WARN")))
+    spark.sparkContext.setLogLevel("WARN")
     return spark

@@ -130,9 +130,9 @@ class WebService:
     def __init__(self, config: Config, weights: WeightsRef | None) -> None:
         self.config = config
         self.weights = weights
-        self.extensions = list(config.section("stream")["extensions"])
-        self.max_bytes = int(config.section("model")["max_bytes"])
-        self.max_files = int(config.section("web")["max_files"])
+        self.extensions = config.stream.extensions
+        self.max_bytes = config.model.max_bytes
+        self.max_files = config.web.max_files
         try:
             self.landing: Path | None = local_folder(config.landing)
         except ValueError:
@@ -212,14 +212,14 @@ class WebService:
 def create_app(config: Config, weights: WeightsRef | None = None, warm: bool = True) -> FastAPI:
     """The FastAPI app of ``fruits serve`` for one home. ``[web] token`` and ``cors_origins`` set its security;
     with ``warm``, the model loads (in the background) when the server starts, and the dashboard samples the stream."""
-    web = config.section("web")
+    web = config.web
     service = WebService(config, weights)
     stop = threading.Event()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         sampler = threading.Thread(
-            target=service.dashboard.sampler.run, args=(stop, float(web["sample_seconds"])), name="sampler", daemon=True
+            target=service.dashboard.sampler.run, args=(stop, web.sample_seconds), name="sampler", daemon=True
         )
         sampler.start()
         if warm and weights is not None:
@@ -230,13 +230,13 @@ def create_app(config: Config, weights: WeightsRef | None = None, warm: bool = T
 
     app = FastAPI(title="Fruits!", summary="Upload photos, identify fruit, watch the stream", lifespan=lifespan)
     app.state.service = service
-    guard = Depends(bearer_guard(str(web.get("token") or "") or None))
-    origins = [str(o) for o in web.get("cors_origins") or []]
+    guard = Depends(bearer_guard(web.token or None))
+    origins = list(web.cors_origins)
     if origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"], allow_headers=["Authorization"]
         )
-    app.add_middleware(BodyLimit, limit=int(web["max_request_bytes"]))
+    app.add_middleware(BodyLimit, limit=web.max_request_bytes)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
@@ -268,7 +268,7 @@ def create_app(config: Config, weights: WeightsRef | None = None, warm: bool = T
     def get_config() -> dict[str, Any]:
         """What the page needs to know: whether POSTs need a token, the limits, the refresh interval."""
         return {
-            "token_required": bool(web.get("token")),
+            "token_required": bool(web.token),
             "max_bytes": service.max_bytes,
             "max_files": service.max_files,
             "refresh_seconds": service.dashboard.refresh,

@@ -93,10 +93,10 @@ class Dashboard:
     """The dashboard's data, shared by every client of one server process."""
 
     def __init__(self, config: Config, files: HomeFiles) -> None:
-        web = config.section("web")
+        web = config.web
         self.config, self.files = config, files
-        self.refresh = min(float(web["refresh_seconds"]), 2.0)
-        self.sampler = ProgressSampler(config, float(web["window_seconds"]), float(web["sample_seconds"]))
+        self.refresh = min(web.refresh_seconds, 2.0)
+        self.sampler = ProgressSampler(config, web.window_seconds, web.sample_seconds)
         self._status: tuple[float, dict[str, Any]] | None = None
         self._reasons: tuple[Any, dict[str, int]] = (None, {})
         self._lock = threading.Lock()

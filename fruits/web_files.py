@@ -32,8 +32,6 @@ def local_roots(config: Config) -> dict[str, Path]:
     Roots on remote filesystems (s3a://, hdfs://) are left out: their thumbnails are not served."""
     roots = {}
     for name in ("landing", "archive"):
-        if name not in config.section("paths"):
-            continue
         try:
             roots[name] = local_folder(config.location(name)).resolve()
         except ValueError:
@@ -64,13 +62,12 @@ class HomeFiles:
     """Thumbnails (kept in a small LRU cache) and PCA plots of one home, by the rules of the module docstring."""
 
     def __init__(self, config: Config, cache_entries: int = 512) -> None:
-        web = config.section("web")
         self.config = config
         self.roots = local_roots(config)
-        self.extensions = list(config.section("stream")["extensions"])
-        self.size = int(web["thumbnail_px"])
-        self.max_pixels = int(config.section("model")["max_pixels"])
-        self.max_bytes = int(config.section("model")["max_bytes"])
+        self.extensions = config.stream.extensions
+        self.size = config.web.thumbnail_px
+        self.max_pixels = config.model.max_pixels
+        self.max_bytes = config.model.max_bytes
         self._cache: OrderedDict[tuple, bytes] = OrderedDict()
         self._entries = cache_entries
         self._lock = threading.Lock()

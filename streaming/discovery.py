@@ -26,7 +26,7 @@ import numpy as np
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from fruits.config import Config, parse_duration
+from fruits.config import Config
 from fruits.names import is_candidate
 from fruits.ledger import FileVersion, LedgerView, digests, label_of, local_mtime_ms, path_digests, record
 from fruits.uris import hadoop_uri, local_path
@@ -130,17 +130,17 @@ class Discovery:
     """Records every new file version of the landing folder in the ledger; see the module docstring."""
 
     def __init__(self, config: Config, landing: str, spark=None) -> None:
-        settings = config.section("discovery")
+        settings = config.discovery
         self.ledger = config.files_table
         self.landing = landing  # as Spark spells it: file:/x or s3a://b/k
         self.local = local_path(landing)
         self.spark = spark
-        self.extensions = list(config.section("stream")["extensions"])
-        self.keep = str(settings["after_ingest"]) == "keep"
-        self.watch = bool(settings["watch"]) and self.local is not None
-        self.backfill_seconds = parse_duration(settings["backfill_interval"])
-        self.commit_seconds = parse_duration(settings["commit_interval"])
-        self.max_rows = int(settings["max_rows_per_commit"])
+        self.extensions = config.stream.extensions
+        self.keep = settings.after_ingest == "keep"
+        self.watch = settings.watch and self.local is not None
+        self.backfill_seconds = settings.backfill_interval
+        self.commit_seconds = settings.commit_interval
+        self.max_rows = settings.max_rows_per_commit
         # Overwrites in place only exist when files stay in landing; otherwise a name is free again once archived.
         self.view = LedgerView(self.ledger, track_paths=self.keep)
         self.recorded: Counter[str] = Counter()

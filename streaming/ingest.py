@@ -20,7 +20,7 @@ from pyspark.errors import StreamingQueryException
 from pyspark.sql.streaming import StreamingQuery
 
 from fruits import storage
-from fruits.config import Config, parse_duration
+from fruits.config import Config
 from fruits.ledger import ensure_ledger
 from fruits.locks import exclusive
 from fruits.model import WeightsRef
@@ -56,7 +56,7 @@ def start_stream(
     stop: threading.Event | None = None,
 ) -> StreamingQuery:
     """Start the featurizing query over the ledger (discovery must be running); returns the :class:`StreamingQuery`."""
-    stream_cfg, model_cfg, discovery_cfg = config.section("stream"), config.section("model"), config.section("discovery")
+    stream_cfg, model_cfg, discovery_cfg = config.stream, config.model, config.discovery
 
     handler = make_handler(config, weights)  # [model] runtime/precision; converts the Keras model once if needed
     log.info("featurizer %s", handler.model_id)
@@ -68,27 +68,27 @@ def start_stream(
         quarantine_table=config.quarantine_table,
         landing=storage.qualify(spark, config.landing),
         archive=storage.qualify(spark, config.archive),
-        after_ingest=str(discovery_cfg["after_ingest"]),
-        allow_overwrites=bool(discovery_cfg["allow_overwrites"]),
-        chunk_rows=int(stream_cfg["max_files_per_trigger"]),
-        partitions=int(stream_cfg.get("partitions") or 0) or spark.sparkContext.defaultParallelism,
+        after_ingest=discovery_cfg.after_ingest,
+        allow_overwrites=discovery_cfg.allow_overwrites,
+        chunk_rows=stream_cfg.max_files_per_trigger,
+        partitions=stream_cfg.partitions or spark.sparkContext.defaultParallelism,
         handler=handler,
-        max_bytes=int(model_cfg["max_bytes"]),
-        max_pixels=int(model_cfg["max_pixels"]),
+        max_bytes=model_cfg.max_bytes,
+        max_pixels=model_cfg.max_pixels,
         progress=progress,
-        crash_marker=str(config.section("testing").get("crash_worker_on_bytes") or "").encode(),
+        crash_marker=config.testing.crash_worker_on_bytes.encode(),
         stop_requested=stop,
     )
     ledger = spark.readStream.format("delta").option("maxBytesPerTrigger", LEDGER_BYTES_PER_TRIGGER).load(config.files_table)
     writer = (
-        ledger.writeStream.queryName(str(stream_cfg["query_name"]))
+        ledger.writeStream.queryName(stream_cfg.query_name)
         .option("checkpointLocation", config.checkpoint("ingest"))
         .foreachBatch(sink)
     )
     if available_now:
         writer = writer.trigger(availableNow=True)
     else:
-        writer = writer.trigger(processingTime=f"{int(parse_duration(stream_cfg['trigger']) * 1000)} milliseconds")
+        writer = writer.trigger(processingTime=f"{round(stream_cfg.trigger * 1000)} milliseconds")
     return writer.start()
 
 

@@ -43,7 +43,7 @@ def test_conf_flags_land_on_top_of_the_command_settings_of_conf_fruits_toml(comm
     section = COMMAND_SECTIONS[command]
     defaults = spark_settings(load_config(environ={}), section)
     assert defaults["spark.driver.memory"] == driver_memory  # the command's own [X.spark_conf] over [spark.conf]
-    assert defaults["spark.sql.shuffle.partitions"] == load_config(environ={}).section("spark")["conf"]["spark.sql.shuffle.partitions"]
+    assert defaults["spark.sql.shuffle.partitions"] == load_config(environ={}).spark.conf["spark.sql.shuffle.partitions"]
     args = build_parser().parse_args(
         [command, "--conf", "spark.sql.shuffle.partitions=3", "--conf", " spark.custom.setting = a=b ", "--conf",
          "spark.empty=", "--conf", "spark.driver.memory=8g"]
@@ -68,8 +68,8 @@ def test_no_compact_turns_compaction_off_for_one_refit(monkeypatch):
     from fruits.cli import build_parser, config_from_args
 
     monkeypatch.delenv("FRUITS_HOME", raising=False)
-    assert config_from_args(build_parser().parse_args(["refit-pca"])).section("compaction")["enabled"] is True
-    assert config_from_args(build_parser().parse_args(["refit-pca", "--no-compact"])).section("compaction")["enabled"] is False
+    assert config_from_args(build_parser().parse_args(["refit-pca"])).compaction.enabled is True
+    assert config_from_args(build_parser().parse_args(["refit-pca", "--no-compact"])).compaction.enabled is False
 
 
 @pytest.mark.slow

@@ -107,9 +107,11 @@ def test_cluster_has_two_one_core_workers_that_do_not_see_the_shared_folder(clus
     if not cluster.isolated:
         pytest.skip("no private mount namespaces here (unshare): workers see the driver's weights path")
     for pid in cluster.worker_pids():
-        # /proc/PID/root is the filesystem as that process sees it: ../shared is an empty tmpfs for the workers.
-        assert os.listdir(f"/proc/{pid}/root{SHARED}") == []
-        assert not os.path.exists(f"/proc/{pid}/root{NOTOP_WEIGHTS}")
+        # /proc/PID/root is the filesystem as that process sees it: ../shared is an empty tmpfs for the workers. An
+        # absolute symlink below it would resolve in *this* process's view, so look at the real (resolved) folder:
+        # ../shared may be a symlink, and the cluster hides its target.
+        assert os.listdir(f"/proc/{pid}/root{SHARED.resolve()}") == []
+        assert not os.path.exists(f"/proc/{pid}/root{NOTOP_WEIGHTS.resolve()}")
     assert NOTOP_WEIGHTS.is_file()  # ...while the driver (this process's children) sees it
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_same_pca, make_config
+from fruits.config import CompactionConfig
 
-SMALL = {"min_extra_files": 3, "target_file_mb": 128}
+SMALL = CompactionConfig(enabled=True, min_extra_files=3, target_file_mb=128)
 
 
 def append_in_slices(append, rows, start: int, slices: int, size: int = 5) -> int:

@@ -144,10 +144,10 @@ def test_runtime_and_precision_flags_reach_the_config(monkeypatch):
     for command in ("stream", "identify"):
         extra = ["photo.jpg"] if command == "identify" else []
         args = build_parser().parse_args([command, *extra, "--runtime", "tensorflow", "--precision", "bf16"])
-        model = config_from_args(args).section("model")
-        assert (model["runtime"], model["precision"]) == ("tensorflow", "bf16")
+        model = config_from_args(args).model
+        assert (model.runtime, model.precision) == ("tensorflow", "bf16")
     monkeypatch.setenv("FRUITS_RUNTIME", "tensorflow")
-    model = config_from_args(build_parser().parse_args(["stream"])).section("model")
-    assert (model["runtime"], model["precision"]) == ("tensorflow", "fp32")
+    model = config_from_args(build_parser().parse_args(["stream"])).model
+    assert (model.runtime, model.precision) == ("tensorflow", "fp32")
     monkeypatch.delenv("FRUITS_RUNTIME")
-    assert config_from_args(build_parser().parse_args(["stream"])).section("model")["runtime"] == "openvino"
+    assert config_from_args(build_parser().parse_args(["stream"])).model.runtime == "openvino"

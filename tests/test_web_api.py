@@ -216,12 +216,12 @@ def test_bearer_token_guards_the_post_endpoints_only(tmp_path):
 
 def test_token_from_the_flag_or_fruits_token_and_safe_defaults(tmp_path):
     defaults = config_from_args(build_parser().parse_args(["serve", "--home", str(tmp_path)]))
-    web = defaults.section("web")
-    assert web["host"] == "127.0.0.1" and web["port"] == 8000 and web["cors_origins"] == []
-    assert load_config(environ={}).section("web")["token"] == ""
-    assert load_config(environ={"FRUITS_TOKEN": "t0k"}).section("web")["token"] == "t0k"
+    web = defaults.web
+    assert web.host == "127.0.0.1" and web.port == 8000 and web.cors_origins == ()
+    assert load_config(environ={}).web.token == ""
+    assert load_config(environ={"FRUITS_TOKEN": "t0k"}).web.token == "t0k"
     flags = build_parser().parse_args(["serve", "--host", "0.0.0.0", "--port", "9000", "--token", "abc"])
-    assert {k: config_from_args(flags).section("web")[k] for k in ("host", "port", "token")} == {
+    assert {k: getattr(config_from_args(flags).web, k) for k in ("host", "port", "token")} == {
         "host": "0.0.0.0", "port": 9000, "token": "abc"
     }
 
