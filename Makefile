@@ -32,11 +32,13 @@ RUN = FRUITS_JARS_DIR=$$([ -d $(JARS_DIR) ] && echo $(abspath $(JARS_DIR)))
 demo: install
 	$(RUN) $(PY) examples/demo.py --home $(DEMO_HOME) --weights $(WEIGHTS)
 
+# The whole suite (what CI runs); the 20 slowest tests are listed at the end so slow ones stay visible.
 test: install
-	$(RUN) $(PY) -m pytest tests
+	$(RUN) $(PY) -m pytest tests --durations=20
 
-test-fast: install
-	$(RUN) $(PY) -m pytest tests -m "not slow"
+# The fast tier: no Spark, no TensorFlow, no ../shared (tests marked `fast`); a run of it fails if one starts a JVM.
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest tests -m fast -q
 
 bench: install
 	$(RUN) $(PY) bench/ingest_throughput.py --weights $(WEIGHTS)

@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+# ../shared beside the repository (a folder or a symlink), or FRUITS_SHARED. The fast tier needs none of it.
+SHARED = Path(os.environ.get("FRUITS_SHARED") or ROOT.parent / "shared")
+# The small attributed subset of real Fruits-360 photos shipped with the demo: the fast tier's photos.
+SHIPPED = ROOT / "examples" / "sample-images"
 SAMPLE = SHARED / "data" / "fruits360-sample"
 NOTOP_WEIGHTS = SHARED / "models" / "mobilenet_v2_imagenet_notop.weights.h5"
 TOP_WEIGHTS = SHARED / "models" / "mobilenet_v2_imagenet.weights.h5"
@@ -43,10 +46,40 @@ def browser_context_args(browser_context_args):
     return {**browser_context_args, "viewport": {"width": 1280, "height": 1000}}
 
 
-def pytest_sessionstart(session):
+def pytest_collection_finish(session):
+    """Every test needs ../shared except the fast tier's (``@pytest.mark.fast``: no Spark, no TensorFlow, no
+    ../shared; `make test-fast`)."""
+    needs_shared = [item for item in session.items if item.get_closest_marker("fast") is None]
     missing = [p for p in (SAMPLE, NOTOP_WEIGHTS, TOP_WEIGHTS) if not p.exists()]
-    if missing:
-        raise pytest.UsageError(f"the tests need ../shared beside the repository; missing: {missing}")
+    if needs_shared and missing:
+        raise pytest.UsageError(
+            f"{len(needs_shared)} selected tests need ../shared beside the repository (or FRUITS_SHARED); missing: "
+            f"{[str(p) for p in missing]}. `make test-fast` runs the tests that need none of it."
+        )
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A run of fast tests only must not have started a JVM or imported TensorFlow: the tier's promise."""
+    items = getattr(session, "items", [])
+    if not items or any(item.get_closest_marker("fast") is None for item in items):
+        return
+    import sys
+
+    context = getattr(sys.modules.get("pyspark"), "SparkContext", None)
+    heavy = [name for name in ("tensorflow", "openvino") if name in sys.modules]
+    if (context is not None and context._active_spark_context is not None) or heavy:
+        session.config.pluginmanager.get_plugin("terminalreporter").write_line(
+            f"fast tier broke its promise: Spark context {'started' if context else 'not started'}, imported {heavy}",
+            red=True,
+        )
+        session.exitstatus = 1
+
+
+def shipped_photos(label: str, count: int | None = None) -> list[Path]:
+    """Real Fruits-360 photos of one class shipped in examples/sample-images, in a stable order (fast tier)."""
+    files = sorted((SHIPPED / label).glob("*.jpg"))
+    assert count is None or len(files) >= count, f"examples/sample-images/{label} holds {len(files)} photos"
+    return files[:count]
 
 
 def sample_files(label: str, count: int | None = None, skip: int = 0) -> list[Path]:

@@ -32,6 +32,7 @@ def test_missing_weights_file_is_a_clear_error(tmp_path):
     assert result.returncode == 2 and "no such file" in result.stderr
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("command,driver_memory", [("stream", "1500m"), ("refit-pca", "4g")])
 def test_conf_flags_land_on_top_of_the_command_settings_of_conf_fruits_toml(command, driver_memory, monkeypatch):
     from fruits.cli import COMMAND_SECTIONS, build_parser, config_from_args
@@ -54,6 +55,7 @@ def test_conf_flags_land_on_top_of_the_command_settings_of_conf_fruits_toml(comm
     assert spark_settings(config_from_args(build_parser().parse_args([command])), section) == defaults
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("setting", ["spark.sql.shuffle.partitions", "=4", " =4"])
 def test_a_conf_flag_without_key_and_equals_sign_is_rejected(setting, capsys):
     from fruits.cli import build_parser
@@ -64,6 +66,7 @@ def test_a_conf_flag_without_key_and_equals_sign_is_rejected(setting, capsys):
     assert "expected KEY=VALUE" in capsys.readouterr().err
 
 
+@pytest.mark.fast
 def test_no_compact_turns_compaction_off_for_one_refit(monkeypatch):
     from fruits.cli import build_parser, config_from_args
 

@@ -15,6 +15,8 @@ from conftest import ROOT
 from fruits.cli import build_parser
 from fruits.config import ENV_OVERRIDES
 
+pytestmark = pytest.mark.fast  # no Spark, no TensorFlow, no ../shared (make test-fast)
+
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"

@@ -6,6 +6,8 @@ import pytest
 
 from fruits.config import ConfigError, join_uri, load_config, parse_duration
 
+pytestmark = pytest.mark.fast  # no Spark, no TensorFlow, no ../shared (make test-fast)
+
 
 def test_precedence_defaults_then_file_then_env_then_flags(tmp_path):
     defaults = load_config(environ={})
@@ -120,3 +122,13 @@ def test_cli_choices_and_help_come_from_the_defaults_file():
     assert f"default {default_value('stream', 'max_files_per_trigger')}" in help_text
     precision = next(a for a in stream._actions if a.dest == "precision")  # noqa: SLF001
     assert tuple(precision.choices) == allowed_values("model", "precision")
+
+
+def test_a_bad_config_file_stops_any_command_with_exit_code_2_and_the_reason(tmp_path, capsys):
+    from fruits.cli import main
+
+    site = tmp_path / "site.toml"
+    site.write_text('[discovery]\nafter_ingest = "move"\n')
+    assert main(["status", "--home", str(tmp_path), "--config", str(site)]) == 2
+    error = capsys.readouterr().err
+    assert "fruits status: error:" in error and str(site) in error and "expected one of archive, delete, keep" in error

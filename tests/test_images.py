@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import sample_files
+from conftest import shipped_photos
 from fruits.images import RejectedImage, decode_image
+
+pytestmark = pytest.mark.fast  # no Spark, no TensorFlow, no ../shared (make test-fast)
 
 
 def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -20,11 +22,11 @@ def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
 
 
 def real_photo() -> Image.Image:
-    return Image.open(sample_files("Banana", 1)[0]).convert("RGB")
+    return Image.open(shipped_photos("Banana", 1)[0]).convert("RGB")
 
 
 def test_real_jpeg_becomes_224_rgb_uint8_with_a_bilinear_resize():
-    data = sample_files("Banana", 1)[0].read_bytes()
+    data = shipped_photos("Banana", 1)[0].read_bytes()
     array = decode_image(data)
     assert array.shape == (224, 224, 3) and array.dtype == np.uint8
     expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR))
@@ -75,7 +77,7 @@ def test_bad_bytes_are_rejected_with_a_reason(data, reason):
 
 
 def test_truncated_jpeg_is_rejected():
-    data = sample_files("Banana", 1)[0].read_bytes()
+    data = shipped_photos("Banana", 1)[0].read_bytes()
     with pytest.raises(RejectedImage, match="truncated"):
         decode_image(data[: len(data) // 3])
 

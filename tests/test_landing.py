@@ -13,23 +13,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import local_path, make_config, place, sample_files
+from conftest import local_path, make_config, place, sample_files, shipped_photos
 from fruits.landing import InboxStager, drop
 
 EXTENSIONS = ["jpg", "jpeg", "png"]
 FRUITS = str(Path(sys.executable).with_name("fruits"))
 
 
+@pytest.mark.fast
 def test_drop_keeps_class_folders_and_never_overwrites(tmp_path):
     source = tmp_path / "photos"
-    place(sample_files("Banana", 2), source / "Banana")
-    place(sample_files("Lemon", 1), source / "Lemon")
+    place(shipped_photos("Banana", 2), source / "Banana")
+    place(shipped_photos("Lemon", 1), source / "Lemon")
     (source / "Lemon" / "notes.txt").write_text("not an image")
     landing = tmp_path / "landing"
 
     results = drop([source], landing, EXTENSIONS)
     placed = sorted(str(r.target.relative_to(landing)) for r in results if r.note == "placed")
-    assert placed == sorted(f"{p.parent.name}/{p.name}" for p in sample_files("Banana", 2) + sample_files("Lemon", 1))
+    assert placed == sorted(f"{p.parent.name}/{p.name}" for p in shipped_photos("Banana", 2) + shipped_photos("Lemon", 1))
     assert [r.note for r in results if r.target is None] == ["skipped: not an image name the stream reads"]
     assert not [p for p in landing.rglob(".*")], "a temporary file was left behind"
 
@@ -37,15 +38,16 @@ def test_drop_keeps_class_folders_and_never_overwrites(tmp_path):
     assert {r.note for r in again if r.source.suffix == ".jpg"} == {"already there"}
 
     other = tmp_path / "other.jpg"
-    other.write_bytes(sample_files("Kiwi", 1)[0].read_bytes())
-    clash = landing / "Banana" / sample_files("Banana", 1)[0].name
+    other.write_bytes(shipped_photos("Strawberry", 1)[0].read_bytes())
+    clash = landing / "Banana" / shipped_photos("Banana", 1)[0].name
     renamed = drop([other.rename(other.with_name(clash.name))], landing, EXTENSIONS, label="Banana")
     assert renamed[0].target == clash.with_name(f"{clash.stem}-2{clash.suffix}")
-    assert clash.read_bytes() == sample_files("Banana", 1)[0].read_bytes()  # the first file was not overwritten
+    assert clash.read_bytes() == shipped_photos("Banana", 1)[0].read_bytes()  # the first file was not overwritten
 
 
+@pytest.mark.fast
 def test_drop_command_prints_what_it_placed(tmp_path):
-    photo = sample_files("Fig", 1)[0]
+    photo = shipped_photos("Pomegranate", 1)[0]
     result = subprocess.run(
         [FRUITS, "drop", "--home", str(tmp_path), "--label", "Fig", str(photo), str(tmp_path / "missing.jpg")],
         capture_output=True, text=True, timeout=60,
@@ -78,13 +80,14 @@ def write_slowly(path: Path, data: bytes, seconds: float, chunks: int = 20) -> N
             time.sleep(seconds / chunks)
 
 
+@pytest.mark.fast
 def test_stager_promotes_only_complete_files(tmp_path):
     inbox, landing = tmp_path / "inbox", tmp_path / "landing"
     stager = InboxStager(inbox, landing, EXTENSIONS, stable_seconds=30, settle_seconds=0.3)
     stop = threading.Event()
     runner = threading.Thread(target=stager.run, args=(stop, 0.05))
     runner.start()
-    data = sample_files("Banana", 1)[0].read_bytes()
+    data = shipped_photos("Banana", 1)[0].read_bytes()
     seen_sizes = set()
     try:
         time.sleep(0.5)

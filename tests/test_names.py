@@ -8,10 +8,12 @@ from pathlib import Path, PurePath
 
 import pytest
 
-from conftest import place, sample_files
+from conftest import place, shipped_photos
 from fruits.cli import main
 from fruits.landing import InboxStager
 from fruits.names import UnsafeName, check_relative
+
+pytestmark = pytest.mark.fast  # no Spark, no TensorFlow, no ../shared (make test-fast)
 
 EXTENSIONS = ["jpg", "jpeg", "png"]
 
@@ -35,7 +37,7 @@ def tree(root: Path) -> set[str]:
     ],
 )
 def test_drop_refuses_a_label_that_leaves_landing_or_is_never_read_and_writes_nothing(tmp_path, capsys, label, reason):
-    photo = place(sample_files("Banana", 1), tmp_path / "photos")[0]
+    photo = place(shipped_photos("Banana", 1), tmp_path / "photos")[0]
     home = tmp_path / "a" / "b" / "home"
     before = tree(tmp_path)
     assert main(["drop", "--home", str(home), "--label", label, str(photo)]) == 2
@@ -46,17 +48,17 @@ def test_drop_refuses_a_label_that_leaves_landing_or_is_never_read_and_writes_no
 
 def test_drop_refuses_a_folder_holding_images_under_names_spark_never_reads_and_writes_nothing(tmp_path, capsys):
     source = tmp_path / "photos"
-    place(sample_files("Banana", 2), source / "Banana")
-    place(sample_files("Lemon", 1), source / "_drafts" / "Lemon")
+    place(shipped_photos("Banana", 2), source / "Banana")
+    place(shipped_photos("Lemon", 1), source / "_drafts" / "Lemon")
     home = tmp_path / "home"
     before = tree(tmp_path)
     assert main(["drop", "--home", str(home), str(source)]) == 2
     err = capsys.readouterr().err
     assert "_drafts/Lemon/" in err and "Spark never reads names starting with '.' or '_'" in err
     assert tree(tmp_path) == before, "the valid images must not land either"
-    (source / "_drafts" / "Lemon" / sample_files("Lemon", 1)[0].name).unlink()  # without it, the folder drops
+    (source / "_drafts" / "Lemon" / shipped_photos("Lemon", 1)[0].name).unlink()  # without it, the folder drops
     assert main(["drop", "--home", str(home), str(source)]) == 0
-    assert sorted(p.name for p in (home / "landing" / "Banana").iterdir()) == [p.name for p in sample_files("Banana", 2)]
+    assert sorted(p.name for p in (home / "landing" / "Banana").iterdir()) == [p.name for p in shipped_photos("Banana", 2)]
 
 
 @pytest.mark.parametrize("relative", ["../x.jpg", "a/../../x.jpg", "/etc/x.jpg", ".cache/x.jpg", "a/_b/x.jpg"])
@@ -67,13 +69,13 @@ def test_relative_landing_paths_must_stay_inside_and_be_read(relative):
 
 
 def test_stage_does_not_follow_symbolic_links_out_of_the_inbox(tmp_path):
-    outside = place(sample_files("Fig", 2), tmp_path / "secret")
+    outside = place(shipped_photos("Pomegranate", 2), tmp_path / "secret")
     inbox, landing = tmp_path / "inbox", tmp_path / "landing"
-    real = place(sample_files("Banana", 1), inbox / "Banana")[0]
+    real = place(shipped_photos("Banana", 1), inbox / "Banana")[0]
     (inbox / "Fig").mkdir()
     os.symlink(outside[0], inbox / "Fig" / "linked.jpg")  # a link to a file outside
     os.symlink(tmp_path / "secret", inbox / "linked-folder")  # a linked folder leading outside
-    place(sample_files("Kiwi", 1), inbox / ".partial")  # a folder Spark never reads
+    place(shipped_photos("Strawberry", 1), inbox / ".partial")  # a folder Spark never reads
     stager = InboxStager(inbox, landing, EXTENSIONS, stable_seconds=0, settle_seconds=0)
     stager.scan()
     stager._track(str(inbox / "Fig" / "linked.jpg"), closed=True)  # as an inotify event would

@@ -1,4 +1,4 @@
-"""The README's reader snippets: the Delta tables read into pandas with `deltalake`, without Spark."""
+"""The reader snippets of docs/operations.md: the Delta tables read into pandas with `deltalake`, without Spark."""
 
 from __future__ import annotations
 

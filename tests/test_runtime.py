@@ -138,6 +138,7 @@ def test_bf16_fidelity_cosine_and_imagenet_top5(tmp_path, images, tf_features):
     assert rates["fp32"] >= 0.9 and rates["bf16"] >= rates["fp32"] - 0.05, rates
 
 
+@pytest.mark.fast
 def test_runtime_and_precision_flags_reach_the_config(monkeypatch):
     from fruits.cli import build_parser, config_from_args
 

@@ -13,16 +13,18 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import make_config, sample_files
+from conftest import make_config, shipped_photos
 from fruits.cli import build_parser, config_from_args
 from fruits.config import load_config
 from fruits.landing import drop
 from fruits.names import UnsafeName
 from fruits.web import create_app
 
+pytestmark = pytest.mark.fast  # no Spark, no TensorFlow, no ../shared (make test-fast)
+
 FRUITS = str(Path(sys.executable).with_name("fruits"))
-BANANA = sample_files("Banana", 2)
-KIWI = sample_files("Kiwi", 1)[0]
+BANANA = shipped_photos("Banana", 2)
+STRAWBERRY = shipped_photos("Strawberry", 1)[0]
 
 
 def client_for(home: Path, **web) -> TestClient:
@@ -53,9 +55,9 @@ def test_upload_lands_real_photos_under_their_label_like_fruits_drop(tmp_path):
         assert (tmp_path / "landing" / "Banana" / photo.name).read_bytes() == photo.read_bytes()
     assert landed(tmp_path) == sorted(f"Banana/{p.name}" for p in BANANA)  # no temporary file left behind
     # Without a label: the landing root, as `fruits drop FILE` does.
-    response = client.post("/api/photos", files=[upload(KIWI)])
+    response = client.post("/api/photos", files=[upload(STRAWBERRY)])
     assert response.status_code == 202 and response.json()["photos"][0] == {
-        "name": KIWI.name, "path": KIWI.name, "label": None, "note": "placed"
+        "name": STRAWBERRY.name, "path": STRAWBERRY.name, "label": None, "note": "placed"
     }
 
 
