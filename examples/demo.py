@@ -31,15 +31,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-# The demo runs from a checkout: make `fruits`, `streaming` and `batch` importable even without `pip install -e .`.
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from fruits.config import Config, ConfigError, load_config
+from fruits.model import WeightsUnavailable
 
-from fruits.config import Config, ConfigError, load_config  # noqa: E402
-from fruits.model import WeightsUnavailable  # noqa: E402
-
-SAMPLE_IMAGES = REPO / "examples" / "sample-images"
+# The demo uses the installed package (`make demo` installs it; so does a plain `pip install .`) and its own photos.
+SAMPLE_IMAGES = Path(__file__).resolve().parent / "sample-images"
 
 log = logging.getLogger("fruits.demo")
 

@@ -53,9 +53,15 @@ def _runtime_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``fruits`` argument parser: one sub-command per job; defaults and choices come from conf/fruits.toml."""
     parser = argparse.ArgumentParser(prog="fruits", description="Fruits! image ingestion service")
     commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_stream_parser, _refit_parser, _landing_parsers, _reader_parsers):
+        add(commands)
+    return parser
 
+
+def _stream_parser(commands: Any) -> None:
     stream = commands.add_parser("stream", help="featurize images landing in HOME/landing into HOME/tables/features")
     _common(stream)
     _spark_flags(stream)
@@ -68,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     stream.add_argument("--weights", help="'imagenet' (default, Keras download) or a local MobileNetV2 weights file")
     _runtime_flags(stream)
 
+
+def _refit_parser(commands: Any) -> None:
     refit = commands.add_parser("refit-pca", help="fit PCA over the features table and write HOME/tables/pca")
     _common(refit)
     _spark_flags(refit)
@@ -80,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="do not compact the features and quarantine tables (Delta OPTIMIZE) before fitting ([compaction] enabled)",
     )
 
+
+def _landing_parsers(commands: Any) -> None:
     drop = commands.add_parser("drop", help="copy images into HOME/landing atomically (keeps class sub-folders)")
     _common(drop)
     drop.add_argument("sources", nargs="+", metavar="FILE_OR_DIR", help="image files, or folders of class folders")
@@ -90,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     stage.add_argument("--inbox", required=True, help="folder where other tools write files slowly")
     stage.add_argument("--stable-seconds", type=float, help="unchanged this long = complete, without a close event")
 
+
+def _reader_parsers(commands: Any) -> None:
     identify = commands.add_parser("identify", help="what fruit is this? nearest labelled rows in the PCA space")
     _common(identify)
     identify.add_argument("photos", nargs="+", metavar="PHOTO")
@@ -114,7 +126,6 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="tables, row counts and the last refit (no Spark needed)")
     _common(status)
     status.add_argument("--json", action="store_true", help="print one JSON object")
-    return parser
 
 
 # The config section holding each Spark command's own settings (``[stream.spark_conf]``, ``[pca.spark_conf]``).

@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -230,11 +230,10 @@ def create_app(config: Config, weights: WeightsRef | None = None, warm: bool = T
 
     app = FastAPI(title="Fruits!", summary="Upload photos, identify fruit, watch the stream", lifespan=lifespan)
     app.state.service = service
-    guard = Depends(bearer_guard(web.token or None))
-    origins = list(web.cors_origins)
-    if origins:
+    if web.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"], allow_headers=["Authorization"]
+            CORSMiddleware, allow_origins=list(web.cors_origins), allow_methods=["GET", "POST"],
+            allow_headers=["Authorization"],
         )
     app.add_middleware(BodyLimit, limit=web.max_request_bytes)
 
@@ -244,31 +243,41 @@ def create_app(config: Config, weights: WeightsRef | None = None, warm: bool = T
         response.headers.update(SECURITY_HEADERS)
         return response
 
-    @app.post("/api/photos", status_code=202, dependencies=[guard])
+    app.include_router(api_routes(service, Depends(bearer_guard(web.token or None))))
+    app.include_router(file_routes(service))
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def api_routes(service: WebService, guard: Any) -> APIRouter:
+    """``/api/*``: uploads and identify (behind ``guard``, the bearer token check), status, dashboard, config."""
+    router = APIRouter(prefix="/api")
+
+    @router.post("/photos", status_code=202, dependencies=[guard])
     def post_photos(file: list[UploadFile] = File(...), label: str | None = Form(None)) -> dict[str, Any]:
         """Land photos in ``landing/<label>/`` atomically, as ``fruits drop`` does."""
         return {"photos": service.land(file, label)}
 
-    @app.post("/api/identify", dependencies=[guard])
+    @router.post("/identify", dependencies=[guard])
     def post_identify(file: UploadFile = File(...)) -> dict[str, Any]:
         """What fruit is this photo? The 5 nearest labelled photos vote."""
         return service.identify(file)
 
-    @app.get("/api/status")
+    @router.get("/status")
     async def get_status() -> dict[str, Any]:
         """The object of ``fruits status --json``."""
         return await run_in_threadpool(service.dashboard.status)
 
-    @app.get("/api/dashboard")
+    @router.get("/dashboard")
     async def get_dashboard() -> dict[str, Any]:
         """Status, images/s, last micro-batches, quarantine reasons, PCA plots: what the page draws."""
         return await run_in_threadpool(service.dashboard.snapshot)
 
-    @app.get("/api/config")
+    @router.get("/config")
     def get_config() -> dict[str, Any]:
         """What the page needs to know: whether POSTs need a token, the limits, the refresh interval."""
         return {
-            "token_required": bool(web.token),
+            "token_required": bool(service.config.web.token),
             "max_bytes": service.max_bytes,
             "max_files": service.max_files,
             "refresh_seconds": service.dashboard.refresh,
@@ -276,26 +285,32 @@ def create_app(config: Config, weights: WeightsRef | None = None, warm: bool = T
             "uploads": service.landing is not None,
         }
 
-    @app.get("/thumbs/{root}/{relative:path}")
+    return router
+
+
+def file_routes(service: WebService) -> APIRouter:
+    """The page, thumbnails and PCA plots (only from the folders :mod:`fruits.web_files` allows)."""
+    router = APIRouter()
+
+    @router.get("/thumbs/{root}/{relative:path}")
     async def get_thumbnail(root: str, relative: str) -> Response:
         data = await run_in_threadpool(service.files.thumbnail, root, relative)
         if data is None:
             raise HTTPException(404, "no such photo")
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
-    @app.get("/pca/v{version}/{name}")
+    @router.get("/pca/v{version}/{name}")
     async def get_plot(version: int, name: str) -> Response:
         data = await run_in_threadpool(service.files.plot, version, name)
         if data is None:
             raise HTTPException(404, "no such plot")
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
 
-    @app.get("/", include_in_schema=False)
+    @router.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    return app
+    return router
 
 
 def serve(config: Config, weights: WeightsRef | None, host: str, port: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -112,7 +113,7 @@ def test_incremental_refit_after_optimize_stays_incremental_and_equals_a_full_re
     from fruits.batch.refit_pca import refit_pca
 
     _, rows, append = features_home
-    config = make_config(tmp_path, compaction=SMALL)  # the same home, with a low compaction threshold
+    config = make_config(tmp_path, compaction=dataclasses.asdict(SMALL))  # the same home, with a low compaction threshold
     end = append_in_slices(append, rows, 250, slices=3)
     first = refit_pca(spark, config, k=10).refitted
     assert first.method == "full" and first.rows == end
