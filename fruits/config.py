@@ -179,6 +179,16 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 }
 
 
+class _Location:
+    """A read-only attribute of :class:`Config`: the location of ``[paths] key``, resolved against the home."""
+
+    def __init__(self, key: str, doc: str = "") -> None:
+        self.key, self.__doc__ = key, doc or f"``[paths] {key}``, resolved against the home."
+
+    def __get__(self, config: "Config | None", owner: type) -> Any:
+        return self if config is None else config.location(self.key)
+
+
 @dataclass(frozen=True)
 class Config:
     """The merged, checked settings, one attribute per section, and the derived locations of the home folder."""
@@ -204,42 +214,15 @@ class Config:
             raise ConfigError(f"no location named {key!r} in [paths]")
         return join_uri(self.home, getattr(self.paths, key))
 
-    @property
-    def landing(self) -> str:
-        return self.location("landing")
-
-    @property
-    def features_table(self) -> str:
-        return self.location("features_table")
-
-    @property
-    def quarantine_table(self) -> str:
-        return self.location("quarantine_table")
-
-    @property
-    def files_table(self) -> str:
-        """The file ledger: one row per discovered file version (:mod:`fruits.ledger`)."""
-        return self.location("files_table")
-
-    @property
-    def archive(self) -> str:
-        return self.location("archive")
-
-    @property
-    def locks(self) -> str:
-        return self.location("locks")
-
-    @property
-    def pca_table(self) -> str:
-        return self.location("pca_table")
-
-    @property
-    def pca_models(self) -> str:
-        return self.location("pca_models")
-
-    @property
-    def cache(self) -> str:
-        return self.location("cache")
+    landing = _Location("landing")
+    features_table = _Location("features_table")
+    quarantine_table = _Location("quarantine_table")
+    files_table = _Location("files_table", "The file ledger: one row per discovered file version (:mod:`fruits.ledger`).")
+    archive = _Location("archive")
+    locks = _Location("locks")
+    pca_table = _Location("pca_table")
+    pca_models = _Location("pca_models")
+    cache = _Location("cache")
 
     @property
     def stream_progress(self) -> str:

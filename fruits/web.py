@@ -288,23 +288,24 @@ def api_routes(service: WebService, guard: Any) -> APIRouter:
     return router
 
 
+def image_response(data: bytes | None, kind: str, max_age: int) -> Response:
+    """``data`` as an image the browser may cache privately for ``max_age`` seconds; 404 when there is none."""
+    if data is None:
+        raise HTTPException(404, "no such image")
+    return Response(data, media_type=f"image/{kind}", headers={"Cache-Control": f"private, max-age={max_age}"})
+
+
 def file_routes(service: WebService) -> APIRouter:
     """The page, thumbnails and PCA plots (only from the folders :mod:`fruits.web_files` allows)."""
     router = APIRouter()
 
     @router.get("/thumbs/{root}/{relative:path}")
     async def get_thumbnail(root: str, relative: str) -> Response:
-        data = await run_in_threadpool(service.files.thumbnail, root, relative)
-        if data is None:
-            raise HTTPException(404, "no such photo")
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+        return image_response(await run_in_threadpool(service.files.thumbnail, root, relative), "jpeg", 3600)
 
     @router.get("/pca/v{version}/{name}")
     async def get_plot(version: int, name: str) -> Response:
-        data = await run_in_threadpool(service.files.plot, version, name)
-        if data is None:
-            raise HTTPException(404, "no such plot")
-        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+        return image_response(await run_in_threadpool(service.files.plot, version, name), "png", 86400)
 
     @router.get("/", include_in_schema=False)
     def index() -> FileResponse:
