@@ -23,33 +23,28 @@ LEDGER_LINK = [
     StructField("stored_path", StringType(), True),
 ]
 
-FEATURES_SCHEMA = StructType(
-    [
-        StructField("path", StringType(), False),
-        StructField("label", StringType(), True),
-        StructField("content_sha256", StringType(), False),
-        StructField("size_bytes", LongType(), False),
-        StructField("modified_at", TimestampType(), False),
-        StructField("ingested_at", TimestampType(), False),
-        StructField("features", ArrayType(FloatType(), True), False),
-        StructField("model_id", StringType(), False),
-        *LEDGER_LINK,
-    ]
-)
 
-QUARANTINE_SCHEMA = StructType(
-    [
-        StructField("path", StringType(), False),
-        StructField("label", StringType(), True),
-        StructField("content_sha256", StringType(), True),
-        StructField("size_bytes", LongType(), False),
-        StructField("modified_at", TimestampType(), False),
-        StructField("ingested_at", TimestampType(), False),
-        StructField("reason", StringType(), False),
-        StructField("model_id", StringType(), False),
-        *LEDGER_LINK,
-    ]
-)
+
+def _outcome_schema(result: StructField, content_known: bool) -> StructType:
+    """The columns of an outcome row: the file, when it was ingested, ``result`` (the features, or the quarantine
+    reason), the model, and the link to its ledger row. ``content_known``: the bytes were always read."""
+    return StructType(
+        [
+            StructField("path", StringType(), False),
+            StructField("label", StringType(), True),
+            StructField("content_sha256", StringType(), not content_known),
+            StructField("size_bytes", LongType(), False),
+            StructField("modified_at", TimestampType(), False),
+            StructField("ingested_at", TimestampType(), False),
+            result,
+            StructField("model_id", StringType(), False),
+            *LEDGER_LINK,
+        ]
+    )
+
+
+FEATURES_SCHEMA = _outcome_schema(StructField("features", ArrayType(FloatType(), True), False), content_known=True)
+QUARANTINE_SCHEMA = _outcome_schema(StructField("reason", StringType(), False), content_known=False)
 
 PCA_SCHEMA = StructType(
     [
