@@ -43,7 +43,10 @@ def _spark_setting(text: str) -> tuple[str, str]:
 
 def _runtime_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runtime", choices=["openvino", "tensorflow"], help="model runtime (default openvino)")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], help="bf16: openvino on bf16 CPUs only (default fp32)")
+    parser.add_argument(
+        "--precision", choices=["fp32", "bf16", "int8"],
+        help="bf16: openvino on bf16 CPUs only; int8: openvino, quantized with NNCF (default fp32)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
