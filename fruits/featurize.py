@@ -18,8 +18,7 @@ from pyspark.sql import Column
 from pyspark.sql.functions import pandas_udf
 
 from fruits.images import DEFAULT_MAX_PIXELS, TRANSIENT, RejectedImage, decode_image
-from fruits.featurizer import Featurizer
-from fruits.model import shared_model
+from fruits.featurizer import Featurizer, shared_model
 
 RESULT_SCHEMA = "features array<float>, error string"
 

@@ -1,8 +1,7 @@
 """The featurizer contract: what the stream, ``fruits identify`` and ``fruits serve`` need from a model runtime.
 
 A :class:`Featurizer` turns decoded images into 1280-d features. It is a small picklable, hashable value (Spark ships
-it to Python workers; :func:`fruits.model.shared_model` caches one loaded model per featurizer and process) with four
-duties, in the shape of Apache Beam's ``ModelHandler``:
+it to Python workers; :func:`shared_model` caches one loaded model per featurizer and process) with four duties, in the shape of Apache Beam's ``ModelHandler``:
 
 - :attr:`~Featurizer.model_id`: who made the features (weights, runtime, precision), recorded on every row;
 - :attr:`~Featurizer.files`: the driver-side files the executors need, shipped with ``SparkContext.addFile``;
@@ -17,6 +16,9 @@ a runtime only says how to run one chunk.
 from __future__ import annotations
 
 import os
+import sys
+import threading
+import time
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -52,7 +54,7 @@ class Featurizer(Protocol):
         ...
 
     def load_model(self) -> Any:
-        """The runnable model; built once per Python worker (:func:`fruits.model.shared_model`)."""
+        """The runnable model; built once per Python worker (:func:`shared_model`)."""
         ...
 
     def run_inference(self, images: np.ndarray, model: Any) -> np.ndarray:
@@ -113,3 +115,44 @@ def mobilenet_v2_preprocess(images: np.ndarray) -> np.ndarray:
     batch /= 127.5
     batch -= 1.0
     return batch
+
+
+_MODELS: dict[Featurizer, Any] = {}  # featurizer (hashable: TensorFlow or a fast runtime) -> its loaded model
+_MODELS_LOCK = threading.Lock()
+# A model that fails to load (a shipped file not there yet, a full disk for the runtime's cache, ...) is tried again
+# in the worker before the task fails, and a failed load is never cached: the next batch tries afresh. Never a
+# verdict on an image (fruits.featurize).
+LOAD_ATTEMPTS = 3
+LOAD_BACKOFF_SECONDS = 1.0
+
+
+def shared_model(handler: Featurizer, attempts: int = LOAD_ATTEMPTS, backoff_seconds: float = LOAD_BACKOFF_SECONDS) -> Any:
+    """The model for ``handler``, loaded once per process and reused by every later batch and micro-batch.
+
+    A load that raises is tried up to ``attempts`` times (waiting ``backoff_seconds`` x attempt in between); the last
+    error is raised, and nothing is cached, so a later call tries again."""
+    with _MODELS_LOCK:
+        if handler not in _MODELS:
+            started = time.perf_counter()
+            for attempt in range(1, attempts + 1):
+                try:
+                    model = handler.load_model()
+                    break
+                except Exception as exc:
+                    if attempt == attempts:
+                        raise
+                    print(
+                        f"fruits: worker pid {os.getpid()} could not build {handler.model_id} "
+                        f"(attempt {attempt} of {attempts}: {type(exc).__name__}: {exc}); retrying",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                    time.sleep(backoff_seconds * attempt)
+            _MODELS[handler] = model
+            # Python workers have no logging set up; stderr reaches the executor's log.
+            print(
+                f"fruits: worker pid {os.getpid()} built {handler.model_id} in {time.perf_counter() - started:.1f} s",
+                file=sys.stderr,
+                flush=True,
+            )
+        return _MODELS[handler]

@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fruits.featurizer import ChunkedFeaturizer, Featurizer, local_file, mobilenet_v2_preprocess
+from fruits.featurizer import ChunkedFeaturizer, local_file, mobilenet_v2_preprocess, shared_model  # noqa: F401 (shared_model: its old home)
 
 ARCHITECTURE = "mobilenet_v2_1.0_224"
 # Keras' own cache file for MobileNetV2(weights="imagenet", include_top=False, alpha=1.0, 224x224).
@@ -158,44 +155,3 @@ class MobileNetV2Handler(ChunkedFeaturizer):
     def infer_chunk(self, runner: Any, images: np.ndarray) -> np.ndarray:
         """Features of one chunk: Keras' MobileNetV2 preprocessing, then the model."""
         return np.asarray(runner(mobilenet_v2_preprocess(images)), dtype=np.float32)
-
-
-_MODELS: dict[Featurizer, Any] = {}  # featurizer (hashable: TensorFlow or a fast runtime) -> its loaded model
-_MODELS_LOCK = threading.Lock()
-# A model that fails to load (a shipped file not there yet, a full disk for the runtime's cache, ...) is tried again
-# in the worker before the task fails, and a failed load is never cached: the next batch tries afresh. Never a
-# verdict on an image (fruits.featurize).
-LOAD_ATTEMPTS = 3
-LOAD_BACKOFF_SECONDS = 1.0
-
-
-def shared_model(handler: Featurizer, attempts: int = LOAD_ATTEMPTS, backoff_seconds: float = LOAD_BACKOFF_SECONDS) -> Any:
-    """The model for ``handler``, loaded once per process and reused by every later batch and micro-batch.
-
-    A load that raises is tried up to ``attempts`` times (waiting ``backoff_seconds`` x attempt in between); the last
-    error is raised, and nothing is cached, so a later call tries again."""
-    with _MODELS_LOCK:
-        if handler not in _MODELS:
-            started = time.perf_counter()
-            for attempt in range(1, attempts + 1):
-                try:
-                    model = handler.load_model()
-                    break
-                except Exception as exc:
-                    if attempt == attempts:
-                        raise
-                    print(
-                        f"fruits: worker pid {os.getpid()} could not build {handler.model_id} "
-                        f"(attempt {attempt} of {attempts}: {type(exc).__name__}: {exc}); retrying",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    time.sleep(backoff_seconds * attempt)
-            _MODELS[handler] = model
-            # Python workers have no logging set up; stderr reaches the executor's log.
-            print(
-                f"fruits: worker pid {os.getpid()} built {handler.model_id} in {time.perf_counter() - started:.1f} s",
-                file=sys.stderr,
-                flush=True,
-            )
-        return _MODELS[handler]

@@ -131,7 +131,7 @@ def cpu_supports_bf16() -> bool:
 @dataclass(frozen=True)
 class OpenVinoHandler(ChunkedFeaturizer):
     """MobileNetV2 features with OpenVINO from a cached IR: a :class:`~fruits.featurizer.Featurizer`; picklable and
-    hashable (see :func:`fruits.model.shared_model`)."""
+    hashable (see :func:`fruits.featurizer.shared_model`)."""
 
     weights: WeightsRef
     ir_path: str  # the .xml on the driver; its .bin sits beside it

@@ -94,7 +94,7 @@ def test_worker_side_openvino_never_imports_tensorflow(tmp_path):
         import pandas as pd
         handler = pickle.loads({pickle_bytes(handler)!r})
         from fruits.featurize import featurize_contents
-        from fruits.model import shared_model
+        from fruits.featurizer import shared_model
         contents = pd.Series([open(p, "rb").read() for p in {photos!r}] + [b"not an image"])
         out = featurize_contents(contents, handler, shared_model(handler), 50_000_000)
         assert [len(v) for v in out["features"][:3]] == [1280] * 3 and out["error"][3], out
