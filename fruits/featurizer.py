@@ -1,7 +1,8 @@
 """The featurizer contract: what the stream, ``fruits identify`` and ``fruits serve`` need from a model runtime.
 
 A :class:`Featurizer` turns decoded images into 1280-d features. It is a small picklable, hashable value (Spark ships
-it to Python workers; :func:`shared_model` caches one loaded model per featurizer and process) with four duties, in the shape of Apache Beam's ``ModelHandler``:
+it to Python workers; :func:`shared_model` caches one loaded model per featurizer and process) with four duties, in
+the shape of Apache Beam's ``ModelHandler``:
 
 - :attr:`~Featurizer.model_id`: who made the features (weights, runtime, precision), recorded on every row;
 - :attr:`~Featurizer.files`: the driver-side files the executors need, shipped with ``SparkContext.addFile``;
@@ -9,8 +10,8 @@ it to Python workers; :func:`shared_model` caches one loaded model per featurize
 - :meth:`~Featurizer.run_inference`: ``(n, size, size, 3)`` uint8 RGB -> ``(n, 1280)`` float32.
 
 :class:`ChunkedFeaturizer` is the one shared base of the implementations (TensorFlow in :mod:`fruits.model`,
-OpenVINO in :mod:`fruits.runtimes`): it finds the shipped files on a worker and runs the chunked inference loop, so
-a runtime only says how to run one chunk.
+OpenVINO in :mod:`fruits.runtimes`): with :func:`local_file` (a shipped file on a worker) it holds what both share,
+the model id and the chunked inference loop, so a runtime only says how to load its model and run one chunk.
 """
 
 from __future__ import annotations
