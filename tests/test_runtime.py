@@ -234,3 +234,14 @@ def test_int8_quantized_on_real_photos_is_cached_and_keeps_fp32_accuracy(tmp_pat
 
 def _handler_for(home: Path, **model):
     return make_handler(make_config(home, model={"runtime": "openvino", **model}), resolve_weights(str(NOTOP_WEIGHTS)))
+
+
+def test_a_converter_that_dies_raises_instead_of_hanging():
+    """The conversion child killed (for memory, a native crash) fails the caller at once; a multiprocessing.Pool
+    would restart its worker and wait forever."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from fruits.runtimes import run_in_child
+
+    with pytest.raises(BrokenProcessPool):
+        run_in_child(os._exit, 70)
