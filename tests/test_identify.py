@@ -96,7 +96,9 @@ def test_identify_refuses_other_weights(identified_home):
         identify([held_out[0][0]], config, resolve_weights(str(TOP_WEIGHTS)))
 
 
-def test_int8_features_identify_within_a_point_of_fp32_and_never_mix_with_them(identified_home, split, spark, weights, tmp_path_factory):
+def test_int8_features_identify_within_a_point_of_fp32_and_never_mix_with_them(
+    identified_home, split, spark, weights, tmp_path_factory
+):
     """The same 80/20 split streamed with --precision int8: every stored row and the PCA say int8, identify's top-1
     on the held-out photos is within 1 point of fp32's, and identify refuses to compare one precision's photo with
     the other's features, both ways."""
@@ -104,16 +106,19 @@ def test_int8_features_identify_within_a_point_of_fp32_and_never_mix_with_them(i
     from fruits.status import last_refit
 
     fp32_config, held_out = identified_home
-    int8_config = stream_and_refit(spark, weights, tmp_path_factory.mktemp("identify-int8-home"), split[0], precision="int8")
+    int8_home = tmp_path_factory.mktemp("identify-int8-home")
+    int8_config = stream_and_refit(spark, weights, int8_home, split[0], precision="int8")
     model_ids = last_refit(int8_config)["model_ids"]
     assert model_ids == [weights.model_id + "/openvino-int8"], model_ids
     photos = [photo for photo, _ in held_out]
-    accuracy = {name: top1(identify(photos, config, weights), held_out) for name, config in (("fp32", fp32_config), ("int8", int8_config))}
+    configs = {"fp32": fp32_config, "int8": int8_config}
+    accuracy = {name: top1(identify(photos, config, weights), held_out) for name, config in configs.items()}
     print(f"identify top-1 on {len(photos)} held-out photos: {accuracy}")
     assert accuracy["fp32"] >= 0.9 and accuracy["int8"] >= accuracy["fp32"] - 0.01, accuracy
 
     fp32_on_int8 = make_config(Path(int8_config.home))  # the default precision, fp32, on the int8 home
     int8_on_fp32 = make_config(Path(fp32_config.home), model={"precision": "int8"})
-    for config, asked, stored in ((fp32_on_int8, "openvino-fp32", "openvino-int8"), (int8_on_fp32, "openvino-int8", "openvino-fp32")):
-        with pytest.raises(IdentifyError, match=f"model id \\S+/{asked}, but PCA v1 was fitted on features of \\S+/{stored}: pass the precision the stream used"):
+    for config, asked, stored in ((fp32_on_int8, "fp32", "int8"), (int8_on_fp32, "int8", "fp32")):
+        refusal = f"model id \\S+/openvino-{asked}, but PCA v1 was fitted on features of \\S+/openvino-{stored}: pass the precision"
+        with pytest.raises(IdentifyError, match=refusal):
             identify(photos[:1], config, weights)
