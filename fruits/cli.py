@@ -48,7 +48,7 @@ def _runtime_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--precision", choices=allowed_values("model", "precision"),
-        help=f"bf16: openvino on bf16 CPUs only (default {default_value('model', 'precision')}; env FRUITS_PRECISION)",
+        help=f"bf16: openvino on bf16 CPUs; int8: openvino quantized with NNCF (default {default_value('model', 'precision')}; env FRUITS_PRECISION)",
     )
 
 

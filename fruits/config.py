@@ -119,7 +119,9 @@ class ModelConfig:
     weights: str
     image_size: int = _at_least(32)
     runtime: str = _choice("openvino", "tensorflow")
-    precision: str = _choice("fp32", "bf16")
+    precision: str = _choice("fp32", "bf16", "int8")
+    ir_cache: str
+    calibration: str
     inference_batch_size: int = _at_least(1)
     intra_op_threads: int = _at_least(1)
     max_pixels: int = _at_least(1)

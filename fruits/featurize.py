@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -18,7 +18,7 @@ from pyspark.sql import Column
 from pyspark.sql.functions import pandas_udf
 
 from fruits.images import DEFAULT_MAX_PIXELS, TRANSIENT, RejectedImage, decode_image
-from fruits.model import MobileNetV2Handler, shared_model  # or any handler of fruits.runtimes (same duties)
+from fruits.featurizer import Featurizer, shared_model
 
 RESULT_SCHEMA = "features array<float>, error string"
 
@@ -37,7 +37,7 @@ def decode_isolated(data: bytes | None, size: int, max_pixels: int) -> np.ndarra
         return decode_image(data, size, max_pixels)
 
 
-def _model_works(handler, model) -> bool:
+def _model_works(handler: Featurizer, model: Any) -> bool:
     """Whether the model still runs on a blank image (then a failure on a given image is that image's fault)."""
     try:
         handler.run_inference(np.zeros((1, handler.image_size, handler.image_size, 3), dtype=np.uint8), model)
@@ -46,7 +46,7 @@ def _model_works(handler, model) -> bool:
         return False
 
 
-def infer_isolated(handler, model, images: list[np.ndarray]) -> list[np.ndarray | str]:
+def infer_isolated(handler: Featurizer, model: Any, images: list[np.ndarray]) -> list[np.ndarray | str]:
     """Features of each image, or the reason its inference failed.
 
     The images run as one batch; if that fails, each runs alone. An image that fails alone, while the model still
@@ -74,7 +74,7 @@ def infer_isolated(handler, model, images: list[np.ndarray]) -> list[np.ndarray 
 
 
 def featurize_contents(
-    contents: pd.Series, handler: MobileNetV2Handler, model, max_pixels: int, crash_marker: bytes = b""
+    contents: pd.Series, handler: Featurizer, model: Any, max_pixels: int, crash_marker: bytes = b""
 ) -> pd.DataFrame:
     """Featurize one Arrow batch of image bytes; rows that cannot be decoded or inferred get ``error`` and null
     features. ``crash_marker`` (tests only, ``[testing] crash_worker_on_bytes``): the worker process exits at once
@@ -101,7 +101,7 @@ def featurize_contents(
 
 
 def featurize_column(
-    content: Column, handler: MobileNetV2Handler, max_pixels: int = DEFAULT_MAX_PIXELS, crash_marker: bytes = b""
+    content: Column, handler: Featurizer, max_pixels: int = DEFAULT_MAX_PIXELS, crash_marker: bytes = b""
 ) -> Column:
     """A struct column ``(features array<float>, error string)`` computed from a binary ``content`` column."""
 

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow.fs as pafs
 
 from fruits.config import Config, join_uri
+from fruits.featurizer import Featurizer
 from fruits.images import RejectedImage, decode_image
 from fruits.model import WeightsRef
 from fruits.runtimes import make_handler, same_features
@@ -109,15 +110,16 @@ class Identifier:
         self.max_pixels = config.model.max_pixels
         self._lock = threading.Lock()
         self._reference: Reference | None = None
-        self._handler: Any = None
+        self._handler: Featurizer | None = None
         self._model: Any = None
 
-    def featurizer(self) -> tuple[Any, Any]:
+    def featurizer(self) -> tuple[Featurizer, Any]:
         """The stream's own featurizer (same runtime, same model id) and its model, built on the first call."""
         with self._lock:
             if self._model is None:
                 handler = make_handler(self.config, self.weights, threads=0)
                 self._model, self._handler = handler.load_model(), handler
+            assert self._handler is not None
             return self._handler, self._model
 
     def reference(self) -> Reference:

@@ -1,7 +1,7 @@
-"""MobileNetV2 feature extraction, in the shape of Apache Beam's ``ModelHandler``.
+"""MobileNetV2 feature extraction with TensorFlow: the Keras model, source of truth of every runtime.
 
-Two duties only: :meth:`MobileNetV2Handler.load_model` builds the model (once per Python worker, see
-:func:`shared_model`) and :meth:`MobileNetV2Handler.run_inference` turns a batch of decoded images into 1280-d
+:class:`MobileNetV2Handler` is the TensorFlow :class:`~fruits.featurizer.Featurizer`: ``load_model`` builds the model
+(once per Python worker, see :func:`shared_model`) and ``run_inference`` turns a batch of decoded images into 1280-d
 features. Which weights made a feature is recorded as :attr:`WeightsRef.model_id` on every row.
 
 The driver resolves the weights with :func:`resolve_weights` without importing TensorFlow when a local file is given:
@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fruits.featurizer import ChunkedFeaturizer, local_file, mobilenet_v2_preprocess
+from fruits.featurizer import shared_model  # noqa: F401  (its former home: callers may still import it from here)
+
 ARCHITECTURE = "mobilenet_v2_1.0_224"
-FEATURE_DIM = 1280
 # Keras' own cache file for MobileNetV2(weights="imagenet", include_top=False, alpha=1.0, 224x224).
 KERAS_IMAGENET_NOTOP = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 
@@ -124,8 +123,9 @@ def build_keras_model(weights_file: str, has_top: bool, image_size: int = 224) -
 
 
 @dataclass(frozen=True)
-class MobileNetV2Handler:
-    """Builds MobileNetV2 feature extractors and runs them; picklable, so Spark ships it to Python workers."""
+class MobileNetV2Handler(ChunkedFeaturizer):
+    """Builds MobileNetV2 feature extractors with TensorFlow and runs them: a :class:`~fruits.featurizer.Featurizer`;
+    picklable, so Spark ships it to Python workers."""
 
     weights: WeightsRef
     image_size: int = 224
@@ -136,22 +136,9 @@ class MobileNetV2Handler:
     precision = "fp32"
 
     @property
-    def model_id(self) -> str:
-        """The weights' id plus the runtime and precision that made the features: ``.../tensorflow-fp32``."""
-        return f"{self.weights.model_id}/{self.runtime}-{self.precision}"
-
-    @property
     def files(self) -> list[str]:
         """Driver-side files the executors need (shipped with ``SparkContext.addFile``)."""
         return [self.weights.path]
-
-    def _weights_file(self) -> str:
-        """The weights on this machine: the driver's path if visible here, else the copy shipped by addFile."""
-        if os.path.isfile(self.weights.path):
-            return self.weights.path
-        from pyspark import SparkFiles
-
-        return SparkFiles.get(os.path.basename(self.weights.path))
 
     def load_model(self) -> Any:
         """MobileNetV2 backbone + global average pooling: the full model's ``layers[-2]`` (1280 floats)."""
@@ -163,59 +150,9 @@ class MobileNetV2Handler:
                 tf.config.threading.set_inter_op_parallelism_threads(1)
             except RuntimeError:  # TensorFlow already initialised in this process: keep its setting
                 pass
-        model = build_keras_model(self._weights_file(), self.weights.has_top, self.image_size)
-        call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-        return call
+        model = build_keras_model(local_file(self.weights.path), self.weights.has_top, self.image_size)
+        return tf.function(lambda x: model(x, training=False), reduce_retracing=True)
 
-    def run_inference(self, images: np.ndarray, model: Any) -> np.ndarray:
-        """``(n, size, size, 3)`` uint8 RGB images -> ``(n, 1280)`` float32 features."""
-        from keras.applications.mobilenet_v2 import preprocess_input
-
-        if len(images) == 0:
-            return np.zeros((0, FEATURE_DIM), dtype=np.float32)
-        chunks = []
-        for start in range(0, len(images), self.batch_size):
-            batch = preprocess_input(images[start : start + self.batch_size].astype(np.float32))
-            chunks.append(np.asarray(model(batch), dtype=np.float32))
-        return np.concatenate(chunks)
-
-
-_MODELS: dict[Any, Any] = {}  # handler (any hashable handler: TensorFlow or a fast runtime) -> model
-_MODELS_LOCK = threading.Lock()
-# A model that fails to load (a shipped file not there yet, a full disk for the runtime's cache, ...) is tried again
-# in the worker before the task fails, and a failed load is never cached: the next batch tries afresh. Never a
-# verdict on an image (fruits.featurize).
-LOAD_ATTEMPTS = 3
-LOAD_BACKOFF_SECONDS = 1.0
-
-
-def shared_model(handler: Any, attempts: int = LOAD_ATTEMPTS, backoff_seconds: float = LOAD_BACKOFF_SECONDS) -> Any:
-    """The model for ``handler``, loaded once per process and reused by every later batch and micro-batch.
-
-    A load that raises is tried up to ``attempts`` times (waiting ``backoff_seconds`` x attempt in between); the last
-    error is raised, and nothing is cached, so a later call tries again."""
-    with _MODELS_LOCK:
-        if handler not in _MODELS:
-            started = time.perf_counter()
-            for attempt in range(1, attempts + 1):
-                try:
-                    model = handler.load_model()
-                    break
-                except Exception as exc:
-                    if attempt == attempts:
-                        raise
-                    print(
-                        f"fruits: worker pid {os.getpid()} could not build {handler.model_id} "
-                        f"(attempt {attempt} of {attempts}: {type(exc).__name__}: {exc}); retrying",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    time.sleep(backoff_seconds * attempt)
-            _MODELS[handler] = model
-            # Python workers have no logging set up; stderr reaches the executor's log.
-            print(
-                f"fruits: worker pid {os.getpid()} built {handler.model_id} in {time.perf_counter() - started:.1f} s",
-                file=sys.stderr,
-                flush=True,
-            )
-        return _MODELS[handler]
+    def infer_chunk(self, runner: Any, images: np.ndarray) -> np.ndarray:
+        """Features of one chunk: Keras' MobileNetV2 preprocessing, then the model."""
+        return np.asarray(runner(mobilenet_v2_preprocess(images)), dtype=np.float32)

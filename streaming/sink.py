@@ -38,6 +38,7 @@ from pyspark.sql.utils import AnalysisException
 
 from fruits import storage
 from fruits.featurize import featurize_column
+from fruits.featurizer import Featurizer
 from fruits.uris import glob_escape, local_path, rust_uri
 from fruits.streaming.progress import Progress
 
@@ -138,7 +139,7 @@ class OutcomeSink:
     allow_overwrites: bool
     chunk_rows: int
     partitions: int
-    handler: Any  # a featurizer handler (fruits.model / fruits.runtimes)
+    handler: Featurizer
     max_bytes: int
     max_pixels: int
     progress: Progress

@@ -6,11 +6,12 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import NOTOP_WEIGHTS, ROOT, SAMPLE, TOP_WEIGHTS, IMAGENET_CLASSES, make_config, sample_files
+from conftest import NOTOP_WEIGHTS, ROOT, SAMPLE, TOP_WEIGHTS, IMAGENET_CLASSES, make_config, place, sample_files
 from fruits.images import decode_image
 from fruits.model import MobileNetV2Handler, resolve_weights
 from fruits.runtimes import OpenVinoHandler, convert_once, cpu_supports_bf16, make_handler, same_features
@@ -73,10 +74,14 @@ def test_model_id_names_runtime_and_precision(tmp_path, weights):
     assert same_features(prefix + "/openvino-fp32", prefix + "/tensorflow-fp32")
     assert same_features(prefix + "/openvino-fp32", prefix)  # rows written before runtimes were recorded
     assert not same_features(prefix + "/openvino-bf16", prefix + "/openvino-fp32")
+    assert not same_features(prefix + "/openvino-int8", prefix + "/openvino-fp32")
+    assert not same_features(prefix + "/openvino-int8", prefix)
     from fruits.config import ConfigError
 
     with pytest.raises(ConfigError, match="bf16 needs --runtime openvino"):
         make_handler(make_config(tmp_path, model={"runtime": "tensorflow", "precision": "bf16"}), weights)
+    with pytest.raises(ConfigError, match="int8 needs --runtime openvino"):
+        make_handler(make_config(tmp_path, model={"runtime": "tensorflow", "precision": "int8"}), weights)
 
 
 def test_worker_side_openvino_never_imports_tensorflow(tmp_path):
@@ -89,7 +94,7 @@ def test_worker_side_openvino_never_imports_tensorflow(tmp_path):
         import pandas as pd
         handler = pickle.loads({pickle_bytes(handler)!r})
         from fruits.featurize import featurize_contents
-        from fruits.model import shared_model
+        from fruits.featurizer import shared_model
         contents = pd.Series([open(p, "rb").read() for p in {photos!r}] + [b"not an image"])
         out = featurize_contents(contents, handler, shared_model(handler), 50_000_000)
         assert [len(v) for v in out["features"][:3]] == [1280] * 3 and out["error"][3], out
@@ -111,7 +116,30 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
-def test_bf16_fidelity_cosine_and_imagenet_top5(tmp_path, images, tf_features):
+@pytest.fixture(scope="module")
+def imagenet_head():
+    """The with-top weights file's ImageNet classifier (Dense 1280 -> 1000): ``(kernel, bias)``."""
+    import h5py
+
+    with h5py.File(TOP_WEIGHTS, "r") as f:
+        dense = next(f["layers"][k]["vars"] for k in f["layers"] if k.startswith("dense") or k == "predictions")
+        return dense["0"][()], dense["1"][()]
+
+
+def imagenet_top5_rate(handler, head, per_class: int | None = None, exclude: frozenset[str] = frozenset()) -> float:
+    """Share of the photos of the fruits ImageNet knows (``per_class`` of each class, all by default, less
+    ``exclude``) whose ImageNet class is in the top 5 of ``handler``'s features through the ImageNet head."""
+    kernel, bias = head
+    model, hits = handler.load_model(), []
+    for label, index in IMAGENET_CLASSES.items():
+        files = [p for p in sample_files(label, per_class) if f"{label}/{p.name}" not in exclude]
+        batch = np.stack([decode_image(p.read_bytes()) for p in files])
+        top5 = np.argsort(-(handler.run_inference(batch, model) @ kernel + bias), axis=1)[:, :5]
+        hits += list((top5 == index).any(axis=1))
+    return float(np.mean(hits))
+
+
+def test_bf16_fidelity_cosine_and_imagenet_top5(tmp_path, images, tf_features, imagenet_head):
     if not cpu_supports_bf16():
         pytest.skip("this CPU has no bf16 support (AVX512_BF16 or AMX): --precision bf16 is refused here")
     handler = _handler(tmp_path, "bf16")
@@ -121,20 +149,7 @@ def test_bf16_fidelity_cosine_and_imagenet_top5(tmp_path, images, tf_features):
     assert cosine.mean() >= 0.99 and cosine.min() >= 0.98, cosine
 
     # ImageNet top-5 of the fruits ImageNet knows, with the with-top file's head: bf16 keeps fp32's hit rate (±5 %).
-    import h5py
-
-    with h5py.File(TOP_WEIGHTS, "r") as f:
-        dense = next(f["layers"][k]["vars"] for k in f["layers"] if k.startswith("dense") or k == "predictions")
-        kernel, bias = dense["0"][()], dense["1"][()]
-    rates = {}
-    for precision in ("fp32", "bf16"):
-        h = _handler(tmp_path, precision)
-        model, hits = h.load_model(), []
-        for label, index in IMAGENET_CLASSES.items():
-            batch = np.stack([decode_image(p.read_bytes()) for p in sample_files(label, 12)])
-            top5 = np.argsort(-(h.run_inference(batch, model) @ kernel + bias), axis=1)[:, :5]
-            hits.append((top5 == index).any(axis=1).mean())
-        rates[precision] = float(np.mean(hits))
+    rates = {precision: imagenet_top5_rate(_handler(tmp_path, precision), imagenet_head, 12) for precision in ("fp32", "bf16")}
     assert rates["fp32"] >= 0.9 and rates["bf16"] >= rates["fp32"] - 0.05, rates
 
 
@@ -152,3 +167,82 @@ def test_runtime_and_precision_flags_reach_the_config(monkeypatch):
     assert (model.runtime, model.precision) == ("tensorflow", "fp32")
     monkeypatch.delenv("FRUITS_RUNTIME")
     assert config_from_args(build_parser().parse_args(["stream"])).model.runtime == "openvino"
+
+
+def test_ir_cache_is_per_user_not_per_home(tmp_path, monkeypatch):
+    from fruits.runtimes import ir_cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert ir_cache_dir(make_config(tmp_path / "a")) == tmp_path / "xdg" / "fruits" == ir_cache_dir(make_config(tmp_path / "b"))
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")  # the XDG spec: a relative path is invalid, ignore it
+    assert ir_cache_dir(make_config(tmp_path / "a")) == Path.home() / ".cache" / "fruits"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert ir_cache_dir(make_config(tmp_path / "a")) == Path.home() / ".cache" / "fruits"
+    assert ir_cache_dir(make_config(tmp_path, model={"ir_cache": str(tmp_path / "mine")})) == tmp_path / "mine"
+
+
+def test_calibration_folder_is_checked_and_hashed_by_names_and_bytes(tmp_path):
+    from fruits.config import ConfigError
+    from fruits.quantize import SHIPPED_CALIBRATION, CalibrationSet, calibration_set
+
+    shipped = calibration_set(make_config(tmp_path))
+    assert shipped.folder == str(SHIPPED_CALIBRATION) and len(shipped.files) == 131  # one photo per Fruits-360 class
+    assert len({Path(f).parent.name for f in shipped.files}) == 131
+    assert (SHIPPED_CALIBRATION.parent / "ATTRIBUTION.md").is_file()
+    mine = place(sample_files("Kiwi", 3), tmp_path / "photos" / "Kiwi")
+    (tmp_path / "photos" / "notes.txt").write_text("not a photo: not part of the set")
+    first = calibration_set(make_config(tmp_path, model={"calibration": str(tmp_path / "photos")}))
+    assert first.files == tuple(str(p) for p in sorted(mine)) and first.sha256 != shipped.sha256
+    mine[0].write_bytes(sample_files("Kiwi", 1, skip=5)[0].read_bytes())  # same names, other bytes: another set
+    assert CalibrationSet.from_folder(tmp_path / "photos").sha256 != first.sha256
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no .jpg"):
+        CalibrationSet.from_folder(tmp_path / "empty")
+    with pytest.raises(ConfigError, match="no such folder"):
+        CalibrationSet.from_folder(tmp_path / "missing")
+
+
+@pytest.mark.slow
+def test_int8_quantized_on_real_photos_is_cached_and_keeps_fp32_accuracy(tmp_path, weights, images, imagenet_head):
+    """Real NNCF quantization of the converted Keras model on the photos shipped in the package: cached per user
+    (a second home reuses it), named by weights + calibration set + NNCF version, and within 1 point of fp32's
+    ImageNet top-5 on the photos of the fruits ImageNet knows that it was not calibrated on."""
+    from fruits.quantize import calibration_set, int8_basename, nncf_version
+
+    model = {"precision": "int8", "ir_cache": str(tmp_path / "ir")}
+    handler = _handler_for(tmp_path / "home", **model)
+    assert isinstance(handler, OpenVinoHandler) and handler.model_id == weights.model_id + "/openvino-int8"
+    shipped = calibration_set(make_config(tmp_path))
+    name = int8_basename(weights, shipped)
+    assert handler.ir_path == str(tmp_path / "ir" / "openvino" / name / f"{name}.xml")
+    assert f"-cal{shipped.sha256[:16]}-nncf{nncf_version()}" in name and all(os.path.isfile(f) for f in handler.files)
+    assert 'element_type="i8"' in Path(handler.ir_path).read_text()  # int8 weights: really quantized
+    mtime = os.stat(handler.ir_path).st_mtime_ns
+    again = _handler_for(tmp_path / "another-home", **model)
+    assert again.ir_path == handler.ir_path and os.stat(again.ir_path).st_mtime_ns == mtime  # cached, not redone
+    assert sorted(p.name for p in (tmp_path / "ir" / "openvino").iterdir()) == sorted(
+        [name, Path(_handler_for(tmp_path / "home", ir_cache=model["ir_cache"]).ir_path).parent.name]
+    )  # the fp32 IR it was made from beside it, no temporary folder left behind
+
+    fp32 = _handler_for(tmp_path / "home", ir_cache=model["ir_cache"])
+    cosine = _cosine(handler.run_inference(images, handler.load_model()), fp32.run_inference(images, fp32.load_model()))
+    assert cosine.mean() >= 0.95, cosine
+    calibrated = frozenset(f"{Path(f).parent.name}/{Path(f).name}" for f in shipped.files)
+    rates = {h.precision: imagenet_top5_rate(h, imagenet_head, exclude=calibrated) for h in (fp32, handler)}
+    print(f"ImageNet top-5 on the fruits it knows: {rates}")
+    assert rates["fp32"] >= 0.9 and rates["int8"] >= rates["fp32"] - 0.01, rates
+
+
+def _handler_for(home: Path, **model):
+    return make_handler(make_config(home, model={"runtime": "openvino", **model}), resolve_weights(str(NOTOP_WEIGHTS)))
+
+
+def test_a_converter_that_dies_raises_instead_of_hanging():
+    """The conversion child killed (for memory, a native crash) fails the caller at once; a multiprocessing.Pool
+    would restart its worker and wait forever."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from fruits.runtimes import run_in_child
+
+    with pytest.raises(BrokenProcessPool):
+        run_in_child(os._exit, 70)
