@@ -135,7 +135,8 @@ def test_incremental_refit_after_optimize_stays_incremental_and_equals_a_full_re
 
 @pytest.mark.slow
 def test_refit_records_compaction_skipped_below_the_threshold_and_survives_a_failed_one(spark, features_home, caplog):
-    from fruits.batch.refit_pca import log_outcome, refit_pca
+    from fruits.batch.refit_pca import refit_pca
+    from fruits.batch.schedule import log_outcome
 
     config, _, _ = features_home  # default threshold (50 extra files); the features table holds 2 small files
     # A quarantine table whose log is corrupt: compacting it fails, the refit must not.
