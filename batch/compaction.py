@@ -82,7 +82,7 @@ def _files_and_bytes(location: str) -> tuple[int, int] | None:
     a refit asks this of three tables each time, and mostly finds nothing to compact), or None if there is none."""
     import pyarrow as pa
     from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
+    from deltalake.exceptions import DeltaError, TableNotFoundError
 
     from fruits.uris import rust_uri
 
@@ -90,6 +90,8 @@ def _files_and_bytes(location: str) -> tuple[int, int] | None:
         sizes = pa.table(DeltaTable(rust_uri(location)).get_add_actions()).column("size_bytes").to_pylist()
     except TableNotFoundError:
         return None
+    except DeltaError as exc:  # its message names no file: say which table
+        raise OSError(f"cannot read the Delta log of {location}: {exc}") from exc
     return len(sizes), sum(sizes)
 
 

@@ -14,6 +14,7 @@ the same (``PCAModel.load`` and ``transform`` work on it).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -27,6 +28,8 @@ from pyspark.sql import functions as F
 from fruits.batch.moments import Moments, moments_of
 from fruits.config import Config
 from fruits.pca_store import PcaModelStore, PcaVersion
+
+log = logging.getLogger("fruits.refit")
 
 @dataclass
 class Fit:
@@ -92,6 +95,8 @@ def fit_full(spark: SparkSession, config: Config, source_version: int, why: str 
     model_ids = _model_ids(rows)
     if not model_ids:
         return None
+    if len(model_ids) > 1:
+        log.warning("features of version %d come from several models: %s", source_version, model_ids)
     moments = moments_of(rows)
     return Fit(moments, model_ids, "full", moments.n, rows, why)
 
