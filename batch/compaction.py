@@ -27,7 +27,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from fruits.config import CompactionConfig, Config, join_uri
+from fruits.config import CompactionConfig, Config
 
 if TYPE_CHECKING:  # Spark is imported when compacting only: `fruits status` uses describe() without it
     from pyspark.sql import SparkSession
@@ -62,24 +62,44 @@ def compact_table(spark: SparkSession, location: str, settings: CompactionConfig
 
 
 def _compact(spark: SparkSession, location: str, min_extra_files: int, target_mb: float) -> dict[str, Any]:
-    from delta.tables import DeltaTable
-
-    from fruits import storage
-
     unsafe = multi_writer_unsafe(location, spark.conf.get)
     if unsafe:
         return {"compacted": False, "skipped": unsafe}
-    if not storage.exists(spark, join_uri(location, "_delta_log")):
+    counted = _files_and_bytes(location)
+    if counted is None:
         return {"compacted": False, "skipped": "no table yet"}
-    table = DeltaTable.forPath(spark, location)
-    detail = table.detail().select("numFiles", "sizeInBytes").head()
-    files, size = int(detail["numFiles"]), int(detail["sizeInBytes"])
+    files, size = counted
     target = max(1, int(target_mb * MIB))
     extra = files - max(1, math.ceil(size / target))
     figures = {"files_before": files, "bytes": size, "extra_files": max(extra, 0)}
     if extra < min_extra_files:
         return {"compacted": False, "skipped": f"{max(extra, 0)} extra files < min_extra_files {min_extra_files}", **figures}
+    return {**figures, **_optimize(spark, location, target, files)}
 
+
+def _files_and_bytes(location: str) -> tuple[int, int] | None:
+    """Data files and bytes of the table's current snapshot, read from its Delta log with delta-rs (no Spark job:
+    a refit asks this of three tables each time, and mostly finds nothing to compact), or None if there is none."""
+    import pyarrow as pa
+    from deltalake import DeltaTable
+    from deltalake.exceptions import DeltaError, TableNotFoundError
+
+    from fruits.uris import rust_uri
+
+    try:
+        sizes = pa.table(DeltaTable(rust_uri(location)).get_add_actions()).column("size_bytes").to_pylist()
+    except TableNotFoundError:
+        return None
+    except DeltaError as exc:  # its message names no file: say which table
+        raise OSError(f"cannot read the Delta log of {location}: {exc}") from exc
+    return len(sizes), sum(sizes)
+
+
+def _optimize(spark: SparkSession, location: str, target: int, files: int) -> dict[str, Any]:
+    """``OPTIMIZE`` the table into files of at most ``target`` bytes; the outcome's figures."""
+    from delta.tables import DeltaTable
+
+    table = DeltaTable.forPath(spark, location)
     started = time.perf_counter()
     previous = {key: spark.conf.get(key, None) for key in OPTIMIZE_SIZE_SETTINGS}
     try:
@@ -95,7 +115,6 @@ def _compact(spark: SparkSession, location: str, min_extra_files: int, target_mb
     removed, added = int(metrics["numFilesRemoved"]), int(metrics["numFilesAdded"])
     outcome = {
         "compacted": removed > 0,
-        **figures,
         # The snapshot OPTIMIZE worked on; appends committed meanwhile come on top of it.
         "files_after": files - removed + added,
         "files_removed": removed,
@@ -105,7 +124,7 @@ def _compact(spark: SparkSession, location: str, min_extra_files: int, target_mb
     if not removed:  # every small file alone in its bin: OPTIMIZE committed nothing
         outcome["skipped"] = "OPTIMIZE found no files to merge"
         return outcome
-    log.info("compacted %s: %d -> %d files (%.1f MB) in %.1f s", location, files, outcome["files_after"], size / MIB, outcome["seconds"])
+    log.info("compacted %s: %d -> %d files in %.1f s", location, files, outcome["files_after"], outcome["seconds"])
     return outcome
 
 

@@ -131,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"no sample image found under {SAMPLE_IMAGES}")
     log.info("landed %d sample images in %s", landed, config.landing)
 
-    from fruits.batch.refit_pca import log_outcome, refit_pca
+    from fruits.batch.refit_pca import refit_pca
+    from fruits.batch.schedule import log_outcome
     from fruits.session import build_spark
     from fruits.streaming.ingest import run_stream
 

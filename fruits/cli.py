@@ -199,11 +199,17 @@ def cmd_refit(config: Config, args: argparse.Namespace) -> int:
 
 
 def _refit(config: Config, args: argparse.Namespace) -> int:
-    from fruits.batch.refit_pca import RefitKeepsFailing, log_outcome, refit_every, refit_pca
+    from fruits.batch.refit_pca import RefitOutcome, nothing_to_fit, refit_pca
+    from fruits.batch.schedule import RefitKeepsFailing, log_outcome, refit_every
+    from fruits.pca_store import PcaModelStore
     from fruits.session import build_spark
 
     pca = config.pca
     k, variance, every = pca.k, (pca.variance or None), pca.every
+    skipped = None if every else nothing_to_fit(config, PcaModelStore(config.pca_models).latest())
+    if skipped:  # nothing new: said from the Delta log, without starting a JVM
+        log_outcome(RefitOutcome(None, skipped))
+        return 0
     spark = build_spark(config, "refit-pca", COMMAND_SECTIONS["refit-pca"])
     if not every:
         log_outcome(refit_pca(spark, config, k, variance, incremental=not args.full))

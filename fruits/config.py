@@ -139,6 +139,7 @@ class PcaConfig:
     variance: float = _at_least(0)
     every: Seconds | None = _duration(optional=True)
     max_consecutive_failures: int = _at_least(1)
+    reproject_growth: float = _at_least(0)
     spark_conf: SparkConf
 
 

@@ -1,8 +1,9 @@
 """``fruits identify PHOTO...``: what fruit is this? No Spark: a handful of photos is answered in-process.
 
 Each photo goes through the stream's own decoding and model (same weights, checked against the model id of the
-features the PCA was fitted on), is projected with the latest PCA version exactly as Spark's ``PCAModel.transform``
-does (x · components, no centring), and is compared with the labelled rows of ``tables/pca``: the 5 nearest vote, weighted by 1/distance.
+features the PCA was fitted on), is projected with the components of the version tables/pca is in (the newest
+model's ``projection_version``) exactly as Spark's ``PCAModel.transform`` does (x · components, no centring), and is
+compared with the labelled rows of ``tables/pca``: the 5 nearest vote, weighted by 1/distance.
 :class:`Identifier` keeps the model loaded between calls and takes bytes (``fruits serve`` uses it);
 :func:`identify` is the command's one-shot use of it.
 """
@@ -15,12 +16,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import pyarrow.fs as pafs
 
-from fruits.config import Config, join_uri
+from fruits.config import Config
 from fruits.featurizer import Featurizer
 from fruits.images import RejectedImage, decode_image
 from fruits.model import WeightsRef
+from fruits.pca_store import PcaModelStore
 from fruits.runtimes import make_handler, same_features
 from fruits.status import last_refit, open_table, rust_uri
 
@@ -39,27 +40,27 @@ class Reference:
     points: np.ndarray  # (n, k) float32
     model_ids: list[str]
     paths: np.ndarray  # (n,) where each row's photo is now (``stored_path``: archived, or still in landing)
+    model_version: int  # the newest model version when loaded (its coordinates version is ``version``)
 
     @classmethod
     def load(cls, config: Config, refit: dict | None = None) -> "Reference":
-        """The rows of ``refit`` (a :func:`fruits.status.last_refit` record; by default the newest version)."""
+        """The rows of ``refit`` (a :func:`fruits.status.last_refit` record; by default the newest version), in the
+        coordinates tables/pca is in as of that version (its ``projection_version``, see fruits.batch.pca_table)."""
         refit = refit or last_refit(config)
         if refit is None:
             raise IdentifyError(f"no PCA model under {config.pca_models}: run `fruits refit-pca` first")
-        folder = join_uri(config.pca_models, f"v{refit['version']}")
-        fs, path = pafs.FileSystem.from_uri(rust_uri(join_uri(folder, "components.npy")))
-        with fs.open_input_file(path) as handle:
-            components = np.load(handle)
+        coordinates = int(refit.get("projection_version") or refit["version"])
+        components = PcaModelStore(config.pca_models).components(coordinates)
         table = open_table(config.pca_table)
         if table is None:
             raise IdentifyError(f"no pca table at {config.pca_table}")
-        rows = rows_of_version(table, refit["version"])
+        rows = rows_of_version(table, coordinates)
         rows = rows[rows["label"].notna()]
         if rows.empty:
-            raise IdentifyError("the pca table has no labelled rows of the latest PCA version")
+            raise IdentifyError(f"the pca table has no labelled rows of PCA version {coordinates}")
         return cls(
-            refit["version"], components, rows["label"].to_numpy(), np.stack(rows["pca"].to_numpy()), refit["model_ids"],
-            rows["shown_path"].to_numpy(),
+            coordinates, components, rows["label"].to_numpy(), np.stack(rows["pca"].to_numpy()), refit["model_ids"],
+            rows["shown_path"].to_numpy(), refit["version"],
         )
 
 
@@ -128,7 +129,7 @@ class Identifier:
         if refit is None:
             raise IdentifyError(f"no PCA model under {self.config.pca_models}: run `fruits refit-pca` first")
         current = self._reference
-        if current is not None and current.version == refit["version"]:
+        if current is not None and current.model_version == refit["version"]:
             return current
         reference = Reference.load(self.config, refit)
         if not any(stored == self.weights.model_id or stored.startswith(self.weights.model_id + "/") for stored in reference.model_ids):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
@@ -15,9 +14,10 @@ import pyarrow.fs as pafs
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from fruits.config import Config, join_uri
+from fruits.config import Config
 from fruits.files import backlog
 from fruits.ledger import ledger_rows
+from fruits.pca_store import latest_record
 from fruits.uris import local_path, rust_uri
 
 
@@ -62,18 +62,7 @@ def _size(n: float) -> str:
 
 def last_refit(config: Config) -> dict[str, Any] | None:
     """The metadata of the newest complete PCA model version, if any."""
-    fs, root = pafs.FileSystem.from_uri(rust_uri(config.pca_models))
-    infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-    versions = sorted(
-        (int(info.base_name[1:]) for info in infos if info.type == pafs.FileType.Directory and re.fullmatch(r"v\d+", info.base_name)),
-        reverse=True,
-    )
-    for version in versions:
-        metadata = join_uri(root, f"v{version}/metadata.json")
-        if fs.get_file_info(metadata).type == pafs.FileType.File:
-            with fs.open_input_stream(metadata) as handle:
-                return json.loads(handle.read().decode("utf-8"))
-    return None
+    return latest_record(config.pca_models)
 
 
 def duplicates(uri: str) -> dict[str, int]:
@@ -159,7 +148,7 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append(
             f"last refit: v{refit['version']} ({refit.get('method', 'full')}) k={refit['k']} over {refit['rows']} rows "
             f"of features version {refit['source_version']}, explained variance {sum(refit['explained_variance']):.3f}, "
-            f"{refit['age_seconds']:.0f} s ago"
+            f"{refit['age_seconds']:.0f} s ago; tables/pca in v{refit.get('projection_version') or refit['version']} coordinates"
         )
         if refit.get("compaction"):
             from fruits.batch.compaction import describe

@@ -9,22 +9,19 @@ Anything else is "not found": there is no way to name another file of the machin
 from __future__ import annotations
 
 import io
-import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
 from urllib.parse import quote
 
-import pyarrow.fs as pafs
 from PIL import Image, ImageOps
 
-from fruits.config import Config, join_uri
+from fruits.config import Config
 from fruits.images import RejectedImage
 from fruits.landing import local_folder
 from fruits.names import is_candidate
-from fruits.status import rust_uri
+from fruits.pca_store import PcaModelStore
 
-PLOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\.png")
 
 
 def local_roots(config: Config) -> dict[str, Path]:
@@ -63,6 +60,7 @@ class HomeFiles:
 
     def __init__(self, config: Config, cache_entries: int = 512) -> None:
         self.config = config
+        self.pca_models = PcaModelStore(config.pca_models)
         self.roots = local_roots(config)
         self.extensions = config.stream.extensions
         self.size = config.web.thumbnail_px
@@ -122,10 +120,4 @@ class HomeFiles:
 
     def plot(self, version: int, name: str) -> bytes | None:
         """A PNG plot of PCA version ``version`` (a plain ``name.png`` in its folder), or None."""
-        if not PLOT_NAME.fullmatch(name):
-            return None
-        fs, path = pafs.FileSystem.from_uri(rust_uri(join_uri(self.config.pca_models, f"v{int(version)}/{name}")))
-        if fs.get_file_info(path).type != pafs.FileType.File:
-            return None
-        with fs.open_input_stream(path) as handle:
-            return handle.read()
+        return self.pca_models.plot(version, name)

@@ -56,7 +56,8 @@ def test_the_refit_lock_is_exclusive_names_its_holder_and_dies_with_it(tmp_path)
 def test_a_second_refit_exits_while_identify_and_status_keep_answering(spark, weights, features_home):
     """One refit holds the home's lock (as `fruits refit-pca` does) and refits; a second `fruits refit-pca` exits 3 at
     once with a clear message; `identify` and `status` run in a loop meanwhile, without one failure."""
-    from fruits.batch.refit_pca import model_versions, refit_pca
+    from fruits.batch.refit_pca import refit_pca
+    from fruits.pca_store import PcaModelStore
     from fruits.identify import identify
     from fruits.status import collect_status
 
@@ -106,7 +107,7 @@ def test_a_second_refit_exits_while_identify_and_status_keep_answering(spark, we
     assert second.returncode == 3, second.stderr[-2000:]
     assert "another refit-pca is running on this home" in second.stderr and "Traceback" not in second.stderr
     assert outcome["v"].refitted.version == 2
-    assert [v.version for v in model_versions(spark, config)] == [1, 2]
+    assert [v.version for v in PcaModelStore(config.pca_models).versions()] == [1, 2]
     assert sorted(p.name for p in Path(config.pca_models).iterdir()) == ["v1", "v2"]
     print(f"\nidentify during the refit: {len(answers)} answers (PCA versions {sorted(set(answers))}), {len(failures)} failures")
     assert failures == [] and len(answers) >= 1 and set(answers) <= {1, 2}
@@ -127,7 +128,8 @@ def test_an_incremental_refit_after_210_small_commits_merges_on_the_executors(sp
     """210 one-row commits, read as 210 partitions: the statistics are merged in a tree on the executors, so the
     refit passes with spark.driver.maxResultSize=40m, which a single 13 MB block per partition would exceed."""
     from fruits.batch.moments import Moments
-    from fruits.batch.refit_pca import model_versions, refit_pca
+    from fruits.batch.refit_pca import refit_pca
+    from fruits.pca_store import PcaModelStore
     from fruits.tables import latest_version
 
     config, rows, append = features_home
@@ -155,7 +157,7 @@ def test_an_incremental_refit_after_210_small_commits_merges_on_the_executors(sp
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "refit v2 (incremental): k=10 over 460 rows" in result.stderr and "(210 new)" in result.stderr
-    fitted = model_versions(spark, config)[-1]
+    fitted = PcaModelStore(config.pca_models).versions()[-1]
     table = spark.read.format("delta").load(config.features_table).toPandas()
     exact = Moments.of_rows(np.stack(table["features"].to_numpy()))
     assert fitted.rows == exact.n == 460

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.slow
 def test_refit_writes_a_versioned_model_and_one_pca_row_per_feature_row(spark, ingested):
     from pyspark.ml.feature import PCAModel
 
-    from fruits.batch.refit_pca import model_versions, refit_pca
+    from fruits.batch.refit_pca import refit_pca
+    from fruits.pca_store import PcaModelStore
     from fruits.tables import latest_version
 
     config = ingested["config"]
@@ -31,7 +32,7 @@ def test_refit_writes_a_versioned_model_and_one_pca_row_per_feature_row(spark, i
     metadata = json.loads((folder / "metadata.json").read_text())
     assert metadata["k"] == 20 and metadata["source_version"] == source_version and metadata["fit_seconds"] > 0
     assert PCAModel.load(str(folder / "spark-model")).getK() == 20
-    assert [v.version for v in model_versions(spark, config)] == [1]
+    assert [v.version for v in PcaModelStore(config.pca_models).versions()] == [1]
 
     pca = spark.read.format("delta").load(config.pca_table).toPandas()
     assert sorted(pca["path"]) == sorted(ingested["features"]["path"])
@@ -70,7 +71,7 @@ def test_refit_every_refits_then_skips_when_nothing_is_new(spark, ingested, capl
     import threading
     import time
 
-    from fruits.batch.refit_pca import refit_every
+    from fruits.batch.schedule import refit_every
 
     stop = threading.Event()
     caplog.set_level(logging.INFO, logger="fruits.refit")
