@@ -77,7 +77,6 @@ class PathsConfig:
     status: str
     archive: str
     locks: str
-    cache: str
 
 
 @dataclass(frozen=True)
@@ -225,7 +224,6 @@ class Config:
     locks = _Location("locks")
     pca_table = _Location("pca_table")
     pca_models = _Location("pca_models")
-    cache = _Location("cache")
 
     @property
     def stream_progress(self) -> str:

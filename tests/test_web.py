@@ -192,13 +192,11 @@ def test_dashboard_counters_rise_within_seconds_while_a_real_stream_runs(identif
 
     from fruits.web import create_app
 
-    site = tmp_path / "site.toml"  # reuse the OpenVINO IR converted for identify_home (keyed by the weights' sha256)
-    site.write_text(f'[paths]\ncache = "{identify_home["config"].cache}"\n')
-    home = tmp_path / "home"
-    config = make_config(home, paths={"cache": identify_home["config"].cache})
+    home = tmp_path / "home"  # the OpenVINO IR converted for identify_home is reused: the IR cache is per user
+    config = make_config(home)
     log = (tmp_path / "stream.log").open("w")
     stream = subprocess.Popen(
-        [sys.executable, "-m", "fruits.cli", "stream", "--home", str(home), "--config", str(site),
+        [sys.executable, "-m", "fruits.cli", "stream", "--home", str(home),
          "--weights", str(NOTOP_WEIGHTS), "--master", "local[2]", "--trigger", "1s"],
         stdout=log, stderr=subprocess.STDOUT,
     )
