@@ -90,16 +90,21 @@ def _holder() -> dict[str, object]:
             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)), "renewed_at": now}
 
 
-def _dead(holder: dict[str, object], lease_seconds: float) -> bool:
+# The lease objects this process holds (a holder with this process's host and pid but not in here is a previous
+# container that ran under the same pid).
+_HELD: set[str] = set()
+
+
+def _dead(uri: str, holder: dict[str, object], lease_seconds: float) -> bool:
     """Whether the lease's holder is gone: silent for ``lease_seconds``, or a process of this machine that is not
-    running (or is this very process, which does not hold it yet: a container restarted under the same pid)."""
+    running (or has this process's pid without this process holding it: a container restarted under that pid)."""
     if time.time() - float(holder.get("renewed_at", 0)) > lease_seconds:
         return True
     if holder.get("host") != socket.gethostname():
         return False
     pid = int(holder.get("pid", 0))
     if pid == os.getpid():
-        return True
+        return uri not in _HELD
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -136,7 +141,7 @@ class S3Lease:
                 holder = json.loads(data)
             except ValueError:
                 holder = {}
-            if not _dead(holder, self.lease_seconds):
+            if not _dead(self.uri, holder, self.lease_seconds):
                 raise LockBusy(
                     f"another {self.name} is running on this home (host {holder.get('host')} pid {holder.get('pid')} "
                     f"since {holder.get('since')}; lease {self.uri}, renewed every {self.lease_seconds / 3:.0f} s): "
@@ -148,6 +153,7 @@ class S3Lease:
                 break
         if self.etag is None:
             raise LockBusy(f"another {self.name} took the lease {self.uri} at the same time: exiting")
+        _HELD.add(self.uri)
         self._thread = threading.Thread(target=self._renew, name=f"fruits-{self.name}-lease", daemon=True)
         self._thread.start()
 
@@ -170,6 +176,7 @@ class S3Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+        _HELD.discard(self.uri)
         current = s3.get(self.uri)
         if current is not None and current[1] == self.etag:
             s3.delete(self.uri)

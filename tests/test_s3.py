@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NOTOP_WEIGHTS, SAMPLE, sample_files
+from conftest import NOTOP_WEIGHTS, sample_files
 from s3server import S3Server, start_server, weed_binary
 
 FRUITS = str(Path(sys.executable).with_name("fruits"))
