@@ -9,6 +9,22 @@
 #   docker build -t fruits .
 #   docker run --rm -v fruits-home:/data/fruits-home fruits status --home /data/fruits-home
 
+# --- The S3 server of docker-compose.yml (service `s3`): SeaweedFS, built from the Go module proxy as .ci/build-weed
+# does (`go install ...@version` is refused: the module has replace directives). `docker build --target seaweedfs`.
+FROM golang:1.26-bookworm AS seaweedfs-build
+ARG WEED_VERSION=v0.0.0-20261109003541-7506e5f91cd6
+RUN go mod download github.com/seaweedfs/seaweedfs@${WEED_VERSION} \
+    && cp -r "$(go env GOMODCACHE)/github.com/seaweedfs/seaweedfs@${WEED_VERSION}" /src && chmod -R u+w /src \
+    && cd /src && CGO_ENABLED=0 go build -o /weed ./weed
+
+FROM debian:bookworm-slim AS seaweedfs
+COPY --from=seaweedfs-build /weed /usr/local/bin/weed
+RUN useradd --uid 10002 --create-home --shell /usr/sbin/nologin seaweed && mkdir /data && chown seaweed /data
+USER seaweed
+WORKDIR /data
+CMD ["weed", "server", "-dir=/data", "-s3"]
+
+# --- The Fruits! image (the default target).
 FROM python:3.11-slim-bookworm
 
 # procps: Spark's launch scripts call `ps`. tini: PID 1 that reaps the processes Spark forks and forwards SIGTERM.
@@ -62,8 +78,10 @@ RUN mkdir -p /data/fruits-home /home/fruits/.keras /home/fruits/spark-conf \
 
 USER fruits
 
-# Resolve Delta's jars now (Maven Central through Ivy, into ~fruits/.ivy2*), so containers start without network.
-RUN cd /tmp && python -m fruits.jars warm && rm -rf /tmp/spark-* /tmp/blockmgr-* /tmp/spark-warehouse
+# Resolve Delta's jars, and hadoop-aws with its AWS SDK bundle for s3a:// homes, now (Maven Central through Ivy, into
+# ~fruits/.ivy2*), so containers start without network.
+RUN cd /tmp && python -m fruits.jars warm && python -m fruits.jars warm --s3 \
+    && rm -rf /tmp/spark-* /tmp/blockmgr-* /tmp/spark-warehouse
 
 WORKDIR /data
 

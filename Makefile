@@ -8,7 +8,7 @@ WEIGHTS ?= $(if $(wildcard $(SHARED)/models/mobilenet_v2_imagenet_notop.weights.
 DEMO_HOME ?= demo-home
 JARS_DIR := .cache/jars
 
-.PHONY: install jars demo test test-fast bench clean
+.PHONY: install jars demo test test-fast bench clean weed s3-jars test-s3 bench-s3
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,18 @@ $(VENV)/.jars: $(VENV)/.installed
 	else echo "Ivy could not resolve Delta (see .cache-jars.log); trying Maven"; $(PY) -m fruits.jars maven $(JARS_DIR); fi
 	touch $@
 
+# hadoop-aws and its AWS SDK bundle, which sessions add for s3a:// homes only (fruits/jars.py): Ivy, else Maven.
+s3-jars: $(VENV)/.s3-jars
+$(VENV)/.s3-jars: $(VENV)/.jars
+	@if [ -d $(JARS_DIR) ] && ls $(JARS_DIR)/hadoop-aws-*.jar >/dev/null 2>&1; then echo "using S3A jars in $(JARS_DIR)"; \
+	elif [ ! -d $(JARS_DIR) ] && $(PY) -m fruits.jars warm --s3 >/dev/null 2>.cache-jars.log; then echo "S3A jars resolved through Ivy"; rm -f .cache-jars.log; \
+	else echo "resolving Delta's and S3A's jars with Maven into $(JARS_DIR)"; $(PY) -m fruits.jars maven $(JARS_DIR); fi
+	touch $@
+
+# SeaweedFS (a real S3 server for tests/test_s3.py and bench/s3_throughput.py), built once into ~/.cache/fruits/weed.
+weed:
+	.ci/build-weed
+
 # FRUITS_JARS_DIR is only set (non-empty) when the Maven fallback filled .cache/jars.
 RUN = FRUITS_JARS_DIR=$$([ -d $(JARS_DIR) ] && echo $(abspath $(JARS_DIR)))
 
@@ -42,6 +54,12 @@ test-fast: $(VENV)/.installed
 
 bench: install
 	$(RUN) $(PY) bench/ingest_throughput.py --weights $(WEIGHTS)
+
+test-s3: install s3-jars weed
+	$(RUN) FRUITS_REQUIRE_S3=1 $(PY) -m pytest tests/test_s3.py
+
+bench-s3: install s3-jars weed
+	$(RUN) $(PY) bench/s3_throughput.py --weights $(WEIGHTS)
 
 clean:
 	rm -rf $(DEMO_HOME) .pytest_cache spark-warehouse

@@ -15,6 +15,7 @@ from fruits.config import Config, ConfigError, allowed_values, default_value, lo
 from fruits.identify import IdentifyError
 from fruits.model import WeightsUnavailable
 from fruits.names import UnsafeName
+from fruits.s3 import configure as configure_s3
 
 log = logging.getLogger("fruits")
 
@@ -227,10 +228,16 @@ def _refit(config: Config, args: argparse.Namespace) -> int:
 
 def cmd_drop(config: Config, args: argparse.Namespace) -> int:
     from fruits.landing import LedgerNote, drop, local_folder
+    from fruits.object_landing import ObjectLanding
+    from fruits.s3 import is_s3
 
-    landing = local_folder(config.landing)
-    note = LedgerNote(config.files_table, landing, "drop")
-    results = drop([Path(s) for s in args.sources], landing, list(config.stream.extensions), args.label, note)
+    extensions = list(config.stream.extensions)
+    sources = [Path(s) for s in args.sources]
+    if is_s3(config.landing):  # one conditional PUT per object, no temporary name (fruits/object_landing.py)
+        results = ObjectLanding(config.landing, config.files_table, "drop").drop(sources, extensions, args.label)
+    else:
+        landing = local_folder(config.landing)
+        results = drop(sources, landing, extensions, args.label, LedgerNote(config.files_table, landing, "drop"))
     for result in results:
         print(f"{result.note}: {result.source}" + (f" -> {result.target}" if result.target else ""))
     placed = sum(r.note == "placed" for r in results)
@@ -241,13 +248,18 @@ def cmd_drop(config: Config, args: argparse.Namespace) -> int:
 def cmd_stage(config: Config, args: argparse.Namespace) -> int:
     from fruits.landing import InboxStager, LedgerNote, local_folder
     from fruits.names import check_inbox
+    from fruits.object_landing import ObjectLanding
+    from fruits.s3 import is_s3
 
-    landing = local_folder(config.landing)
-    check_inbox(Path(args.inbox), landing)
+    remote = is_s3(config.landing)
+    landing = Path(config.landing) if remote else local_folder(config.landing)
+    if not remote:
+        check_inbox(Path(args.inbox), landing)
     stager = InboxStager(
         inbox=Path(args.inbox).resolve(),
         landing=landing,
-        note=LedgerNote(config.files_table, landing, "stage"),
+        note=None if remote else LedgerNote(config.files_table, landing, "stage"),
+        place=ObjectLanding(config.landing, config.files_table, "stage").place if remote else None,
         extensions=list(config.stream.extensions),
         stable_seconds=config.stage.stable_seconds,
         settle_seconds=config.stage.settle_seconds,
@@ -344,6 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level)
     try:
         config = config_from_args(args)
+        configure_s3(config)  # an s3a:// home: the [s3] settings reach deltalake and pyarrow too (fruits/s3.py)
         return COMMANDS[args.command](config, args)
     except (ConfigError, WeightsUnavailable, IdentifyError, UnsafeName) as exc:
         print(f"fruits {args.command}: error: {exc}", file=sys.stderr)

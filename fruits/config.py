@@ -80,6 +80,14 @@ class PathsConfig:
 
 
 @dataclass(frozen=True)
+class S3Config:
+    endpoint: str
+    region: str
+    path_style: bool
+    lease_seconds: float = _at_least(3)
+
+
+@dataclass(frozen=True)
 class SparkConfig:
     master: str
     app_name: str
@@ -164,7 +172,7 @@ class WebConfig:
 
 
 SECTIONS: dict[str, type] = {
-    "paths": PathsConfig, "spark": SparkConfig, "stream": StreamConfig, "discovery": DiscoveryConfig,
+    "paths": PathsConfig, "s3": S3Config, "spark": SparkConfig, "stream": StreamConfig, "discovery": DiscoveryConfig,
     "stage": StageConfig, "model": ModelConfig, "testing": TestingConfig, "pca": PcaConfig,
     "compaction": CompactionConfig, "web": WebConfig,
 }
@@ -178,6 +186,9 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "FRUITS_MASTER": ("spark", "master"),
     "FRUITS_JARS_DIR": ("spark", "jars_dir"),
     "FRUITS_TOKEN": ("web", "token"),
+    "FRUITS_S3_ENDPOINT": ("s3", "endpoint"),
+    "FRUITS_S3_REGION": ("s3", "region"),
+    "FRUITS_S3_PATH_STYLE": ("s3", "path_style"),
 }
 
 
@@ -196,6 +207,7 @@ class Config:
     """The merged, checked settings, one attribute per section, and the derived locations of the home folder."""
 
     paths: PathsConfig
+    s3: S3Config
     spark: SparkConfig
     stream: StreamConfig
     discovery: DiscoveryConfig

@@ -1,8 +1,11 @@
-"""Delta Lake's jars: resolve them once (Ivy via delta-spark, or Maven into a folder) so sessions start offline-safe.
+"""Delta Lake's jars, and S3A's for ``s3a://`` homes: resolve them once (Ivy via delta-spark, or Maven into a
+folder) so sessions start offline-safe.
 
-``python -m fruits.jars warm`` starts and stops one SparkSession, which makes Ivy download the jars into ~/.ivy2*.
-``python -m fruits.jars maven DIR`` is the fallback when Ivy cannot reach Maven Central: it resolves the same
-coordinates with ``mvn dependency:copy-dependencies`` into DIR; then set ``FRUITS_JARS_DIR=DIR``.
+``python -m fruits.jars warm [--s3]`` starts and stops one SparkSession, which makes Ivy download the jars into
+~/.ivy2* (with ``--s3``, also ``hadoop-aws`` and its AWS SDK bundle, which sessions add only when the home or the
+landing folder is on S3: the bundle is large). ``python -m fruits.jars maven DIR`` is the fallback when Ivy cannot
+reach Maven Central: it resolves the same coordinates (Delta's and S3A's) with ``mvn dependency:copy-dependencies``
+into DIR; then set ``FRUITS_JARS_DIR=DIR``.
 """
 
 from __future__ import annotations
@@ -22,17 +25,36 @@ def delta_coordinates() -> tuple[str, str, str]:
     return "io.delta", f"delta-spark_{spark_minor}_2.13", metadata.version("delta-spark")
 
 
+def hadoop_version() -> str:
+    """The Hadoop version pyspark ships (``pyspark/jars/hadoop-client-api-<version>.jar``)."""
+    jars = sorted((Path(pyspark.__file__).parent / "jars").glob("hadoop-client-api-*.jar"))
+    if not jars:
+        raise FileNotFoundError("pyspark ships no hadoop-client-api jar: cannot tell which hadoop-aws matches it")
+    return jars[-1].name[len("hadoop-client-api-") : -len(".jar")]
+
+
+def s3a_coordinates() -> tuple[str, str, str]:
+    """(group, artifact, version) of ``hadoop-aws`` matching pyspark's Hadoop (it brings its AWS SDK v2 bundle)."""
+    return "org.apache.hadoop", "hadoop-aws", hadoop_version()
+
+
+def maven_coordinate(coordinates: tuple[str, str, str]) -> str:
+    """``group:artifact:version``, as ``spark.jars.packages`` takes it."""
+    return ":".join(coordinates)
+
+
+DEPENDENCY = "<dependency><groupId>{0}</groupId><artifactId>{1}</artifactId><version>{2}</version></dependency>"
 POM = """<project xmlns="http://maven.apache.org/POM/4.0.0"><modelVersion>4.0.0</modelVersion>
 <groupId>fruits</groupId><artifactId>delta-jars</artifactId><version>1</version>
-<dependencies><dependency><groupId>{0}</groupId><artifactId>{1}</artifactId><version>{2}</version></dependency>
-</dependencies></project>"""
+<dependencies>{0}</dependencies></project>"""
 
 
 def fetch_with_maven(target: str) -> None:
-    """Copy Delta's jar and its runtime dependencies (Spark's own are 'provided' and skipped) into ``target``."""
+    """Copy Delta's and hadoop-aws's jars and their runtime dependencies (Spark's and Hadoop's own are 'provided'
+    and skipped) into ``target``."""
     with tempfile.TemporaryDirectory() as tmp:
         pom = Path(tmp) / "pom.xml"
-        pom.write_text(POM.format(*delta_coordinates()))
+        pom.write_text(POM.format("".join(DEPENDENCY.format(*c) for c in (delta_coordinates(), s3a_coordinates()))))
         subprocess.run(
             ["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
              f"-DoutputDirectory={Path(target).resolve()}", "-DincludeScope=runtime"],
@@ -40,12 +62,14 @@ def fetch_with_maven(target: str) -> None:
         )
 
 
-def warm() -> None:
-    """Start one SparkSession with the default configuration so its jars are resolved and cached."""
+def warm(s3: bool = False) -> None:
+    """Start one SparkSession with the default configuration so its jars are resolved and cached; with ``s3``, as
+    for an ``s3a://`` home (nothing is read from S3)."""
     from fruits.config import load_config
     from fruits.session import build_spark
 
-    spark = build_spark(load_config(overrides={"spark": {"master": "local[1]"}}), "warm-jars")
+    overrides = {"spark": {"master": "local[1]"}, "paths": {"home": "s3a://warm/fruits" if s3 else None}}
+    spark = build_spark(load_config(overrides=overrides), "warm-jars")
     spark.range(1).count()
     spark.stop()
 
@@ -53,7 +77,7 @@ def warm() -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["maven"] and len(sys.argv) == 3:
         fetch_with_maven(sys.argv[2])
-    elif sys.argv[1:] == ["warm"]:
-        warm()
+    elif sys.argv[1:2] == ["warm"] and sys.argv[2:] in ([], ["--s3"]):
+        warm(s3=sys.argv[2:] == ["--s3"])
     else:
-        sys.exit("usage: python -m fruits.jars warm | maven DIR")
+        sys.exit("usage: python -m fruits.jars warm [--s3] | maven DIR")

@@ -14,7 +14,8 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Callable
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -149,43 +150,56 @@ def place_atomically(source: Path, target: Path, move: bool = False, note: Ledge
 
 @dataclass(frozen=True)
 class Dropped:
-    """One source file and what became of it."""
+    """One source file and what became of it (``target``: a local path, or an ``s3a://`` URI)."""
 
     source: Path
-    target: Path | None
+    target: Path | str | None
     note: str
+
+
+def drop_plan(
+    sources: list[Path], extensions: list[str], label: str | None = None
+) -> tuple[list[tuple[Path, PurePosixPath]], list[Dropped]]:
+    """Which files of ``sources`` land where, relative to the landing folder, and the sources that do not land.
+
+    A folder's images keep their sub-folders (``photos/Banana/a.jpg`` -> ``Banana/a.jpg``); a file argument lands in
+    the landing root, or in ``<label>/`` with ``label`` (checked by :func:`fruits.names.check_label`). Names that
+    would leave landing or go unread are refused (:class:`fruits.names.UnsafeName`) before anything is written.
+    """
+    label = check_label(label)
+    check_sources(sources, lambda name: is_candidate(name, extensions))
+    root = PurePosixPath(label) if label else PurePosixPath()
+    pairs: list[tuple[Path, PurePosixPath]] = []
+    refused: list[Dropped] = []
+    for source in sources:
+        if source.is_dir():
+            found = [(p, root / p.relative_to(source).as_posix()) for p in sorted(source.rglob("*")) if p.is_file()]
+        elif source.is_file():
+            found = [(source, root / source.name)]
+        else:
+            refused.append(Dropped(source, None, "no such file or folder"))
+            continue
+        for path, relative in found:
+            if is_candidate(path.name, extensions):
+                pairs.append((path, relative))
+            else:
+                refused.append(Dropped(path, None, "skipped: not an image name the stream reads"))
+    return pairs, refused
 
 
 def drop(
     sources: list[Path], landing: Path, extensions: list[str], label: str | None = None, note: LedgerNote | None = None
 ) -> list[Dropped]:
-    """Copy image files, and the images under folders (keeping their sub-folders), into ``landing`` atomically.
-
-    ``drop(["photos/"])`` puts ``photos/Banana/a.jpg`` at ``landing/Banana/a.jpg``; a file argument lands in the
-    landing root, or in ``landing/<label>/`` with ``label`` (checked by :func:`fruits.names.check_label`).
-    """
-    label = check_label(label)  # fruits.names: refuse, before anything is written, what would leave landing
-    check_sources(sources, lambda name: is_candidate(name, extensions))  # or go unread
-    root = landing / label if label else landing
-    results: list[Dropped] = []
+    """Copy image files, and the images under folders (keeping their sub-folders), into ``landing`` atomically
+    (where each lands: :func:`drop_plan`). With ``note``, they are recorded in the ledger before they appear."""
+    pairs, results = drop_plan(sources, extensions, label)
     prepared: list[_Placement] = []
-    for source in sources:
-        if source.is_dir():
-            pairs = [(path, root / path.relative_to(source)) for path in sorted(source.rglob("*")) if path.is_file()]
-        elif source.is_file():
-            pairs = [(source, root / source.name)]
+    for path, relative in pairs:
+        placement = _prepare(path, landing / relative, {p.final for p in prepared})
+        if placement is None:
+            results.append(Dropped(path, None, "already there"))
         else:
-            results.append(Dropped(source, None, "no such file or folder"))
-            continue
-        for path, target in pairs:
-            if not is_candidate(path.name, extensions):
-                results.append(Dropped(path, None, "skipped: not an image name the stream reads"))
-                continue
-            placement = _prepare(path, target, {p.final for p in prepared})
-            if placement is None:
-                results.append(Dropped(path, None, "already there"))
-            else:
-                prepared.append(placement)
+            prepared.append(placement)
     for start in range(0, len(prepared), NOTE_GROUP):
         group = prepared[start : start + NOTE_GROUP]
         try:
@@ -223,6 +237,9 @@ class InboxStager(FileSystemEventHandler):
     stable_seconds: float = 5.0
     settle_seconds: float = 0.5
     note: LedgerNote | None = None
+    # How a complete file is promoted: (inbox file, its path below landing) -> where it landed or None. Default: an
+    # atomic local copy into ``landing`` (:func:`place_atomically`); fruits.object_landing gives one for S3.
+    place: Callable[[Path, PurePosixPath], object] | None = None
     pending: dict[Path, _Pending] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     promoted: int = 0
@@ -282,11 +299,19 @@ class InboxStager(FileSystemEventHandler):
                     del self.pending[path]
                     if stage_refusal(path, self.inbox):  # replaced by a link since it was tracked
                         continue
-                    placed = place_atomically(path, self.landing / path.relative_to(self.inbox), move=True, note=self.note)
+                    placed = self._promote(path)
                     log.info("staged %s -> %s", path, placed or "(already in landing)")
                     promoted += 1
         self.promoted += promoted
         return promoted
+
+    def _promote(self, path: Path) -> object:
+        relative = PurePosixPath(path.relative_to(self.inbox).as_posix())
+        if self.place is None:
+            return place_atomically(path, self.landing / relative, move=True, note=self.note)
+        placed = self.place(path, relative)
+        path.unlink()
+        return placed
 
     def run(self, stop: threading.Event, poll_seconds: float = 0.2) -> None:
         """Watch the inbox and promote complete files until ``stop`` is set."""

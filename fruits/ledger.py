@@ -7,7 +7,9 @@ record them directly.
 
 A file version is (path, size, mtime in ms): ``file_id`` is their SHA-256. The same bytes landed again under the same
 path with the same mtime (``rsync -a`` of an archive twice) are the same version, recorded once; a file overwritten in
-place is a new version.
+place is a new version. On an object store (``s3a://``) the server sets an object's mtime when its upload completes,
+so a writer that records the row first cannot know it: there a version is (path, size, ETag) instead, the ETag being
+the MD5 of a single-PUT object's bytes (:mod:`fruits.s3`).
 """
 
 from __future__ import annotations
@@ -46,9 +48,11 @@ LEDGER_SCHEMA = pa.schema(
 DISCOVERY_METHODS = ("watch", "backfill", "drop", "stage", "upload", "migration")
 
 
-def file_id(path: str, size: int, mtime_ms: int) -> str:
-    """The id of one file version: 32 hex digits of SHA-256 over its path (as Spark spells it), size and mtime (ms)."""
-    return hashlib.sha256(f"{path}\n{size}\n{mtime_ms}".encode("utf-8", "surrogateescape")).hexdigest()[:32]
+def file_id(path: str, size: int, mtime_ms: int, etag: str | None = None) -> str:
+    """The id of one file version: 32 hex digits of SHA-256 over its path (as Spark spells it), size and mtime (ms),
+    or, for an object store's object, its ETag instead of the mtime."""
+    version = f"etag:{etag}" if etag else str(mtime_ms)
+    return hashlib.sha256(f"{path}\n{size}\n{version}".encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 def label_of(path: str, landing: str) -> str | None:
@@ -61,16 +65,18 @@ def label_of(path: str, landing: str) -> str | None:
 
 @dataclass(frozen=True)
 class FileVersion:
-    """One file as discovery saw it: ``path`` as Spark's ``binaryFile`` spells it, size, mtime in ms, label."""
+    """One file as discovery saw it: ``path`` as Spark's ``binaryFile`` spells it, size, mtime in ms, label, and on
+    an object store its ETag."""
 
     path: str
     size: int
     mtime_ms: int
     label: str | None
+    etag: str | None = None
 
     @property
     def file_id(self) -> str:
-        return file_id(self.path, self.size, self.mtime_ms)
+        return file_id(self.path, self.size, self.mtime_ms, self.etag)
 
 
 def ensure_ledger(uri: str) -> None:

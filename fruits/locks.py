@@ -1,26 +1,36 @@
-"""One ``fruits stream`` and one ``refit-pca`` per home at a time: an exclusive, non-blocking ``flock`` on a file
-under the home.
+"""One ``fruits stream`` and one ``refit-pca`` per home at a time.
 
-The lock file is ``HOME/locks/<name>.lock`` (``[paths] locks``) for a local home (or one every machine mounts, e.g.
-NFS with working locks). ``flock`` is released by the kernel when the process dies, so a killed refit never leaves a stale
-lock. Object stores (``s3a://``) have no locks: for a remote home the lock file is local
-(``~/.cache/fruits/locks/``), which only keeps refits on the same machine apart; see docs/deployment.md
-(Concurrent refits) for what to use there.
+On a local home (or one every machine mounts, e.g. NFS with working locks): an exclusive, non-blocking ``flock`` on
+``HOME/locks/<name>.lock`` (``[paths] locks``), released by the kernel when the process dies, so a killed process
+never leaves a stale lock.
+
+On an S3 home (``s3a://``): a lease object ``HOME/locks/<name>.lock`` (:class:`S3Lease`), created with a conditional
+PUT (``If-None-Match: *``: of two processes, exactly one creates it) and renewed every ``[s3] lease_seconds / 3``
+with ``If-Match`` on its ETag. A holder that stopped renewing for ``lease_seconds`` (its machine died), or a dead
+process of this same machine, is taken over (again with ``If-Match``, so of two contenders one wins). A holder that
+finds its lease taken over stops its process (SIGTERM: the stream's clean stop).
+
+Other remote homes (``hdfs://``): the lock file is local (``~/.cache/fruits/locks/``), which only keeps processes
+of the same machine apart; see docs/deployment.md.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import re
+import signal
 import socket
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from fruits import s3
 from fruits.config import Config
 from fruits.uris import local_path
 
@@ -43,7 +53,15 @@ def lock_path(config: Config, name: str) -> Path:
 @contextmanager
 def exclusive(config: Config, name: str) -> Iterator[Path]:
     """Hold the lock ``name`` of the home for the ``with`` block, or raise :class:`LockBusy` at once if another
-    process holds it. The lock file records the holder (host, pid, since) for the message."""
+    process holds it. The lock records the holder (host, pid, since) for the message."""
+    if s3.is_s3(config.locks):
+        lease = S3Lease(f"{config.locks.rstrip('/')}/{name}.lock", name, config.s3.lease_seconds)
+        lease.acquire()
+        try:
+            yield Path(lease.uri)
+        finally:
+            lease.release()
+        return
     path = lock_path(config, name)
     if not config.home.startswith(("/", "file:")) and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", config.home):
         log.warning("home %s is remote: the %s lock (%s) keeps out only processes of this machine", config.home, name, path)
@@ -64,3 +82,101 @@ def exclusive(config: Config, name: str) -> Iterator[Path]:
         yield path
     finally:
         os.close(descriptor)  # releases the lock
+
+
+def _holder() -> dict[str, object]:
+    now = time.time()
+    return {"host": socket.gethostname(), "pid": os.getpid(),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)), "renewed_at": now}
+
+
+# The lease objects this process holds (a holder with this process's host and pid but not in here is a previous
+# container that ran under the same pid).
+_HELD: set[str] = set()
+
+
+def _dead(uri: str, holder: dict[str, object], lease_seconds: float) -> bool:
+    """Whether the lease's holder is gone: silent for ``lease_seconds``, or a process of this machine that is not
+    running (or has this process's pid without this process holding it: a container restarted under that pid)."""
+    if time.time() - float(holder.get("renewed_at", 0)) > lease_seconds:
+        return True
+    if holder.get("host") != socket.gethostname():
+        return False
+    pid = int(holder.get("pid", 0))
+    if pid == os.getpid():
+        return uri not in _HELD
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class S3Lease:
+    """The lock ``name`` of an S3 home: a lease object renewed by a heartbeat thread (see the module docstring)."""
+
+    def __init__(self, uri: str, name: str, lease_seconds: float) -> None:
+        self.uri, self.name, self.lease_seconds = uri, name, lease_seconds
+        self.holder = _holder()
+        self.etag: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _body(self) -> bytes:
+        return json.dumps(self.holder).encode()
+
+    def acquire(self) -> None:
+        """Create the lease, or take over a dead holder's; raise :class:`LockBusy` if a live process holds it."""
+        for _ in range(3):  # the object may vanish (released) between our create and our read: try again
+            self.etag = s3.put_new(self.uri, self._body())
+            if self.etag is not None:
+                break
+            current = s3.get(self.uri)
+            if current is None:
+                continue
+            data, etag = current
+            try:
+                holder = json.loads(data)
+            except ValueError:
+                holder = {}
+            if not _dead(self.uri, holder, self.lease_seconds):
+                raise LockBusy(
+                    f"another {self.name} is running on this home (host {holder.get('host')} pid {holder.get('pid')} "
+                    f"since {holder.get('since')}; lease {self.uri}, renewed every {self.lease_seconds / 3:.0f} s): "
+                    "exiting; run it again once that one has finished"
+                )
+            log.warning("taking over the %s lease of a holder that is gone: %s", self.name, holder)
+            self.etag = s3.replace_if(self.uri, self._body(), etag)
+            if self.etag is not None:
+                break
+        if self.etag is None:
+            raise LockBusy(f"another {self.name} took the lease {self.uri} at the same time: exiting")
+        _HELD.add(self.uri)
+        self._thread = threading.Thread(target=self._renew, name=f"fruits-{self.name}-lease", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.lease_seconds / 3):
+            self.holder["renewed_at"] = time.time()
+            try:
+                etag = s3.replace_if(self.uri, self._body(), self.etag or "")
+            except Exception:  # S3 unreachable for a moment: try again at the next beat (the lease has 3 beats)
+                log.exception("could not renew the %s lease %s", self.name, self.uri)
+                continue
+            if etag is None:
+                log.critical("the %s lease %s was taken over by another process: stopping this one", self.name, self.uri)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            self.etag = etag
+
+    def release(self) -> None:
+        """Stop renewing and delete the lease (unless another process took it over meanwhile)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        _HELD.discard(self.uri)
+        current = s3.get(self.uri)
+        if current is not None and current[1] == self.etag:
+            s3.delete(self.uri)

@@ -9,6 +9,7 @@ import sys
 
 from pyspark.sql import SparkSession
 
+from fruits import s3
 from fruits.config import Config
 
 log = logging.getLogger(__name__)
@@ -20,10 +21,12 @@ DELTA_SETTINGS = {
 
 
 def spark_settings(config: Config, command_section: str | None = None) -> dict[str, str]:
-    """Every Spark setting of a command: Delta's, ``[spark.conf]``, then the command's ``[<section>.spark_conf]``
-    (which holds the ``--conf`` flags too)."""
+    """Every Spark setting of a command: Delta's, S3A's for a home on S3 (:mod:`fruits.s3`), ``[spark.conf]``, then
+    the command's ``[<section>.spark_conf]`` (which holds the ``--conf`` flags too)."""
     command_conf = getattr(config, command_section).spark_conf if command_section else {}
-    return {**DELTA_SETTINGS, "spark.pyspark.python": sys.executable, **config.spark.conf, **command_conf}
+    s3a = s3.S3Settings.from_config(config).spark_conf() if s3.uses_s3(config) else {}
+    merged = {**DELTA_SETTINGS, "spark.pyspark.python": sys.executable, **s3a, **config.spark.conf, **command_conf}
+    return {key: str(value) for key, value in merged.items()}
 
 
 def build_spark(config: Config, app_suffix: str = "", command_section: str | None = None) -> SparkSession:
@@ -33,7 +36,10 @@ def build_spark(config: Config, app_suffix: str = "", command_section: str | Non
     ``mvn dependency:copy``), otherwise from Maven Central via ``delta.configure_spark_with_delta_pip`` (Ivy cache).
     Python workers use this interpreter unless ``spark.pyspark.python`` is configured. The settings are
     ``[spark.conf]`` with the command's own ``[<command_section>.spark_conf]`` on top (e.g. its driver memory).
+    For a home on S3, ``hadoop-aws`` (and its AWS SDK bundle) is added the same way, only then (the bundle is
+    large), with the ``fs.s3a.*`` settings of :mod:`fruits.s3`.
     """
+    uses_s3 = s3.configure(config) is not None  # also exports the settings to delta-rs/pyarrow in this process
     spark_cfg = config.spark
     master = spark_cfg.master
     if master.startswith("local"):
@@ -53,11 +59,17 @@ def build_spark(config: Config, app_suffix: str = "", command_section: str | Non
         jars = sorted(glob.glob(os.path.join(jars_dir, "*.jar")))
         if not jars:
             raise FileNotFoundError(f"spark.jars_dir={jars_dir!r} holds no .jar file")
+        if uses_s3 and not any(os.path.basename(j).startswith("hadoop-aws") for j in jars):
+            raise FileNotFoundError(f"spark.jars_dir={jars_dir!r} has no hadoop-aws jar for the s3a:// home: fill it "
+                                    "with `python -m fruits.jars maven DIR`")
         builder = builder.config("spark.jars", ",".join(jars))
     else:
         from delta import configure_spark_with_delta_pip
 
-        builder = configure_spark_with_delta_pip(builder)
+        from fruits.jars import maven_coordinate, s3a_coordinates
+
+        extra = [maven_coordinate(s3a_coordinates())] if uses_s3 else None
+        builder = configure_spark_with_delta_pip(builder, extra_packages=extra)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark

@@ -84,8 +84,20 @@ def list_hadoop(spark, root: str, extensions: list[str]) -> list[FileVersion]:
         relative = uri[len(landing) + 1 :].split("/")
         if any(_hidden(part) for part in relative) or not is_candidate(relative[-1], extensions):
             continue
-        found.append(FileVersion(uri, int(status.getLen()), int(status.getModificationTime()), label_of(uri, landing)))
+        found.append(
+            FileVersion(uri, int(status.getLen()), int(status.getModificationTime()), label_of(uri, landing), _etag(status))
+        )
     return found
+
+
+def _etag(status) -> str | None:
+    """An object store's ETag of a listed file (S3A's statuses carry it; HDFS's do not): it, not the mtime the
+    server sets on upload, identifies the object's version (:mod:`fruits.ledger`)."""
+    try:
+        etag = status.getEtag()
+    except Exception:  # py4j: no such method on this file system's status
+        return None
+    return str(etag).strip('"') if etag else None
 
 
 @dataclass(eq=False)  # watchdog keeps handlers in a set: identity hashing

@@ -91,19 +91,32 @@ def test_workers_register_with_the_master_the_drivers_use(compose):
         assert services[name]["hostname"], "executors connect back to the driver by its hostname"
 
 
-def test_the_shared_home_volume_is_mounted_at_the_same_path_in_workers_stream_and_refit(compose, image_entrypoint):
+def environment_of(service: dict) -> dict[str, str]:
+    environment = service.get("environment") or {}
+    if isinstance(environment, dict):
+        return {k: str(v) for k, v in environment.items()}
+    return dict(e.split("=", 1) for e in environment)
+
+
+def test_every_process_shares_one_s3a_home_on_the_s3_service(compose, image_entrypoint):
     services = compose["services"]
-    assert "fruits-home" in compose["volumes"]
-    targets = {
-        name: mounts(services[name]).get("fruits-home")
-        for name in ("spark-worker-1", "spark-worker-2", "stream", "refit", "web")
-    }
-    assert None not in targets.values(), f"fruits-home is not mounted in every service: {targets}"
-    assert len(set(targets.values())) == 1, f"fruits-home is mounted at different paths: {targets}"
-    home = targets["stream"]
-    for name in ("stream", "refit", "web"):
-        args = parse_fruits(command(services[name]), name)
-        assert args.home == home, f"{name} uses --home {args.home}, the shared volume is at {home}"
+    s3 = services["s3"]
+    assert s3["build"]["target"] == "seaweedfs" and "-s3" in command(s3)
+    (port,) = [arg.split("=", 1)[1] for arg in command(s3) if arg.startswith("-s3.port=")]
+    assert any(volume.endswith(":/data") for volume in s3["volumes"]), "the object store keeps its data in a volume"
+    homes = {}
+    for name in ("stream", "refit", "web", "land-samples"):
+        homes[name] = parse_fruits(command(services[name]), name).home
+        assert services[name]["depends_on"]["s3"]["condition"] == "service_healthy", f"{name} starts before S3"
+    assert len(set(homes.values())) == 1 and homes["stream"].startswith("s3a://"), homes
+    for name in ("spark-worker-1", "spark-worker-2", "stream", "refit", "web", "land-samples"):
+        environment = environment_of(services[name])
+        assert interpolate(environment["FRUITS_S3_ENDPOINT"]) == f"http://s3:{port}", name
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # from .env, required, never in the file
+            with pytest.raises(LookupError):
+                interpolate(environment[key])
+            assert interpolate(environment[key], {key: "k"}) == "k"
+    assert not any("fruits-home" in v for service in services.values() for v in service.get("volumes", []))
 
 
 def test_every_fruits_command_line_parses_with_the_real_parser(compose, image_entrypoint):
@@ -140,7 +153,7 @@ def test_fruits_environment_variables_are_ones_the_config_reads(compose):
         keys = environment if isinstance(environment, dict) else [e.split("=", 1)[0] for e in environment]
         for key in keys:
             if key.startswith("FRUITS_"):
-                assert key in ENV_OVERRIDES, f"service {name} sets {key}, which fruits.config does not read"
+                assert key in ENV_OVERRIDES, f"service {name} sets {key}, which fruits does not read"
 
 
 def test_the_web_service_is_published_on_the_host_loopback_only_with_the_streams_weights(compose):

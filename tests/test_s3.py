@@ -1,0 +1,246 @@
+"""The whole service on an ``s3a://`` home against a real S3 server (SeaweedFS, tests/s3server.py): drop, stream,
+refit, identify, status and files; bad input; a SIGKILLed stream restarted; a second stream refused; the lease and
+the conditional uploads underneath.
+
+The server binary comes from ``.ci/build-weed``. Without it these tests are skipped, or fail when FRUITS_REQUIRE_S3
+is set (CI).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import NOTOP_WEIGHTS, sample_files
+from s3server import S3Server, start_server, weed_binary
+
+FRUITS = str(Path(sys.executable).with_name("fruits"))
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """One real S3 server for the run (SeaweedFS on free loopback ports), stopped at the end."""
+    binary = weed_binary()
+    if binary is None:
+        message = "no SeaweedFS binary: run .ci/build-weed (or set FRUITS_WEED)"
+        if os.environ.get("FRUITS_REQUIRE_S3"):
+            pytest.fail(message)
+        pytest.skip(message)
+    server = start_server(binary, tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def s3_env(s3_server: S3Server, monkeypatch):
+    """This process set up for the server (as ``fruits`` commands set themselves up), and a fresh bucket whose
+    ``fruits`` folder is the home."""
+    from fruits import s3
+
+    bucket = "fruits-" + secrets.token_hex(4)
+    s3_server.create_bucket(bucket)
+    for key, value in s3_server.environment.items():
+        monkeypatch.setenv(key, value)
+    home = f"s3a://{bucket}/fruits"
+    s3.S3Settings(s3_server.endpoint, "us-east-1", True).export()
+    yield {"home": home, "bucket": bucket, "server": s3_server}
+    s3.client.cache_clear()
+
+
+def fruits(home: str, *args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a ``fruits`` command on ``home`` (the server's settings come from this process's environment)."""
+    env = {**os.environ, "FRUITS_HOME": home, "FRUITS_WEIGHTS": str(NOTOP_WEIGHTS), "FRUITS_MASTER": "local[2]"}
+    done = subprocess.run([FRUITS, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert done.returncode == 0, f"fruits {' '.join(args)}: {done.returncode}\n{done.stderr[-4000:]}"
+    return done
+
+
+def start_stream(home: str, log: Path, *flags: str) -> subprocess.Popen:
+    env = {**os.environ, "FRUITS_HOME": home, "FRUITS_WEIGHTS": str(NOTOP_WEIGHTS), "FRUITS_MASTER": "local[2]"}
+    with open(log, "ab") as out:
+        return subprocess.Popen([FRUITS, "stream", *flags], env=env, stdout=out, stderr=out, start_new_session=True)
+
+
+def keys(server: S3Server, bucket: str, prefix: str) -> list[str]:
+    """Every object key below ``prefix`` but S3A's folder markers (``folder/``, left when a folder's last file goes)."""
+    pages = server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [item["Key"] for page in pages for item in page.get("Contents", []) if not item["Key"].endswith("/")]
+
+
+def table(home: str, name: str):
+    """A Delta table of the home, read by deltalake (delta-rs) with the server's settings from the environment."""
+    from deltalake import DeltaTable
+
+    from fruits.uris import rust_uri
+
+    return DeltaTable(rust_uri(f"{home}/tables/{name}"))
+
+
+def outcome_paths(home: str) -> Counter:
+    paths: Counter = Counter()
+    for name in ("features", "quarantine"):
+        paths.update(table(home, name).to_pyarrow_table(columns=["path"]).column("path").to_pylist())
+    return paths
+
+
+def photo_folders(root: Path, classes: list[str], per_class: int) -> dict[str, Path]:
+    """Copies ``per_class`` real photos of each class into ``root/<class>/``; returns one held-out photo per class."""
+    held_out = {}
+    for label in classes:
+        photos = sample_files(label, per_class + 1)
+        (root / label).mkdir(parents=True)
+        for photo in photos[:-1]:
+            (root / label / photo.name).write_bytes(photo.read_bytes())
+        held_out[label] = photos[-1]
+    return held_out
+
+
+def bad_files(folder: Path) -> dict[str, bytes]:
+    """Files with image names that are not images: random bytes, empty, a truncated JPEG, a PNG header on noise."""
+    rng = random.Random(14)
+    good = sample_files("Banana", 1)[0].read_bytes()
+    files = {"noise.jpg": rng.randbytes(3000), "empty.jpg": b"", "truncated.jpg": good[:900],
+             "fake.png": b"\x89PNG\r\n\x1a\n" + rng.randbytes(500)}
+    folder.mkdir(parents=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return files
+
+
+@pytest.mark.slow
+def test_the_whole_service_on_an_s3a_home(s3_env, tmp_path):
+    home, bucket, server = s3_env["home"], s3_env["bucket"], s3_env["server"]
+    classes = ["Banana", "Lemon", "Strawberry", "Orange", "Kiwi"]
+    held_out = photo_folders(tmp_path / "photos", classes, 20)
+    bad = bad_files(tmp_path / "junk" / "Junk")
+
+    dropped = fruits(home, "drop", str(tmp_path / "photos"), str(tmp_path / "junk"))
+    assert dropped.stdout.count("placed: ") == 100 + len(bad), dropped.stdout
+    landed = keys(server, bucket, "fruits/landing/")
+    assert len(landed) == 100 + len(bad) and not any("tmp" in k for k in landed), landed[:5]
+    again = fruits(home, "drop", "--label", "Kiwi", *map(str, sorted((tmp_path / "photos" / "Kiwi").glob("*.jpg"))[:3]))
+    assert again.stdout.count("already there") == 3, again.stdout  # the same bytes are not landed twice
+    pending = [json.loads(line) for line in fruits(home, "files", "--json").stdout.splitlines()]
+    assert len(pending) == 104 and {row["state"] for row in pending} == {"pending"}  # recorded before the upload
+
+    fruits(home, "stream", "--available-now")
+    rows = [json.loads(line) for line in fruits(home, "files", "--json").stdout.splitlines()]
+    states = Counter(row["state"] for row in rows)
+    assert states == {"ingested": 100, "quarantined": len(bad)}, states
+    quarantined = {row["path"].rsplit("/", 1)[-1]: row["reason"] for row in rows if row["state"] == "quarantined"}
+    assert set(quarantined) == set(bad) and all(quarantined.values()), quarantined
+    features = table(home, "features").to_pyarrow_table(columns=["path", "label", "stored_path"]).to_pylist()
+    assert len({f["path"] for f in features}) == 100 and all(f["path"].startswith(f"s3a://{bucket}/fruits/landing/") for f in features)
+    assert Counter(f["label"] for f in features) == {label: 20 for label in classes}
+    # after_ingest = "archive": landing only holds the backlog; the bytes live on under archive/ (copy, then delete)
+    assert keys(server, bucket, "fruits/landing/") == []
+    archived = set(keys(server, bucket, "fruits/archive/"))
+    assert len(archived) == 100 + len(bad) and {f["stored_path"].split("/", 3)[3] for f in features} <= archived
+    assert keys(server, bucket, "fruits/tables/features/_delta_log/00000000000000000000.json")
+
+    fruits(home, "refit-pca", "--k", "10")
+    status = json.loads(fruits(home, "status", "--json").stdout)
+    assert status["features"]["rows"] == 100 and status["quarantine"]["rows"] == len(bad), status
+    assert status["backlog"]["ingested"] == 100 and status["backlog"]["pending"] == 0, status["backlog"]
+    assert status["last_refit"]["version"] == 1 and status["pca"]["rows"] == 100, status["last_refit"]
+    answers = [json.loads(line) for line in fruits(home, "identify", "--json", *map(str, held_out.values())).stdout.splitlines()]
+    right = sum(answer["predicted"] == label for answer, label in zip(answers, held_out))
+    assert right >= 4, answers  # held-out photos of 5 classes, identified through the PCA space on S3
+
+
+@pytest.mark.slow
+def test_sigkill_on_s3_then_restart_ingests_every_photo_once_and_a_second_stream_is_refused(s3_env, tmp_path):
+    home, bucket, server = s3_env["home"], s3_env["bucket"], s3_env["server"]
+    photo_folders(tmp_path / "photos", ["Apple Granny Smith", "Fig", "Pineapple", "Pomegranate"], 40)
+    fruits(home, "drop", str(tmp_path / "photos"))
+    landed = {f"s3a://{bucket}/{k}" for k in keys(server, bucket, "fruits/landing/")}
+    assert len(landed) == len(list((tmp_path / "photos").glob("*/*.jpg"))) >= 80
+    log = tmp_path / "stream.log"
+    commits = lambda: len([k for k in keys(server, bucket, "fruits/tables/features/_delta_log/") if k.endswith(".json")])
+
+    first = start_stream(home, log, "--trigger", "200ms", "--max-files-per-trigger", "20")
+    deadline = time.monotonic() + 300
+    while commits() < 3 and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert first.poll() is None and commits() >= 3, log.read_text()[-4000:]
+    second = fruits(home, "stream", "--available-now", check=False, timeout=120)
+    assert second.returncode == 3, second.stderr[-3000:]
+    assert "another stream is running on this home" in second.stderr and "lease" in second.stderr
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(30)
+    assert len(outcome_paths(home)) < len(landed), "killed too late to prove anything"
+
+    fruits(home, "stream", "--available-now")  # takes over the dead process's lease at once (same machine)
+    counts = outcome_paths(home)
+    assert max(counts.values()) == 1, [p for p, n in counts.items() if n > 1][:5]
+    assert set(counts) == landed
+
+
+def test_lease_refuses_a_second_holder_and_takes_over_a_dead_one(s3_env):
+    from fruits import s3
+    from fruits.locks import LockBusy, S3Lease
+
+    uri = f"{s3_env['home']}/locks/test.lock"
+    first = S3Lease(uri, "test", lease_seconds=30)
+    first.acquire()
+    with pytest.raises(LockBusy, match="another test is running on this home"):
+        S3Lease(uri, "test", lease_seconds=30).acquire()
+    first.release()
+    assert s3.get(uri) is None
+    # A holder of this machine that is gone (a pid no process has): taken over at once.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    holder = {"host": os.uname().nodename, "pid": int(dead.stdout), "since": "x", "renewed_at": time.time()}
+    assert s3.put_new(uri, json.dumps(holder).encode()) is not None
+    taker = S3Lease(uri, "test", lease_seconds=30)
+    taker.acquire()
+    assert json.loads(s3.get(uri)[0])["pid"] == os.getpid()
+    # A holder on another machine that stopped renewing for longer than the lease.
+    taker.release()
+    s3.put_new(uri, json.dumps({**holder, "host": "elsewhere", "renewed_at": time.time() - 31}).encode())
+    late = S3Lease(uri, "test", lease_seconds=30)
+    late.acquire()
+    late.release()
+
+
+def test_conditional_put_never_replaces_an_object(s3_env):
+    from fruits import s3
+
+    uri = f"{s3_env['home']}/x/photo.jpg"
+    first = s3.put_new(uri, b"first")
+    assert first == s3.etag_of(b"first")  # a single PUT's ETag is its MD5: what drop records in the ledger
+    assert s3.put_new(uri, b"second") is None
+    assert s3.get(uri) == (b"first", first)
+    assert s3.replace_if(uri, b"third", "0" * 32) is None
+    assert s3.replace_if(uri, b"third", first) == s3.etag_of(b"third")
+
+
+def test_drop_to_s3_keeps_both_names_and_records_the_listed_version(s3_env, tmp_path):
+    from fruits.ledger import file_id, ledger_rows
+    from fruits.object_landing import ObjectLanding
+
+    home, bucket, server = s3_env["home"], s3_env["bucket"], s3_env["server"]
+    one, other = sample_files("Lemon", 2)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "lemon.jpg").write_bytes(one.read_bytes())
+    (tmp_path / "b" / "lemon.jpg").write_bytes(other.read_bytes())
+    landing = ObjectLanding(f"{home}/landing", f"{home}/tables/files", "drop")
+    extensions = ["jpg"]
+    assert [d.note for d in landing.drop([tmp_path / "a" / "lemon.jpg"], extensions, "Lemon")] == ["placed"]
+    assert [d.note for d in landing.drop([tmp_path / "a" / "lemon.jpg"], extensions, "Lemon")] == ["already there"]
+    (again,) = landing.drop([tmp_path / "b" / "lemon.jpg"], extensions, "Lemon")
+    assert again.target == f"{home}/landing/Lemon/lemon-2.jpg"
+    listed = server.client().list_objects_v2(Bucket=bucket, Prefix="fruits/landing/")["Contents"]
+    ids = {file_id(f"s3a://{bucket}/{o['Key']}", o["Size"], 0, o["ETag"].strip('"')) for o in listed}
+    assert ids == set(ledger_rows(f"{home}/tables/files").column("file_id").to_pylist())  # the listing finds them known
