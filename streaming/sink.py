@@ -31,7 +31,6 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, LongType, StringType, StructField, StructType, TimestampType
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 from py4j.protocol import Py4JJavaError
@@ -40,7 +39,6 @@ from pyspark.sql.utils import AnalysisException
 
 from fruits import storage
 from fruits.featurize import featurize_column
-from fruits.ledger import LEDGER_SCHEMA
 from fruits.uris import glob_escape, local_path, rust_uri
 from fruits.streaming.outcomes import append, quarantine_rows, split_featurized
 from fruits.streaming.progress import Progress
@@ -57,7 +55,6 @@ BINARY_FILE_SCHEMA = StructType(
     ]
 )
 LEDGER_COLUMNS = ["file_id", "path", "label", "size_bytes", "modified_at", "discovered_at", "overwrites"]
-LEDGER_ARROW = pa.schema([LEDGER_SCHEMA.field(name) for name in LEDGER_COLUMNS])
 # What a chunk's rows carry into Spark next to the bytes: the ledger's columns and where the file will be kept.
 CHUNK_SCHEMA = StructType(
     [
@@ -176,7 +173,8 @@ class OutcomeSink:
         about 1 MB of ledger files at most (some 20,000 rows: ``fruits.streaming.ingest.LEDGER_BYTES_PER_TRIGGER``), so its
         rows are collected (through Arrow: timestamps arrive as aware UTC datetimes)."""
         with self.progress.phases.timed("ledger"):
-            rows = list({row["file_id"]: row for row in ledger_rows(batch).to_pylist()}.values())
+            ledger = batch.select(*LEDGER_COLUMNS).toArrow().to_pylist()
+            rows = list({row["file_id"]: row for row in ledger}.values())
             decided = self._decided(batch, rows) if rows else set()
         todo = [row for row in rows if row["file_id"] not in decided]  # (duplicate versions were dropped above)
         if decided:
@@ -374,22 +372,6 @@ class OutcomeSink:
                     log.warning("could not archive %s to %s; it stays in landing", row["path"], stored[row["file_id"]])
             except OSError as exc:  # the outcome is committed: a file left in landing is only a cost, not a loss
                 log.warning("could not %s %s: %s", self.after_ingest, row["path"], exc)
-
-
-def ledger_rows(batch: DataFrame) -> pa.Table:
-    """The ledger rows of a micro-batch. The Delta source's batch is whole data files of the ledger: local ones are
-    read here with pyarrow (no Spark job, the fixed cost of a small micro-batch: ``bench/latency.py``); others, or a
-    batch that is not plain files, through Spark. Rows read twice would do no harm: the sink drops duplicate
-    ``file_id`` values and already-decided rows."""
-    files = batch.inputFiles()
-    local = [local_path(f) for f in files]
-    if files and all(path is not None and path != f for path, f in zip(local, files)):
-        try:
-            # (files Spark wrote, for a home adopted from before the ledger, may hold INT96 timestamps)
-            return pq.ParquetDataset(local).read(columns=LEDGER_COLUMNS).cast(LEDGER_ARROW)
-        except FileNotFoundError:  # compacted and vacuumed meanwhile: Spark reports it as a read error would
-            pass
-    return batch.select(*LEDGER_COLUMNS).toArrow()
 
 
 def newest_outcome(*tables: str) -> float:
