@@ -178,6 +178,7 @@ def guarantee_costs(spark, config, repeats: int = 7) -> dict:
       new checkpoint); it makes replays and new checkpoints safe;
     - the stream lock: one flock at start-up, nothing per micro-batch."""
     from fruits.ledger import FileVersion, record
+    from fruits.streaming.progress import Progress
     from fruits.streaming.sink import LEDGER_COLUMNS, OutcomeSink
 
     commit, fresh, replay = [], [], []
@@ -186,7 +187,9 @@ def guarantee_costs(spark, config, repeats: int = 7) -> dict:
         started = time.perf_counter()
         record(config.files_table, versions, "backfill")
         commit.append(time.perf_counter() - started)
-    sink = OutcomeSink(config.features_table, config.quarantine_table, "", "", "keep", False, 2000, 2, None, 0, 0, None)
+    sink = OutcomeSink(
+        config.features_table, config.quarantine_table, "", "", "keep", False, 2000, 2, None, 0, 0, Progress(spark)
+    )
     ledger = spark.read.format("delta").load(config.files_table)
     newest = ledger.orderBy(ledger["discovered_at"].desc()).limit(5).select(*LEDGER_COLUMNS).localCheckpoint()
     for _ in range(repeats):

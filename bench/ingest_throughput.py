@@ -14,6 +14,7 @@ A variant is ``NAME=FLAGS``: extra `fruits stream` flags, e.g. ``--variant "tf=-
 configuration and the levers the README reports are run.
 
 Usage: python bench/ingest_throughput.py [--images 12052] [--variant NAME=FLAGS ...] [--master local[*]]
+Prints one ratio line per variant first, then the JSON of every figure.
 """
 
 from __future__ import annotations
@@ -138,6 +139,12 @@ def main() -> None:
             runs[-1]["x_tensorflow_bare"] = round((runs[-1]["steady_images_per_s"] or 0) / tensorflow, 2)
             runs[-1]["x_openvino_bare"] = round((runs[-1]["steady_images_per_s"] or 0) / openvino, 2)
             print(json.dumps({k: v for k, v in runs[-1].items() if k != "batches"}), file=sys.stderr, flush=True)
+    for run in runs:
+        print(
+            f"{run['variant']}: steady {run['steady_images_per_s']} images/s = {run['x_openvino_bare']} x bare OpenVINO "
+            f"fp32 ({openvino} images/s; target >= 0.85), {run['x_tensorflow_bare']} x bare TensorFlow; whole command "
+            f"{run['whole_command_seconds']} s", flush=True,
+        )
     print(json.dumps({
         "cpu_count": os.cpu_count(), "master": args.master, "images": args.images,
         "load_avg_before": [round(x, 2) for x in load_before], "load_avg_after": [round(x, 2) for x in os.getloadavg()],

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gc
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
@@ -73,31 +75,67 @@ def infer_isolated(handler: Featurizer, model: Any, images: list[np.ndarray]) ->
     return results
 
 
-def featurize_contents(
-    contents: pd.Series, handler: Featurizer, model: Any, max_pixels: int, crash_marker: bytes = b""
-) -> pd.DataFrame:
-    """Featurize one Arrow batch of image bytes; rows that cannot be decoded or inferred get ``error`` and null
-    features. ``crash_marker`` (tests only, ``[testing] crash_worker_on_bytes``): the worker process exits at once
-    on a file holding these bytes, as a crash in a native decoder would."""
-    decoded: list[np.ndarray] = []
-    good: list[int] = []
-    errors: list[str | None] = [None] * len(contents)
+@dataclass
+class DecodedBatch:
+    """One Arrow batch after decoding: the images that decoded, their rows, and each row's error so far."""
+
+    images: list[np.ndarray]
+    rows: list[int]
+    errors: list[str | None]
+
+
+def decode_contents(contents: pd.Series, image_size: int, max_pixels: int, crash_marker: bytes = b"") -> DecodedBatch:
+    """Decode one Arrow batch of image bytes; a row that cannot be decoded gets its ``error``. ``crash_marker``
+    (tests only, ``[testing] crash_worker_on_bytes``): the worker process exits at once on a file holding these
+    bytes, as a crash in a native decoder would."""
+    decoded = DecodedBatch([], [], [None] * len(contents))
     for row, data in enumerate(contents):
         if crash_marker and data is not None and crash_marker in data:
             os._exit(70)
         try:
-            decoded.append(decode_isolated(data, handler.image_size, max_pixels))
-            good.append(row)
+            decoded.images.append(decode_isolated(data, image_size, max_pixels))
+            decoded.rows.append(row)
         except RejectedImage as exc:
-            errors[row] = str(exc)
-    features: list[np.ndarray | None] = [None] * len(contents)
-    if decoded:
-        for row, outcome in zip(good, infer_isolated(handler, model, decoded)):
+            decoded.errors[row] = str(exc)
+    return decoded
+
+
+def infer_decoded(decoded: DecodedBatch, handler: Featurizer, model: Any) -> pd.DataFrame:
+    """The UDF's output for one decoded batch: features, or the reason a row has none."""
+    errors = list(decoded.errors)
+    features: list[np.ndarray | None] = [None] * len(errors)
+    if decoded.images:
+        for row, outcome in zip(decoded.rows, infer_isolated(handler, model, decoded.images)):
             if isinstance(outcome, str):
                 errors[row] = outcome
             else:
                 features[row] = outcome
     return pd.DataFrame({"features": features, "error": errors})
+
+
+def featurize_contents(
+    contents: pd.Series, handler: Featurizer, model: Any, max_pixels: int, crash_marker: bytes = b""
+) -> pd.DataFrame:
+    """Featurize one Arrow batch of image bytes; rows that cannot be decoded or inferred get ``error`` and null
+    features (``crash_marker``: see :func:`decode_contents`)."""
+    return infer_decoded(decode_contents(contents, handler.image_size, max_pixels, crash_marker), handler, model)
+
+
+def featurize_batches(
+    batches: Iterator[pd.Series], handler: Featurizer, model: Any, max_pixels: int, crash_marker: bytes = b""
+) -> Iterator[pd.DataFrame]:
+    """:func:`featurize_contents` over Arrow batches, in order, with the next batch's decoding (Pillow, which
+    releases the GIL) in a thread while this one's inference runs: the two overlap instead of taking turns
+    (``bench/ingest_throughput.py``)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="fruits-decode") as decoder:
+        ahead: Future[DecodedBatch] | None = None
+        for contents in batches:
+            following = decoder.submit(decode_contents, contents, handler.image_size, max_pixels, crash_marker)
+            if ahead is not None:
+                yield infer_decoded(ahead.result(), handler, model)
+            ahead = following
+        if ahead is not None:
+            yield infer_decoded(ahead.result(), handler, model)
 
 
 def featurize_column(
@@ -108,7 +146,6 @@ def featurize_column(
     @pandas_udf(RESULT_SCHEMA)
     def featurize(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         model = shared_model(handler)  # built once per Python worker, reused across batches and micro-batches
-        for contents in batches:
-            yield featurize_contents(contents, handler, model, max_pixels, crash_marker)
+        yield from featurize_batches(batches, handler, model, max_pixels, crash_marker)
 
     return featurize(content)

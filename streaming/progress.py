@@ -5,14 +5,39 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Iterator
 
 from pyspark.sql import SparkSession
 
 from fruits import storage
 
 log = logging.getLogger("fruits.stream")
+
+
+@dataclass
+class Phases:
+    """Seconds spent per named phase of a chunk (collecting the ledger rows, featurizing, appending, archiving)."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        """Add the time the block takes to phase ``name``."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+
+    def take(self) -> dict[str, float]:
+        """The phases' seconds so far (rounded to ms), and start again from zero."""
+        taken = {name: round(seconds, 3) for name, seconds in self.seconds.items()}
+        self.seconds.clear()
+        return taken
 
 
 @dataclass
@@ -24,18 +49,21 @@ class Progress:
     progress_file: str | None = None
     files: int = 0
     batches: int = 0
+    phases: Phases = field(default_factory=Phases)
 
     def chunk_done(self, micro_batch: int, files: int, seconds: float) -> None:
         """Log and publish one chunk's figures (``files`` outcome rows committed in ``seconds``)."""
         self.files += files
         rate = round(files / seconds, 1) if seconds else None
+        phases = self.phases.take()
         log.info(
-            "batch %d: %d files in %.2f s (%s images/s); %d files since start (micro-batch %d)",
-            self.batches, files, seconds, rate, self.files, micro_batch,
+            "batch %d: %d files in %.2f s (%s images/s); %d files since start (micro-batch %d); phases %s",
+            self.batches, files, seconds, rate, self.files, micro_batch, json.dumps(phases),
         )
         figures = {
             "batch": self.batches, "micro_batch": micro_batch, "files": files, "seconds": round(seconds, 3),
             "images_per_s": rate, "files_since_start": self.files, "at": datetime.now(timezone.utc).isoformat(),
+            "phases_seconds": phases,
         }
         self.batches += 1
         if not self.progress_file:

@@ -6,9 +6,10 @@ For each micro-batch of ledger rows:
    the outcome rows discovered in the batch's time range (Delta data skipping on ``discovered_at``), so it stays cheap
    as the tables grow. This check, not the checkpoint, makes the sink idempotent: a replay after a crash, a deleted or
    new checkpoint, or other batch boundaries never write a second outcome for a file version.
-2. **Featurize** the rest in chunks of ``[stream] max_files_per_trigger``: Spark reads exactly those paths
-   (``binaryFile``), the pandas UDF featurizes them, one append per table and chunk. A ledger row whose file is gone,
-   empty, or no longer the version the ledger recorded gets a quarantine row saying so.
+2. **Featurize** the rest in chunks of ``[stream] max_files_per_trigger``: one Spark job reads exactly those paths
+   (``binaryFile``) and the pandas UDF featurizes them; its rows are collected through Arrow and appended from the
+   driver, one delta-rs commit per table and chunk (:mod:`fruits.streaming.outcomes`). A ledger row whose file is
+   gone, empty, or no longer the version the ledger recorded gets a quarantine row saying so.
 3. **After ingest**: once a chunk's outcomes are committed, its files are archived (or deleted, or kept:
    ``[discovery] after_ingest``), so the landing folder only holds the backlog.
 """
@@ -25,7 +26,7 @@ from datetime import datetime, timezone
 from functools import reduce
 from typing import Any, Iterator
 
-from pyspark.sql import DataFrame, Row, SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, LongType, StringType, StructField, StructType, TimestampType
 import pyarrow as pa
@@ -40,6 +41,7 @@ from fruits import storage
 from fruits.featurize import featurize_column
 from fruits.featurizer import Featurizer
 from fruits.uris import glob_escape, local_path, rust_uri
+from fruits.streaming.outcomes import append, quarantine_rows, split_featurized
 from fruits.streaming.progress import Progress
 
 log = logging.getLogger("fruits.stream")
@@ -66,6 +68,8 @@ CHUNK_SCHEMA = StructType(
         StructField("stored_path", StringType(), True),
     ]
 )
+# A ledger row as the sink handles it: column name -> value (timestamps are aware UTC datetimes).
+Row = dict[str, Any]
 OUTCOME_COLUMNS = [
     "path", "label", "content_sha256", "size_bytes", "modified_at", "ingested_at", "file_id", "discovered_at",
     "stored_path",
@@ -147,10 +151,12 @@ class OutcomeSink:
     stop_requested: threading.Event | None = None  # set by SIGTERM / Ctrl-C: stop between chunks
     # Seconds since the epoch: no outcome row was discovered later than this (read once, then kept up to date).
     _decided_until: float | None = None
+    _micro_batch: int | None = None  # the one being written (recorded in each commit)
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         files = LandedFiles(batch.sparkSession)
         started = time.perf_counter()
+        self._micro_batch = batch_id
         for chunk in self._undecided_chunks(batch):
             if self.stop_requested is not None and self.stop_requested.is_set():
                 # Not a normal return, which would mark the micro-batch done: it is replayed at the next start,
@@ -158,18 +164,19 @@ class OutcomeSink:
                 raise StopRequested(f"stopped during micro-batch {batch_id}; it is finished at the next start")
             stored = self._destinations(chunk, files)
             self._write_outcomes(batch.sparkSession, chunk, stored, files)
-            self._after_ingest(chunk, stored, files)
+            with self.progress.phases.timed("after_ingest"):
+                self._after_ingest(chunk, stored, files)
             self.progress.chunk_done(batch_id, len(chunk), time.perf_counter() - started)
             started = time.perf_counter()
 
     def _undecided_chunks(self, batch: DataFrame) -> Iterator[list[Row]]:
         """The batch's ledger rows that have no outcome row yet, in chunks of ``chunk_rows``. A micro-batch holds
         about 1 MB of ledger files at most (some 20,000 rows: ``fruits.streaming.ingest.LEDGER_BYTES_PER_TRIGGER``), so its
-        rows are collected."""
-        rows = list({row["file_id"]: row for row in batch.select(*LEDGER_COLUMNS).collect()}.values())
-        if not rows:
-            return
-        decided = self._decided(batch, rows)
+        rows are collected (through Arrow: timestamps arrive as aware UTC datetimes)."""
+        with self.progress.phases.timed("ledger"):
+            ledger = batch.select(*LEDGER_COLUMNS).toArrow().to_pylist()
+            rows = list({row["file_id"]: row for row in ledger}.values())
+            decided = self._decided(batch, rows) if rows else set()
         todo = [row for row in rows if row["file_id"] not in decided]  # (duplicate versions were dropped above)
         if decided:
             log.info("%d of %d ledger rows already have an outcome (a replay): skipped", len(decided), len(rows))
@@ -223,13 +230,13 @@ class OutcomeSink:
         return stored
 
     def _write_outcomes(self, spark: SparkSession, chunk: list[Row], stored: dict, files: LandedFiles) -> None:
-        """One append per table for the chunk: featurized rows, and quarantine rows (rejected images, files that
-        produced no row, verdicts made from the ledger row alone, and poison files)."""
+        """The chunk's outcome rows: featurized rows, and quarantine rows (rejected images, files that produced no
+        row, verdicts made from the ledger row alone, and poison files)."""
         verdicts = [(row, reason) for row in chunk if (reason := self._verdict(row))]
         decided = {row["file_id"] for row, _ in verdicts}
         verdicts += self._write_readable(spark, [row for row in chunk if row["file_id"] not in decided], stored, files)
-        if verdicts:
-            self._append(self._quarantine_rows(spark, verdicts, stored), self.quarantine_table)
+        with self.progress.phases.timed("append"):
+            append(self.quarantine_table, quarantine_rows(verdicts, stored, self.handler.model_id), self._micro_batch)
 
     def _verdict(self, row: Row) -> str | None:
         """A quarantine reason known from the ledger row alone (the file is not read), or None."""
@@ -275,25 +282,21 @@ class OutcomeSink:
         return poison
 
     def _write_group(self, spark: SparkSession, rows: list[Row], stored: dict, files: LandedFiles) -> None:
+        """Read and featurize ``rows`` in one Spark job, collected through Arrow, then append one commit per table
+        from here (:mod:`fruits.streaming.outcomes`); a ledger row that produced no row is quarantined with why."""
         meta = spark.createDataFrame(
             [(*(row[c] for c in CHUNK_SCHEMA.fieldNames()[:-1]), stored[row["file_id"]]) for row in rows], CHUNK_SCHEMA
         )
-        featurized = self._featurize(self._read(spark, rows, files), meta)
-        featurized.persist()
-        try:
-            ok = F.col("error").isNull()
-            outcome = featurized.select("file_id", ok.alias("ok")).collect()  # one job: the whole group, every core
-            read = {row["file_id"] for row in outcome}
-            unread = [(row, self._unread_reason(row, files)) for row in rows if row["file_id"] not in read]
-            if any(row["ok"] for row in outcome):
-                self._append(featurized.where(ok).select(*OUTCOME_COLUMNS, "features", "model_id"), self.features_table)
-            if unread or not all(row["ok"] for row in outcome):
-                rejected = featurized.where(~ok).select(*OUTCOME_COLUMNS, F.col("error").alias("reason"), "model_id")
-                if unread:
-                    rejected = rejected.unionByName(self._quarantine_rows(spark, unread, stored))
-                self._append(rejected, self.quarantine_table)
-        finally:
-            featurized.unpersist()
+        with self.progress.phases.timed("featurize"):
+            featurized = self._featurize(self._read(spark, rows, files), meta).toArrow()  # the job: every core
+        read = set(featurized.column("file_id").to_pylist())
+        unread = [(row, self._unread_reason(row, files)) for row in rows if row["file_id"] not in read]
+        accepted, rejected = split_featurized(featurized)
+        if unread:
+            rejected = pa.concat_tables([rejected, quarantine_rows(unread, stored, self.handler.model_id)])
+        with self.progress.phases.timed("append"):
+            append(self.features_table, accepted, self._micro_batch)
+            append(self.quarantine_table, rejected, self._micro_batch)
 
     def _probe_works(self, spark: SparkSession) -> bool:
         """Whether the featurizing job works at all: one small image made here, through the same UDF."""
@@ -358,23 +361,6 @@ class OutcomeSink:
         if now[0] == 0:
             return "empty file (0 bytes)"
         return "listed in the ledger but produced no row when read"
-
-    def _quarantine_rows(self, spark: SparkSession, rows: list[tuple[Row, str]], stored: dict) -> DataFrame:
-        data = [
-            (*(row[c] for c in CHUNK_SCHEMA.fieldNames()[:-1]), stored[row["file_id"]], reason) for row, reason in rows
-        ]
-        frame = spark.createDataFrame(data, StructType([*CHUNK_SCHEMA.fields, StructField("reason", StringType())]))
-        return frame.select(
-            *[c for c in OUTCOME_COLUMNS if c not in ("content_sha256", "ingested_at")],
-            F.lit(None).cast("string").alias("content_sha256"),
-            F.current_timestamp().alias("ingested_at"),
-            "reason",
-            F.lit(self.handler.model_id).alias("model_id"),
-        )
-
-    @staticmethod
-    def _append(rows: DataFrame, table: str) -> None:
-        rows.write.format("delta").mode("append").save(table)
 
     def _after_ingest(self, chunk: list[Row], stored: dict, files: LandedFiles) -> None:
         """Archive or delete the chunk's files, now that their outcomes are committed. A file that is no longer the

@@ -1,0 +1,78 @@
+"""Outcome rows as Arrow tables, appended to the features and quarantine Delta tables with delta-rs.
+
+The sink collects each featurized group once (``DataFrame.toArrow``: the one Spark job that reads and featurizes the
+files) and appends its rows from the driver: a delta-rs commit costs milliseconds, where Spark's Delta writer ran a
+write job, a snapshot update and its own commit protocol per table and micro-batch (``bench/latency.py``,
+``bench/ingest_throughput.py``). Readers see the same tables: same schema, statistics on every column (data skipping
+on ``discovered_at`` keeps working), and the change data feed that the PCA refit reads (appends need no change files).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import CommitProperties, write_deltalake
+from pyspark.sql.pandas.types import to_arrow_schema
+
+from fruits.tables import FEATURES_SCHEMA, QUARANTINE_SCHEMA
+from fruits.uris import rust_uri
+
+FEATURES_ARROW = to_arrow_schema(FEATURES_SCHEMA, timezone="UTC")
+QUARANTINE_ARROW = to_arrow_schema(QUARANTINE_SCHEMA, timezone="UTC")
+TIMESTAMP = pa.timestamp("us", tz="UTC")
+# Columns an outcome row takes from its ledger row as they are.
+FROM_LEDGER = ["path", "label", "size_bytes", "modified_at", "file_id", "discovered_at"]
+# The key of each commit's commitInfo that names the stream's micro-batch (bench/latency.py reads it).
+MICRO_BATCH_KEY = "fruits.micro_batch"
+
+
+def append(table: str, rows: pa.Table, micro_batch: int | None = None) -> None:
+    """Append ``rows`` to the Delta table at ``table`` in one commit (nothing when there are none); the commit
+    records ``micro_batch`` in its commitInfo."""
+    if rows.num_rows == 0:
+        return
+    metadata = {MICRO_BATCH_KEY: str(micro_batch)} if micro_batch is not None else None
+    write_deltalake(rust_uri(table), rows, mode="append", commit_properties=CommitProperties(custom_metadata=metadata))
+
+
+def quarantine_rows(
+    verdicts: Sequence[tuple[Mapping[str, Any], str]], stored: Mapping[str, str | None], model_id: str
+) -> pa.Table:
+    """Quarantine rows made from ledger rows alone: each ``(ledger row, reason)`` of ``verdicts``, with the file's
+    ``stored`` place (by ``file_id``); no content hash, since the bytes were not read."""
+    rows = [row for row, _ in verdicts]
+    columns: dict[str, Any] = {name: [row[name] for row in rows] for name in FROM_LEDGER}
+    for name in ("modified_at", "discovered_at"):
+        columns[name] = pa.array([_utc(value) for value in columns[name]], TIMESTAMP)
+    now = datetime.now(timezone.utc)
+    columns |= {
+        "content_sha256": pa.nulls(len(rows), pa.string()),
+        "ingested_at": pa.array([now] * len(rows), TIMESTAMP),
+        "reason": [reason for _, reason in verdicts],
+        "model_id": [model_id] * len(rows),
+        "stored_path": [stored[row["file_id"]] for row in rows],
+    }
+    return pa.table({field.name: columns[field.name] for field in QUARANTINE_ARROW}, schema=QUARANTINE_ARROW)
+
+
+def split_featurized(featurized: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """A collected featurized group (outcome columns, ``features``, ``error``, ``model_id``) as (features rows,
+    quarantine rows): a row with an ``error`` is quarantined with it as its reason."""
+    ok = pc.is_null(featurized.column("error"))
+    features = featurized.filter(ok).select(FEATURES_ARROW.names)
+    rejected = featurized.filter(pc.invert(ok))
+    rejected = rejected.append_column("reason", rejected.column("error")).select(QUARANTINE_ARROW.names)
+    return _conform(features, FEATURES_ARROW), _conform(rejected, QUARANTINE_ARROW)
+
+
+def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``rows`` with the table's exact schema (types and nullability), so delta-rs sees the table's own schema."""
+    return pa.Table.from_arrays([rows.column(f.name).cast(f.type) for f in schema], schema=schema)
+
+
+def _utc(value: datetime) -> datetime:
+    """A collected timestamp as an aware UTC datetime (PySpark's ``collect`` gives naive local times; Arrow aware)."""
+    return value.astimezone(timezone.utc)
