@@ -67,11 +67,12 @@ def test_a_second_refit_exits_while_identify_and_status_keep_answering(spark, we
     reader_config = make_config(Path(config.home), model={"runtime": "tensorflow"})  # no IR conversion needed here
     photo = sample_files("Banana")[-1:]
 
-    refitted, release = threading.Event(), threading.Event()
+    holding, refitted, release = threading.Event(), threading.Event(), threading.Event()
     outcome, answers, failures = {}, [], []
 
     def refit() -> None:
         with exclusive(config, "refit-pca"):
+            holding.set()
             try:
                 outcome["v"] = refit_pca(spark, config, k=10)
             finally:
@@ -91,13 +92,8 @@ def test_a_second_refit_exits_while_identify_and_status_keep_answering(spark, we
     reader.start()
     refitter.start()
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # wait until the refit holds the lock
-            try:
-                with exclusive(config, "refit-pca"):
-                    time.sleep(0.05)
-            except LockBusy:
-                break
+        # wait until the refit holds the lock (told by the thread: polling the lock could take it from the refit)
+        assert holding.wait(120)
         second = fruits("refit-pca", "--home", config.home, "--k", "10", timeout=120)
     finally:
         refitted.wait(600)
