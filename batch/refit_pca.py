@@ -16,11 +16,8 @@
 
 from __future__ import annotations
 
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterator
 
 import numpy as np
 from pyspark.sql import SparkSession
@@ -33,6 +30,7 @@ from fruits.batch.plots import SCATTER_SAMPLE, explained_variance_plot, scatter_
 from fruits.config import Config
 from fruits.pca_store import PcaModelStore, PcaVersion
 from fruits.status import open_table
+from fruits.timing import Phases
 
 
 @dataclass(frozen=True)
@@ -42,21 +40,6 @@ class RefitOutcome:
     refitted: PcaVersion | None
     skipped_reason: str | None = None
     compaction: dict = field(default_factory=dict)
-
-
-class Steps:
-    """Seconds spent per named step of one refit (recorded in the version's metadata)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - started, 3)
 
 
 def nothing_to_fit(config: Config, last: PcaVersion | None) -> str | None:
@@ -79,11 +62,11 @@ def refit_pca(
     skipped = nothing_to_fit(config, last)
     if skipped:
         return RefitOutcome(None, skipped)
-    steps = Steps()
-    with steps("compaction"):
+    steps = Phases()
+    with steps.timed("compaction"):
         compaction = compact_tables(spark, config)
     source_version = open_table(config.features_table).version()  # pinned: what the stream commits later waits
-    with steps("statistics"):
+    with steps.timed("statistics"):
         fit = fit_pca(spark, config, store, last, source_version, incremental)
     if fit is None:
         return RefitOutcome(None, f"features table version {source_version} has no rows", compaction)
@@ -96,20 +79,20 @@ def refit_pca(
 
 def _write_version(
     spark: SparkSession, config: Config, store: PcaModelStore, last: PcaVersion | None, fit: Fit, source_version: int,
-    k_rule: tuple[int | None, float | None], steps: Steps, compaction: dict,
+    k_rule: tuple[int | None, float | None], steps: Phases, compaction: dict,
 ) -> PcaVersion:
     """Steps 3 (eigendecomposition) to 6 of the module docstring, for the statistics of ``fit``."""
     version = last.version + 1 if last else 1
-    with steps("eigendecomposition"):
+    with steps.timed("eigendecomposition"):
         components, ratios = fit.moments.principal_components()
         chosen, rule = choose_k(ratios, *k_rule)
         kept, explained = components[:, :chosen], ratios[:chosen]
-    with steps("model"):
+    with steps.timed("model"):
         pca_model(spark, kept, explained).write().overwrite().save(store.spark_model_path(version))
         store.write_arrays(version, kept, fit.moments.to_bytes())
-    with steps("projection"):
+    with steps.timed("projection"):
         projection, written = _write_projection(spark, config, store, last, fit, version, source_version, kept)
-    with steps("plots"):
+    with steps.timed("plots"):
         plots = _write_plots(store, config, version, ratios, explained, projection.coordinates_version)
     record = PcaVersion(
         version=version, k=chosen, explained_variance=[float(v) for v in explained], rows=fit.moments.n,
@@ -118,7 +101,7 @@ def _write_version(
         model_ids=fit.model_ids, method=fit.method, k_rule=rule, new_rows=fit.new_rows, fallback_reason=fit.fallback_reason,
         plots=plots, compaction=compaction, projection_version=projection.coordinates_version,
         projection=f"{'all rows' if projection.all_rows else 'new rows'} ({projection.why})", projected_rows=written,
-        timings=dict(steps.seconds),
+        timings={name: round(seconds, 3) for name, seconds in steps.seconds.items()},
     )
     store.commit(record)
     return record

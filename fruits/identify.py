@@ -23,7 +23,7 @@ from fruits.images import RejectedImage, decode_image
 from fruits.model import WeightsRef
 from fruits.pca_store import PcaModelStore
 from fruits.runtimes import make_handler, same_features
-from fruits.status import last_refit, open_table, rust_uri
+from fruits.status import last_refit, open_table
 
 
 class IdentifyError(RuntimeError):

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from fruits.featurizer import ChunkedFeaturizer, local_file, mobilenet_v2_preprocess
-from fruits.featurizer import shared_model  # noqa: F401  (its former home: callers may still import it from here)
 
 ARCHITECTURE = "mobilenet_v2_1.0_224"
 # Keras' own cache file for MobileNetV2(weights="imagenet", include_top=False, alpha=1.0, 224x224).

@@ -13,7 +13,6 @@ import os
 import signal
 import threading
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 
 from pyspark.sql import SparkSession
 from pyspark.errors import StreamingQueryException

@@ -5,39 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Iterator
 
 from pyspark.sql import SparkSession
 
 from fruits import storage
+from fruits.timing import Phases
 
 log = logging.getLogger("fruits.stream")
-
-
-@dataclass
-class Phases:
-    """Seconds spent per named phase of a chunk (collecting the ledger rows, featurizing, appending, archiving)."""
-
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @contextmanager
-    def timed(self, name: str) -> Iterator[None]:
-        """Add the time the block takes to phase ``name``."""
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
-
-    def take(self) -> dict[str, float]:
-        """The phases' seconds so far (rounded to ms), and start again from zero."""
-        taken = {name: round(seconds, 3) for name, seconds in self.seconds.items()}
-        self.seconds.clear()
-        return taken
 
 
 @dataclass

@@ -145,7 +145,7 @@ def test_both_workers_featurized_with_the_model_files_shipped_by_add_file(cluste
         for needed in map(Path, handler.files):
             assert (stream_executor / needed.name).is_file(), needed.name
             assert (stream_executor / needed.name).stat().st_size == needed.stat().st_size
-        # ... and used by the executor's Python worker to build the model (fruits.model.shared_model logs this).
+        # ... and used by the executor's Python worker to build the model (fruits.featurizer.shared_model logs this).
         log = (stream_executor / "stderr").read_text(errors="replace")
         assert "fruits: worker pid" in log and f"built {handler.model_id}" in log, log[-3000:]
     names = [app["name"] for app in cluster_run["state"]["completedapps"]]

@@ -16,7 +16,8 @@ from PIL import Image
 from conftest import local_path, make_config, place, sample_files
 from fruits.featurize import ModelFailure, featurize_contents
 from fruits.images import RejectedImage, decode_image
-from fruits.model import MobileNetV2Handler, shared_model
+from fruits.featurizer import shared_model
+from fruits.model import MobileNetV2Handler
 
 POISON = 13  # grey level of the image FaultyModel fails on
 

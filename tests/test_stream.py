@@ -119,7 +119,7 @@ def test_model_is_built_once_per_python_worker(spark, weights):
     handler = MobileNetV2Handler(weights)
 
     def probe(batches):
-        from fruits.model import shared_model
+        from fruits.featurizer import shared_model
 
         for batch in batches:
             model = shared_model(handler)
