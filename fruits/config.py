@@ -18,6 +18,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, get_type_hints
 
+from fruits.uris import has_scheme
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, malformed or unknown."""
@@ -34,14 +36,14 @@ def parse_duration(text: str | float) -> float:
 
 def join_uri(root: str, child: str) -> str:
     """``child`` if it is absolute or a URI, else ``root/child`` (works for local paths and Hadoop URIs)."""
-    if "://" in child or child.startswith("/") or re.match(r"^[a-z][a-z0-9+.-]*:/", child):
+    if child.startswith("/") or has_scheme(child):
         return child
     return root.rstrip("/") + "/" + child
 
 
 def _absolute(home: str) -> str:
     """Local relative homes become absolute so Spark, deltalake and workers agree on them; URIs stay as given."""
-    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*:", home):
+    if has_scheme(home):
         return home
     return str(Path(home).expanduser().resolve())
 
@@ -160,9 +162,9 @@ class CompactionConfig:
 @dataclass(frozen=True)
 class WebConfig:
     host: str
-    port: int = _at_least(0)
     token: str
     cors_origins: tuple[str, ...]
+    port: int = _at_least(0)
     max_request_bytes: int = _at_least(1)
     max_files: int = _at_least(1)
     thumbnail_px: int = _at_least(16)

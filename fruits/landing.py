@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import Any, Callable
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -193,23 +193,43 @@ def drop(
     """Copy image files, and the images under folders (keeping their sub-folders), into ``landing`` atomically
     (where each lands: :func:`drop_plan`). With ``note``, they are recorded in the ledger before they appear."""
     pairs, results = drop_plan(sources, extensions, label)
-    prepared: list[_Placement] = []
+    return results + land_in_groups(
+        pairs,
+        prepare=lambda path, relative, done: _prepare(path, landing / relative, {p.final for p in done}),
+        note=note or (lambda group: None),
+        publish=lambda placement: _publish(placement, note),
+        discard=lambda placement: placement.temporary.unlink(missing_ok=True),
+    )
+
+
+def land_in_groups(
+    pairs: list[tuple[Path, PurePosixPath]],
+    prepare: Callable[[Path, PurePosixPath, list[Any]], Any | None],
+    note: Callable[[list[Any]], None],
+    publish: Callable[[Any], Path | str],
+    discard: Callable[[Any], None] = lambda item: None,
+) -> list[Dropped]:
+    """The drop loop of every landing folder (local here, S3 in :mod:`fruits.object_landing`): ``prepare`` each file
+    (None: its bytes are there already; it sees the files prepared before it), then, a group of ``NOTE_GROUP`` at a
+    time, ``note`` the group in the ledger (one commit) before ``publish`` makes each file visible. If a ledger
+    commit fails, the files not yet published are ``discard``-ed and the error goes on."""
+    results: list[Dropped] = []
+    prepared: list[Any] = []
     for path, relative in pairs:
-        placement = _prepare(path, landing / relative, {p.final for p in prepared})
-        if placement is None:
+        item = prepare(path, relative, prepared)
+        if item is None:
             results.append(Dropped(path, None, "already there"))
         else:
-            prepared.append(placement)
+            prepared.append(item)
     for start in range(0, len(prepared), NOTE_GROUP):
         group = prepared[start : start + NOTE_GROUP]
         try:
-            if note is not None:
-                note(group)  # one ledger commit for many photos
+            note(group)  # one ledger commit for many photos
         except BaseException:
-            for placement in prepared[start:]:
-                placement.temporary.unlink(missing_ok=True)
+            for item in prepared[start:]:
+                discard(item)
             raise
-        results.extend(Dropped(p.source, _publish(p, note), "placed") for p in group)
+        results.extend(Dropped(item.source, publish(item), "placed") for item in group)
     return results
 
 

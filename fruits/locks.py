@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import threading
@@ -63,7 +62,7 @@ def exclusive(config: Config, name: str) -> Iterator[Path]:
             lease.release()
         return
     path = lock_path(config, name)
-    if not config.home.startswith(("/", "file:")) and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", config.home):
+    if local_path(config.home) is None:
         log.warning("home %s is remote: the %s lock (%s) keeps out only processes of this machine", config.home, name, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from fruits import s3
-from fruits.landing import NOTE_GROUP, Dropped, drop_plan
+from fruits.landing import Dropped, drop_plan, land_in_groups
 from fruits.ledger import FileVersion, ensure_ledger, label_of, record
 
 log = logging.getLogger("fruits.object_landing")
@@ -91,15 +91,9 @@ class ObjectLanding:
     def drop(self, sources: list[Path], extensions: list[str], label: str | None = None) -> list[Dropped]:
         """:func:`fruits.landing.drop` into this S3 landing folder (one ledger commit per group of files)."""
         pairs, results = drop_plan(sources, extensions, label)
-        uploads: list[_Upload] = []
-        for path, relative in pairs:
-            upload = self._prepare(path, relative, {u.target for u in uploads})
-            if upload is None:
-                results.append(Dropped(path, None, "already there"))
-            else:
-                uploads.append(upload)
-        for start in range(0, len(uploads), NOTE_GROUP):
-            group = uploads[start : start + NOTE_GROUP]
-            self._note(group)
-            results.extend(Dropped(u.source, self._publish(u), "placed") for u in group)
-        return results
+        return results + land_in_groups(
+            pairs,
+            prepare=lambda path, relative, done: self._prepare(path, relative, {u.target for u in done}),
+            note=self._note,
+            publish=self._publish,
+        )

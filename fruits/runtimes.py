@@ -33,6 +33,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fruits.config import Config, ConfigError, allowed_values
+from fruits.uris import local_path
 from fruits.featurizer import ChunkedFeaturizer, Featurizer, local_file, mobilenet_v2_preprocess
 from fruits.model import ARCHITECTURE, MobileNetV2Handler, WeightsRef
 
@@ -58,7 +59,10 @@ def ir_cache_dir(config: Config) -> Path:
     ``SparkContext.addFile`` (the handler's ``files``)."""
     configured = config.model.ir_cache
     if configured:
-        return Path(re.sub(r"^file:(//)?", "", configured)).expanduser()
+        folder = local_path(configured)
+        if folder is None:
+            raise ConfigError(f"[model] ir_cache = {configured!r}: must be a local folder (OpenVINO reads local files)")
+        return Path(folder).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME", "")
     return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "fruits"
 

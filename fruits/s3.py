@@ -19,7 +19,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable
 
 from fruits.config import Config
 
@@ -134,15 +134,22 @@ def clean_etag(etag: str | None) -> str | None:
     return etag.strip('"') if etag else None
 
 
+def _reply(call: Callable[[], Any], absent: tuple[str, ...]) -> Any | None:
+    """``call()``'s reply, or None when S3 answers with one of the error codes ``absent``."""
+    try:
+        return call()
+    except Exception as exc:
+        if _error_code(exc) in absent:
+            return None
+        raise
+
+
 def head(uri: str) -> dict[str, Any] | None:
     """``{"size", "etag", "mtime_ms"}`` of the object at ``uri``, or None if there is none."""
     bucket, key = split(uri)
-    try:
-        reply = client().head_object(Bucket=bucket, Key=key)
-    except Exception as exc:
-        if _error_code(exc) in MISSING:
-            return None
-        raise
+    reply = _reply(lambda: client().head_object(Bucket=bucket, Key=key), MISSING)
+    if reply is None:
+        return None
     return {"size": int(reply["ContentLength"]), "etag": clean_etag(reply["ETag"]),
             "mtime_ms": int(reply["LastModified"].timestamp() * 1000)}
 
@@ -151,38 +158,25 @@ def put_new(uri: str, data: bytes) -> str | None:
     """Store ``data`` at ``uri`` in one PUT unless an object is there already (``If-None-Match: *``, atomic on the
     server); its ETag, or None if the name was taken."""
     bucket, key = split(uri)
-    try:
-        reply = client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
-    except Exception as exc:
-        if _error_code(exc) in CONFLICT:
-            return None
-        raise
-    return clean_etag(reply["ETag"])
+    reply = _reply(lambda: client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*"), CONFLICT)
+    return None if reply is None else clean_etag(reply["ETag"])
 
 
 def replace_if(uri: str, data: bytes, etag: str) -> str | None:
     """Replace the object at ``uri`` only if it still has ``etag`` (``If-Match``); its new ETag, or None if it
     changed (or vanished) meanwhile."""
     bucket, key = split(uri)
-    try:
-        reply = client().put_object(Bucket=bucket, Key=key, Body=data, IfMatch=f'"{etag}"')
-    except Exception as exc:
-        if _error_code(exc) in CONFLICT + MISSING:
-            return None
-        raise
-    return clean_etag(reply["ETag"])
+    reply = _reply(
+        lambda: client().put_object(Bucket=bucket, Key=key, Body=data, IfMatch=f'"{etag}"'), CONFLICT + MISSING
+    )
+    return None if reply is None else clean_etag(reply["ETag"])
 
 
 def get(uri: str) -> tuple[bytes, str] | None:
     """(bytes, ETag) of the object at ``uri``, or None if there is none."""
     bucket, key = split(uri)
-    try:
-        reply = client().get_object(Bucket=bucket, Key=key)
-    except Exception as exc:
-        if _error_code(exc) in MISSING:
-            return None
-        raise
-    return reply["Body"].read(), clean_etag(reply["ETag"])
+    reply = _reply(lambda: client().get_object(Bucket=bucket, Key=key), MISSING)
+    return None if reply is None else (reply["Body"].read(), clean_etag(reply["ETag"]))
 
 
 def delete(uri: str) -> None:

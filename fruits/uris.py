@@ -14,11 +14,16 @@ def rust_uri(uri: str) -> str:
     return local_path(uri) if uri.startswith("file:") else uri
 
 
+def has_scheme(text: str) -> bool:
+    """Whether ``text`` is a URI (``file:/x``, ``s3a://b/k``, ``hdfs://nn/x``) rather than a plain path."""
+    return _SCHEME.match(text) is not None
+
+
 def local_path(uri: str) -> str | None:
     """The local file-system path of ``uri`` (``/x``, ``file:/x``, ``file:///x``), or None for a remote URI."""
     if uri.startswith("file:"):
         return "/" + uri[len("file:") :].lstrip("/")
-    return None if _SCHEME.match(uri) else uri
+    return None if has_scheme(uri) else uri
 
 
 def hadoop_uri(local: str) -> str:

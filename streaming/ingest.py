@@ -20,6 +20,7 @@ from pyspark.sql.streaming import StreamingQuery
 
 from fruits import storage
 from fruits.config import Config
+from fruits.featurizer import Featurizer
 from fruits.ledger import ensure_ledger
 from fruits.locks import exclusive
 from fruits.model import WeightsRef
@@ -36,6 +37,7 @@ log = logging.getLogger("fruits.stream")
 # to [discovery] max_rows_per_commit rows a file, a file event a few, and Delta admits at least one file), which the
 # sink collects and featurizes in chunks of [stream] max_files_per_trigger rows.
 LEDGER_BYTES_PER_TRIGGER = "1m"
+
 
 def prepare_home(spark: SparkSession, config: Config) -> None:
     """The landing folder and the three tables, created if missing; a home older than the ledger is adopted."""
@@ -54,41 +56,52 @@ def start_stream(
     available_now: bool = False,
     stop: threading.Event | None = None,
 ) -> StreamingQuery:
-    """Start the featurizing query over the ledger (discovery must be running); returns the :class:`StreamingQuery`."""
-    stream_cfg, model_cfg, discovery_cfg = config.stream, config.model, config.discovery
-
+    """Start the featurizing query over the ledger (discovery must be running); returns the :class:`StreamingQuery`:
+    the ledger as a Delta streaming source -> the sink (featurize, append the outcomes, archive)."""
     handler = make_handler(config, weights)  # [model] runtime/precision; converts the Keras model once if needed
     log.info("featurizer %s", handler.model_id)
-    for path in handler.files:  # weights or IR: executors on other machines read their copy via SparkFiles
-        if not any(added.endswith("/" + os.path.basename(path)) for added in spark.sparkContext.listFiles):
-            spark.sparkContext.addFile(path)
-    sink = OutcomeSink(
-        features_table=config.features_table,
-        quarantine_table=config.quarantine_table,
-        landing=storage.qualify(spark, config.landing),
-        archive=storage.qualify(spark, config.archive),
-        after_ingest=discovery_cfg.after_ingest,
-        allow_overwrites=discovery_cfg.allow_overwrites,
-        chunk_rows=stream_cfg.max_files_per_trigger,
-        partitions=stream_cfg.partitions or spark.sparkContext.defaultParallelism,
-        handler=handler,
-        max_bytes=model_cfg.max_bytes,
-        max_pixels=model_cfg.max_pixels,
-        progress=progress,
-        crash_marker=config.testing.crash_worker_on_bytes.encode(),
-        stop_requested=stop,
-    )
+    ship_model_files(spark, handler)
     ledger = spark.readStream.format("delta").option("maxBytesPerTrigger", LEDGER_BYTES_PER_TRIGGER).load(config.files_table)
     writer = (
-        ledger.writeStream.queryName(stream_cfg.query_name)
+        ledger.writeStream.queryName(config.stream.query_name)
         .option("checkpointLocation", config.checkpoint("ingest"))
-        .foreachBatch(sink)
+        .foreachBatch(build_sink(spark, config, handler, progress, stop))
     )
     if available_now:
         writer = writer.trigger(availableNow=True)
     else:
-        writer = writer.trigger(processingTime=f"{round(stream_cfg.trigger * 1000)} milliseconds")
+        writer = writer.trigger(processingTime=f"{round(config.stream.trigger * 1000)} milliseconds")
     return writer.start()
+
+
+def ship_model_files(spark: SparkSession, handler: Featurizer) -> None:
+    """Weights or IR files of ``handler`` to the executors (``SparkContext.addFile``, once per application):
+    executors on other machines read their copy through SparkFiles."""
+    for path in handler.files:
+        if not any(added.endswith("/" + os.path.basename(path)) for added in spark.sparkContext.listFiles):
+            spark.sparkContext.addFile(path)
+
+
+def build_sink(
+    spark: SparkSession, config: Config, handler: Featurizer, progress: Progress, stop: threading.Event | None
+) -> OutcomeSink:
+    """The ``foreachBatch`` sink for ``config``'s home and settings."""
+    return OutcomeSink(
+        features_table=config.features_table,
+        quarantine_table=config.quarantine_table,
+        landing=storage.qualify(spark, config.landing),
+        archive=storage.qualify(spark, config.archive),
+        after_ingest=config.discovery.after_ingest,
+        allow_overwrites=config.discovery.allow_overwrites,
+        chunk_rows=config.stream.max_files_per_trigger,
+        partitions=config.stream.partitions or spark.sparkContext.defaultParallelism,
+        handler=handler,
+        max_bytes=config.model.max_bytes,
+        max_pixels=config.model.max_pixels,
+        progress=progress,
+        crash_marker=config.testing.crash_worker_on_bytes.encode(),
+        stop_requested=stop,
+    )
 
 
 def run_stream(
