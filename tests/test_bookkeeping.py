@@ -1,0 +1,89 @@
+"""The bookkeeping that needs no Spark: PCA statistics and their merge, and the outcome rows the sink appends."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from fruits.batch.moments import Moments
+from fruits.streaming.outcomes import FEATURES_ARROW, QUARANTINE_ARROW, quarantine_rows, split_featurized
+
+pytestmark = pytest.mark.fast  # no Spark, no TensorFlow, no ../shared (make test-fast)
+
+
+@pytest.fixture(scope="module")
+def rows() -> np.ndarray:
+    """Rank-deficient rows like real features (non-negative, a few directions carry most of the variance)."""
+    generator = np.random.default_rng(7)
+    basis = generator.normal(size=(12, 64))
+    return np.clip(generator.normal(size=(900, 12)) @ basis * 4.0 + 1.0, 0, None)
+
+
+def test_merged_statistics_equal_the_statistics_of_all_rows(rows):
+    blocks = [rows[:1], rows[1:300], rows[300:301], rows[301:]]  # uneven blocks, some of one row
+    merged = Moments.empty(rows.shape[1])
+    for block in blocks:
+        merged = merged.merge(Moments.of_rows(block))
+    whole = Moments.of_rows(rows)
+    assert merged.n == whole.n == len(rows)
+    assert np.allclose(merged.mean, whole.mean) and np.allclose(merged.scatter, whole.scatter, rtol=1e-9, atol=1e-6)
+    restored = Moments.from_bytes(merged.to_bytes())
+    assert restored.n == merged.n and np.array_equal(restored.scatter, merged.scatter)
+
+
+def test_principal_components_are_those_of_the_centred_rows(rows):
+    components, ratios = Moments.of_rows(rows).principal_components()
+    _, singular, vt = np.linalg.svd(rows - rows.mean(axis=0), full_matrices=False)
+    for index in range(5):  # the same directions, up to sign
+        assert abs(components[:, index] @ vt[index]) >= 0.9999
+    expected = singular**2 / (singular**2).sum()
+    assert np.allclose(ratios[:5], expected[:5], atol=1e-9)
+    assert np.all(np.diff(ratios) <= 1e-12) and ratios.sum() == pytest.approx(1.0)
+
+
+def ledger_row(index: int) -> dict:
+    discovered = datetime(2026, 12, 3, 12, 0, tzinfo=timezone.utc) + timedelta(seconds=index)
+    return {
+        "file_id": f"id{index}", "path": f"file:/home/landing/Banana/{index}.jpg", "label": "Banana",
+        "size_bytes": 1000 + index, "modified_at": discovered - timedelta(days=30), "discovered_at": discovered,
+    }
+
+
+def test_a_featurized_group_splits_into_features_and_quarantine_rows_by_error():
+    ledger = [ledger_row(i) for i in range(3)]
+    errors = [None, "cannot decode image: image file is truncated", None]
+    columns = {name: [row.get(name) for row in ledger] for name in ("file_id", "path", "label", "size_bytes")}
+    now = datetime.now(timezone.utc)
+    group = pa.table({
+        **columns,
+        "content_sha256": ["a" * 64, "b" * 64, "c" * 64],
+        "modified_at": [row["modified_at"] for row in ledger],
+        "ingested_at": [now] * 3,
+        "features": [[0.5] * 1280, None, [0.25] * 1280],
+        "model_id": ["m/openvino-fp32"] * 3,
+        "discovered_at": [row["discovered_at"] for row in ledger],
+        "stored_path": ["file:/home/archive/2026-12-03/Banana/0.jpg", None, None],
+        "error": errors,
+    })
+    features, quarantine = split_featurized(group)
+    assert features.schema == FEATURES_ARROW and quarantine.schema == QUARANTINE_ARROW
+    assert features.column("file_id").to_pylist() == ["id0", "id2"]
+    assert quarantine.column("file_id").to_pylist() == ["id1"]
+    assert quarantine.column("reason").to_pylist() == [errors[1]]
+    assert features.column("stored_path").to_pylist()[0].endswith("archive/2026-12-03/Banana/0.jpg")
+
+
+def test_verdicts_from_ledger_rows_alone_become_quarantine_rows_without_a_content_hash():
+    ledger = [ledger_row(i) for i in range(2)]
+    ledger[1]["modified_at"] = ledger[1]["modified_at"].replace(tzinfo=None)  # as PySpark's collect gives it
+    verdicts = [(ledger[0], "empty file (0 bytes)"), (ledger[1], "file disappeared before it was read")]
+    rows = quarantine_rows(verdicts, {"id0": None, "id1": "file:/home/landing/Banana/1.jpg"}, "m/openvino-fp32")
+    assert rows.schema == QUARANTINE_ARROW and rows.num_rows == 2
+    assert rows.column("content_sha256").null_count == 2
+    assert rows.column("reason").to_pylist() == [reason for _, reason in verdicts]
+    assert rows.column("stored_path").to_pylist() == [None, "file:/home/landing/Banana/1.jpg"]
+    assert {t.tzinfo is not None for t in rows.column("modified_at").to_pylist()} == {True}
+    assert rows.column("discovered_at").to_pylist()[0] == ledger[0]["discovered_at"]
