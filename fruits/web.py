@@ -21,7 +21,7 @@ import secrets
 import tempfile
 import threading
 from contextlib import asynccontextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
@@ -33,7 +33,9 @@ from starlette.concurrency import run_in_threadpool
 from fruits.config import Config
 from fruits.identify import Identifier, IdentifyError
 from fruits.images import sniff_format
-from fruits.landing import LedgerNote, drop, local_folder
+from fruits.landing import Dropped, LedgerNote, drop, local_folder
+from fruits.object_landing import ObjectLanding
+from fruits.s3 import is_s3
 from fruits.names import UnsafeName, check_label, landing_name
 from fruits.model import WeightsRef
 from fruits.web_dashboard import Dashboard
@@ -133,12 +135,14 @@ class WebService:
         self.extensions = config.stream.extensions
         self.max_bytes = config.model.max_bytes
         self.max_files = config.web.max_files
+        # Uploads land as `fruits drop` lands files, recorded in the file ledger before they appear: on a local
+        # landing folder (atomic link), or on S3 (one conditional PUT per photo); elsewhere (hdfs://) they get 501.
         try:
             self.landing: Path | None = local_folder(config.landing)
         except ValueError:
-            self.landing = None  # a remote landing folder: uploads are refused (501)
-        # uploads are recorded in the file ledger before they appear in landing, as `fruits drop` does
+            self.landing = None
         self.note = LedgerNote(config.files_table, self.landing, "upload") if self.landing else None
+        self.objects = ObjectLanding(config.landing, config.files_table, "upload") if is_s3(config.landing) else None
         self.files = HomeFiles(config)
         self.dashboard = Dashboard(config, self.files)
         self._identifier: Identifier | None = None
@@ -167,8 +171,8 @@ class WebService:
 
     def land(self, uploads: list[UploadFile], label: str | None) -> list[dict[str, Any]]:
         """Check every upload first (nothing lands if one is refused), then land each through ``drop``."""
-        if self.landing is None:
-            raise HTTPException(501, f"landing folder {self.config.landing} is not local: upload with `fruits drop`")
+        if self.landing is None and self.objects is None:
+            raise HTTPException(501, f"landing folder {self.config.landing} takes no uploads: use `fruits drop`")
         if len(uploads) > self.max_files:
             raise HTTPException(413, f"{len(uploads)} photos in one request, above the limit of {self.max_files}")
         try:
@@ -184,15 +188,27 @@ class WebService:
                 with open(source, "wb") as out:
                     while chunk := upload.file.read(1 << 20):
                         out.write(chunk)
-                (result,) = drop([source], self.landing, self.extensions, label, self.note)
-                target = result.target or (self.landing / label if label else self.landing) / source.name
+                result = self._drop(source, label)
                 landed.append({
-                    "name": target.name,
-                    "path": target.relative_to(self.landing).as_posix() if result.target else None,
+                    "name": PurePosixPath(str(result.target)).name if result.target else source.name,
+                    "path": self._below_landing(result.target) if result.target else None,
                     "label": label,
                     "note": result.note,
                 })
         return landed
+
+    def _drop(self, source: Path, label: str | None) -> Dropped:
+        if self.objects is not None:
+            (result,) = self.objects.drop([source], list(self.extensions), label)
+        else:
+            (result,) = drop([source], self.landing, list(self.extensions), label, self.note)
+        return result
+
+    def _below_landing(self, target: Path | str) -> str:
+        """Where a landed photo is, relative to the landing folder (``Banana/a.jpg``)."""
+        if isinstance(target, Path):
+            return target.relative_to(self.landing).as_posix()
+        return str(target)[len(self.config.landing.rstrip("/")) + 1 :]
 
     def identify(self, upload: UploadFile) -> dict[str, Any]:
         """``fruits identify --json``'s object for one upload, neighbours with thumbnail URLs."""
@@ -282,7 +298,7 @@ def api_routes(service: WebService, guard: Any) -> APIRouter:
             "max_files": service.max_files,
             "refresh_seconds": service.dashboard.refresh,
             "window_seconds": service.dashboard.sampler.window,
-            "uploads": service.landing is not None,
+            "uploads": service.landing is not None or service.objects is not None,
         }
 
     return router

@@ -244,3 +244,26 @@ def test_drop_to_s3_keeps_both_names_and_records_the_listed_version(s3_env, tmp_
     listed = server.client().list_objects_v2(Bucket=bucket, Prefix="fruits/landing/")["Contents"]
     ids = {file_id(f"s3a://{bucket}/{o['Key']}", o["Size"], 0, o["ETag"].strip('"')) for o in listed}
     assert ids == set(ledger_rows(f"{home}/tables/files").column("file_id").to_pylist())  # the listing finds them known
+
+
+def test_web_uploads_land_on_s3_recorded_in_the_ledger_and_never_over_another_photo(s3_env, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from conftest import make_config
+    from fruits.ledger import ledger_rows
+    from fruits.web import create_app
+
+    home, bucket, server = s3_env["home"], s3_env["bucket"], s3_env["server"]
+    client = TestClient(create_app(make_config(tmp_path, paths={"home": home}), None, warm=False))
+    assert client.get("/api/config").json()["uploads"] is True
+    first, second = sample_files("Kiwi", 2)
+    upload = lambda path: ("file", ("kiwi.jpg", path.read_bytes(), "image/jpeg"))  # noqa: E731
+    answers = [client.post("/api/photos", files=[upload(p)], data={"label": "Kiwi"}) for p in (first, second, first)]
+    assert [a.status_code for a in answers] == [202, 202, 202]
+    assert [a.json()["photos"][0]["path"] for a in answers] == ["Kiwi/kiwi.jpg", "Kiwi/kiwi-2.jpg", None]
+    assert [a.json()["photos"][0]["note"] for a in answers] == ["placed", "placed", "already there"]
+    assert keys(server, bucket, "fruits/landing/") == ["fruits/landing/Kiwi/kiwi-2.jpg", "fruits/landing/Kiwi/kiwi.jpg"]
+    assert server.client().get_object(Bucket=bucket, Key="fruits/landing/Kiwi/kiwi.jpg")["Body"].read() == first.read_bytes()
+    recorded = ledger_rows(f"{home}/tables/files")
+    assert sorted(recorded.column("path").to_pylist()) == [f"{home}/landing/Kiwi/kiwi-2.jpg", f"{home}/landing/Kiwi/kiwi.jpg"]
+    assert set(recorded.column("discovered_by").to_pylist()) == {"upload"}

@@ -290,8 +290,8 @@ def test_images_per_second_come_from_the_streams_cumulative_counter(tmp_path):
     assert client_for(tmp_path).get("/api/config").json()["refresh_seconds"] <= 2
 
 
-def test_501_for_uploads_to_a_landing_folder_that_is_not_local(tmp_path):
-    config = make_config(tmp_path, paths={"landing": "s3a://bucket/landing"})
+def test_501_for_uploads_to_a_landing_folder_neither_local_nor_on_s3(tmp_path):
+    config = make_config(tmp_path, paths={"landing": "hdfs://namenode/fruits/landing"})
     client = TestClient(create_app(config, None, warm=False))
     response = client.post("/api/photos", files=[upload(BANANA[0])])
     assert response.status_code == 501 and "fruits drop" in response.json()["detail"]
