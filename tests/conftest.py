@@ -27,16 +27,24 @@ def chromium_path() -> str | None:
     return None
 
 
+def missing(message: str, required_by: str) -> None:
+    """A tool some tests need is not on this machine: they are skipped, or fail when the ``required_by`` variable is
+    set (CI sets it, so a missing tool can never pass unnoticed)."""
+    if os.environ.get(required_by):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def browser_type_launch_args(browser_type_launch_args):
     """pytest-playwright launches this Chromium (Playwright's own browser download is not needed). Without one the
     browser tests are skipped, or fail when FRUITS_REQUIRE_BROWSER is set (CI)."""
     path = chromium_path()
     if path is None:
-        message = "no Chromium: `apt-get install chromium`, or set FRUITS_CHROMIUM to a Chromium/Chrome binary"
-        if os.environ.get("FRUITS_REQUIRE_BROWSER"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(
+            "no Chromium: `apt-get install chromium`, or set FRUITS_CHROMIUM to a Chromium/Chrome binary",
+            required_by="FRUITS_REQUIRE_BROWSER",
+        )
     args = ["--no-sandbox"] if os.geteuid() == 0 else []  # Chromium's sandbox refuses to run as root
     return {**browser_type_launch_args, "executable_path": path, "headless": True, "args": args}
 

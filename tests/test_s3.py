@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import NOTOP_WEIGHTS, sample_files
+from conftest import NOTOP_WEIGHTS, missing, sample_files
 from s3server import S3Server, start_server, weed_binary
 
 FRUITS = str(Path(sys.executable).with_name("fruits"))
@@ -32,10 +32,7 @@ def s3_server(tmp_path_factory):
     """One real S3 server for the run (SeaweedFS on free loopback ports), stopped at the end."""
     binary = weed_binary()
     if binary is None:
-        message = "no SeaweedFS binary: run .ci/build-weed (or set FRUITS_WEED)"
-        if os.environ.get("FRUITS_REQUIRE_S3"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("no SeaweedFS binary: run .ci/build-weed (or set FRUITS_WEED)", required_by="FRUITS_REQUIRE_S3")
     server = start_server(binary, tmp_path_factory.mktemp("seaweedfs"))
     yield server
     server.stop()
