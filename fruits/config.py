@@ -14,6 +14,7 @@ import os
 import re
 import tomllib
 from dataclasses import dataclass, field, fields
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, get_type_hints
@@ -256,15 +257,17 @@ def allowed_values(section: str, key: str) -> tuple[str, ...]:
 
 def default_value(section: str, key: str) -> Any:
     """``[section] key`` as written in the shipped defaults (for the command-line help)."""
-    return tomllib.loads(defaults_text())[section][key]
+    return shipped_defaults()[section][key]
 
 
 # --- loading ---------------------------------------------------------------------------------------------------
 
 
-def defaults_text() -> str:
-    """conf/fruits.toml as shipped in the package (package data ``fruits.conf``)."""
-    return resources.files("fruits.conf").joinpath("fruits.toml").read_text()
+@lru_cache(maxsize=1)
+def shipped_defaults() -> Mapping[str, Any]:
+    """conf/fruits.toml as shipped in the package (package data ``fruits.conf``), parsed once per process (the CLI's
+    help reads it for every flag's default; nothing changes it: the layers only read it)."""
+    return tomllib.loads(resources.files("fruits.conf").joinpath("fruits.toml").read_text())
 
 
 class _Layers:
@@ -371,7 +374,7 @@ def load_config(
     Raises :class:`ConfigError` naming the file (or variable, or flag), the key and the allowed values.
     """
     layers = _Layers()
-    layers.add("defaults (conf/fruits.toml)", tomllib.loads(defaults_text()))
+    layers.add("defaults (conf/fruits.toml)", shipped_defaults())
     if config_file:
         path = Path(config_file)
         if not path.is_file():
