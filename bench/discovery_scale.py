@@ -3,8 +3,9 @@ worst case), against Spark's plain file source listing the same folder.
 
 1. Landing: ``--files`` hardlinks of the real Fruits-360 photos in their class folders (fast to build, real files).
 2. Seed the "already processed" state in bulk, because featurizing a million photos takes hours here: the ledger
-   gets one row per file (the same rows a listing records, written 100,000 per commit), and the quarantine table one
-   outcome row per ledger row (reason "seeded by bench/discovery_scale.py", same ``file_id`` and ``discovered_at``).
+   gets one row per file (the same rows and commits a listing records: ``[discovery] max_rows_per_commit`` rows per
+   commit), and the quarantine table one outcome row per ledger row (reason "seeded by bench/discovery_scale.py",
+   same ``file_id`` and ``discovered_at``, written by Spark in one commit).
 3. ``run_stream`` on a fresh checkpoint: it lists landing (nothing new), then replays the whole ledger and finds an
    outcome for every row (the deleted-checkpoint case, at scale). Then a restart on that checkpoint.
 4. Idle triggers: the running stream's own progress (``triggerExecution`` of triggers that read nothing).
@@ -68,8 +69,9 @@ def seed(spark, config, discovery) -> dict:
     started = time.perf_counter()
     versions = discovery.list_landing()
     listed = time.perf_counter() - started
-    for start in range(0, len(versions), 100_000):
-        record(config.files_table, versions[start : start + 100_000], "backfill")
+    per_commit = config.discovery.max_rows_per_commit
+    for start in range(0, len(versions), per_commit):
+        record(config.files_table, versions[start : start + per_commit], "backfill")
     ensure_table(spark, config.quarantine_table, QUARANTINE_SCHEMA, "bench")
     ledger = spark.read.format("delta").load(config.files_table)
     outcomes = ledger.select(
@@ -78,7 +80,10 @@ def seed(spark, config, discovery) -> dict:
         "file_id", "discovered_at", F.col("path").alias("stored_path"),
     )
     outcomes.write.format("delta").mode("append").save(config.quarantine_table)
-    return {"files": len(versions), "list_seconds": round(listed, 2), "seed_seconds": round(time.perf_counter() - started, 1)}
+    return {
+        "files": len(versions), "ledger_commits": -(-len(versions) // per_commit), "list_seconds": round(listed, 2),
+        "seed_seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 class Stream:
@@ -250,7 +255,7 @@ def main() -> None:
     landing = home / "landing"
     config = load_config(overrides={
         "paths": {"home": str(home)}, "spark": {"master": "local[2]"}, "model": {"weights": str(WEIGHTS)},
-        "discovery": {"after_ingest": "keep", "backfill_interval": "10m"}, "stream": {"trigger": "1s"},
+        "discovery": {"after_ingest": "keep", "backfill_interval": "10m"},
     }, environ={})
     result: dict = {"files": args.files, "cpu_count": os.cpu_count(), "load_avg_before": os.getloadavg()}
 

@@ -15,7 +15,7 @@ its row being visible in the features Delta table.
 
 Breakdown: each commit's commitInfo carries ``fruits.micro_batch`` = the micro-batch id (written by
 ``fruits.streaming.outcomes.append``), and the checkpoint's ``offsets/N`` file is written when micro-batch N is
-planned (after the Delta source read the ledger's new commits). So each latency splits into *queued*
+planned (after the ledger source found the ledger's new commits). So each latency splits into *queued*
 (rename -> batch N planned: the wait for the next trigger, plus the listing) and *processing* (planned -> commit
 visible: read, featurize, Delta append). Also reported: the stream's own per-batch lines (files per micro-batch).
 

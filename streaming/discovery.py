@@ -2,8 +2,9 @@
 
 Two ways in, both inside ``fruits stream`` on the driver:
 
-- **events**: a ``watchdog`` observer on a local landing folder. A path is recorded once it has been quiet for
-  ``settle`` (a ``cp -p`` closes the file, then sets its mtime: both are one version, not two);
+- **events**: a ``watchdog`` observer on a local landing folder. A file renamed in is recorded at once; a file
+  written in place once it has been quiet for ``SETTLE_SECONDS`` (a ``cp -p`` closes the file, then sets its mtime:
+  both are one version, not two);
 - **listing** (backfill): the whole landing folder at start-up and every ``[discovery] backfill_interval``. It is the
   only way on ``s3a://`` / ``hdfs://`` and catches whatever events were lost (a watcher that was not running, a full
   inotify queue). A file's mtime plays no part: an old photo moved in is new to the ledger all the same.
@@ -32,7 +33,7 @@ from fruits.uris import hadoop_uri, local_path
 
 log = logging.getLogger("fruits.discovery")
 
-# A path is recorded after this long without events (covers close-then-utime of `cp -p`, and rename-then-chmod).
+# A file written in place is recorded after this long without events (covers close-then-utime of `cp -p`).
 SETTLE_SECONDS = 0.25
 
 
@@ -101,39 +102,51 @@ def _etag(status) -> str | None:
 
 @dataclass(eq=False)  # watchdog keeps handlers in a set: identity hashing
 class _Events(FileSystemEventHandler):
-    """Remembers when each path last had an event; folders created or moved in are walked for their files."""
+    """Remembers, per path, when it may be recorded; folders created or moved in are walked for their files.
+
+    A file renamed into landing (``mv`` on one file system, ``rsync``'s last step, ``fruits drop``) is complete: it is
+    recorded at once, and ``arrived`` wakes the discovery thread. A file written in place waits until it has been
+    quiet for ``settle`` seconds (``cp -p`` closes the file, then sets its mtime: both are one version, not two).
+    """
 
     extensions: list[str]
-    quiet_since: dict[str, float] = field(default_factory=dict)
+    settle: float = SETTLE_SECONDS
+    ready_at: dict[str, float] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    arrived: threading.Event = field(default_factory=threading.Event)
 
-    def _touch(self, path: str | bytes) -> None:
+    def _touch(self, path: str | bytes, complete: bool = False) -> None:
         path = os.fsdecode(path)
         if is_candidate(os.path.basename(path), self.extensions):
+            now = time.monotonic()
             with self.lock:
-                self.quiet_since[path] = time.monotonic()
+                # a later write to a renamed file makes it wait like any other (it may still be changing)
+                self.ready_at[path] = now if complete and path not in self.ready_at else now + self.settle
+            if complete:
+                self.arrived.set()
 
-    def _walk(self, folder: str | bytes) -> None:
+    def _walk(self, folder: str | bytes, complete: bool) -> None:
         for version in list_local(os.fsdecode(folder), self.extensions):
-            self._touch(local_path(version.path))
+            self._touch(local_path(version.path), complete)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("deleted", "opened", "closed_no_write"):
             return
-        target = event.dest_path if event.event_type == "moved" else event.src_path
+        moved = event.event_type == "moved"
+        target = event.dest_path if moved else event.src_path
         if event.is_directory:
             if event.event_type in ("created", "moved"):
-                self._walk(target)
+                self._walk(target, complete=moved)
         else:
-            self._touch(target)
+            self._touch(target, complete=moved)
 
-    def settled(self, settle: float) -> list[str]:
-        """Paths quiet for ``settle`` seconds, removed from the pending set."""
+    def settled(self, everything: bool = False) -> list[str]:
+        """Paths that may be recorded now (``everything``: all of them), removed from the pending set."""
         now = time.monotonic()
         with self.lock:
-            ready = [p for p, t in self.quiet_since.items() if now - t >= settle]
+            ready = [p for p, t in self.ready_at.items() if everything or t <= now]
             for path in ready:
-                del self.quiet_since[path]
+                del self.ready_at[path]
         return ready
 
 
@@ -183,10 +196,11 @@ class Discovery:
         )
         return new
 
-    def flush_events(self, settle: float = SETTLE_SECONDS) -> int:
-        """Record the settled paths of file events; returns how many new versions were recorded."""
+    def flush_events(self, everything: bool = False) -> int:
+        """Record the settled paths of file events (``everything``: all pending ones); returns how many new versions
+        were recorded."""
         versions = []
-        for path in self._events.settled(settle):
+        for path in self._events.settled(everything):
             try:
                 stat = os.stat(path, follow_symlinks=False)
             except FileNotFoundError:
@@ -232,7 +246,12 @@ class Discovery:
 
     def _run(self) -> None:
         next_backfill = time.monotonic() + self.backfill_seconds
-        while not self._stop.wait(self.commit_seconds):
+        while not self._stop.is_set():
+            # A renamed-in file wakes the thread at once; the files that arrive during a commit go in the next one.
+            self._events.arrived.wait(self.commit_seconds)
+            self._events.arrived.clear()
+            if self._stop.is_set():
+                break
             try:
                 if self.watch:
                     self.flush_events()
@@ -245,10 +264,11 @@ class Discovery:
     def stop(self) -> None:
         """Stop the watcher and the timer (recording what has settled first)."""
         self._stop.set()
+        self._events.arrived.set()
         if self._observer is not None:
             self._observer.stop()
             self._observer.join()
         if self._thread is not None:
             self._thread.join()
         if self._observer is not None:
-            self.flush_events(settle=0)
+            self.flush_events(everything=True)

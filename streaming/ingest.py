@@ -2,7 +2,7 @@
 
 Read top to bottom: :func:`run_stream` takes the home's stream lock, starts discovery (:mod:`fruits.streaming.discovery`:
 file events and listings record every new file version in the ledger, ``tables/files``), then runs
-:func:`start_stream`'s query: the ledger as a Delta streaming source, each micro-batch written by
+:func:`start_stream`'s query: the ledger as a streaming source (its commits' new rows), each micro-batch written by
 :class:`fruits.streaming.sink.OutcomeSink`, which gives every ledger row exactly one outcome row.
 """
 
@@ -27,17 +27,12 @@ from fruits.model import WeightsRef
 from fruits.runtimes import make_handler
 from fruits.tables import FEATURES_SCHEMA, QUARANTINE_SCHEMA, ensure_table
 from fruits.streaming.discovery import Discovery
+from fruits.streaming.ledger_source import LedgerSource
 from fruits.streaming.migration import adopt_legacy_rows
 from fruits.streaming.progress import Progress
 from fruits.streaming.sink import OutcomeSink, StopRequested
 
 log = logging.getLogger("fruits.stream")
-
-# Ledger files admitted per micro-batch: about 1 MB of them, some 20,000 rows (~50 bytes a row; a listing writes up
-# to [discovery] max_rows_per_commit rows a file, a file event a few, and Delta admits at least one file), which the
-# sink collects and featurizes in chunks of [stream] max_files_per_trigger rows.
-LEDGER_BYTES_PER_TRIGGER = "1m"
-
 
 def prepare_home(spark: SparkSession, config: Config) -> None:
     """The landing folder and the three tables, created if missing; a home older than the ledger is adopted."""
@@ -57,11 +52,12 @@ def start_stream(
     stop: threading.Event | None = None,
 ) -> StreamingQuery:
     """Start the featurizing query over the ledger (discovery must be running); returns the :class:`StreamingQuery`:
-    the ledger as a Delta streaming source -> the sink (featurize, append the outcomes, archive)."""
+    the ledger as a streaming source (:mod:`fruits.streaming.ledger_source`) -> the sink (featurize, append the outcomes, archive)."""
     handler = make_handler(config, weights)  # [model] runtime/precision; converts the Keras model once if needed
     log.info("featurizer %s", handler.model_id)
     ship_model_files(spark, handler)
-    ledger = spark.readStream.format("delta").option("maxBytesPerTrigger", LEDGER_BYTES_PER_TRIGGER).load(config.files_table)
+    spark.dataSource.register(LedgerSource)
+    ledger = spark.readStream.format(LedgerSource.name()).option("path", config.files_table).load()
     writer = (
         ledger.writeStream.queryName(config.stream.query_name)
         .option("checkpointLocation", config.checkpoint("ingest"))

@@ -58,6 +58,52 @@ def quarantine_rows(
     return pa.table({field.name: columns[field.name] for field in QUARANTINE_ARROW}, schema=QUARANTINE_ARROW)
 
 
+def featurized_rows(
+    rows: Sequence[Mapping[str, Any]], read: pa.Table, stored: Mapping[str, str | None], model_id: str
+) -> tuple[pa.Table, list[Mapping[str, Any]]]:
+    """Pair the featurizing job's collected rows (``path``, ``length``, ``mtime_ms``, ``content_sha256``,
+    ``result``) with the ledger ``rows`` of the group, by path; returns (a featurized group for
+    :func:`split_featurized`, the ledger rows whose file produced no row).
+
+    A file whose size (or, off object stores, mtime) is not the one its ledger row recorded changed after its
+    discovery: its row gets that as its error instead of the features, and its new version has its own ledger row.
+    (On an object store the server sets the mtime at upload, after `fruits drop` recorded the row: a version there is
+    (path, size, ETag), so only the size is compared.)"""
+    index = {path: i for i, path in enumerate(read.column("path").to_pylist())}
+    lengths, mtimes = read.column("length").to_pylist(), read.column("mtime_ms").to_pylist()
+    errors = pc.struct_field(read.column("result"), "error").to_pylist()
+    matched, taken, unread = [], [], []
+    for row in rows:
+        i = index.get(row["path"])
+        if i is None:
+            unread.append(row)
+            continue
+        object_store = row["path"].startswith(("s3a://", "s3://"))
+        if lengths[i] != row["size_bytes"] or (not object_store and mtimes[i] != epoch_ms(row["modified_at"])):
+            modified = datetime.fromtimestamp(mtimes[i] / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+            error = (f"changed after it was discovered (now {lengths[i]} bytes, modified {modified}); its new version "
+                     "has its own ledger row")
+        else:
+            error = errors[i]
+        matched.append((row, error))
+        taken.append(i)
+    picked = read.take(pa.array(taken, pa.int64()))
+    ok = pa.array([error is None for _, error in matched], pa.bool_())
+    features = pc.struct_field(picked.column("result"), "features")
+    columns: dict[str, Any] = {name: [row[name] for row, _ in matched] for name in FROM_LEDGER}
+    for name in ("modified_at", "discovered_at"):
+        columns[name] = pa.array([_utc(value) for value in columns[name]], TIMESTAMP)
+    columns |= {
+        "content_sha256": picked.column("content_sha256"),
+        "ingested_at": pa.array([datetime.now(timezone.utc)] * len(matched), TIMESTAMP),
+        "stored_path": [stored[row["file_id"]] for row, _ in matched],
+        "model_id": [model_id] * len(matched),
+        "features": pc.if_else(ok, features, pa.nulls(len(matched), features.type)),
+        "error": [error for _, error in matched],
+    }
+    return pa.table(columns), unread
+
+
 def split_featurized(featurized: pa.Table) -> tuple[pa.Table, pa.Table]:
     """A collected featurized group (outcome columns, ``features``, ``error``, ``model_id``) as (features rows,
     quarantine rows): a row with an ``error`` is quarantined with it as its reason."""
@@ -71,6 +117,11 @@ def split_featurized(featurized: pa.Table) -> tuple[pa.Table, pa.Table]:
 def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
     """``rows`` with the table's exact schema (types and nullability), so delta-rs sees the table's own schema."""
     return pa.Table.from_arrays([rows.column(f.name).cast(f.type) for f in schema], schema=schema)
+
+
+def epoch_ms(timestamp: datetime) -> int:
+    """A timestamp in whole ms since the epoch, exactly (a naive one is taken as local time, as ``timestamp()`` does)."""
+    return int(timestamp.replace(microsecond=0).timestamp()) * 1000 + timestamp.microsecond // 1000
 
 
 def _utc(value: datetime) -> datetime:

@@ -41,7 +41,7 @@ from fruits import storage
 from fruits.featurize import featurize_column
 from fruits.featurizer import Featurizer
 from fruits.uris import glob_escape, local_path, rust_uri
-from fruits.streaming.outcomes import append, quarantine_rows, split_featurized
+from fruits.streaming.outcomes import append, epoch_ms, featurized_rows, quarantine_rows, split_featurized
 from fruits.streaming.progress import Progress
 
 log = logging.getLogger("fruits.stream")
@@ -56,24 +56,8 @@ BINARY_FILE_SCHEMA = StructType(
     ]
 )
 LEDGER_COLUMNS = ["file_id", "path", "label", "size_bytes", "modified_at", "discovered_at", "overwrites"]
-# What a chunk's rows carry into Spark next to the bytes: the ledger's columns and where the file will be kept.
-CHUNK_SCHEMA = StructType(
-    [
-        StructField("file_id", StringType(), False),
-        StructField("path", StringType(), False),
-        StructField("label", StringType(), True),
-        StructField("size_bytes", LongType(), False),
-        StructField("modified_at", TimestampType(), False),
-        StructField("discovered_at", TimestampType(), False),
-        StructField("stored_path", StringType(), True),
-    ]
-)
 # A ledger row as the sink handles it: column name -> value (timestamps are aware UTC datetimes).
 Row = dict[str, Any]
-OUTCOME_COLUMNS = [
-    "path", "label", "content_sha256", "size_bytes", "modified_at", "ingested_at", "file_id", "discovered_at",
-    "stored_path",
-]
 # Tries of a featurizing job before its files are split to find the one(s) that make it fail.
 FEATURIZE_ATTEMPTS = 2
 # How a featurizing job fails when a file breaks it: a Python worker that died (Py4JJavaError: "Python worker exited
@@ -171,8 +155,8 @@ class OutcomeSink:
 
     def _undecided_chunks(self, batch: DataFrame) -> Iterator[list[Row]]:
         """The batch's ledger rows that have no outcome row yet, in chunks of ``chunk_rows``. A micro-batch holds
-        about 1 MB of ledger files at most (some 20,000 rows: ``fruits.streaming.ingest.LEDGER_BYTES_PER_TRIGGER``), so its
-        rows are collected (through Arrow: timestamps arrive as aware UTC datetimes)."""
+        a few ledger commits (some 20,000 rows at most: :mod:`fruits.streaming.ledger_source`), so its rows are
+        collected (through Arrow: timestamps arrive as aware UTC datetimes)."""
         with self.progress.phases.timed("ledger"):
             ledger = batch.select(*LEDGER_COLUMNS).toArrow().to_pylist()
             rows = list({row["file_id"]: row for row in ledger}.values())
@@ -282,18 +266,16 @@ class OutcomeSink:
         return poison
 
     def _write_group(self, spark: SparkSession, rows: list[Row], stored: dict, files: LandedFiles) -> None:
-        """Read and featurize ``rows`` in one Spark job, collected through Arrow, then append one commit per table
-        from here (:mod:`fruits.streaming.outcomes`); a ledger row that produced no row is quarantined with why."""
-        meta = spark.createDataFrame(
-            [(*(row[c] for c in CHUNK_SCHEMA.fieldNames()[:-1]), stored[row["file_id"]]) for row in rows], CHUNK_SCHEMA
-        )
+        """Read and featurize ``rows`` in one Spark job, collected through Arrow and paired with the ledger rows on the
+        driver, then append one commit per table from here (:mod:`fruits.streaming.outcomes`); a ledger row that
+        produced no row is quarantined with why."""
         with self.progress.phases.timed("featurize"):
-            featurized = self._featurize(self._read(spark, rows, files), meta).toArrow()  # the job: every core
-        read = set(featurized.column("file_id").to_pylist())
-        unread = [(row, self._unread_reason(row, files)) for row in rows if row["file_id"] not in read]
+            read = self._featurize(self._read(spark, rows, files)).toArrow()  # the job: every core
+        featurized, unread = featurized_rows(rows, read, stored, self.handler.model_id)
         accepted, rejected = split_featurized(featurized)
         if unread:
-            rejected = pa.concat_tables([rejected, quarantine_rows(unread, stored, self.handler.model_id)])
+            unread_rows = quarantine_rows([(row, self._unread_reason(row, files)) for row in unread], stored, self.handler.model_id)
+            rejected = pa.concat_tables([rejected, unread_rows])
         with self.progress.phases.timed("append"):
             append(self.features_table, accepted, self._micro_batch)
             append(self.quarantine_table, rejected, self._micro_batch)
@@ -322,35 +304,16 @@ class OutcomeSink:
                 paths = [p for p in paths if files.version(p) is not None]
         return spark.createDataFrame([], BINARY_FILE_SCHEMA)
 
-    def _featurize(self, content: DataFrame, meta: DataFrame) -> DataFrame:
-        """Bytes + ledger columns -> outcome columns with ``features`` or an ``error``."""
-        # On an object store the server sets the mtime at upload, after `fruits drop` recorded the row: a version
-        # there is (path, size, ETag) (fruits/ledger.py), so only the size is compared.
-        object_store = F.col("path").rlike("^s3a?://")
-        changed = (F.col("length") != F.col("size_bytes")) | (
-            ~object_store & (F.col("modificationTime") != F.col("modified_at"))
-        )
-        error = (
-            F.when(changed, F.format_string(
-                "changed after it was discovered (now %d bytes, modified %s); its new version has its own ledger row",
-                "length", F.date_format("modificationTime", "yyyy-MM-dd HH:mm:ss.SSS"),
-            ))
-        )
-        return (
-            content.join(F.broadcast(meta), "path")
-            .coalesce(self.partitions)
-            .select(
-                *[c for c in OUTCOME_COLUMNS if c not in ("content_sha256", "ingested_at")],
-                F.sha2("content", 256).alias("content_sha256"),
-                F.current_timestamp().alias("ingested_at"),
-                error.alias("pre_error"),
-                featurize_column(
-                    F.when(~changed, F.col("content")), self.handler, self.max_pixels, self.crash_marker
-                ).alias("result"),
-                F.lit(self.handler.model_id).alias("model_id"),
-            )
-            .withColumns({"features": F.col("result.features"), "error": F.coalesce("pre_error", "result.error")})
-            .drop("result", "pre_error")
+    def _featurize(self, content: DataFrame) -> DataFrame:
+        """Bytes -> what the driver pairs with the ledger rows (:func:`fruits.streaming.outcomes.featurized_rows`):
+        path, size and mtime as read, the content's hash, and ``result`` (``features`` or an ``error``). No join with
+        the ledger rows here: a broadcast of driver-made rows is one more job per chunk (``bench/latency.py``)."""
+        return content.coalesce(self.partitions).select(
+            "path",
+            "length",
+            F.unix_millis("modificationTime").alias("mtime_ms"),
+            F.sha2("content", 256).alias("content_sha256"),
+            featurize_column(F.col("content"), self.handler, self.max_pixels, self.crash_marker).alias("result"),
         )
 
     @staticmethod
@@ -369,7 +332,7 @@ class OutcomeSink:
             return
         for row in chunk:
             now = files.version(row["path"])
-            if now is None or now[0] != row["size_bytes"] or (now[1] != -1 and now[1] != _ms(row["modified_at"])):
+            if now is None or now[0] != row["size_bytes"] or (now[1] != -1 and now[1] != epoch_ms(row["modified_at"])):
                 continue
             try:
                 if self.after_ingest == "delete":
@@ -421,9 +384,3 @@ def _probe_image() -> bytes:
 
 
 PROBE_IMAGE = _probe_image()
-
-
-def _ms(timestamp: datetime) -> int:
-    """A collected timestamp in whole ms since the epoch (PySpark collects naive datetimes in local time, which is
-    what ``datetime.timestamp`` assumes)."""
-    return int(timestamp.replace(microsecond=0).timestamp()) * 1000 + timestamp.microsecond // 1000

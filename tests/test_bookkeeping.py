@@ -9,7 +9,9 @@ import pyarrow as pa
 import pytest
 
 from fruits.batch.moments import Moments
-from fruits.streaming.outcomes import FEATURES_ARROW, QUARANTINE_ARROW, quarantine_rows, split_featurized
+from fruits.streaming.outcomes import (
+    FEATURES_ARROW, QUARANTINE_ARROW, epoch_ms, featurized_rows, quarantine_rows, split_featurized,
+)
 
 pytestmark = pytest.mark.fast  # no Spark, no TensorFlow, no ../shared (make test-fast)
 
@@ -74,6 +76,35 @@ def test_a_featurized_group_splits_into_features_and_quarantine_rows_by_error():
     assert quarantine.column("file_id").to_pylist() == ["id1"]
     assert quarantine.column("reason").to_pylist() == [errors[1]]
     assert features.column("stored_path").to_pylist()[0].endswith("archive/2026-12-03/Banana/0.jpg")
+
+
+def test_what_the_job_read_is_paired_with_its_ledger_rows_by_path_and_version():
+    """The featurizing job returns what it read; the driver gives each ledger row its outcome: the features of the
+    version it recorded, a "changed" error for a version that is no longer there, nothing for a file not read."""
+    ledger = [ledger_row(i) for i in range(3)]
+    older = {**ledger_row(0), "file_id": "id0-old", "size_bytes": 999}  # an earlier version of file 0, same path
+    read = pa.table({
+        "path": [ledger[0]["path"], ledger[1]["path"]],  # file 2 was not read (gone)
+        "length": [ledger[0]["size_bytes"], ledger[1]["size_bytes"]],
+        "mtime_ms": [epoch_ms(ledger[0]["modified_at"]), epoch_ms(ledger[1]["modified_at"]) + 1],  # 1 was touched
+        "content_sha256": ["a" * 64, "b" * 64],
+        "result": pa.array(
+            [{"features": [0.5] * 1280, "error": None}, {"features": [0.25] * 1280, "error": None}],
+            pa.struct([("features", pa.list_(pa.float32())), ("error", pa.string())]),
+        ),
+    })
+    stored = {row["file_id"]: f"file:/home/archive/{row['file_id']}.jpg" for row in [*ledger, older]}
+    group, unread = featurized_rows([*ledger, older], read, stored, "m/openvino-fp32")
+    assert [row["file_id"] for row in unread] == ["id2"]
+    features, quarantine = split_featurized(group)
+    assert features.column("file_id").to_pylist() == ["id0"]
+    assert features.column("content_sha256").to_pylist() == ["a" * 64]
+    assert features.column("stored_path").to_pylist() == ["file:/home/archive/id0.jpg"]
+    assert features.column("features").to_pylist()[0][:2] == [0.5, 0.5]
+    reasons = dict(zip(quarantine.column("file_id").to_pylist(), quarantine.column("reason").to_pylist()))
+    assert set(reasons) == {"id1", "id0-old"}
+    assert reasons["id1"].startswith("changed after it was discovered (now 1001 bytes, modified 2026-11-03 12:00:01.001)")
+    assert reasons["id0-old"].startswith("changed after it was discovered (now 1000 bytes")
 
 
 def test_verdicts_from_ledger_rows_alone_become_quarantine_rows_without_a_content_hash():

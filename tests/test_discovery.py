@@ -152,6 +152,29 @@ def test_watcher_events_and_listing_backfill_each_find_new_photos(spark, weights
     assert len(counts) == 7 and set(counts.values()) == {1}
 
 
+@pytest.mark.fast
+def test_a_file_renamed_in_is_recorded_at_once_and_one_written_in_place_after_it_settles():
+    """The watcher's rules, fed real watchdog events: a rename into landing (`mv`, rsync's last step, `fruits drop`)
+    is complete and wakes discovery; a file being written waits until it is quiet (`cp -p` sets the mtime after the
+    close), and so does a renamed file written to again before it was recorded."""
+    from watchdog.events import FileCreatedEvent, FileModifiedEvent, FileMovedEvent
+
+    from fruits.streaming.discovery import _Events
+
+    events = _Events(["jpg"], settle=60.0)
+    events.on_any_event(FileCreatedEvent("/landing/Kiwi/written.jpg"))
+    events.on_any_event(FileModifiedEvent("/landing/Kiwi/written.jpg"))
+    assert not events.arrived.is_set()
+    events.on_any_event(FileMovedEvent("/landing/Kiwi/.tmp-1", "/landing/Kiwi/renamed.jpg"))
+    events.on_any_event(FileMovedEvent("/landing/Kiwi/.tmp-2", "/landing/Kiwi/touched.jpg"))
+    events.on_any_event(FileModifiedEvent("/landing/Kiwi/touched.jpg"))
+    events.on_any_event(FileMovedEvent("/elsewhere/notes.txt", "/landing/Kiwi/notes.txt"))  # not an image
+    assert events.arrived.is_set()
+    assert events.settled() == ["/landing/Kiwi/renamed.jpg"]
+    assert events.settled() == []
+    assert sorted(events.settled(everything=True)) == ["/landing/Kiwi/touched.jpg", "/landing/Kiwi/written.jpg"]
+
+
 def test_a_second_stream_on_the_same_home_stops_at_once(tmp_path):
     from fruits.locks import exclusive
 
