@@ -36,6 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 SAMPLE = ROOT.parent / "shared" / "data" / "fruits360-sample"
 WEIGHTS = ROOT.parent / "shared" / "models" / "mobilenet_v2_imagenet_notop.weights.h5"
 SEED_REASON = "seeded by bench/discovery_scale.py"
@@ -137,42 +138,24 @@ def idle_triggers(query, seconds: float) -> dict:
 
 
 def drop_to_visible(config, landing: Path, count: int, rate: float, prefix: str = "drop") -> dict:
-    """Rename ``count`` new photos into landing at ``rate``/s; seconds until each one's features row is readable."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as ds
-    from deltalake import DeltaTable
+    """Rename ``count`` new photos into landing at ``rate``/s (as `fruits drop` places them); seconds until each one's
+    features row is committed (bench/latency.py's watcher of the tables' Delta logs, polled every 25 ms)."""
+    from latency import CommitWatcher, drop_paced, pick_photos
 
-    photos = sorted(SAMPLE.glob("*/*.jpg"))[:: max(1, 3013 // count)][:count]
-    staging = landing.parent / "bench-staging"
-    staging.mkdir(exist_ok=True)
-    landed: dict[str, float] = {}
-    seen: dict[str, float] = {}
-    table = DeltaTable(config.features_table)
-
-    def poll() -> None:
-        table.update_incremental()
-        rows = table.to_pyarrow_dataset().to_table(columns=["path"], filter=pc.field("path").isin(list(landed)))
-        now = time.perf_counter()
-        for path in rows.column("path").to_pylist():
-            seen.setdefault(path, now)
-
-    for index, photo in enumerate(photos):
-        hidden = staging / f"{prefix}-{index}.jpg"
-        hidden.write_bytes(photo.read_bytes())
-        target = landing / photo.parent.name / f"{prefix}-{index}-{photo.name}"
-        os.rename(hidden, target)
-        landed[f"file:{target}"] = time.perf_counter()
-        next_at = time.perf_counter() + 1 / rate
-        while time.perf_counter() < next_at:
-            poll()
+    watcher = CommitWatcher({"features": Path(config.features_table), "quarantine": Path(config.quarantine_table)}, 0.025)
+    watcher.skip_existing()
+    watcher.start()
+    try:
+        renamed = drop_paced(pick_photos(count, seed=len(prefix)), landing, prefix, rate)
+        deadline = time.monotonic() + 120
+        while len(watcher.visible(renamed)) < len(renamed) and time.monotonic() < deadline and watcher.error is None:
             time.sleep(0.05)
-    deadline = time.perf_counter() + 120
-    while len(seen) < len(landed) and time.perf_counter() < deadline:
-        poll()
-        time.sleep(0.05)
-    latencies = sorted(seen[p] - landed[p] for p in seen)
+    finally:
+        watcher.finish()
+    seen = watcher.visible(renamed)
+    latencies = sorted(seen[p][0] - renamed[p] for p in seen)
     quantile = lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 2) if latencies else None
-    return {"dropped": len(landed), "visible": len(seen), "p50_s": quantile(0.5), "p95_s": quantile(0.95), "max_s": quantile(1.0)}
+    return {"dropped": len(renamed), "visible": len(seen), "p50_s": quantile(0.5), "p95_s": quantile(0.95), "max_s": quantile(1.0)}
 
 
 def guarantee_costs(spark, config, repeats: int = 7) -> dict:
@@ -238,6 +221,8 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=float, default=35.0)
     parser.add_argument("--skip-file-source", action="store_true")
     parser.add_argument("--workdir", default=None, help="where the home goes (default: a temporary folder)")
+    parser.add_argument("--existing-home", help="reuse the home an earlier run left (its landing and seeded tables): "
+                        "no build, no seeding, no first start")
     args = parser.parse_args()
 
     from fruits.config import load_config
@@ -250,8 +235,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
-    tmp = tempfile.mkdtemp(prefix="fruits-discovery-", dir=args.workdir)
-    home = Path(tmp) / "home"
+    home = Path(args.existing_home) if args.existing_home else Path(tempfile.mkdtemp(prefix="fruits-discovery-", dir=args.workdir)) / "home"
     landing = home / "landing"
     config = load_config(overrides={
         "paths": {"home": str(home)}, "spark": {"master": "local[2]"}, "model": {"weights": str(WEIGHTS)},
@@ -259,31 +243,32 @@ def main() -> None:
     }, environ={})
     result: dict = {"files": args.files, "cpu_count": os.cpu_count(), "load_avg_before": os.getloadavg()}
 
-    started = time.perf_counter()
-    build_landing(landing, args.files)
-    result["build_landing_seconds"] = round(time.perf_counter() - started, 1)
-    say(f"landing: {args.files} hardlinks in {result['build_landing_seconds']} s")
+    if not args.existing_home:
+        started = time.perf_counter()
+        build_landing(landing, args.files)
+        result["build_landing_seconds"] = round(time.perf_counter() - started, 1)
+        say(f"landing: {args.files} hardlinks in {result['build_landing_seconds']} s")
 
     spark = build_spark(config, "bench-discovery", "stream")
     weights = resolve_weights(str(WEIGHTS))
     make_handler(config, weights)  # converts the model to OpenVINO IR now (cached), not inside the timed starts
-    discovery = Discovery(config, f"file:{landing}")
-    result["seed"] = seed(spark, config, discovery)
-    say(f"seeded: {result['seed']}")
-
-    stream = Stream(spark, config, weights)  # fresh checkpoint over a ledger of --files rows
-    result["first_start_replay_seconds"] = round(stream.first_idle(), 1)
-    say(f"first start (listing + replay of the whole ledger): {result['first_start_replay_seconds']} s")
-    stream.close()
+    if not args.existing_home:
+        result["seed"] = seed(spark, config, Discovery(config, f"file:{landing}"))
+        say(f"seeded: {result['seed']}")
+        stream = Stream(spark, config, weights)  # fresh checkpoint over a ledger of --files rows
+        result["first_start_replay_seconds"] = round(stream.first_idle(), 1)
+        say(f"first start (listing + replay of the whole ledger): {result['first_start_replay_seconds']} s")
+        stream.close()
 
     stream = Stream(spark, config, weights)  # restart on that checkpoint
     result["restart_seconds"] = round(stream.first_idle(), 1)
     say(f"restart: {result['restart_seconds']} s")
     result["idle_triggers"] = idle_triggers(stream.query(), args.idle_seconds)
     say(f"idle triggers: {result['idle_triggers']}")
-    warm = drop_to_visible(config, landing, 4, args.rate, prefix="warm-up")  # the Python workers load the model
+    run = int(time.time())  # new names in a reused home
+    warm = drop_to_visible(config, landing, 4, args.rate, prefix=f"warm-up{run}")  # the Python workers load the model
     say(f"warm-up drops: {warm}")
-    result["drop_to_visible"] = drop_to_visible(config, landing, args.drops, args.rate)
+    result["drop_to_visible"] = drop_to_visible(config, landing, args.drops, args.rate, prefix=f"drop{run}")
     say(f"drop -> visible: {result['drop_to_visible']}")
     stream.close()
 
@@ -300,10 +285,11 @@ def main() -> None:
     say(f"backfill listings: {result['backfill_listing']}")
 
     # Lost events: photos landed while no stream (no watcher) ran; the start-up listing must find every one.
-    lost = build_landing(landing, args.lost, prefix="lost-")
+    before = backlog(config)["discovered"]
+    lost = build_landing(landing, args.lost, prefix=f"lost-{int(time.time())}-")
     stream = Stream(spark, config, weights)
     stream.query()
-    expected, deadline = args.files + 4 + args.drops + args.lost, time.monotonic() + 600
+    expected, deadline = before + args.lost, time.monotonic() + 600
     while time.monotonic() < deadline:
         counts = backlog(config)
         if counts["discovered"] >= expected and counts["pending"] == 0:
@@ -311,7 +297,7 @@ def main() -> None:
         time.sleep(1)
     stream.close()
     result["lost_events"] = {
-        "landed_while_stopped": len(lost), "discovered": counts["discovered"] - args.files - 4 - args.drops,
+        "landed_while_stopped": len(lost), "discovered": counts["discovered"] - before,
         "pending_after": counts["pending"], "seconds_to_all_outcomes": round(time.perf_counter() - stream.started, 1),
     }
     say(f"lost events: {result['lost_events']}")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 import shlex
@@ -115,6 +116,13 @@ class CommitWatcher(threading.Thread):
                 self.seen.setdefault(path, (listed_at, name, batch, reason))
             self.commits.append({"table": name, "version": version, "batch": batch, "rows": len(paths), "at": listed_at,
                                  "poll_lag": listed_at - commit.stat().st_mtime})
+
+    def skip_existing(self) -> None:
+        """Treat the commits already in the logs as read (a home with history: only new rows are of interest)."""
+        for name, table in self.tables.items():
+            log = table / "_delta_log"
+            if log.is_dir():
+                self._done_versions[name].update(int(m.group(1)) for n in os.listdir(log) if (m := COMMIT.match(n)))
 
     def visible(self, paths) -> dict[str, tuple[float, str, int | None, str | None]]:
         """The entries of ``paths`` seen so far."""
@@ -224,6 +232,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=180.0, help="s after the last drop for every row to appear")
     parser.add_argument("--ready-timeout", type=float, default=600.0, help="s for start-up and the warm-up batch")
     parser.add_argument("--poll-ms", type=float, default=25.0, help="how often _delta_log is listed (default 25 ms)")
+    parser.add_argument("--home", help="run on this existing home (e.g. the million-file home bench/discovery_scale.py "
+                        "leaves, with --flags \"--config keep.toml\"), not a fresh one; only new commits are read")
     args = parser.parse_args()
     exit_on_sigterm()
 
@@ -232,21 +242,23 @@ def main() -> None:
     photos = pick_photos(args.warmup + args.images)
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="fruits-latency-") as tmp:
-        home = Path(tmp).resolve() / "home"
+        home = Path(args.home).resolve() if args.home else Path(tmp).resolve() / "home"
         landing, log_path = home / "landing", Path(tmp) / "stream.log"
-        landing.mkdir(parents=True)
+        landing.mkdir(parents=True, exist_ok=bool(args.home))
         env = {"FRUITS_HOME": str(home), "FRUITS_WEIGHTS": args.weights, "FRUITS_MASTER": args.master}
         watcher = CommitWatcher({"features": home / "tables/features", "quarantine": home / "tables/quarantine"},
                                 args.poll_ms / 1000)
+        watcher.skip_existing()
         with fruits_process(["stream", *flags], env, log_path) as process:
             wait_ready(process, log_path, args.ready_timeout)
             watcher.start()
             try:
-                warm = drop_paced(photos[: args.warmup], landing, "warmup", rate=0)
+                run = f"{int(time.time())}-"  # new names in a reused home
+                warm = drop_paced(photos[: args.warmup], landing, run + "warmup", rate=0)
                 if len(wait_visible(watcher, warm, args.ready_timeout, process)) < len(warm):
                     sys.exit(f"warm-up photos not visible after {args.ready_timeout:.0f} s:\n{log_tail(log_path)}")
                 print(f"warmed up; dropping {args.images} photos at {args.rate}/s", file=sys.stderr, flush=True)
-                renamed = drop_paced(photos[args.warmup :], landing, "photo", args.rate)
+                renamed = drop_paced(photos[args.warmup :], landing, run + "photo", args.rate)
                 seen = wait_visible(watcher, renamed, args.timeout, process)
             finally:
                 watcher.finish()

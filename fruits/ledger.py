@@ -95,8 +95,11 @@ def ensure_ledger(uri: str) -> None:
         DeltaTable(rust_uri(uri))
 
 
-def record(uri: str, versions: Iterable[FileVersion], discovered_by: str, overwrites: Iterable[bool] | None = None) -> int:
-    """Append ``versions`` to the ledger in one commit; returns how many rows were written."""
+def record(
+    ledger: str | DeltaTable, versions: Iterable[FileVersion], discovered_by: str, overwrites: Iterable[bool] | None = None
+) -> int:
+    """Append ``versions`` to the ledger (its location, or a loaded :class:`DeltaTable`, which spares reading its log
+    again) in one commit; returns how many rows were written."""
     versions = list(versions)
     if not versions:
         return 0
@@ -116,7 +119,7 @@ def record(uri: str, versions: Iterable[FileVersion], discovered_by: str, overwr
         },
         schema=LEDGER_SCHEMA,
     )
-    write_deltalake(rust_uri(uri), table, mode="append")
+    write_deltalake(ledger if isinstance(ledger, DeltaTable) else rust_uri(ledger), table, mode="append")
     return len(versions)
 
 
@@ -176,6 +179,13 @@ class LedgerView:
         self._seen_files: set[str] = set()
         self._table: DeltaTable | None = None
         self.version = -1
+
+    @property
+    def table(self) -> DeltaTable:
+        """The ledger as of the last :meth:`refresh` (loaded once, then updated incrementally)."""
+        if self._table is None:
+            self.refresh()
+        return self._table
 
     def refresh(self) -> int:
         """Read the rows of data files added since the last call; returns how many rows were read."""

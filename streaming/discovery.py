@@ -222,7 +222,8 @@ class Discovery:
             for start in range(0, len(unique), self.max_rows):
                 chunk = unique[start : start + self.max_rows]
                 paths = path_digests([v.path for v in chunk]) if self.keep else None
-                record(self.ledger, chunk, method, self.view.paths.contains(paths).tolist() if self.keep else None)
+                overwrites = self.view.paths.contains(paths).tolist() if self.keep else None
+                record(self.view.table, chunk, method, overwrites)  # the view's table: its log is read already
                 self.view.ids.add(ids[start : start + self.max_rows])
                 if self.keep:
                     self.view.paths.add(paths)

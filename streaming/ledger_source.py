@@ -2,14 +2,15 @@
 Source API (``DataSourceStreamReader``).
 
 An offset is a ledger (Delta) version: ``{"version": v}`` says "every row committed at a version <= v is planned".
-A micro-batch ``(start, end]`` holds the rows the ledger's commits ``start + 1 .. end`` added (Delta's change data
-of those commits, read with delta-rs), so a replay after a crash reads exactly the same rows. A new checkpoint starts
-at version -1: the whole ledger, whose rows with an outcome the sink drops (:mod:`fruits.streaming.sink`).
+A micro-batch ``(start, end]`` holds the rows the ledger's commits ``start + 1 .. end`` added (their add actions, read
+with delta-rs' ``load_cdf``, which an append-only table needs no change data feed for), some 20,000 rows at most and
+never part of a commit, so a replay after a crash reads exactly the same rows. A new checkpoint starts at version -1:
+the whole ledger, whose rows with an outcome the sink drops (:mod:`fruits.streaming.sink`).
 
-Why not Delta's own streaming source: to see that the ledger has a new version, Spark's Delta reader builds a new
-snapshot, which for a commit written by delta-rs (no ``.crc`` file) costs one Spark job (a few hundred ms on 2 cores)
-at every micro-batch with new rows: most of a dropped photo's wait (``bench/latency.py``). Here the newest version is
-one small read of the Delta log, on the driver, in the source's long-lived Python process.
+Why not Delta's own streaming source: to see a new ledger version, Spark's Delta reader builds a new snapshot, and
+for a commit written by delta-rs (no ``.crc`` file) that is one Spark job per micro-batch with new rows: most of a
+dropped photo's wait (``bench/latency.py``; docs/performance.md). Here the newest version is one small read of the
+Delta log, on the driver, in the source's long-lived Python process.
 
 Rows are read on the driver (``partitions``) and travel to the task inside the partition: executors need neither
 delta-rs nor the ledger's storage credentials, on a cluster or on ``s3a://``.
@@ -39,6 +40,8 @@ DEFAULT_ROWS_PER_TRIGGER = 20_000
 # many commits per micro-batch instead (discovery commits hold at most [discovery] max_rows_per_commit rows each).
 COUNTED_COMMITS = 1000
 BEHIND_COMMITS_PER_TRIGGER = 10
+# Rows per partition: a partition carries its rows to the task, and Spark warns about tasks above 1 MB.
+ROWS_PER_PARTITION = 4000
 # What ``read`` yields: the ledger's columns, nullable (Spark checks the batches against the source's schema, where
 # every column is nullable).
 ROWS_SCHEMA = pa.schema([field.with_nullable(True) for field in LEDGER_SCHEMA])
@@ -141,10 +144,7 @@ class LedgerReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         rows = self._rows_added(begin, last)
         if rows.num_rows == 0:
             return []
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, ROWS_SCHEMA) as writer:
-            writer.write_table(rows)
-        return [LedgerRows(sink.getvalue().to_pybytes())]
+        return [LedgerRows(_ipc(rows.slice(at, ROWS_PER_PARTITION))) for at in range(0, rows.num_rows, ROWS_PER_PARTITION)]
 
     def _rows_added(self, begin: int, last: int) -> pa.Table:
         """The rows the commits ``begin + 1 .. last`` added (inserts only: a compaction adds no rows), or, if those
@@ -172,6 +172,14 @@ class LedgerReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def commit(self, end: dict) -> None:
         """Nothing to release: the ledger keeps its rows."""
+
+
+def _ipc(rows: pa.Table) -> bytes:
+    """``rows`` as an Arrow IPC stream."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, ROWS_SCHEMA) as writer:
+        writer.write_table(rows)
+    return sink.getvalue().to_pybytes()
 
 
 def _rows_added(commit: dict) -> int | None:

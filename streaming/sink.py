@@ -21,7 +21,7 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import reduce
 from typing import Any, Iterator
@@ -136,6 +136,7 @@ class OutcomeSink:
     # Seconds since the epoch: no outcome row was discovered later than this (read once, then kept up to date).
     _decided_until: float | None = None
     _micro_batch: int | None = None  # the one being written (recorded in each commit)
+    _loaded: dict[str, DeltaTable] = field(default_factory=dict)  # the outcome tables, loaded once for the appends
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         files = LandedFiles(batch.sparkSession)
@@ -220,7 +221,13 @@ class OutcomeSink:
         decided = {row["file_id"] for row, _ in verdicts}
         verdicts += self._write_readable(spark, [row for row in chunk if row["file_id"] not in decided], stored, files)
         with self.progress.phases.timed("append"):
-            append(self.quarantine_table, quarantine_rows(verdicts, stored, self.handler.model_id), self._micro_batch)
+            append(self._table(self.quarantine_table), quarantine_rows(verdicts, stored, self.handler.model_id), self._micro_batch)
+
+    def _table(self, location: str) -> DeltaTable:
+        """The outcome table at ``location``, its log read once (each append then writes only its commit)."""
+        if location not in self._loaded:
+            self._loaded[location] = DeltaTable(rust_uri(location))
+        return self._loaded[location]
 
     def _verdict(self, row: Row) -> str | None:
         """A quarantine reason known from the ledger row alone (the file is not read), or None."""
@@ -277,8 +284,8 @@ class OutcomeSink:
             unread_rows = quarantine_rows([(row, self._unread_reason(row, files)) for row in unread], stored, self.handler.model_id)
             rejected = pa.concat_tables([rejected, unread_rows])
         with self.progress.phases.timed("append"):
-            append(self.features_table, accepted, self._micro_batch)
-            append(self.quarantine_table, rejected, self._micro_batch)
+            append(self._table(self.features_table), accepted, self._micro_batch)
+            append(self._table(self.quarantine_table), rejected, self._micro_batch)
 
     def _probe_works(self, spark: SparkSession) -> bool:
         """Whether the featurizing job works at all: one small image made here, through the same UDF."""

@@ -94,3 +94,14 @@ def test_a_new_checkpoint_reads_the_whole_ledger_from_its_first_commit(ledger, t
     copy = tmp_path / "copy"
     shutil.copytree(ledger, copy)
     assert len(rows(LedgerReader(f"file:{copy}", 10), {"version": -1}, {"version": 0})) == 0
+
+
+def test_a_big_micro_batch_travels_in_several_partitions(ledger, monkeypatch):
+    """Rows travel inside their partitions; a big micro-batch is split so that no task carries too much."""
+    import fruits.streaming.ledger_source as source
+
+    monkeypatch.setattr(source, "ROWS_PER_PARTITION", 4)
+    reader = LedgerReader("file:" + ledger, rows_per_trigger=100)
+    end = reader.latestOffset(reader.initialOffset(), reader.getDefaultReadLimit())
+    assert len(reader.partitions(reader.initialOffset(), end)) == 3  # 9 rows
+    assert len(set(rows(reader, reader.initialOffset(), end))) == 9
