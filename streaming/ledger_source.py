@@ -12,8 +12,8 @@ for a commit written by delta-rs (no ``.crc`` file) that is one Spark job per mi
 dropped photo's wait (``bench/latency.py``; docs/performance.md). Here the newest version is one small read of the
 Delta log, on the driver, in the source's long-lived Python process.
 
-Rows are read on the driver (``partitions``) and travel to the task inside the partition: executors need neither
-delta-rs nor the ledger's storage credentials, on a cluster or on ``s3a://``.
+Rows are read on the driver (``partitions``) and travel to the task inside the partition: executors never open the
+ledger (no storage credentials for it there, on a cluster or on ``s3a://``).
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ class LedgerReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         newest = self._table.version()  # may be past ``latest`` (Trigger.AvailableNow's target)
         if newest - begin > COUNTED_COMMITS:
             return begin + BEHIND_COMMITS_PER_TRIGGER
-        counts = {c["version"]: _rows_added(c) for c in self._table.history(limit=newest - begin)}
+        counts = {c["version"]: _commit_rows(c) for c in self._table.history(limit=newest - begin)}
         end, total = begin, 0
         for version in range(begin + 1, latest + 1):
             rows = counts.get(version)
@@ -141,12 +141,12 @@ class LedgerReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         begin, last = ledger_version(start), ledger_version(end)
         if last <= begin:
             return []
-        rows = self._rows_added(begin, last)
+        rows = self._rows_between(begin, last)
         if rows.num_rows == 0:
             return []
         return [LedgerRows(_ipc(rows.slice(at, ROWS_PER_PARTITION))) for at in range(0, rows.num_rows, ROWS_PER_PARTITION)]
 
-    def _rows_added(self, begin: int, last: int) -> pa.Table:
+    def _rows_between(self, begin: int, last: int) -> pa.Table:
         """The rows the commits ``begin + 1 .. last`` added (inserts only: a compaction adds no rows), or, if those
         commits can no longer be read (their files vacuumed, their log entries expired), every row of the ledger
         now: a superset, whose rows with an outcome the sink drops (and rows newer than ``last`` come again in a
@@ -182,7 +182,7 @@ def _ipc(rows: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def _rows_added(commit: dict) -> int | None:
+def _commit_rows(commit: dict) -> int | None:
     """Rows a commit added, from its commitInfo (delta-rs and Spark name the metric differently), or None."""
     metrics = commit.get("operationMetrics") or {}
     value = metrics.get("num_added_rows", metrics.get("numOutputRows"))

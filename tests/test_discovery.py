@@ -109,6 +109,33 @@ def test_old_mtimes_and_a_deleted_checkpoint_lose_and_duplicate_nothing(spark, w
 
 
 @pytest.mark.slow
+def test_a_checkpoint_of_the_previous_version_is_continued(spark, weights, tmp_path):
+    """Homes whose stream read the ledger with Delta's own streaming source keep their checkpoint: the new source
+    reads its offsets (the last version again, found decided), so nothing is lost and nothing doubled."""
+    from fruits.streaming.ingest import run_stream
+
+    config = make_config(tmp_path)
+    landing = tmp_path / "landing"
+    first = place(sample_files("Kiwi", 3), landing / "Kiwi")
+    assert run_stream(spark, config, weights, available_now=True) == 3
+    # The checkpoint the previous version wrote: Delta's source over the ledger, up to its current version.
+    shutil.rmtree(config.checkpoint("ingest"))
+    (
+        spark.readStream.format("delta").load(config.files_table).writeStream
+        .option("checkpointLocation", config.checkpoint("ingest")).foreachBatch(lambda batch, batch_id: None)
+        .trigger(availableNow=True).start().awaitTermination()
+    )
+    offsets = sorted((Path(config.checkpoint("ingest")) / "offsets").glob("[0-9]*"), key=lambda p: int(p.name))
+    assert "reservoirVersion" in offsets[-1].read_text()
+
+    later = place(sample_files("Mango", 2), landing / "Mango")
+    assert run_stream(spark, config, weights, available_now=True) == 2
+    counts = outcome_paths(config)
+    assert sorted(counts) == sorted(uri(p) for p in [*first, *later])
+    assert set(counts.values()) == {1}
+
+
+@pytest.mark.slow
 def test_watcher_events_and_listing_backfill_each_find_new_photos(spark, weights, tmp_path):
     """With the watcher on, photos moved in are recorded from events, within seconds. With it off (or its events
     lost), the periodic listing finds every photo landed meanwhile."""
