@@ -201,23 +201,27 @@ class LedgerView:
         new_files = [f for f in actions if f not in self._seen_files]
         if not new_files:
             return 0
-        root = rust_uri(self.uri).rstrip("/")
-        columns = ["file_id", "path"] if self.track_paths else ["file_id"]
-        import pyarrow.dataset as ds
-
-        files = [f if "://" in f or f.startswith("/") else f"{root}/{f}" for f in new_files]
-        filesystem = None
-        if "://" in root:
-            import pyarrow.fs as pafs
-
-            filesystem, _ = pafs.FileSystem.from_uri(root)
-            files = [f.split("://", 1)[1] for f in files]
-        rows = ds.dataset(files, format="parquet", filesystem=filesystem).to_table(columns=columns)
+        rows = read_data_files(self.uri, new_files, ["file_id", "path"] if self.track_paths else ["file_id"])
         self.ids.add(digests(rows.column("file_id").combine_chunks()))
         if self.track_paths:
             self.paths.add(path_digests(rows.column("path").to_pylist()))
         self._seen_files.update(new_files)
         return rows.num_rows
+
+
+def read_data_files(uri: str, files: list[str], columns: list[str] | None = None) -> pa.Table:
+    """The rows of some data files of the Delta table at ``uri`` (paths as its add actions spell them)."""
+    import pyarrow.dataset as ds
+
+    root = rust_uri(uri).rstrip("/")
+    located = [f if "://" in f or f.startswith("/") else f"{root}/{f}" for f in files]
+    filesystem = None
+    if "://" in root:
+        import pyarrow.fs as pafs
+
+        filesystem, _ = pafs.FileSystem.from_uri(root)
+        located = [f.split("://", 1)[1] for f in located]
+    return ds.dataset(located, format="parquet", filesystem=filesystem).to_table(columns=columns)
 
 
 def ledger_rows(uri: str, columns: list[str] | None = None) -> pa.Table:

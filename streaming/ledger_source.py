@@ -4,8 +4,10 @@ Source API (``DataSourceStreamReader``).
 An offset is a ledger (Delta) version: ``{"version": v}`` says "every row committed at a version <= v is planned".
 A micro-batch ``(start, end]`` holds the rows the ledger's commits ``start + 1 .. end`` added (their add actions, read
 with delta-rs' ``load_cdf``, which an append-only table needs no change data feed for), some 20,000 rows at most and
-never part of a commit, so a replay after a crash reads exactly the same rows. A new checkpoint starts at version -1:
-the whole ledger, whose rows with an outcome the sink drops (:mod:`fruits.streaming.sink`).
+never part of a commit, so a replay after a crash reads exactly the same rows. A new checkpoint first reads the
+ledger's current snapshot, a few of its data files per micro-batch (``{"snapshot": v, "files": k}``: the first k
+files of version v, in path order), then the commits after it; the sink drops the rows that already have an outcome
+(:mod:`fruits.streaming.sink`).
 
 Why not Delta's own streaming source: to see a new ledger version, Spark's Delta reader builds a new snapshot, and
 for a commit written by delta-rs (no ``.crc`` file) that is one Spark job per micro-batch with new rows: most of a
@@ -19,6 +21,7 @@ ledger (no storage credentials for it there, on a cluster or on ``s3a://``).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -27,7 +30,7 @@ import pyarrow.compute as pc
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 from pyspark.sql.streaming.datasource import ReadLimit, ReadMaxRows, SupportsTriggerAvailableNow
 
-from fruits.ledger import LEDGER_SCHEMA
+from fruits.ledger import LEDGER_SCHEMA, read_data_files
 from fruits.uris import rust_uri
 
 log = logging.getLogger("fruits.ledger_source")
@@ -47,14 +50,48 @@ ROWS_PER_PARTITION = 4000
 ROWS_SCHEMA = pa.schema([field.with_nullable(True) for field in LEDGER_SCHEMA])
 
 
-def ledger_version(offset: dict) -> int:
-    """The ledger version an offset stands for. Offsets of Delta's streaming source (checkpoints written before this
+@dataclass(frozen=True)
+class Position:
+    """Where an offset stands: every row of the versions <= ``version`` is planned, or, while a new checkpoint reads
+    the snapshot of ``version``, only its first ``files`` data files (in path order)."""
+
+    version: int
+    files: int | None = None
+
+    @property
+    def in_snapshot(self) -> bool:
+        """Before the commits after a snapshot: a new checkpoint (version -1) or one part-way through its snapshot."""
+        return self.version < 0 or self.files is not None
+
+    def offset(self) -> dict:
+        return {"version": self.version} if self.files is None else {"snapshot": self.version, "files": self.files}
+
+
+def position(offset: dict) -> Position:
+    """The :class:`Position` of an offset. Offsets of Delta's streaming source (checkpoints written before this
     source) are read conservatively: a replay of rows the sink already decided costs a lookup, never a duplicate."""
+    if "snapshot" in offset:
+        return Position(int(offset["snapshot"]), int(offset["files"]))
     if "version" in offset:
-        return int(offset["version"])
-    if offset.get("isStartingVersion", True):  # Delta's source was still reading its first snapshot
-        return -1
-    return int(offset["reservoirVersion"]) - 1  # that version may have been read in part: read it again
+        return Position(int(offset["version"]))
+    if offset.get("isStartingVersion", True):  # Delta's source was still reading its first snapshot: start again
+        return Position(-1)
+    return Position(int(offset["reservoirVersion"]) - 1)  # that version may have been read in part: read it again
+
+
+def _take(counts: list[int], done: int, max_rows: int | None) -> int:
+    """How many of ``counts`` are planned after ``done`` of them, adding at least one and at most ``max_rows`` rows."""
+    end, total = done, 0
+    while end < len(counts):
+        if end > done and max_rows is not None and total + counts[end] > max_rows:
+            break
+        total += counts[end]
+        end += 1
+    return end
+
+
+class LedgerUnreadable(RuntimeError):
+    """Commits the checkpoint still has to read are gone (their files vacuumed, their log entries expired)."""
 
 
 def _spark_schema() -> str:
@@ -93,6 +130,8 @@ class LedgerReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self.rows_per_trigger = max(1, rows_per_trigger)
         self._table = None
         self._target: int | None = None  # Trigger.AvailableNow: the newest version when the query started
+        self._rows_of: dict[int, int | None] = {}  # rows each commit added (None: not said by its commitInfo)
+        self._snapshots: dict[int, list[tuple[str, int]]] = {}  # the snapshot a new checkpoint reads
 
     def _latest(self) -> int:
         """The ledger's newest version (reads only the log entries added since the last call)."""
@@ -105,7 +144,7 @@ class LedgerReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         return self._table.version()
 
     def initialOffset(self) -> dict:
-        return {"version": -1}
+        return Position(-1).offset()
 
     def getDefaultReadLimit(self) -> ReadLimit:
         return ReadMaxRows(self.rows_per_trigger)
@@ -114,58 +153,90 @@ class LedgerReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         self._target = self._latest()
 
     def latestOffset(self, start: dict, limit: ReadLimit) -> dict:
-        begin, latest = ledger_version(start), self._latest()
+        at, latest = position(start), self._latest()
         if self._target is not None:
             latest = min(latest, self._target)
-        if isinstance(limit, ReadMaxRows) and latest > begin:
-            latest = self._last_within(begin, latest, limit.max_rows)
-        return {"version": max(begin, latest)}
+        max_rows = limit.max_rows if isinstance(limit, ReadMaxRows) else None
+        if at.in_snapshot:
+            snapshot = latest if at.version < 0 else at.version
+            counts = [rows for _, rows in self._snapshot_files(snapshot)]
+            end = _take(counts, at.files or 0, max_rows)
+            return Position(snapshot, None if end >= len(counts) else end).offset()
+        if latest > at.version and max_rows is not None:
+            latest = self._last_within(at.version, latest, max_rows)
+        return Position(max(at.version, latest)).offset()
 
     def _last_within(self, begin: int, latest: int, max_rows: int) -> int:
         """The newest version ``v <= latest`` such that the commits ``begin + 1 .. v`` add at most ``max_rows`` rows
         (at least one commit), from the commits' own row counts."""
-        newest = self._table.version()  # may be past ``latest`` (Trigger.AvailableNow's target)
-        if newest - begin > COUNTED_COMMITS:
-            return begin + BEHIND_COMMITS_PER_TRIGGER
-        counts = {c["version"]: _commit_rows(c) for c in self._table.history(limit=newest - begin)}
-        end, total = begin, 0
-        for version in range(begin + 1, latest + 1):
-            rows = counts.get(version)
-            rows = max_rows if rows is None else rows  # unknown: a micro-batch of its own
-            if end > begin and total + rows > max_rows:
-                break
-            end, total = version, total + rows
-        return end
+        if latest - begin > COUNTED_COMMITS:
+            return min(begin + BEHIND_COMMITS_PER_TRIGGER, latest)
+        self._count_rows(begin + 1)
+        counts = [self._rows_of.get(v) for v in range(begin + 1, latest + 1)]
+        counts = [max_rows if rows is None else rows for rows in counts]  # unknown: a micro-batch of its own
+        return begin + _take(counts, 0, max_rows)
+
+    def _count_rows(self, oldest: int) -> None:
+        """Learn the row counts of the commits from ``oldest`` to the newest (from their commitInfo; counts never
+        change, so each commit is read once)."""
+        newest = self._table.version()
+        missing = [v for v in range(oldest, newest + 1) if v not in self._rows_of]
+        if not missing:
+            return
+        limit = newest - missing[0] + 1
+        commits = self._table.history(limit)
+        # deltalake numbers the entries down from the table's version, but returns any commit newer than it too
+        top = max(0, newest - limit + 1) + len(commits) - 1
+        for index, commit in enumerate(commits):
+            self._rows_of[top - index] = _commit_rows(commit)
+
+    def _snapshot_files(self, version: int) -> list[tuple[str, int]]:
+        """The data files of the ledger at ``version``, in path order, with their row counts."""
+        if version not in self._snapshots:
+            from deltalake import DeltaTable
+
+            actions = pa.table(DeltaTable(self.uri, version=version).get_add_actions(flatten=True))
+            files = zip(actions.column("path").to_pylist(), actions.column("num_records").to_pylist())
+            self._snapshots = {version: sorted((path, rows or 0) for path, rows in files)}
+        return self._snapshots[version]
 
     def partitions(self, start: dict, end: dict) -> list[LedgerRows]:
-        begin, last = ledger_version(start), ledger_version(end)
-        if last <= begin:
+        at, to = position(start), position(end)
+        if at.in_snapshot and to.version >= 0:  # (part of) a snapshot
+            files = self._snapshot_files(to.version)
+            chosen = [path for path, _ in files[at.files or 0 : len(files) if to.files is None else to.files]]
+            rows = read_data_files(self.uri, chosen, LEDGER_SCHEMA.names).cast(ROWS_SCHEMA) if chosen else None
+        else:
+            rows = self._rows_between(at.version, to.version) if to.version > at.version else None
+        if rows is None or rows.num_rows == 0:
             return []
-        rows = self._rows_between(begin, last)
-        if rows.num_rows == 0:
-            return []
-        return [LedgerRows(_ipc(rows.slice(at, ROWS_PER_PARTITION))) for at in range(0, rows.num_rows, ROWS_PER_PARTITION)]
+        return [LedgerRows(_ipc(rows.slice(i, ROWS_PER_PARTITION))) for i in range(0, rows.num_rows, ROWS_PER_PARTITION)]
 
     def _rows_between(self, begin: int, last: int) -> pa.Table:
-        """The rows the commits ``begin + 1 .. last`` added (inserts only: a compaction adds no rows), or, if those
-        commits can no longer be read (their files vacuumed, their log entries expired), every row of the ledger
-        now: a superset, whose rows with an outcome the sink drops (and rows newer than ``last`` come again in a
-        later micro-batch, where the sink finds them decided)."""
+        """The rows the commits ``begin + 1 .. last`` added (inserts only: a compaction adds no rows). Raises
+        :class:`LedgerUnreadable` if they can no longer be read; any other error after a second try."""
         from deltalake.exceptions import DeltaError
 
-        self._latest()
-        try:
-            # delta-rs reads no change data of version 0 (the ledger's creation): its rows are read as a snapshot
-            parts = [_rows_at(self.uri, 0)] if begin < 0 else []
-            if max(begin + 1, 1) <= last:
-                changes = pa.table(self._table.load_cdf(starting_version=max(begin + 1, 1), ending_version=last))
+        for attempt in range(3):
+            try:
+                self._latest()
+                changes = pa.table(self._table.load_cdf(starting_version=begin + 1, ending_version=last))
                 inserted = pc.equal(changes.column("_change_type").cast(pa.string()), "insert")
-                parts.append(changes.select(LEDGER_SCHEMA.names).cast(ROWS_SCHEMA).filter(inserted))
-            changes = pa.concat_tables(parts)
-        except (DeltaError, pa.ArrowException, OSError) as exc:  # delta-rs fails on a missing file while reading
-            log.warning("ledger commits %d..%d unreadable (%s): reading the whole ledger", begin + 1, last, exc)
-            changes = _rows_at(self.uri, self._table.version())
-        return changes
+                return changes.select(LEDGER_SCHEMA.names).cast(ROWS_SCHEMA).filter(inserted)
+            except (DeltaError, pa.ArrowException, OSError) as exc:
+                text = str(exc)
+                if "not found" in text.lower() or "Invalid table version" in text or isinstance(exc, FileNotFoundError):
+                    raise LedgerUnreadable(
+                        f"the ledger's commits {begin + 1}..{last}, which this checkpoint has still to read, are gone "
+                        f"({text[:200]}). Stop the stream, delete HOME/checkpoints/ingest and start it again: a new "
+                        "checkpoint reads the ledger's current snapshot, and rows that already have an outcome are "
+                        "skipped (nothing is featurized twice)."
+                    ) from exc
+                if attempt == 2:
+                    raise
+                log.warning("reading ledger commits %d..%d failed (%s); trying again", begin + 1, last, text[:200])
+                time.sleep(1 + attempt)
+        raise AssertionError("unreachable")
 
     def read(self, partition: LedgerRows) -> Iterator[pa.RecordBatch]:
         yield from pa.ipc.open_stream(partition.ipc)
@@ -189,10 +260,3 @@ def _commit_rows(commit: dict) -> int | None:
     if value is None:
         return 0 if commit.get("operation") in ("CREATE TABLE", "OPTIMIZE", "SET TBLPROPERTIES") else None
     return int(value)
-
-
-def _rows_at(uri: str, version: int) -> pa.Table:
-    """Every row of the ledger at ``version``."""
-    from deltalake import DeltaTable
-
-    return pa.table(DeltaTable(uri, version=version).to_pyarrow_table()).select(LEDGER_SCHEMA.names).cast(ROWS_SCHEMA)

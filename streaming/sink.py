@@ -55,7 +55,12 @@ BINARY_FILE_SCHEMA = StructType(
         StructField("content", BinaryType(), True),
     ]
 )
-LEDGER_COLUMNS = ["file_id", "path", "label", "size_bytes", "modified_at", "discovered_at", "overwrites"]
+LEDGER_COLUMNS = ["file_id", "path", "label", "size_bytes", "modified_at", "discovered_at", "discovered_by", "overwrites"]
+# `fruits drop`, `fruits stage` and web uploads record a file in the ledger just before they make it visible (a rename;
+# on S3, its PUT, one after another for a group of 500): a row of theirs whose file is not there yet is waited for, up
+# to this long after its discovery, before it is quarantined as gone.
+RECORDED_FIRST = ("drop", "stage", "upload")
+PUBLISH_GRACE_SECONDS = 60.0
 # A ledger row as the sink handles it: column name -> value (timestamps are aware UTC datetimes).
 Row = dict[str, Any]
 # Tries of a featurizing job before its files are split to find the one(s) that make it fail.
@@ -276,6 +281,7 @@ class OutcomeSink:
         """Read and featurize ``rows`` in one Spark job, collected through Arrow and paired with the ledger rows on the
         driver, then append one commit per table from here (:mod:`fruits.streaming.outcomes`); a ledger row that
         produced no row is quarantined with why."""
+        self._await_published(rows, files)
         with self.progress.phases.timed("featurize"):
             read = self._featurize(self._read(spark, rows, files)).toArrow()  # the job: every core
         featurized, unread = featurized_rows(rows, read, stored, self.handler.model_id)
@@ -286,6 +292,24 @@ class OutcomeSink:
         with self.progress.phases.timed("append"):
             append(self._table(self.features_table), accepted, self._micro_batch)
             append(self._table(self.quarantine_table), rejected, self._micro_batch)
+
+    def _await_published(self, rows: list[Row], files: LandedFiles) -> None:
+        """Wait for the files that their writer recorded before making them visible, if they are not there yet
+        (see :data:`RECORDED_FIRST`), until they are or :data:`PUBLISH_GRACE_SECONDS` after their discovery."""
+        def unpublished(candidates: list[Row]) -> list[Row]:
+            now = time.time()
+            return [
+                row for row in candidates
+                if row["discovered_by"] in RECORDED_FIRST and row["discovered_at"].timestamp() + PUBLISH_GRACE_SECONDS > now
+                and files.version(row["path"]) is None
+            ]
+
+        waiting = unpublished(rows)
+        if waiting:
+            log.info("waiting for %d recorded files to appear (e.g. %s)", len(waiting), waiting[0]["path"])
+        while waiting and not (self.stop_requested is not None and self.stop_requested.is_set()):
+            time.sleep(0.2)
+            waiting = unpublished(waiting)
 
     def _probe_works(self, spark: SparkSession) -> bool:
         """Whether the featurizing job works at all: one small image made here, through the same UDF."""

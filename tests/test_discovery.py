@@ -3,6 +3,7 @@ mtime, whatever happened to the checkpoint, whether the watcher saw it or a list
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -133,6 +134,38 @@ def test_a_checkpoint_of_the_previous_version_is_continued(spark, weights, tmp_p
     counts = outcome_paths(config)
     assert sorted(counts) == sorted(uri(p) for p in [*first, *later])
     assert set(counts.values()) == {1}
+
+
+@pytest.mark.slow
+def test_a_file_recorded_before_it_appears_is_waited_for_not_quarantined(spark, weights, tmp_path):
+    """`fruits drop`, `stage` and uploads record a file, then rename it into place: a stream that reads the row in
+    between waits for the file instead of quarantining it as gone."""
+    from fruits.landing import LedgerNote, _prepare
+    from fruits.streaming.ingest import run_stream
+
+    config = make_config(tmp_path)
+    landing = tmp_path / "landing"
+    (photo,) = sample_files("Kiwi", 1)
+    (landing / "Kiwi").mkdir(parents=True)
+    placement = _prepare(photo, landing / "Kiwi" / photo.name)
+    LedgerNote(config.files_table, landing, "drop")([placement])  # recorded; still under its hidden name
+
+    class PublishWhenWaitedFor(logging.Handler):  # the writer's rename comes while the stream has the row
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().startswith("waiting for") and placement.temporary.exists():
+                threading.Timer(1.0, placement.temporary.rename, [placement.final]).start()
+
+    handler, logger = PublishWhenWaitedFor(), logging.getLogger("fruits.stream")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        assert run_stream(spark, config, weights, available_now=True) == 1
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert outcome_paths(config) == {uri(placement.final): 1}
+    assert DeltaTable(config.quarantine_table).to_pandas().empty
 
 
 @pytest.mark.slow

@@ -4,7 +4,6 @@ error code (401, 413, 415, 422), traversal attempts, the token, CORS, and /api/s
 from __future__ import annotations
 
 import io
-import os
 import subprocess
 import sys
 from pathlib import Path
