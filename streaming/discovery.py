@@ -2,8 +2,8 @@
 
 Two ways in, both inside ``fruits stream`` on the driver:
 
-- **events**: a ``watchdog`` observer on a local landing folder. A file renamed in is recorded at once; a file
-  written in place once it has been quiet for ``SETTLE_SECONDS`` (a ``cp -p`` closes the file, then sets its mtime:
+- **events**: a ``watchdog`` observer on a local landing folder. A file renamed within landing is recorded at once;
+  any other file once it has been quiet for ``SETTLE_SECONDS`` (a ``cp -p`` closes the file, then sets its mtime:
   both are one version, not two);
 - **listing** (backfill): the whole landing folder at start-up and every ``[discovery] backfill_interval``. It is the
   only way on ``s3a://`` / ``hdfs://`` and catches whatever events were lost (a watcher that was not running, a full
@@ -104,8 +104,8 @@ def _etag(status) -> str | None:
 class _Events(FileSystemEventHandler):
     """Remembers, per path, when it may be recorded; folders created or moved in are walked for their files.
 
-    A file renamed into landing (``mv`` on one file system, ``rsync``'s last step, ``fruits drop``) is complete: it is
-    recorded at once, and ``arrived`` wakes the discovery thread. A file written in place waits until it has been
+    A file renamed within landing (the last step of ``rsync`` and ``fruits drop``: a hidden temporary name, then the
+    final one) is complete: it is recorded at once, and ``arrived`` wakes the discovery thread. A file written in place waits until it has been
     quiet for ``settle`` seconds (``cp -p`` closes the file, then sets its mtime: both are one version, not two).
     """
 

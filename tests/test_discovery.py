@@ -214,8 +214,8 @@ def test_watcher_events_and_listing_backfill_each_find_new_photos(spark, weights
 
 @pytest.mark.fast
 def test_a_file_renamed_in_is_recorded_at_once_and_one_written_in_place_after_it_settles():
-    """The watcher's rules, fed real watchdog events: a rename into landing (`mv`, rsync's last step, `fruits drop`)
-    is complete and wakes discovery; a file being written waits until it is quiet (`cp -p` sets the mtime after the
+    """The watcher's rules, fed real watchdog events: a rename within landing (rsync's and `fruits drop`'s last step)
+    is complete and wakes discovery (a file moved in from elsewhere arrives as a created file); a file being written waits until it is quiet (`cp -p` sets the mtime after the
     close), and so does a renamed file written to again before it was recorded."""
     from watchdog.events import FileCreatedEvent, FileModifiedEvent, FileMovedEvent
 
@@ -228,7 +228,7 @@ def test_a_file_renamed_in_is_recorded_at_once_and_one_written_in_place_after_it
     events.on_any_event(FileMovedEvent("/landing/Kiwi/.tmp-1", "/landing/Kiwi/renamed.jpg"))
     events.on_any_event(FileMovedEvent("/landing/Kiwi/.tmp-2", "/landing/Kiwi/touched.jpg"))
     events.on_any_event(FileModifiedEvent("/landing/Kiwi/touched.jpg"))
-    events.on_any_event(FileMovedEvent("/elsewhere/notes.txt", "/landing/Kiwi/notes.txt"))  # not an image
+    events.on_any_event(FileMovedEvent("/landing/Kiwi/.notes.tmp", "/landing/Kiwi/notes.txt"))  # not an image
     assert events.arrived.is_set()
     assert events.settled() == ["/landing/Kiwi/renamed.jpg"]
     assert events.settled() == []
