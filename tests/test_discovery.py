@@ -110,9 +110,14 @@ def test_old_mtimes_and_a_deleted_checkpoint_lose_and_duplicate_nothing(spark, w
 
 
 @pytest.mark.slow
-def test_a_checkpoint_of_the_previous_version_is_continued(spark, weights, tmp_path):
+def test_a_previous_versions_checkpoint_is_continued_and_a_file_recorded_before_it_appears_is_waited_for(
+    spark, weights, tmp_path
+):
     """Homes whose stream read the ledger with Delta's own streaming source keep their checkpoint: the new source
-    reads its offsets (the last version again, found decided), so nothing is lost and nothing doubled."""
+    reads its offsets (the last version again, found decided), so nothing is lost and nothing doubled. And `fruits
+    drop`, `stage` and uploads record a file, then rename it into place: a stream that reads the row in between
+    waits for the file instead of quarantining it as gone."""
+    from fruits.landing import LedgerNote, _prepare
     from fruits.streaming.ingest import run_stream
 
     config = make_config(tmp_path)
@@ -130,24 +135,9 @@ def test_a_checkpoint_of_the_previous_version_is_continued(spark, weights, tmp_p
     assert "reservoirVersion" in offsets[-1].read_text()
 
     later = place(sample_files("Mango", 2), landing / "Mango")
-    assert run_stream(spark, config, weights, available_now=True) == 2
-    counts = outcome_paths(config)
-    assert sorted(counts) == sorted(uri(p) for p in [*first, *later])
-    assert set(counts.values()) == {1}
-
-
-@pytest.mark.slow
-def test_a_file_recorded_before_it_appears_is_waited_for_not_quarantined(spark, weights, tmp_path):
-    """`fruits drop`, `stage` and uploads record a file, then rename it into place: a stream that reads the row in
-    between waits for the file instead of quarantining it as gone."""
-    from fruits.landing import LedgerNote, _prepare
-    from fruits.streaming.ingest import run_stream
-
-    config = make_config(tmp_path)
-    landing = tmp_path / "landing"
-    (photo,) = sample_files("Kiwi", 1)
-    (landing / "Kiwi").mkdir(parents=True)
-    placement = _prepare(photo, landing / "Kiwi" / photo.name)
+    (photo,) = sample_files("Fig", 1)
+    (landing / "Fig").mkdir()
+    placement = _prepare(photo, landing / "Fig" / photo.name)
     LedgerNote(config.files_table, landing, "drop")([placement])  # recorded; still under its hidden name
 
     class PublishWhenWaitedFor(logging.Handler):  # the writer's rename comes while the stream has the row
@@ -160,11 +150,13 @@ def test_a_file_recorded_before_it_appears_is_waited_for_not_quarantined(spark, 
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        assert run_stream(spark, config, weights, available_now=True) == 1
+        assert run_stream(spark, config, weights, available_now=True) == 3
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
-    assert outcome_paths(config) == {uri(placement.final): 1}
+    counts = outcome_paths(config)
+    assert sorted(counts) == sorted(uri(p) for p in [*first, *later, placement.final])
+    assert set(counts.values()) == {1}
     assert DeltaTable(config.quarantine_table).to_pandas().empty
 
 
