@@ -1,8 +1,8 @@
 """The file ledger (``HOME/tables/files``): one Delta row per discovered file version, whatever its mtime.
 
 Discovery (the stream's watcher and listings, ``fruits drop``, ``fruits stage``) appends rows here; the stream reads
-the ledger as a streaming source (:mod:`fruits.streaming.ledger_source`) and gives every row exactly one outcome, a ``features`` row or a
-``quarantine`` row with the same ``file_id``. Rows are written with delta-rs (no JVM), so the commands that land files
+the ledger with its own streaming source (:mod:`fruits.streaming.ledger_source`) and gives every row exactly one
+outcome, a ``features`` row or a ``quarantine`` row with the same ``file_id``. Rows are written with delta-rs (no JVM), so the commands that land files
 record them directly.
 
 A file version is (path, size, mtime in ms): ``file_id`` is their SHA-256. The same bytes landed again under the same

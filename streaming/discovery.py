@@ -105,8 +105,9 @@ class _Events(FileSystemEventHandler):
     """Remembers, per path, when it may be recorded; folders created or moved in are walked for their files.
 
     A file renamed within landing (the last step of ``rsync`` and ``fruits drop``: a hidden temporary name, then the
-    final one) is complete: it is recorded at once, and ``arrived`` wakes the discovery thread. A file written in place waits until it has been
-    quiet for ``settle`` seconds (``cp -p`` closes the file, then sets its mtime: both are one version, not two).
+    final one) is complete: it is recorded at once, and ``arrived`` wakes the discovery thread. Any other file waits
+    until it has been quiet for ``settle`` seconds (``cp -p`` closes the file, then sets its mtime: both are one
+    version, not two).
     """
 
     extensions: list[str]

@@ -34,6 +34,7 @@ from fruits.streaming.sink import OutcomeSink, StopRequested
 
 log = logging.getLogger("fruits.stream")
 
+
 def prepare_home(spark: SparkSession, config: Config) -> None:
     """The landing folder and the three tables, created if missing; a home older than the ledger is adopted."""
     storage.mkdirs(spark, config.landing)
@@ -52,7 +53,8 @@ def start_stream(
     stop: threading.Event | None = None,
 ) -> StreamingQuery:
     """Start the featurizing query over the ledger (discovery must be running); returns the :class:`StreamingQuery`:
-    the ledger as a streaming source (:mod:`fruits.streaming.ledger_source`) -> the sink (featurize, append the outcomes, archive)."""
+    the ledger as a streaming source (:mod:`fruits.streaming.ledger_source`) -> the sink (featurize, append the
+    outcomes, archive)."""
     handler = make_handler(config, weights)  # [model] runtime/precision; converts the Keras model once if needed
     log.info("featurizer %s", handler.model_id)
     ship_model_files(spark, handler)

@@ -210,7 +210,8 @@ class LedgerReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
             rows = self._rows_between(at.version, to.version) if to.version > at.version else None
         if rows is None or rows.num_rows == 0:
             return []
-        return [LedgerRows(_ipc(rows.slice(i, ROWS_PER_PARTITION))) for i in range(0, rows.num_rows, ROWS_PER_PARTITION)]
+        starts = range(0, rows.num_rows, ROWS_PER_PARTITION)
+        return [LedgerRows(_ipc(rows.slice(start, ROWS_PER_PARTITION))) for start in starts]
 
     def _rows_between(self, begin: int, last: int) -> pa.Table:
         """The rows the commits ``begin + 1 .. last`` added (inserts only: a compaction adds no rows). Raises

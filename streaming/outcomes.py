@@ -46,11 +46,8 @@ def quarantine_rows(
     """Quarantine rows made from ledger rows alone: each ``(ledger row, reason)`` of ``verdicts``, with the file's
     ``stored`` place (by ``file_id``); no content hash, since the bytes were not read."""
     rows = [row for row, _ in verdicts]
-    columns: dict[str, Any] = {name: [row[name] for row in rows] for name in FROM_LEDGER}
-    for name in ("modified_at", "discovered_at"):
-        columns[name] = pa.array([_utc(value) for value in columns[name]], TIMESTAMP)
     now = datetime.now(timezone.utc)
-    columns |= {
+    columns = _from_ledger(rows) | {
         "content_sha256": pa.nulls(len(rows), pa.string()),
         "ingested_at": pa.array([now] * len(rows), TIMESTAMP),
         "reason": [reason for _, reason in verdicts],
@@ -92,10 +89,7 @@ def featurized_rows(
     picked = read.take(pa.array(taken, pa.int64()))
     ok = pa.array([error is None for _, error in matched], pa.bool_())
     features = pc.struct_field(picked.column("result"), "features")
-    columns: dict[str, Any] = {name: [row[name] for row, _ in matched] for name in FROM_LEDGER}
-    for name in ("modified_at", "discovered_at"):
-        columns[name] = pa.array([_utc(value) for value in columns[name]], TIMESTAMP)
-    columns |= {
+    columns = _from_ledger([row for row, _ in matched]) | {
         "content_sha256": picked.column("content_sha256"),
         "ingested_at": pa.array([datetime.now(timezone.utc)] * len(matched), TIMESTAMP),
         "stored_path": [stored[row["file_id"]] for row, _ in matched],
@@ -104,6 +98,14 @@ def featurized_rows(
         "error": [error for _, error in matched],
     }
     return pa.table(columns), unread
+
+
+def _from_ledger(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The columns outcome rows take from their ledger rows (:data:`FROM_LEDGER`), timestamps as aware UTC."""
+    columns: dict[str, Any] = {name: [row[name] for row in rows] for name in FROM_LEDGER}
+    for name in ("modified_at", "discovered_at"):
+        columns[name] = pa.array([_utc(value) for value in columns[name]], TIMESTAMP)
+    return columns
 
 
 def split_featurized(featurized: pa.Table) -> tuple[pa.Table, pa.Table]:
@@ -122,7 +124,7 @@ def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def epoch_ms(timestamp: datetime) -> int:
-    """A timestamp in whole ms since the epoch, exactly (a naive one is taken as local time, as ``timestamp()`` does)."""
+    """A timestamp in whole ms since the epoch, exactly (a naive one is local time, as for ``timestamp()``)."""
     return int(timestamp.replace(microsecond=0).timestamp()) * 1000 + timestamp.microsecond // 1000
 
 

@@ -55,7 +55,9 @@ BINARY_FILE_SCHEMA = StructType(
         StructField("content", BinaryType(), True),
     ]
 )
-LEDGER_COLUMNS = ["file_id", "path", "label", "size_bytes", "modified_at", "discovered_at", "discovered_by", "overwrites"]
+LEDGER_COLUMNS = [
+    "file_id", "path", "label", "size_bytes", "modified_at", "discovered_at", "discovered_by", "overwrites",
+]
 # `fruits drop`, `fruits stage` and web uploads record a file in the ledger just before they make it visible (a rename;
 # on S3, its PUT, one after another for a group of 500): a row of theirs whose file is not there yet is waited for, up
 # to this long after its discovery, before it is quarantined as gone.
@@ -224,9 +226,11 @@ class OutcomeSink:
         row, verdicts made from the ledger row alone, and poison files)."""
         verdicts = [(row, reason) for row in chunk if (reason := self._verdict(row))]
         decided = {row["file_id"] for row, _ in verdicts}
+        self._await_published([row for row in chunk if row["file_id"] not in decided], files)
         verdicts += self._write_readable(spark, [row for row in chunk if row["file_id"] not in decided], stored, files)
         with self.progress.phases.timed("append"):
-            append(self._table(self.quarantine_table), quarantine_rows(verdicts, stored, self.handler.model_id), self._micro_batch)
+            rows = quarantine_rows(verdicts, stored, self.handler.model_id)
+            append(self._table(self.quarantine_table), rows, self._micro_batch)
 
     def _table(self, location: str) -> DeltaTable:
         """The outcome table at ``location``, its log read once (each append then writes only its commit)."""
@@ -281,14 +285,13 @@ class OutcomeSink:
         """Read and featurize ``rows`` in one Spark job, collected through Arrow and paired with the ledger rows on the
         driver, then append one commit per table from here (:mod:`fruits.streaming.outcomes`); a ledger row that
         produced no row is quarantined with why."""
-        self._await_published(rows, files)
         with self.progress.phases.timed("featurize"):
             read = self._featurize(self._read(spark, rows, files)).toArrow()  # the job: every core
         featurized, unread = featurized_rows(rows, read, stored, self.handler.model_id)
         accepted, rejected = split_featurized(featurized)
         if unread:
-            unread_rows = quarantine_rows([(row, self._unread_reason(row, files)) for row in unread], stored, self.handler.model_id)
-            rejected = pa.concat_tables([rejected, unread_rows])
+            reasons = [(row, self._unread_reason(row, files)) for row in unread]
+            rejected = pa.concat_tables([rejected, quarantine_rows(reasons, stored, self.handler.model_id)])
         with self.progress.phases.timed("append"):
             append(self._table(self.features_table), accepted, self._micro_batch)
             append(self._table(self.quarantine_table), rejected, self._micro_batch)
