@@ -10,8 +10,9 @@ worst case), against Spark's plain file source listing the same folder.
    outcome for every row (the deleted-checkpoint case, at scale). Then a restart on that checkpoint.
 4. Idle triggers: the running stream's own progress (``triggerExecution`` of triggers that read nothing).
 5. One backfill listing (:meth:`Discovery.backfill`, driver time), ``--listings`` times.
-6. Drop -> visible: ``--drops`` new photos renamed into landing at ``--rate`` per second while the stream runs (the
-   watcher finds them); each one's time until its features row is readable (delta-rs, polled every 50 ms).
+6. Drop -> visible: ``--drops`` new photos landed at ``--rate`` per second while the stream runs, twice: as `fruits
+   drop` lands them (ledger row first) and as rsync does (a rename within landing, which the watcher records at once);
+   each one's time until its features row is readable (delta-rs, polled every 25 ms).
 7. Lost events: the stream stopped, ``--lost`` photos landed, the stream started again: how many get an outcome.
 8. Spark's file source (binaryFile, recursive, the image glob): one listing of the same folder (what each of its
    triggers pays), unless ``--skip-file-source``.
@@ -137,16 +138,17 @@ def idle_triggers(query, seconds: float) -> dict:
     }
 
 
-def drop_to_visible(config, landing: Path, count: int, rate: float, prefix: str = "drop") -> dict:
-    """Rename ``count`` new photos into landing at ``rate``/s (as `fruits drop` places them); seconds until each one's
-    features row is committed (bench/latency.py's watcher of the tables' Delta logs, polled every 25 ms)."""
+def drop_to_visible(config, landing: Path, count: int, rate: float, prefix: str = "drop", arrive: str = "drop") -> dict:
+    """Land ``count`` new photos at ``rate``/s the way ``arrive`` says (bench/latency.py's ``ARRIVALS``: `fruits
+    drop`'s way, or rsync's rename); seconds until each one's features row is committed (bench/latency.py's watcher
+    of the tables' Delta logs, polled every 25 ms)."""
     from latency import CommitWatcher, drop_paced, pick_photos
 
     watcher = CommitWatcher({"features": Path(config.features_table), "quarantine": Path(config.quarantine_table)}, 0.025)
     watcher.skip_existing()
     watcher.start()
     try:
-        renamed = drop_paced(pick_photos(count, seed=len(prefix)), landing, prefix, rate)
+        renamed = drop_paced(pick_photos(count, seed=len(prefix)), landing, prefix, rate, arrive, config.files_table)
         deadline = time.monotonic() + 120
         while len(watcher.visible(renamed)) < len(renamed) and time.monotonic() < deadline and watcher.error is None:
             time.sleep(0.05)
@@ -268,8 +270,11 @@ def main() -> None:
     run = int(time.time())  # new names in a reused home
     warm = drop_to_visible(config, landing, 4, args.rate, prefix=f"warm-up{run}")  # the Python workers load the model
     say(f"warm-up drops: {warm}")
-    result["drop_to_visible"] = drop_to_visible(config, landing, args.drops, args.rate, prefix=f"drop{run}")
-    say(f"drop -> visible: {result['drop_to_visible']}")
+    result["drop_to_visible"] = {
+        arrive: drop_to_visible(config, landing, args.drops, args.rate, prefix=f"{arrive}{run}", arrive=arrive)
+        for arrive in ("drop", "rsync")
+    }
+    say(f"drop -> visible (`fruits drop`'s way, rsync's rename): {result['drop_to_visible']}")
     stream.close()
 
     listings = []

@@ -1,27 +1,30 @@
-"""Benchmark: latency of the long-running `fruits stream`, from a photo's atomic rename into the landing folder to
-its row being visible in the features Delta table.
+"""Benchmark: latency of the long-running `fruits stream`, from the moment a photo is handed to landing to its row
+being visible in the features Delta table.
 
 1. `fruits stream` (no --available-now: the configured processing-time trigger, or --trigger) runs
-   on a fresh home in its own process group. Once it logs "stream ... watching", ``--warmup`` photos are dropped and
-   waited for, uncounted: the first micro-batch starts the Python workers and loads the model.
-2. ``--images`` real photos are dropped at about ``--rate`` per second into ``landing/<Class>/``, each with
-   ``fruits.landing.place_atomically`` (hidden temporary name, fsync, rename: what `fruits drop` does), in this
-   process; the time right after the rename is recorded.
-3. A thread polls ``tables/features/_delta_log/`` (and the quarantine table's) every ``--poll-ms`` for new
-   ``NNNNN.json`` commits, reads the ``path`` column of the parquet files each one adds, and records each path as
-   visible when its commit file was first listed (the lag behind the commit file's mtime is reported as
-   ``poll_lag``). Latency = visible - renamed. Every dropped photo must show up in the features table within
-   ``--timeout`` seconds of the last drop, or the run fails (naming any that were quarantined, with the reason).
+   on a fresh home (or ``--home``) in its own process group. Once it logs "stream ... watching", ``--warmup`` photos
+   are landed and waited for, uncounted: the first micro-batch starts the Python workers and loads the model.
+2. ``--images`` real photos land at about ``--rate`` per second in ``landing/<Class>/``, from this process, the way
+   ``--arrive`` says (:data:`ARRIVALS`): ``drop`` (default) as `fruits drop` lands them (ledger row first, then the
+   file; the clock starts before the ledger commit), ``rsync`` (a rename within landing) or ``copy`` (a link, which
+   the watcher records once quiet); the clock starts right after the rename or link of those two.
+3. A thread polls ``tables/features/_delta_log/`` (and the quarantine table's) every ``--poll-ms`` for the next
+   ``NNNNN.json`` commit, reads the ``path`` column of the parquet files each one adds, and records each path as
+   visible when its commit file was first seen (the lag behind the commit file's mtime is reported as
+   ``poll_lag``). Latency = visible - handed over. Every photo must show up in the features table within
+   ``--timeout`` seconds of the last one, or the run fails (naming any that were quarantined, with the reason).
 
 Breakdown: each commit's commitInfo carries ``fruits.micro_batch`` = the micro-batch id (written by
 ``fruits.streaming.outcomes.append``), and the checkpoint's ``offsets/N`` file is written when micro-batch N is
 planned (after the ledger source found the ledger's new commits). So each latency splits into *queued*
-(rename -> batch N planned: the wait for the next trigger, plus the listing) and *processing* (planned -> commit
-visible: read, featurize, Delta append). Also reported: the stream's own per-batch lines (files per micro-batch).
+(handed over -> batch N planned) and *processing* (planned -> commit visible: read, featurize, Delta append).
+*Queued* splits again at the ledger commit that records the photo (the same watcher on ``tables/files``): getting
+into the ledger (`fruits drop`'s own commit, or discovery's), then the wait for a micro-batch to take it. Also
+reported: the stream's own per-batch lines (files per micro-batch, phases of the sink).
 
 Compare triggers with e.g. ``--trigger 500ms`` or ``--flags "--trigger 500ms --conf spark.x=y"``.
 
-Usage: python bench/latency.py [--images 240] [--rate 5] [--warmup 5] [--trigger 2s] [--flags "..."]
+Usage: python bench/latency.py [--images 240] [--rate 5] [--arrive drop|rsync|copy] [--warmup 5] [--trigger 2s] [--flags "..."]
                                [--master local[*]] [--weights FILE] [--timeout 180] [--poll-ms 25]
 """
 
@@ -47,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest_throughput import DEFAULT_WEIGHTS, SAMPLE  # noqa: E402
 from proctree import exit_on_sigterm, fruits_process, load_average, log_tail, resolved_stream_config  # noqa: E402
 
-from fruits.landing import place_atomically  # noqa: E402
+from fruits.landing import LedgerNote, place_atomically  # noqa: E402
 from fruits.streaming.outcomes import MICRO_BATCH_KEY  # noqa: E402
 
 COMMIT = re.compile(r"^(\d{20})\.json$")
@@ -72,7 +75,7 @@ class CommitWatcher(threading.Thread):
         self.seen: dict[str, tuple[float, str, int | None, str | None]] = {}
         self.commits: list[dict] = []
         self.error: BaseException | None = None
-        self._done_versions: dict[str, set[int]] = {name: set() for name in tables}
+        self._next: dict[str, int] = {name: 0 for name in tables}  # the next commit to read, per table
         self._halt = threading.Event()
         self._lock = threading.Lock()
 
@@ -86,18 +89,12 @@ class CommitWatcher(threading.Thread):
             self.error = exc
 
     def poll(self) -> None:
-        """List each table's log once and read the commits not read yet."""
+        """Read each table's new commits: Delta commit files are numbered without gaps and appear whole, so the
+        next one is looked up by name (listing a long ``_delta_log`` 40 times a second costs the stream CPU)."""
         for name, table in self.tables.items():
-            log = table / "_delta_log"
-            try:
-                names = [m.group(1) for n in sorted(p.name for p in log.iterdir()) if (m := COMMIT.match(n))]
-            except FileNotFoundError:
-                continue
-            listed_at = time.time()
-            for version in map(int, names):
-                if version not in self._done_versions[name]:
-                    self._read_commit(name, table, version, listed_at)
-                    self._done_versions[name].add(version)
+            while (table / "_delta_log" / f"{self._next[name]:020d}.json").exists():
+                self._read_commit(name, table, self._next[name], time.time())
+                self._next[name] += 1
 
     def _read_commit(self, name: str, table: Path, version: int, listed_at: float) -> None:
         """Record the paths of the rows one commit added (renames make Delta commit files appear whole)."""
@@ -122,7 +119,7 @@ class CommitWatcher(threading.Thread):
         for name, table in self.tables.items():
             log = table / "_delta_log"
             if log.is_dir():
-                self._done_versions[name].update(int(m.group(1)) for n in os.listdir(log) if (m := COMMIT.match(n)))
+                self._next[name] = 1 + max((int(m.group(1)) for n in os.listdir(log) if (m := COMMIT.match(n))), default=-1)
 
     def visible(self, paths) -> dict[str, tuple[float, str, int | None, str | None]]:
         """The entries of ``paths`` seen so far."""
@@ -142,15 +139,38 @@ def pick_photos(count: int, seed: int = 0) -> list[Path]:
     return [photos[i % len(photos)] for i in range(count)]
 
 
-def drop_paced(photos: list[Path], landing: Path, prefix: str, rate: float) -> dict[str, float]:
-    """Place ``photos`` atomically at ``landing/<Class>/<prefix>-<i>-<name>``, one every 1/``rate`` s (0: all at
-    once); returns local path -> time.time() right after its rename."""
+# How a photo arrives in landing (--arrive):
+# - "drop": what `fruits drop` does: the photo is copied under a hidden temporary name, recorded in the ledger
+#   (tables/files, one delta-rs commit), then linked under its final name. Discovery has nothing to do.
+# - "rsync": rsync's last step: a hidden temporary name in the same folder, then a rename; the watcher records a file
+#   renamed within landing at once.
+# - "copy": the final name appears whole but not by a rename (a hard link: what earlier rounds measured, and what
+#   `cp`, `scp` or a phone's sync app look like); the watcher records it once quiet (settle).
+ARRIVALS = ("drop", "rsync", "copy")
+
+
+def drop_paced(
+    photos: list[Path], landing: Path, prefix: str, rate: float, arrive: str = "drop", ledger: str | None = None
+) -> dict[str, float]:
+    """Land ``photos`` at ``landing/<Class>/<prefix>-<i>-<name>`` as ``arrive`` says (:data:`ARRIVALS`; "drop" needs
+    the ``ledger`` location), one every 1/``rate`` s (0: all at once); returns local path -> time.time() when it was
+    handed over: before `fruits drop`'s ledger commit, right after the rename or link of the others."""
+    note = LedgerNote(ledger, landing, "drop") if arrive == "drop" else None
     renamed, start = {}, time.monotonic()
     for index, photo in enumerate(photos):
         if rate > 0:
             time.sleep(max(0.0, start + index / rate - time.monotonic()))
-        placed = place_atomically(photo, landing / photo.parent.name / f"{prefix}-{index}-{photo.name}")
-        renamed[str(placed)] = time.time()
+        target = landing / photo.parent.name / f"{prefix}-{index}-{photo.name}"
+        handed_over = time.time()
+        if arrive == "rsync":
+            hidden = target.with_name(f".{target.name}.tmp")
+            hidden.parent.mkdir(parents=True, exist_ok=True)
+            hidden.write_bytes(photo.read_bytes())
+            os.rename(hidden, target)
+            placed = target
+        else:
+            placed = place_atomically(photo, target, note=note)
+        renamed[str(placed)] = handed_over if arrive == "drop" else time.time()
     return renamed
 
 
@@ -227,6 +247,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="uncounted photos dropped and awaited first (default 5)")
     parser.add_argument("--trigger", help="the stream's --trigger (default: the configured one)")
     parser.add_argument("--flags", default="", help='extra `fruits stream` flags, e.g. "--trigger 500ms"')
+    parser.add_argument("--arrive", choices=ARRIVALS, default="drop",
+                        help="how each photo lands: drop (`fruits drop`: ledger row first), rsync (rename within "
+                        "landing), copy (a link: the watcher waits until it is quiet); default drop")
     parser.add_argument("--master", default="local[*]")
     parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
     parser.add_argument("--timeout", type=float, default=180.0, help="s after the last drop for every row to appear")
@@ -248,20 +271,25 @@ def main() -> None:
         env = {"FRUITS_HOME": str(home), "FRUITS_WEIGHTS": args.weights, "FRUITS_MASTER": args.master}
         watcher = CommitWatcher({"features": home / "tables/features", "quarantine": home / "tables/quarantine"},
                                 args.poll_ms / 1000)
-        watcher.skip_existing()
+        ledger = CommitWatcher({"files": home / "tables/files"}, args.poll_ms / 1000)  # when discovery recorded it
+        for each in (watcher, ledger):
+            each.skip_existing()
         with fruits_process(["stream", *flags], env, log_path) as process:
             wait_ready(process, log_path, args.ready_timeout)
             watcher.start()
+            ledger.start()
             try:
                 run = f"{int(time.time())}-"  # new names in a reused home
-                warm = drop_paced(photos[: args.warmup], landing, run + "warmup", rate=0)
+                arrive = {"arrive": args.arrive, "ledger": str(home / "tables" / "files")}
+                warm = drop_paced(photos[: args.warmup], landing, run + "warmup", rate=0, **arrive)
                 if len(wait_visible(watcher, warm, args.ready_timeout, process)) < len(warm):
                     sys.exit(f"warm-up photos not visible after {args.ready_timeout:.0f} s:\n{log_tail(log_path)}")
                 print(f"warmed up; dropping {args.images} photos at {args.rate}/s", file=sys.stderr, flush=True)
-                renamed = drop_paced(photos[args.warmup :], landing, run + "photo", args.rate)
+                renamed = drop_paced(photos[args.warmup :], landing, run + "photo", args.rate, **arrive)
                 seen = wait_visible(watcher, renamed, args.timeout, process)
             finally:
                 watcher.finish()
+                ledger.finish()
         stream_exit = process.returncode
         log_text = log_path.read_text(errors="replace")
         checkpoint = home / "checkpoints" / "ingest"
@@ -276,22 +304,27 @@ def main() -> None:
         latency = [seen[p][0] - renamed[p] for p in renamed]
         planned = {p: planned_at(checkpoint, seen[p][2]) for p in renamed}
         queued = [planned[p] - renamed[p] for p in renamed if planned[p] is not None]
+        recorded = ledger.visible(renamed)
+        discovered = [recorded[p][0] - renamed[p] for p in recorded]
+        waited = [planned[p] - recorded[p][0] for p in recorded if planned[p] is not None]
         processing = [seen[p][0] - planned[p] for p in renamed if planned[p] is not None]
         drops = sorted(renamed.values())
         commits = watcher.commits
 
     summary = percentiles(latency)
-    print(f"latency p50 {summary['p50']:.2f} s, p95 {summary['p95']:.2f} s at {args.rate}/s "
+    print(f"latency p50 {summary['p50']:.2f} s, p95 {summary['p95']:.2f} s at {args.rate}/s, --arrive {args.arrive} "
           f"(target p95 <= 2 s: {'met' if summary['p95'] <= 2 else 'missed'}); load {load_average()}", flush=True)
     print(json.dumps({
-        "images": len(renamed), "warmup": args.warmup, "master": args.master,
+        "images": len(renamed), "warmup": args.warmup, "arrive": args.arrive, "master": args.master,
         "trigger": resolved["trigger"], "max_files_per_trigger": resolved["max_files_per_trigger"],
         "stream_flags": resolved["flags"], "poll_ms": args.poll_ms,
         "rate_requested_per_s": args.rate,
         "rate_achieved_per_s": round((len(drops) - 1) / (drops[-1] - drops[0]), 2) if len(drops) > 1 else None,
         "latency_s": percentiles(latency),
         "breakdown_s": {
-            "queued_rename_to_batch_planned": percentiles(queued),
+            "queued_arrival_to_batch_planned": percentiles(queued),
+            "of_which_arrival_to_ledger_commit_seen": percentiles(discovered),
+            "of_which_ledger_commit_seen_to_batch_planned": percentiles(waited),
             "processing_batch_planned_to_visible": percentiles(processing),
             "poll_lag_commit_written_to_seen": percentiles([c["poll_lag"] for c in commits if c["rows"]]),
         },

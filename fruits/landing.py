@@ -1,8 +1,9 @@
 """Getting images into the landing folder atomically: ``fruits drop`` (copy now) and ``fruits stage`` (watch an inbox).
 
-Spark's file source lists the landing folder and reads each new path once, so a file must appear there whole:
-it is written under a hidden temporary name in the destination folder (which the stream never reads), flushed to
-disk, then renamed to its final name.
+The stream records each file version it finds in landing once, so a file must appear there whole: it is written
+under a hidden temporary name in the destination folder (which the stream never reads), flushed to disk, then linked
+under its final name (a link, unlike a rename, never replaces a file already there). With a :class:`LedgerNote`, the
+file is recorded in the ledger just before, so the stream's discovery has nothing left to do for it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from fruits.ledger import FileVersion, ensure_ledger, label_of, local_mtime_ms, record
+from fruits.appends import AppendTarget
 from fruits.uris import hadoop_uri
 from fruits.names import check_label, check_sources, is_candidate, stage_refusal
 
@@ -51,6 +53,10 @@ class LedgerNote:
     ledger: str  # the ledger's location (config.files_table)
     landing: Path
     method: str  # "drop", "stage" or "upload"
+    # The ledger kept loaded from the first note on (`fruits stage` and the web server note for as long as they run:
+    # each note then writes its commit without reading the ledger's log again).
+    _loaded: dict[str, AppendTarget] = field(default_factory=dict, init=False, compare=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, compare=False, repr=False)
 
     def __call__(self, placements: list["_Placement"]) -> None:
         landing = hadoop_uri(str(self.landing))
@@ -59,8 +65,11 @@ class LedgerNote:
             stat = placement.temporary.stat()  # the rename keeps size and mtime
             path = hadoop_uri(str(placement.final))
             versions.append(FileVersion(path, stat.st_size, local_mtime_ms(stat), label_of(path, landing)))
-        ensure_ledger(self.ledger)
-        record(self.ledger, versions, self.method)
+        with self._lock:
+            if "ledger" not in self._loaded:
+                ensure_ledger(self.ledger)
+                self._loaded["ledger"] = AppendTarget(self.ledger)
+        record(self._loaded["ledger"], versions, self.method)
 
 
 @dataclass

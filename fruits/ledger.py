@@ -26,6 +26,7 @@ import pyarrow as pa
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
+from fruits.appends import AppendTarget
 from fruits.uris import rust_uri
 
 log = logging.getLogger("fruits.ledger")
@@ -96,10 +97,14 @@ def ensure_ledger(uri: str) -> None:
 
 
 def record(
-    ledger: str | DeltaTable, versions: Iterable[FileVersion], discovered_by: str, overwrites: Iterable[bool] | None = None
+    ledger: str | AppendTarget | DeltaTable,
+    versions: Iterable[FileVersion],
+    discovered_by: str,
+    overwrites: Iterable[bool] | None = None,
 ) -> int:
-    """Append ``versions`` to the ledger (its location, or a loaded :class:`DeltaTable`, which spares reading its log
-    again) in one commit; returns how many rows were written."""
+    """Append ``versions`` to the ledger (its location; or, from a long-running process, an
+    :class:`~fruits.appends.AppendTarget`, which spares reading its log again) in one commit; returns how many rows
+    were written."""
     versions = list(versions)
     if not versions:
         return 0
@@ -119,7 +124,10 @@ def record(
         },
         schema=LEDGER_SCHEMA,
     )
-    write_deltalake(ledger if isinstance(ledger, DeltaTable) else rust_uri(ledger), table, mode="append")
+    if isinstance(ledger, AppendTarget):
+        ledger.append(table)
+    else:
+        write_deltalake(ledger if isinstance(ledger, DeltaTable) else rust_uri(ledger), table, mode="append")
     return len(versions)
 
 
@@ -177,27 +185,21 @@ class LedgerView:
         self.ids = SortedDigests()
         self.paths = SortedDigests()
         self._seen_files: set[str] = set()
-        self._table: DeltaTable | None = None
+        self.target = AppendTarget(uri)  # discovery appends through it: the ledger stays loaded
+        self._loaded = False
         self.version = -1
-
-    @property
-    def table(self) -> DeltaTable:
-        """The ledger as of the last :meth:`refresh` (loaded once, then updated incrementally)."""
-        if self._table is None:
-            self.refresh()
-        return self._table
 
     def refresh(self) -> int:
         """Read the rows of data files added since the last call; returns how many rows were read."""
-        if self._table is None:
+        if not self._loaded:
             ensure_ledger(self.uri)
-            self._table = DeltaTable(rust_uri(self.uri))
-        else:
-            self._table.update_incremental()
-        if self._table.version() == self.version:
+            self._loaded = True
+        table = self.target.table
+        table.update_incremental()
+        if table.version() == self.version:
             return 0
-        self.version = self._table.version()
-        actions = pa.table(self._table.get_add_actions(flatten=True)).column("path").to_pylist()
+        self.version = table.version()
+        actions = pa.table(table.get_add_actions(flatten=True)).column("path").to_pylist()
         new_files = [f for f in actions if f not in self._seen_files]
         if not new_files:
             return 0

@@ -224,7 +224,7 @@ class Discovery:
                 chunk = unique[start : start + self.max_rows]
                 paths = path_digests([v.path for v in chunk]) if self.keep else None
                 overwrites = self.view.paths.contains(paths).tolist() if self.keep else None
-                record(self.view.table, chunk, method, overwrites)  # the view's table: its log is read already
+                record(self.view.target, chunk, method, overwrites)  # the view's table: its log is read already
                 self.view.ids.add(ids[start : start + self.max_rows])
                 if self.keep:
                     self.view.paths.add(paths)

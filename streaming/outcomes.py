@@ -14,11 +14,10 @@ from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import CommitProperties, DeltaTable, write_deltalake
 from pyspark.sql.pandas.types import to_arrow_schema
 
+from fruits.appends import AppendTarget
 from fruits.tables import FEATURES_SCHEMA, QUARANTINE_SCHEMA
-from fruits.uris import rust_uri
 
 FEATURES_ARROW = to_arrow_schema(FEATURES_SCHEMA, timezone="UTC")
 QUARANTINE_ARROW = to_arrow_schema(QUARANTINE_SCHEMA, timezone="UTC")
@@ -29,15 +28,15 @@ FROM_LEDGER = ["path", "label", "size_bytes", "modified_at", "file_id", "discove
 MICRO_BATCH_KEY = "fruits.micro_batch"
 
 
-def append(table: str | DeltaTable, rows: pa.Table, micro_batch: int | None = None) -> None:
-    """Append ``rows`` to the Delta table (its location, or a loaded :class:`DeltaTable`, which spares reading its log
-    again: a blind append commits on top of whatever was committed since) in one commit, nothing when there are none;
-    the commit records ``micro_batch`` in its commitInfo."""
+def append(table: str | AppendTarget, rows: pa.Table, micro_batch: int | None = None) -> None:
+    """Append ``rows`` to the Delta table (its location, or an :class:`~fruits.appends.AppendTarget`, which spares
+    reading its log again) in one commit, nothing when there are none; the commit records ``micro_batch`` in its
+    commitInfo."""
     if rows.num_rows == 0:
         return
     metadata = {MICRO_BATCH_KEY: str(micro_batch)} if micro_batch is not None else None
-    target = table if isinstance(table, DeltaTable) else rust_uri(table)
-    write_deltalake(target, rows, mode="append", commit_properties=CommitProperties(custom_metadata=metadata))
+    target = table if isinstance(table, AppendTarget) else AppendTarget(table, reload_every=1)
+    target.append(rows, metadata)
 
 
 def quarantine_rows(

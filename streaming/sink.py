@@ -38,6 +38,7 @@ from pyspark.errors import PythonException
 from pyspark.sql.utils import AnalysisException
 
 from fruits import storage
+from fruits.appends import AppendTarget
 from fruits.featurize import featurize_column
 from fruits.featurizer import Featurizer
 from fruits.uris import glob_escape, local_path, rust_uri
@@ -143,7 +144,7 @@ class OutcomeSink:
     # Seconds since the epoch: no outcome row was discovered later than this (read once, then kept up to date).
     _decided_until: float | None = None
     _micro_batch: int | None = None  # the one being written (recorded in each commit)
-    _loaded: dict[str, DeltaTable] = field(default_factory=dict)  # the outcome tables, loaded once for the appends
+    _loaded: dict[str, AppendTarget] = field(default_factory=dict)  # the outcome tables, kept loaded for the appends
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         files = LandedFiles(batch.sparkSession)
@@ -232,10 +233,10 @@ class OutcomeSink:
             rows = quarantine_rows(verdicts, stored, self.handler.model_id)
             append(self._table(self.quarantine_table), rows, self._micro_batch)
 
-    def _table(self, location: str) -> DeltaTable:
-        """The outcome table at ``location``, its log read once (each append then writes only its commit)."""
+    def _table(self, location: str) -> AppendTarget:
+        """The outcome table at ``location``, kept loaded (each append then writes only its commit)."""
         if location not in self._loaded:
-            self._loaded[location] = DeltaTable(rust_uri(location))
+            self._loaded[location] = AppendTarget(location)
         return self._loaded[location]
 
     def _verdict(self, row: Row) -> str | None:
@@ -311,7 +312,7 @@ class OutcomeSink:
         if waiting:
             log.info("waiting for %d recorded files to appear (e.g. %s)", len(waiting), waiting[0]["path"])
         while waiting and not (self.stop_requested is not None and self.stop_requested.is_set()):
-            time.sleep(0.2)
+            time.sleep(0.05)  # usually the few milliseconds between the writer's ledger commit and its rename
             waiting = unpublished(waiting)
 
     def _probe_works(self, spark: SparkSession) -> bool:

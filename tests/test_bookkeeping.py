@@ -118,3 +118,25 @@ def test_verdicts_from_ledger_rows_alone_become_quarantine_rows_without_a_conten
     assert rows.column("stored_path").to_pylist() == [None, "file:/home/landing/Banana/1.jpg"]
     assert {t.tzinfo is not None for t in rows.column("modified_at").to_pylist()} == {True}
     assert rows.column("discovered_at").to_pylist()[0] == ledger[0]["discovered_at"]
+
+
+@pytest.mark.fast
+def test_an_append_target_reloads_its_table_every_n_commits_and_loses_no_commit_of_another_writer(tmp_path):
+    from deltalake import DeltaTable
+
+    from fruits.appends import AppendTarget
+    from fruits.ledger import FileVersion, ensure_ledger, ledger_rows, record
+
+    location = str(tmp_path / "files")
+    ensure_ledger(location)
+    target = AppendTarget(location, reload_every=3)
+    loaded = []
+    for index in range(7):
+        record(target, [FileVersion(f"file:/l/kept-{index}.jpg", 10 + index, 1_700_000_000_000, "x")], "watch")
+        loaded.append(target.table)  # kept: no object's id is reused
+        record(location, [FileVersion(f"file:/l/other-{index}.jpg", 10 + index, 1_700_000_000_000, "x")], "drop")
+    # a new table object after the 3rd and the 6th commit written through it, the same one in between
+    assert [next(n for n, t in enumerate(loaded) if t is table) for table in loaded] == [0, 0, 2, 2, 2, 5, 5]
+    assert DeltaTable(location).version() == 14  # 14 appends on top of the creation, none lost or overwritten
+    paths = sorted(ledger_rows(location, ["path"]).column("path").to_pylist())
+    assert paths == sorted([f"file:/l/kept-{i}.jpg" for i in range(7)] + [f"file:/l/other-{i}.jpg" for i in range(7)])

@@ -121,17 +121,25 @@ def test_a_second_refit_exits_while_identify_and_status_keep_answering(spark, we
 @pytest.mark.slow
 def test_an_incremental_refit_after_210_small_commits_merges_on_the_executors(spark, features_home):
     """210 one-row commits, read as 210 partitions: the statistics are merged in a tree on the executors, so the
-    refit passes with spark.driver.maxResultSize=40m, which a single 13 MB block per partition would exceed."""
+    refit passes with spark.driver.maxResultSize=40m, which a single 13 MB block per partition would exceed. The
+    commits are made as the stream makes them (delta-rs appends from the driver): 210 Spark writes took minutes."""
+    import pyarrow as pa
+
+    from fruits.appends import AppendTarget
     from fruits.batch.moments import Moments
     from fruits.batch.refit_pca import refit_pca
     from fruits.pca_store import PcaModelStore
+    from fruits.streaming.outcomes import FEATURES_ARROW, append as commit
     from fruits.tables import latest_version
 
-    config, rows, append = features_home
+    config, rows, _ = features_home
     assert refit_pca(spark, config, k=10).refitted.method == "full"
     since = latest_version(spark, config.features_table)
+    table = AppendTarget(config.features_table)
     for index in range(210):
-        append(rows.iloc[[250 + index % (len(rows) - 250)]])
+        row = rows.iloc[[250 + index % (len(rows) - 250)]][FEATURES_ARROW.names]
+        commit(table, pa.Table.from_pandas(row, schema=FEATURES_ARROW, preserve_index=False), micro_batch=index)
+    assert latest_version(spark, config.features_table) == since + 210
     files_as_partitions = {"spark.sql.files.openCostInBytes": "134217728", "spark.sql.files.maxPartitionBytes": "134217728"}
     for key, value in files_as_partitions.items():
         spark.conf.set(key, value)

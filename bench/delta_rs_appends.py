@@ -1,0 +1,61 @@
+"""Benchmark: one-row delta-rs appends through a table kept loaded, against :class:`fruits.appends.AppendTarget`
+(the same, loaded again every ``RELOAD_EVERY`` commits), as the commit count grows. In one run, interleaved.
+
+Two fresh ledgers (the ledger's schema, :func:`fruits.ledger.record`'s rows) get ``--commits`` one-row appends each,
+one to each in turn: ``kept`` through a :class:`deltalake.DeltaTable` loaded once (what the stream did before), and
+``reloaded`` through an :class:`~fruits.appends.AppendTarget`. Prints the ratio line first (kept / reloaded, median
+seconds of an append over the last ``--window`` commits), then JSON with the medians per window.
+
+Usage: python bench/delta_rs_appends.py [--commits 1000] [--window 100] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from deltalake import DeltaTable  # noqa: E402
+
+from fruits.appends import AppendTarget  # noqa: E402
+from fruits.ledger import FileVersion, ensure_ledger, record  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--commits", type=int, default=1000)
+    parser.add_argument("--window", type=int, default=100)
+    parser.add_argument("--workdir", default=None)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="fruits-appends-", dir=args.workdir) as tmp:
+        for name in ("kept", "reloaded"):
+            ensure_ledger(os.path.join(tmp, name))
+        targets = {"kept": DeltaTable(os.path.join(tmp, "kept")), "reloaded": AppendTarget(os.path.join(tmp, "reloaded"))}
+        seconds: dict[str, list[float]] = {name: [] for name in targets}
+        for index in range(args.commits):
+            for name, target in targets.items():
+                version = FileVersion(f"file:/bench/{name}/{index}.jpg", 1000 + index, 1_700_000_000_000, "bench")
+                started = time.perf_counter()
+                record(target, [version], "watch")
+                seconds[name].append(time.perf_counter() - started)
+    windows = {
+        name: [round(statistics.median(values[start : start + args.window]) * 1000, 1)
+               for start in range(0, len(values), args.window)]
+        for name, values in seconds.items()
+    }
+    last = {name: statistics.median(values[-args.window :]) for name, values in seconds.items()}
+    print(f"after {args.commits} commits: kept/reloaded = {last['kept'] / last['reloaded']:.2f}x "
+          f"({last['kept'] * 1000:.0f} ms against {last['reloaded'] * 1000:.0f} ms per append); load {os.getloadavg()}")
+    print(json.dumps({"commits": args.commits, "window": args.window, "median_ms_per_window": windows,
+                      "total_seconds": {name: round(sum(values), 1) for name, values in seconds.items()}}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
