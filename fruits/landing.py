@@ -21,8 +21,8 @@ from typing import Any, Callable
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from fruits.ledger import FileVersion, ensure_ledger, label_of, local_mtime_ms, record
 from fruits.appends import AppendTarget
+from fruits.ledger import FileVersion, label_of, ledger_target, local_mtime_ms, record
 from fruits.uris import hadoop_uri
 from fruits.names import check_label, check_sources, is_candidate, stage_refusal
 
@@ -55,8 +55,10 @@ class LedgerNote:
     method: str  # "drop", "stage" or "upload"
     # The ledger kept loaded from the first note on (`fruits stage` and the web server note for as long as they run:
     # each note then writes its commit without reading the ledger's log again).
-    _loaded: dict[str, AppendTarget] = field(default_factory=dict, init=False, compare=False, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, compare=False, repr=False)
+    _target: AppendTarget = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_target", ledger_target(self.ledger))
 
     def __call__(self, placements: list["_Placement"]) -> None:
         landing = hadoop_uri(str(self.landing))
@@ -65,11 +67,7 @@ class LedgerNote:
             stat = placement.temporary.stat()  # the rename keeps size and mtime
             path = hadoop_uri(str(placement.final))
             versions.append(FileVersion(path, stat.st_size, local_mtime_ms(stat), label_of(path, landing)))
-        with self._lock:
-            if "ledger" not in self._loaded:
-                ensure_ledger(self.ledger)
-                self._loaded["ledger"] = AppendTarget(self.ledger)
-        record(self._loaded["ledger"], versions, self.method)
+        record(self._target, versions, self.method)
 
 
 @dataclass

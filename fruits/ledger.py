@@ -23,10 +23,10 @@ from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
-from deltalake import DeltaTable, write_deltalake
+from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from fruits.appends import AppendTarget
+from fruits.appends import AppendTarget, append_rows
 from fruits.uris import rust_uri
 
 log = logging.getLogger("fruits.ledger")
@@ -96,8 +96,14 @@ def ensure_ledger(uri: str) -> None:
         DeltaTable(rust_uri(uri))
 
 
+def ledger_target(uri: str) -> AppendTarget:
+    """The ledger at ``uri`` for the appends of a long-running process (kept loaded); made at the first append, or
+    the first read of its table, if there is none yet."""
+    return AppendTarget(uri, create=ensure_ledger)
+
+
 def record(
-    ledger: str | AppendTarget | DeltaTable,
+    ledger: str | AppendTarget,
     versions: Iterable[FileVersion],
     discovered_by: str,
     overwrites: Iterable[bool] | None = None,
@@ -124,10 +130,7 @@ def record(
         },
         schema=LEDGER_SCHEMA,
     )
-    if isinstance(ledger, AppendTarget):
-        ledger.append(table)
-    else:
-        write_deltalake(ledger if isinstance(ledger, DeltaTable) else rust_uri(ledger), table, mode="append")
+    append_rows(ledger, table)
     return len(versions)
 
 
@@ -185,15 +188,11 @@ class LedgerView:
         self.ids = SortedDigests()
         self.paths = SortedDigests()
         self._seen_files: set[str] = set()
-        self.target = AppendTarget(uri)  # discovery appends through it: the ledger stays loaded
-        self._loaded = False
+        self.target = ledger_target(uri)  # discovery appends through it: the ledger stays loaded
         self.version = -1
 
     def refresh(self) -> int:
         """Read the rows of data files added since the last call; returns how many rows were read."""
-        if not self._loaded:
-            ensure_ledger(self.uri)
-            self._loaded = True
         table = self.target.table
         table.update_incremental()
         if table.version() == self.version:

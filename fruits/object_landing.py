@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from fruits import s3
 from fruits.landing import Dropped, drop_plan, land_in_groups
-from fruits.ledger import FileVersion, ensure_ledger, label_of, record
+from fruits.appends import AppendTarget
+from fruits.ledger import FileVersion, label_of, ledger_target, record
 
 log = logging.getLogger("fruits.object_landing")
 
@@ -36,6 +37,11 @@ class ObjectLanding:
     landing: str
     ledger: str
     method: str
+    # The ledger kept loaded from the first upload on (`fruits stage` and the web server land for as long as they run).
+    _target: AppendTarget = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_target", ledger_target(self.ledger))
 
     def _free_name(self, size: int, etag: str, relative: PurePosixPath, chosen: set[str]) -> str | None:
         """``landing/relative``, or ``name-2.ext``... if taken by other bytes (or in ``chosen``); None if the same
@@ -62,8 +68,7 @@ class ObjectLanding:
         """Record ``uploads`` in the ledger in one commit (before any of them is visible)."""
         now_ms = int(time.time() * 1000)  # informational: the server sets the object's own mtime
         versions = [FileVersion(u.target, u.size, now_ms, label_of(u.target, self.landing), u.etag) for u in uploads]
-        ensure_ledger(self.ledger)
-        record(self.ledger, versions, self.method)
+        record(self._target, versions, self.method)
 
     def _publish(self, upload: _Upload) -> str:
         """PUT the object under its name, never replacing one: a name taken meanwhile moves it to the next free one

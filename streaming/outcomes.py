@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from fruits.appends import AppendTarget
+from fruits.appends import AppendTarget, append_rows
 from fruits.tables import FEATURES_SCHEMA, QUARANTINE_SCHEMA
 
 FEATURES_ARROW = to_arrow_schema(FEATURES_SCHEMA, timezone="UTC")
@@ -35,8 +35,7 @@ def append(table: str | AppendTarget, rows: pa.Table, micro_batch: int | None = 
     if rows.num_rows == 0:
         return
     metadata = {MICRO_BATCH_KEY: str(micro_batch)} if micro_batch is not None else None
-    target = table if isinstance(table, AppendTarget) else AppendTarget(table, reload_every=1)
-    target.append(rows, metadata)
+    append_rows(table, rows, metadata)
 
 
 def quarantine_rows(

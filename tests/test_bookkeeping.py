@@ -140,3 +140,18 @@ def test_an_append_target_reloads_its_table_every_n_commits_and_loses_no_commit_
     assert DeltaTable(location).version() == 14  # 14 appends on top of the creation, none lost or overwritten
     paths = sorted(ledger_rows(location, ["path"]).column("path").to_pylist())
     assert paths == sorted([f"file:/l/kept-{i}.jpg" for i in range(7)] + [f"file:/l/other-{i}.jpg" for i in range(7)])
+
+
+@pytest.mark.fast
+def test_a_ledger_target_makes_a_missing_ledger_at_its_first_append_only(tmp_path):
+    from fruits.ledger import FileVersion, ledger_rows, ledger_target, record
+
+    location = tmp_path / "tables" / "files"
+    target = ledger_target(str(location))
+    assert not location.exists()  # nothing made before it is used
+    made = []
+    target.create = lambda uri, make=target.create: (made.append(uri), make(uri))
+    for index in range(2):
+        record(target, [FileVersion(f"file:/l/{index}.jpg", 10, 1_700_000_000_000, "x")], "drop")
+    assert made == [str(location)]
+    assert sorted(ledger_rows(str(location), ["path"]).column("path").to_pylist()) == ["file:/l/0.jpg", "file:/l/1.jpg"]
