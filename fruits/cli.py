@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from fruits.config import Config, ConfigError, allowed_values, default_value, load_config
+from fruits.files import STATES
 from fruits.identify import IdentifyError
 from fruits.model import WeightsUnavailable
 from fruits.names import UnsafeName
 from fruits.s3 import configure as configure_s3
+from fruits.writers import WriterLease
 
 log = logging.getLogger("fruits")
 
@@ -112,9 +114,17 @@ def _reader_parsers(commands: Any) -> None:
 
     files = commands.add_parser("files", help="the file ledger: every discovered file and its outcome (no Spark needed)")
     _common(files)
-    files.add_argument("--state", choices=["pending", "ingested", "quarantined"], help="only files in this state")
+    files.add_argument("--state", choices=STATES, help="only files in this state")
     files.add_argument("--json", action="store_true", help="one JSON object per line per file")
     files.add_argument("--limit", type=int, default=0, help="at most this many files (0: all)")
+
+    retry = commands.add_parser(
+        "retry", help="send quarantined files through the stream again: a verdict can be undone (no Spark needed)"
+    )
+    _common(retry)
+    retry.add_argument("--reason", help="only files whose quarantine reason contains TEXT, or whose cause is TEXT")
+    retry.add_argument("--path", dest="path_glob", metavar="GLOB", help="only files whose path matches GLOB (e.g. 'Banana/*')")
+    retry.add_argument("--dry-run", action="store_true", help="list the files, ask for nothing")
 
     serve = commands.add_parser("serve", help="HTTP API, web page and live dashboard for HOME (no Spark)")
     _common(serve)
@@ -226,6 +236,11 @@ def _refit(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def writer_lease(config: Config) -> WriterLease:
+    """The heartbeat of a process that records files before they appear (drop, stage, serve): fruits.writers."""
+    return WriterLease(config.writers, config.discovery.writer_timeout)
+
+
 def cmd_drop(config: Config, args: argparse.Namespace) -> int:
     from fruits.landing import LedgerNote, drop, local_folder
     from fruits.object_landing import ObjectLanding
@@ -233,11 +248,14 @@ def cmd_drop(config: Config, args: argparse.Namespace) -> int:
 
     extensions = list(config.stream.extensions)
     sources = [Path(s) for s in args.sources]
-    if is_s3(config.landing):  # one conditional PUT per object, no temporary name (fruits/object_landing.py)
-        results = ObjectLanding(config.landing, config.files_table, "drop").drop(sources, extensions, args.label)
-    else:
-        landing = local_folder(config.landing)
-        results = drop(sources, landing, extensions, args.label, LedgerNote(config.files_table, landing, "drop"))
+    with writer_lease(config) as lease:  # the stream waits for recorded files while this heartbeats
+        if is_s3(config.landing):  # one conditional PUT per object, no temporary name (fruits/object_landing.py)
+            landing = ObjectLanding(config.landing, config.files_table, "drop", writer=lease.id)
+            results = landing.drop(sources, extensions, args.label)
+        else:
+            landing = local_folder(config.landing)
+            note = LedgerNote(config.files_table, landing, "drop", writer=lease.id)
+            results = drop(sources, landing, extensions, args.label, note)
     for result in results:
         print(f"{result.note}: {result.source}" + (f" -> {result.target}" if result.target else ""))
     placed = sum(r.note == "placed" for r in results)
@@ -255,11 +273,12 @@ def cmd_stage(config: Config, args: argparse.Namespace) -> int:
     landing = Path(config.landing) if remote else local_folder(config.landing)
     if not remote:
         check_inbox(Path(args.inbox), landing)
+    lease = writer_lease(config)
     stager = InboxStager(
         inbox=Path(args.inbox).resolve(),
         landing=landing,
-        note=None if remote else LedgerNote(config.files_table, landing, "stage"),
-        place=ObjectLanding(config.landing, config.files_table, "stage").place if remote else None,
+        note=None if remote else LedgerNote(config.files_table, landing, "stage", writer=lease.id),
+        place=ObjectLanding(config.landing, config.files_table, "stage", writer=lease.id).place if remote else None,
         extensions=list(config.stream.extensions),
         stable_seconds=config.stage.stable_seconds,
         settle_seconds=config.stage.settle_seconds,
@@ -268,7 +287,8 @@ def cmd_stage(config: Config, args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     log.info("staging complete files from %s into %s", stager.inbox, stager.landing)
-    stager.run(stop)
+    with lease:
+        stager.run(stop)
     log.info("stage stopped after promoting %d files", stager.promoted)
     return 0
 
@@ -306,6 +326,17 @@ def cmd_files(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retry(config: Config, args: argparse.Namespace) -> int:
+    from fruits.retry import retry_quarantined
+
+    rows = retry_quarantined(config, reason=args.reason, path_glob=args.path_glob, dry_run=args.dry_run)
+    for row in rows:
+        print(f"{row['path']}  ({row['reason']})")
+    verb = "would be sent" if args.dry_run else "sent"
+    print(f"{len(rows)} quarantined files {verb} through the stream again", file=sys.stderr)
+    return 0
+
+
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     from fruits.model import resolve_weights
     from fruits.web import serve
@@ -338,6 +369,7 @@ COMMANDS = {
     "serve": cmd_serve,
     "status": cmd_status,
     "files": cmd_files,
+    "retry": cmd_retry,
 }
 
 

@@ -79,6 +79,8 @@ class PathsConfig:
     pca_models: str
     status: str
     archive: str
+    quarantine: str
+    writers: str
     locks: str
 
 
@@ -105,6 +107,8 @@ class StreamConfig:
     extensions: tuple[str, ...]
     partitions: int = _at_least(0)
     query_name: str
+    max_retries: int = _at_least(0)
+    retry_backoff: Seconds = _duration()
     spark_conf: SparkConf
 
 
@@ -116,6 +120,7 @@ class DiscoveryConfig:
     max_rows_per_commit: int = _at_least(1)
     after_ingest: str = _choice("archive", "delete", "keep")
     allow_overwrites: bool
+    writer_timeout: Seconds = _duration()
 
 
 @dataclass(frozen=True)
@@ -236,6 +241,8 @@ class Config:
     quarantine_table = _Location("quarantine_table")
     files_table = _Location("files_table", "The file ledger: one row per discovered file version (:mod:`fruits.ledger`).")
     archive = _Location("archive")
+    quarantine = _Location("quarantine")
+    writers = _Location("writers")
     locks = _Location("locks")
     pca_table = _Location("pca_table")
     pca_models = _Location("pca_models")

@@ -53,6 +53,7 @@ class LedgerNote:
     ledger: str  # the ledger's location (config.files_table)
     landing: Path
     method: str  # "drop", "stage" or "upload"
+    writer: str | None = None  # the lease id this process heartbeats while it lands files (fruits.writers)
     # The ledger kept loaded from the first note on (`fruits stage` and the web server note for as long as they run:
     # each note then writes its commit without reading the ledger's log again).
     _target: AppendTarget = field(init=False, compare=False, repr=False)
@@ -67,7 +68,7 @@ class LedgerNote:
             stat = placement.temporary.stat()  # the rename keeps size and mtime
             path = hadoop_uri(str(placement.final))
             versions.append(FileVersion(path, stat.st_size, local_mtime_ms(stat), label_of(path, landing)))
-        record(self._target, versions, self.method)
+        record(self._target, versions, self.method, writer=self.writer)
 
 
 @dataclass

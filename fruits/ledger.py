@@ -44,9 +44,18 @@ LEDGER_SCHEMA = pa.schema(
         pa.field("discovered_by", pa.string(), nullable=False),
         # true: an earlier version of this path is in the ledger and was kept in landing (an overwrite in place)
         pa.field("overwrites", pa.bool_(), nullable=False),
+        # Which try of this file version the row asks for: 0 when discovered, one more per retry ("retry" rows).
+        pa.field("attempt", pa.int64()),
+        # The lease of the process that recorded the row before making its file visible (drop, stage, upload): while
+        # that writer heartbeats, a file not there yet is waited for (fruits.writers).
+        pa.field("writer", pa.string()),
+        # Where the bytes are when not at ``path`` any more (a retry of a quarantined file reads them there).
+        pa.field("read_from", pa.string()),
     ]
 )
-DISCOVERY_METHODS = ("watch", "backfill", "drop", "stage", "upload", "migration")
+# Columns added after the first release: an older ledger gets them (null) when the stream opens it.
+LATER_COLUMNS = ("attempt", "writer", "read_from")
+DISCOVERY_METHODS = ("watch", "backfill", "drop", "stage", "upload", "migration", "retry")
 
 
 def file_id(path: str, size: int, mtime_ms: int, etag: str | None = None) -> str:
@@ -81,19 +90,30 @@ class FileVersion:
 
 
 def ensure_ledger(uri: str) -> None:
-    """Create the empty ledger at ``uri`` unless one is there (safe when several processes race to create it)."""
+    """Create the empty ledger at ``uri`` unless one is there (safe when several processes race to create it); an
+    older ledger gets the columns it lacks (:data:`LATER_COLUMNS`, null in its rows)."""
     try:
-        DeltaTable(rust_uri(uri))
-        return
+        table = DeltaTable(rust_uri(uri))
     except TableNotFoundError:
-        pass
-    try:
-        DeltaTable.create(
-            rust_uri(uri), LEDGER_SCHEMA, mode="ignore", name="files",
-            description="Fruits! file ledger: one row per discovered file version",
-        )
-    except Exception:  # another process created it between our check and our commit
-        DeltaTable(rust_uri(uri))
+        try:
+            DeltaTable.create(
+                rust_uri(uri), LEDGER_SCHEMA, mode="ignore", name="files",
+                description="Fruits! file ledger: one row per discovered file version",
+            )
+            return
+        except Exception:  # another process created it between our check and our commit
+            table = DeltaTable(rust_uri(uri))
+    _add_missing_columns(table)
+
+
+def _add_missing_columns(table: DeltaTable) -> None:
+    from deltalake.schema import Field
+
+    present = set(table.schema().to_arrow().names)
+    missing = [LEDGER_SCHEMA.field(name) for name in LEDGER_SCHEMA.names if name not in present]
+    if missing:
+        table.alter.add_columns([Field.from_arrow(field) for field in missing])
+        log.info("ledger: added the columns %s", ", ".join(field.name for field in missing))
 
 
 def ledger_target(uri: str) -> AppendTarget:
@@ -107,10 +127,13 @@ def record(
     versions: Iterable[FileVersion],
     discovered_by: str,
     overwrites: Iterable[bool] | None = None,
+    *,
+    writer: str | None = None,
 ) -> int:
     """Append ``versions`` to the ledger (its location; or, from a long-running process, an
     :class:`~fruits.appends.AppendTarget`, which spares reading its log again) in one commit; returns how many rows
-    were written."""
+    were written. ``writer``: the lease id of a process that records its files before they appear
+    (:class:`fruits.writers.WriterLease`)."""
     versions = list(versions)
     if not versions:
         return 0
@@ -127,11 +150,40 @@ def record(
             "discovered_at": pa.array([now] * len(versions), TIMESTAMP),
             "discovered_by": [discovered_by] * len(versions),
             "overwrites": list(overwrites) if overwrites is not None else [False] * len(versions),
+            "attempt": [0] * len(versions),
+            "writer": [writer] * len(versions),
+            "read_from": pa.nulls(len(versions), pa.string()),
         },
         schema=LEDGER_SCHEMA,
     )
     append_rows(ledger, table)
     return len(versions)
+
+
+def record_retries(ledger: str | AppendTarget, rows: list[dict], read_from: list[str | None]) -> int:
+    """Ask for one more try of each ledger row of ``rows`` (dicts of its columns, with the ``attempt`` of its current
+    outcome): a row with the same file version, ``attempt`` one higher, ``discovered_by`` "retry", and ``read_from``
+    where its bytes are now (None: at its path). One commit; returns how many rows were written. Recording the same
+    retry twice is harmless: the stream gives each (file version, attempt) one outcome."""
+    if not rows:
+        return 0
+    now = datetime.now(timezone.utc)
+    columns = {name: [row.get(name) for row in rows] for name in ("file_id", "path", "label", "size_bytes")}
+    table = pa.table(
+        {
+            **columns,
+            "modified_at": pa.array([row["modified_at"] for row in rows], TIMESTAMP),
+            "discovered_at": pa.array([now] * len(rows), TIMESTAMP),
+            "discovered_by": ["retry"] * len(rows),
+            "overwrites": [bool(row.get("overwrites")) for row in rows],
+            "attempt": [int(row.get("attempt") or 0) + 1 for row in rows],
+            "writer": [row.get("writer") for row in rows],
+            "read_from": read_from,
+        },
+        schema=LEDGER_SCHEMA,
+    )
+    append_rows(ledger, table)
+    return len(rows)
 
 
 def digests(hex_ids: pa.Array | list[str]) -> np.ndarray:
@@ -210,8 +262,9 @@ class LedgerView:
         return rows.num_rows
 
 
-def read_data_files(uri: str, files: list[str], columns: list[str] | None = None) -> pa.Table:
-    """The rows of some data files of the Delta table at ``uri`` (paths as its add actions spell them)."""
+def read_data_files(uri: str, files: list[str], columns: list[str] | None = None, schema: pa.Schema | None = None) -> pa.Table:
+    """The rows of some data files of the Delta table at ``uri`` (paths as its add actions spell them); with
+    ``schema``, columns a file lacks (written before they were added) are read as nulls."""
     import pyarrow.dataset as ds
 
     root = rust_uri(uri).rstrip("/")
@@ -222,7 +275,7 @@ def read_data_files(uri: str, files: list[str], columns: list[str] | None = None
 
         filesystem, _ = pafs.FileSystem.from_uri(root)
         located = [f.split("://", 1)[1] for f in located]
-    return ds.dataset(located, format="parquet", filesystem=filesystem).to_table(columns=columns)
+    return ds.dataset(located, format="parquet", filesystem=filesystem, schema=schema).to_table(columns=columns)
 
 
 def ledger_rows(uri: str, columns: list[str] | None = None) -> pa.Table:

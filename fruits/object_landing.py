@@ -37,6 +37,7 @@ class ObjectLanding:
     landing: str
     ledger: str
     method: str
+    writer: str | None = None  # the lease id this process heartbeats while it lands files (fruits.writers)
     # The ledger kept loaded from the first upload on (`fruits stage` and the web server land for as long as they run).
     _target: AppendTarget = field(init=False, compare=False, repr=False)
 
@@ -68,7 +69,7 @@ class ObjectLanding:
         """Record ``uploads`` in the ledger in one commit (before any of them is visible)."""
         now_ms = int(time.time() * 1000)  # informational: the server sets the object's own mtime
         versions = [FileVersion(u.target, u.size, now_ms, label_of(u.target, self.landing), u.etag) for u in uploads]
-        record(self._target, versions, self.method)
+        record(self._target, versions, self.method, writer=self.writer)
 
     def _publish(self, upload: _Upload) -> str:
         """PUT the object under its name, never replacing one: a name taken meanwhile moves it to the next free one

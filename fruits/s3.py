@@ -33,7 +33,7 @@ def is_s3(uri: str) -> bool:
 
 def uses_s3(config: Config) -> bool:
     """Whether any location of ``config``'s home (the home itself, or a landing folder elsewhere) is on S3."""
-    return any(is_s3(uri) for uri in (config.home, config.landing, config.archive))
+    return any(is_s3(uri) for uri in (config.home, config.landing, config.archive, config.quarantine))
 
 
 def split(uri: str) -> tuple[str, str]:
@@ -160,6 +160,12 @@ def put_new(uri: str, data: bytes) -> str | None:
     bucket, key = split(uri)
     reply = _reply(lambda: client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*"), CONFLICT)
     return None if reply is None else clean_etag(reply["ETag"])
+
+
+def put(uri: str, data: bytes) -> str:
+    """Store ``data`` at ``uri`` in one PUT, replacing any object there; its ETag."""
+    bucket, key = split(uri)
+    return clean_etag(client().put_object(Bucket=bucket, Key=key, Body=data)["ETag"])
 
 
 def replace_if(uri: str, data: bytes, etag: str) -> str | None:

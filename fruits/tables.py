@@ -6,6 +6,7 @@ from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 from pyspark.sql.types import (
     ArrayType,
+    BooleanType,
     FloatType,
     LongType,
     StringType,
@@ -19,13 +20,22 @@ from pyspark.sql.types import (
 LEDGER_LINK = [
     StructField("file_id", StringType(), True),
     StructField("discovered_at", TimestampType(), True),
-    # Where the file's bytes are now: HOME/archive/... once archived, the landing path when kept, null when deleted.
+    # Where the file's bytes are now: HOME/archive/... once archived, HOME/quarantine/... once quarantined, the landing
+    # path when kept, null when deleted (only ever after a features row).
     StructField("stored_path", StringType(), True),
+    # Which try of the file version this outcome is (0 first; a retry adds one). A file version's current outcome is
+    # the one of its highest attempt: a retry supersedes a quarantine row, which stays as history.
+    StructField("attempt", LongType(), True),
+]
+# Columns only quarantine rows have: why, in one word (fruits.verdicts.Cause), and whether the stream tries the file
+# again by itself (a transient cause, a writer that is still uploading, a file gone that may come back).
+QUARANTINE_ONLY = [
+    StructField("cause", StringType(), True),
+    StructField("retryable", BooleanType(), True),
 ]
 
 
-
-def _outcome_schema(result: StructField, content_known: bool) -> StructType:
+def _outcome_schema(result: StructField, content_known: bool, extra: list[StructField] = ()) -> StructType:
     """The columns of an outcome row: the file, when it was ingested, ``result`` (the features, or the quarantine
     reason), the model, and the link to its ledger row. ``content_known``: the bytes were always read."""
     return StructType(
@@ -39,12 +49,15 @@ def _outcome_schema(result: StructField, content_known: bool) -> StructType:
             result,
             StructField("model_id", StringType(), False),
             *LEDGER_LINK,
+            *extra,
         ]
     )
 
 
 FEATURES_SCHEMA = _outcome_schema(StructField("features", ArrayType(FloatType(), True), False), content_known=True)
-QUARANTINE_SCHEMA = _outcome_schema(StructField("reason", StringType(), False), content_known=False)
+QUARANTINE_SCHEMA = _outcome_schema(
+    StructField("reason", StringType(), False), content_known=False, extra=QUARANTINE_ONLY
+)
 
 PCA_SCHEMA = StructType(
     [

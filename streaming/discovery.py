@@ -22,6 +22,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Callable
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
@@ -154,7 +155,9 @@ class _Events(FileSystemEventHandler):
 class Discovery:
     """Records every new file version of the landing folder in the ledger; see the module docstring."""
 
-    def __init__(self, config: Config, landing: str, spark=None) -> None:
+    def __init__(
+        self, config: Config, landing: str, spark=None, after_listing: Callable[[list[FileVersion]], object] | None = None
+    ) -> None:
         settings = config.discovery
         self.ledger = config.files_table
         self.landing = landing  # as Spark spells it: file:/x or s3a://b/k
@@ -168,6 +171,7 @@ class Discovery:
         self.max_rows = settings.max_rows_per_commit
         # Overwrites in place only exist when files stay in landing; otherwise a name is free again once archived.
         self.view = LedgerView(self.ledger, track_paths=self.keep)
+        self.after_listing = after_listing  # told every listing's files (fruits.streaming.leftovers)
         self.recorded: Counter[str] = Counter()
         self.last_backfill: dict[str, float] = {}
         self._events = _Events(self.extensions)
@@ -188,6 +192,8 @@ class Discovery:
         listed = self.list_landing()
         listed_at = time.perf_counter()
         new = self._record_new(listed, "backfill")
+        if self.after_listing is not None:
+            self.after_listing(listed)
         self.last_backfill = {
             "listed": len(listed), "new": new, "list_seconds": round(listed_at - started, 3),
             "seconds": round(time.perf_counter() - started, 3),

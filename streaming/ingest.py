@@ -30,7 +30,9 @@ from fruits.streaming.discovery import Discovery
 from fruits.streaming.ledger_source import LedgerSource
 from fruits.streaming.migration import adopt_legacy_rows
 from fruits.streaming.progress import Progress
-from fruits.streaming.sink import OutcomeSink, StopRequested
+from fruits.streaming.leftovers import Leftovers
+from fruits.streaming.retries import Retries
+from fruits.streaming.sink import LandedFiles, OutcomeSink, StopRequested
 
 log = logging.getLogger("fruits.stream")
 
@@ -51,6 +53,7 @@ def start_stream(
     progress: Progress,
     available_now: bool = False,
     stop: threading.Event | None = None,
+    retries: Retries | None = None,
 ) -> StreamingQuery:
     """Start the featurizing query over the ledger (discovery must be running); returns the :class:`StreamingQuery`:
     the ledger as a streaming source (:mod:`fruits.streaming.ledger_source`) -> the sink (featurize, append the
@@ -63,7 +66,7 @@ def start_stream(
     writer = (
         ledger.writeStream.queryName(config.stream.query_name)
         .option("checkpointLocation", config.checkpoint("ingest"))
-        .foreachBatch(build_sink(spark, config, handler, progress, stop))
+        .foreachBatch(build_sink(spark, config, handler, progress, stop, retries))
     )
     if available_now:
         writer = writer.trigger(availableNow=True)
@@ -81,14 +84,20 @@ def ship_model_files(spark: SparkSession, handler: Featurizer) -> None:
 
 
 def build_sink(
-    spark: SparkSession, config: Config, handler: Featurizer, progress: Progress, stop: threading.Event | None
+    spark: SparkSession,
+    config: Config,
+    handler: Featurizer,
+    progress: Progress,
+    stop: threading.Event | None,
+    retries: Retries | None = None,
 ) -> OutcomeSink:
-    """The ``foreachBatch`` sink for ``config``'s home and settings."""
+    """The ``foreachBatch`` sink for ``config``'s home and settings; it hands retryable verdicts to ``retries``."""
     return OutcomeSink(
         features_table=config.features_table,
         quarantine_table=config.quarantine_table,
         landing=storage.qualify(spark, config.landing),
         archive=storage.qualify(spark, config.archive),
+        quarantine=storage.qualify(spark, config.quarantine),
         after_ingest=config.discovery.after_ingest,
         allow_overwrites=config.discovery.allow_overwrites,
         chunk_rows=config.stream.max_files_per_trigger,
@@ -97,6 +106,10 @@ def build_sink(
         max_bytes=config.model.max_bytes,
         max_pixels=config.model.max_pixels,
         progress=progress,
+        max_retries=config.stream.max_retries,
+        writers=config.writers,
+        writer_timeout=config.discovery.writer_timeout,
+        on_retryable=retries.watch if retries is not None else None,
         crash_marker=config.testing.crash_worker_on_bytes.encode(),
         stop_requested=stop,
     )
@@ -114,17 +127,26 @@ def run_stream(
     Ctrl-C stops it; returns how many files it gave an outcome. Refuses to start (:class:`fruits.locks.LockBusy`)
     while another stream runs on the home, unless the caller holds the home's stream lock (``lock_held``)."""
     with nullcontext() if lock_held else exclusive(config, "stream"), _stop_on_signals(stop) as stop:
-        discovery = Discovery(config, storage.qualify(spark, config.landing), spark)
+        files = LandedFiles(spark)
+        leftovers = Leftovers(config, files)
+        discovery = Discovery(config, storage.qualify(spark, config.landing), spark, after_listing=leftovers.submit)
         progress = Progress(spark, config.stream_progress)
+        retries = Retries(config, lambda uri: files.version(uri) is not None)
         try:
             prepare_home(spark, config)
             discovery.start(continuous=not available_now)  # one listing first: an available-now run sees it all
-            query = start_stream(spark, config, weights, progress, available_now, stop)
+            if retries.load():
+                log.info("%d quarantined files will be tried again", len(retries))
+            if not available_now:
+                retries.start()
+            query = start_stream(spark, config, weights, progress, available_now, stop, retries)
             log.info("stream %s watching %s (checkpoint %s)", query.name, config.landing, config.checkpoint("ingest"))
             _await(query, stop)
             return progress.files
         finally:
+            retries.stop()
             discovery.stop()
+            leftovers.stop()
 
 
 def _await(query: StreamingQuery, stop: threading.Event) -> None:

@@ -205,7 +205,7 @@ class LedgerReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         if at.in_snapshot and to.version >= 0:  # (part of) a snapshot
             files = self._snapshot_files(to.version)
             chosen = [path for path, _ in files[at.files or 0 : len(files) if to.files is None else to.files]]
-            rows = read_data_files(self.uri, chosen, LEDGER_SCHEMA.names).cast(ROWS_SCHEMA) if chosen else None
+            rows = read_data_files(self.uri, chosen, LEDGER_SCHEMA.names, ROWS_SCHEMA) if chosen else None
         else:
             rows = self._rows_between(at.version, to.version) if to.version > at.version else None
         if rows is None or rows.num_rows == 0:
@@ -223,7 +223,7 @@ class LedgerReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 self._latest()
                 changes = pa.table(self._table.load_cdf(starting_version=begin + 1, ending_version=last))
                 inserted = pc.equal(changes.column("_change_type").cast(pa.string()), "insert")
-                return changes.select(LEDGER_SCHEMA.names).cast(ROWS_SCHEMA).filter(inserted)
+                return _conform(changes, ROWS_SCHEMA).filter(inserted)
             except (DeltaError, pa.ArrowException, OSError) as exc:
                 text = str(exc)
                 if "not found" in text.lower() or "Invalid table version" in text or isinstance(exc, FileNotFoundError):
@@ -244,6 +244,16 @@ class LedgerReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def commit(self, end: dict) -> None:
         """Nothing to release: the ledger keeps its rows."""
+
+
+def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``rows`` with ``schema``'s columns, in its order and types; columns of rows written before they were added to
+    the ledger are nulls."""
+    names = set(rows.column_names)
+    return pa.table(
+        [rows.column(f.name).cast(f.type) if f.name in names else pa.nulls(rows.num_rows, f.type) for f in schema],
+        schema=schema,
+    )
 
 
 def _ipc(rows: pa.Table) -> bytes:

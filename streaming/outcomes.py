@@ -9,6 +9,7 @@ on ``discovered_at`` keeps working), and the change data feed that the PCA refit
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
@@ -18,12 +19,13 @@ from pyspark.sql.pandas.types import to_arrow_schema
 
 from fruits.appends import AppendTarget, append_rows
 from fruits.tables import FEATURES_SCHEMA, QUARANTINE_SCHEMA
+from fruits.verdicts import Cause
 
 FEATURES_ARROW = to_arrow_schema(FEATURES_SCHEMA, timezone="UTC")
 QUARANTINE_ARROW = to_arrow_schema(QUARANTINE_SCHEMA, timezone="UTC")
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 # Columns an outcome row takes from its ledger row as they are.
-FROM_LEDGER = ["path", "label", "size_bytes", "modified_at", "file_id", "discovered_at"]
+FROM_LEDGER = ["path", "label", "size_bytes", "modified_at", "file_id", "discovered_at", "attempt"]
 # The key of each commit's commitInfo that names the stream's micro-batch (bench/latency.py reads it).
 MICRO_BATCH_KEY = "fruits.micro_batch"
 
@@ -38,25 +40,48 @@ def append(table: str | AppendTarget, rows: pa.Table, micro_batch: int | None = 
     append_rows(table, rows, metadata)
 
 
-def quarantine_rows(
-    verdicts: Sequence[tuple[Mapping[str, Any], str]], stored: Mapping[str, str | None], model_id: str
-) -> pa.Table:
-    """Quarantine rows made from ledger rows alone: each ``(ledger row, reason)`` of ``verdicts``, with the file's
-    ``stored`` place (by ``file_id``); no content hash, since the bytes were not read."""
-    rows = [row for row, _ in verdicts]
+@dataclass(frozen=True)
+class Verdict:
+    """A quarantine verdict on one ledger row: the reason shown to people, its :class:`~fruits.verdicts.Cause`, and
+    whether the stream tries the file again by itself."""
+
+    row: Mapping[str, Any]
+    reason: str
+    cause: Cause
+    retryable: bool = False
+
+
+@dataclass(frozen=True)
+class Places:
+    """Where a file's bytes will be once its outcome is committed, by outcome: ``features`` (the archive, the
+    landing path when kept, None when deleted) or ``quarantine`` (HOME/quarantine/..., or the landing path when
+    kept: a quarantined original is never deleted)."""
+
+    features: str | None
+    quarantine: str | None
+
+
+def quarantine_rows(verdicts: Sequence[Verdict], places: Mapping[str, Places], model_id: str) -> pa.Table:
+    """Quarantine rows made from ledger rows alone (no content hash, since the bytes were not read), each with the
+    file's quarantine place (``places`` by ``file_id``; none for a file that is not there)."""
+    rows = [verdict.row for verdict in verdicts]
     now = datetime.now(timezone.utc)
     columns = _from_ledger(rows) | {
         "content_sha256": pa.nulls(len(rows), pa.string()),
         "ingested_at": pa.array([now] * len(rows), TIMESTAMP),
-        "reason": [reason for _, reason in verdicts],
+        "reason": [verdict.reason for verdict in verdicts],
         "model_id": [model_id] * len(rows),
-        "stored_path": [stored[row["file_id"]] for row in rows],
+        "stored_path": [
+            places[v.row["file_id"]].quarantine if v.cause.moves_original else None for v in verdicts
+        ],
+        "cause": [verdict.cause.value for verdict in verdicts],
+        "retryable": [verdict.retryable for verdict in verdicts],
     }
     return pa.table({field.name: columns[field.name] for field in QUARANTINE_ARROW}, schema=QUARANTINE_ARROW)
 
 
 def featurized_rows(
-    rows: Sequence[Mapping[str, Any]], read: pa.Table, stored: Mapping[str, str | None], model_id: str
+    rows: Sequence[Mapping[str, Any]], read: pa.Table, places: Mapping[str, Places], model_id: str
 ) -> tuple[pa.Table, list[Mapping[str, Any]]]:
     """Pair the featurizing job's collected rows (``path``, ``length``, ``mtime_ms``, ``content_sha256``,
     ``result``) with the ledger ``rows`` of the group, by path; returns (a featurized group for
@@ -66,12 +91,12 @@ def featurized_rows(
     discovery: its row gets that as its error instead of the features, and its new version has its own ledger row.
     (On an object store the server sets the mtime at upload, after `fruits drop` recorded the row: a version there is
     (path, size, ETag), so only the size is compared.)"""
-    index = {path: i for i, path in enumerate(read.column("path").to_pylist())}
+    index = {path: i for i, path in enumerate(read.column("path").to_pylist())}  # as read: source(row)
     lengths, mtimes = read.column("length").to_pylist(), read.column("mtime_ms").to_pylist()
     errors = pc.struct_field(read.column("result"), "error").to_pylist()
     matched, taken, unread = [], [], []
     for row in rows:
-        i = index.get(row["path"])
+        i = index.get(source(row))
         if i is None:
             unread.append(row)
             continue
@@ -80,27 +105,41 @@ def featurized_rows(
             modified = datetime.fromtimestamp(mtimes[i] / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
             error = (f"changed after it was discovered (now {lengths[i]} bytes, modified {modified}); its new version "
                      "has its own ledger row")
+            cause = Cause.CHANGED
         else:
             error = errors[i]
-        matched.append((row, error))
+            cause = None if error is None else Cause.REJECTED
+        matched.append((row, error, cause))
         taken.append(i)
     picked = read.take(pa.array(taken, pa.int64()))
-    ok = pa.array([error is None for _, error in matched], pa.bool_())
+    ok = pa.array([error is None for _, error, _ in matched], pa.bool_())
     features = pc.struct_field(picked.column("result"), "features")
-    columns = _from_ledger([row for row, _ in matched]) | {
+    place = [places[row["file_id"]] for row, _, _ in matched]
+    columns = _from_ledger([row for row, _, _ in matched]) | {
         "content_sha256": picked.column("content_sha256"),
         "ingested_at": pa.array([datetime.now(timezone.utc)] * len(matched), TIMESTAMP),
-        "stored_path": [stored[row["file_id"]] for row, _ in matched],
+        "stored_path": [
+            p.features if cause is None else p.quarantine if cause.moves_original else None
+            for p, (_, _, cause) in zip(place, matched)
+        ],
         "model_id": [model_id] * len(matched),
         "features": pc.if_else(ok, features, pa.nulls(len(matched), features.type)),
-        "error": [error for _, error in matched],
+        "error": [error for _, error, _ in matched],
+        "cause": pa.array([cause.value if cause else None for _, _, cause in matched], pa.string()),
+        "retryable": pa.array([False] * len(matched), pa.bool_()),
     }
     return pa.table(columns), unread
 
 
+def source(row: Mapping[str, Any]) -> str:
+    """Where a ledger row's bytes are read: ``read_from`` (a retry of a file kept in quarantine), else its path."""
+    return row.get("read_from") or row["path"]
+
+
 def _from_ledger(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The columns outcome rows take from their ledger rows (:data:`FROM_LEDGER`), timestamps as aware UTC."""
-    columns: dict[str, Any] = {name: [row[name] for row in rows] for name in FROM_LEDGER}
+    columns: dict[str, Any] = {name: [row.get(name) for row in rows] for name in FROM_LEDGER}
+    columns["attempt"] = pa.array([value or 0 for value in columns["attempt"]], pa.int64())
     for name in ("modified_at", "discovered_at"):
         columns[name] = pa.array([_utc(value) for value in columns[name]], TIMESTAMP)
     return columns

@@ -10,8 +10,14 @@ For each micro-batch of ledger rows:
    (``binaryFile``) and the pandas UDF featurizes them; its rows are collected through Arrow and appended from the
    driver, one delta-rs commit per table and chunk (:mod:`fruits.streaming.outcomes`). A ledger row whose file is
    gone, empty, or no longer the version the ledger recorded gets a quarantine row saying so.
-3. **After ingest**: once a chunk's outcomes are committed, its files are archived (or deleted, or kept:
-   ``[discovery] after_ingest``), so the landing folder only holds the backlog.
+3. **After ingest**: once a chunk's outcomes are committed, its featurized files are archived (or deleted, or kept:
+   ``[discovery] after_ingest``) and its quarantined files are moved to ``HOME/quarantine/`` (or kept; never deleted:
+   a verdict can be undone), so the landing folder only holds the backlog. A file is moved only if it is still the
+   version that was read (size, mtime and inode checked right before the move, and again after it).
+
+A ledger row asks for one try (``attempt``) of a file version; the sink gives each (file version, attempt) exactly
+one outcome. Quarantine verdicts that may pass (:mod:`fruits.verdicts`) are handed to the stream's retries
+(:mod:`fruits.streaming.retries`), which record the next attempt when it is due.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import reduce
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -42,7 +48,11 @@ from fruits.appends import AppendTarget
 from fruits.featurize import featurize_column
 from fruits.featurizer import Featurizer
 from fruits.uris import glob_escape, local_path, rust_uri
-from fruits.streaming.outcomes import append, epoch_ms, featurized_rows, quarantine_rows, split_featurized
+from fruits.verdicts import Cause, retryable
+from fruits.writers import writer_alive
+from fruits.streaming.outcomes import (
+    Places, Verdict, append, epoch_ms, featurized_rows, quarantine_rows, source, split_featurized,
+)
 from fruits.streaming.progress import Progress
 
 log = logging.getLogger("fruits.stream")
@@ -58,14 +68,25 @@ BINARY_FILE_SCHEMA = StructType(
 )
 LEDGER_COLUMNS = [
     "file_id", "path", "label", "size_bytes", "modified_at", "discovered_at", "discovered_by", "overwrites",
+    "attempt", "writer", "read_from",
 ]
 # `fruits drop`, `fruits stage` and web uploads record a file in the ledger just before they make it visible (a rename;
-# on S3, its PUT, one after another for a group of 500): a row of theirs whose file is not there yet is waited for, up
-# to this long after its discovery, before it is quarantined as gone.
+# on S3, its PUT, one after another for a group of 500). A row of theirs whose file is not there yet is looked at again
+# for this long (usually the milliseconds between the writer's commit and its rename), then, while its writer still
+# heartbeats, quarantined as "waiting" (not blocking the rest of the chunk): the stream's retries take it again when
+# the file appears or the writer stops (fruits.writers).
 RECORDED_FIRST = ("drop", "stage", "upload")
-PUBLISH_GRACE_SECONDS = 60.0
+PUBLISH_WAIT_SECONDS = 1.0
 # A ledger row as the sink handles it: column name -> value (timestamps are aware UTC datetimes).
 Row = dict[str, Any]
+# What a chunk's row got: FEATURIZED, or the cause of its quarantine row.
+FEATURIZED = "featurized"
+
+
+def key(row: Row) -> tuple[str, int]:
+    """A ledger row's (file version, attempt): what gets exactly one outcome."""
+    return row["file_id"], int(row.get("attempt") or 0)
+
 # Tries of a featurizing job before its files are split to find the one(s) that make it fail.
 FEATURIZE_ATTEMPTS = 2
 # How a featurizing job fails when a file breaks it: a Python worker that died (Py4JJavaError: "Python worker exited
@@ -118,6 +139,37 @@ class LandedFiles:
         else:
             storage.delete(self.spark, uri)
 
+    def identity(self, uri: str) -> tuple[int, int, int] | None:
+        """(size, mtime in ms, inode) of the file at ``uri`` (object stores: (size, -1, -1)), or None if there is
+        none: what must not change between a file's reading and its move."""
+        local = local_path(uri)
+        if local is None:
+            version = self.version(uri)
+            return None if version is None else (version[0], -1, -1)
+        try:
+            stat = os.stat(local)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return stat.st_size, stat.st_mtime_ns // 1_000_000, stat.st_ino
+
+    def move_unchanged(self, uri: str, target: str, expected: tuple[int, int, int]) -> bool:
+        """Move the file at ``uri`` to ``target`` if it is still ``expected`` (:meth:`identity`) and ``target`` is
+        free; a local move that a writer raced (the file changed during the move) is undone. Whether it moved."""
+        if self.identity(uri) != expected:
+            return False
+        if not self.move(uri, target):
+            return False
+        local, local_target = local_path(uri), local_path(target)
+        if local is not None and local_target is not None and self.identity(target) != expected:
+            try:  # a writer still had it open: put it back where the writer and discovery expect it
+                os.link(local_target, local)
+                os.unlink(local_target)
+                log.warning("%s changed while it was moved to %s: put back", uri, target)
+            except OSError as exc:
+                log.error("%s changed while it was moved to %s and could not be put back (%s): it is there", uri, target, exc)
+            return False
+        return True
+
 
 class StopRequested(RuntimeError):
     """Raised between chunks when a stop was requested: the micro-batch ends without being marked done."""
@@ -131,6 +183,7 @@ class OutcomeSink:
     quarantine_table: str
     landing: str  # as Spark spells it
     archive: str
+    quarantine: str  # where quarantined originals are kept (HOME/quarantine)
     after_ingest: str  # "archive" | "delete" | "keep"
     allow_overwrites: bool
     chunk_rows: int
@@ -139,12 +192,20 @@ class OutcomeSink:
     max_bytes: int
     max_pixels: int
     progress: Progress
+    max_retries: int = 3  # transient failures tried again this many times ([stream] max_retries)
+    writers: str = ""  # HOME/writers: heartbeats of drop, stage and serve (fruits.writers)
+    writer_timeout: float = 30.0
+    # Told about each retryable quarantine row once it is committed (the stream's retries); None: nobody is.
+    on_retryable: Callable[[list[dict]], None] | None = None
     crash_marker: bytes = b""  # tests only: [testing] crash_worker_on_bytes
     stop_requested: threading.Event | None = None  # set by SIGTERM / Ctrl-C: stop between chunks
     # Seconds since the epoch: no outcome row was discovered later than this (read once, then kept up to date).
     _decided_until: float | None = None
     _micro_batch: int | None = None  # the one being written (recorded in each commit)
     _loaded: dict[str, AppendTarget] = field(default_factory=dict)  # the outcome tables, kept loaded for the appends
+    # The chunk being written: what each row got (FEATURIZED or a Cause), and each file's identity when it was read.
+    _got: dict[tuple[str, int], str] = field(default_factory=dict)
+    _seen: dict[tuple[str, int], tuple[int, int, int] | None] = field(default_factory=dict)
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         files = LandedFiles(batch.sparkSession)
@@ -155,10 +216,11 @@ class OutcomeSink:
                 # Not a normal return, which would mark the micro-batch done: it is replayed at the next start,
                 # where its chunks already written are found decided.
                 raise StopRequested(f"stopped during micro-batch {batch_id}; it is finished at the next start")
-            stored = self._destinations(chunk, files)
-            self._write_outcomes(batch.sparkSession, chunk, stored, files)
+            places = self._places(chunk, files)
+            self._got, self._seen = {}, {}
+            self._write_outcomes(batch.sparkSession, chunk, places, files)
             with self.progress.phases.timed("after_ingest"):
-                self._after_ingest(chunk, stored, files)
+                self._after_ingest(chunk, places, files)
             self.progress.chunk_done(batch_id, len(chunk), time.perf_counter() - started)
             started = time.perf_counter()
 
@@ -168,9 +230,9 @@ class OutcomeSink:
         collected (through Arrow: timestamps arrive as aware UTC datetimes)."""
         with self.progress.phases.timed("ledger"):
             ledger = batch.select(*LEDGER_COLUMNS).toArrow().to_pylist()
-            rows = list({row["file_id"]: row for row in ledger}.values())
+            rows = list({key(row): row for row in ledger}.values())
             decided = self._decided(batch, rows) if rows else set()
-        todo = [row for row in rows if row["file_id"] not in decided]  # (duplicate versions were dropped above)
+        todo = [row for row in rows if key(row) not in decided]  # (rows asking twice for one try were dropped above)
         if decided:
             log.info("%d of %d ledger rows already have an outcome (a replay): skipped", len(decided), len(rows))
         for start in range(0, len(todo), self.chunk_rows):
@@ -179,59 +241,87 @@ class OutcomeSink:
             # its outcomes are committed now
             self._decided_until = max(self._decided_until, max(row["discovered_at"] for row in chunk).timestamp())
 
-    def _decided(self, batch: DataFrame, rows: list[Row]) -> set[str]:
-        """The ``file_id`` values of ``rows`` that already have an outcome row. The check is one job that reads only
-        the outcome rows discovered in the rows' time range (Delta data skipping on ``discovered_at``), so it stays
-        cheap as the tables grow. It is skipped when every row was discovered after the newest ``discovered_at`` of
-        any outcome row, since none can have one then: the usual micro-batch. A replay, a new checkpoint, or rows
-        recorded out of order by another process run it."""
+    def _decided(self, batch: DataFrame, rows: list[Row]) -> set[tuple[str, int]]:
+        """The (``file_id``, ``attempt``) of ``rows`` that already have an outcome row. The check is one job that
+        reads only the outcome rows discovered in the rows' time range (Delta data skipping on ``discovered_at``), so
+        it stays cheap as the tables grow. It is skipped when every row was discovered after the newest
+        ``discovered_at`` of any outcome row, since none can have one then: the usual micro-batch. A replay, a new
+        checkpoint, or rows recorded out of order by another process run it."""
         low, high = min(row["discovered_at"] for row in rows), max(row["discovered_at"] for row in rows)
         if self._decided_until is None:
             self._decided_until = newest_outcome(self.features_table, self.quarantine_table)
         if low.timestamp() > self._decided_until:
             return set()
         spark = batch.sparkSession
+        attempt = F.coalesce(F.col("attempt"), F.lit(0)).cast("long").alias("attempt")
         outcomes = [
-            spark.read.format("delta").load(table).select("file_id", "discovered_at")
+            spark.read.format("delta").load(table).where(F.col("discovered_at").between(low, high))
+            .select("file_id", attempt)
             for table in (self.features_table, self.quarantine_table)
         ]
         found = (
             reduce(DataFrame.unionByName, outcomes)
-            .where(F.col("discovered_at").between(low, high))
-            .join(F.broadcast(batch.select("file_id")), "file_id", "left_semi")
-            .select("file_id")
+            .join(F.broadcast(batch.select("file_id", attempt)), ["file_id", "attempt"], "left_semi")
             .collect()
         )
-        return {row["file_id"] for row in found}
+        return {(row["file_id"], int(row["attempt"])) for row in found}
 
-    def _destinations(self, chunk: list[Row], files: LandedFiles) -> dict[str, str | None]:
-        """Where each file's bytes will be once its outcome is committed (recorded in the outcome row)."""
-        if self.after_ingest == "keep":
-            return {row["file_id"]: row["path"] for row in chunk}
-        if self.after_ingest == "delete":
-            return {row["file_id"]: None for row in chunk}
+    def _places(self, chunk: list[Row], files: LandedFiles) -> dict[str, Places]:
+        """Where each file's bytes will be once its outcome is committed, as features or as quarantine (recorded in
+        the outcome row's ``stored_path``)."""
         day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
-        prefix, chosen, stored = self.landing.rstrip("/") + "/", set(), {}
+        chosen: set[str] = set()
+        places = {}
         for row in chunk:
-            relative = row["path"][len(prefix) :] if row["path"].startswith(prefix) else row["path"].rsplit("/", 1)[-1]
-            target = f"{self.archive.rstrip('/')}/{day}/{relative}"
-            if target in chosen or files.taken(target):  # the same name archived before today: keep both
-                stem, dot, extension = target.rpartition(".")
-                target = f"{stem}~{row['file_id'][:8]}{dot}{extension}"
-            chosen.add(target)
-            stored[row["file_id"]] = target
-        return stored
+            if self.after_ingest == "keep":
+                places[row["file_id"]] = Places(source(row), source(row))
+                continue
+            kept = row.get("read_from") if (row.get("read_from") or "").startswith(self.quarantine.rstrip("/") + "/") else None
+            places[row["file_id"]] = Places(
+                features=None if self.after_ingest == "delete" else self._free_target(self.archive, day, row, chosen, files),
+                quarantine=kept or self._free_target(self.quarantine, day, row, chosen, files),
+            )
+        return places
 
-    def _write_outcomes(self, spark: SparkSession, chunk: list[Row], stored: dict, files: LandedFiles) -> None:
+    def _free_target(self, root: str, day: str, row: Row, chosen: set[str], files: LandedFiles) -> str:
+        """``root/<day>/<the file's path below landing>``, or with ``~<file id>`` before its extension if that is
+        taken (the same name stored before today) or already chosen for another file of the chunk."""
+        prefix = self.landing.rstrip("/") + "/"
+        relative = row["path"][len(prefix) :] if row["path"].startswith(prefix) else row["path"].rsplit("/", 1)[-1]
+        target = f"{root.rstrip('/')}/{day}/{relative}"
+        if target in chosen or files.taken(target):
+            stem, dot, extension = target.rpartition(".")
+            target = f"{stem}~{row['file_id'][:8]}{dot}{extension}"
+        chosen.add(target)
+        return target
+
+    def _write_outcomes(self, spark: SparkSession, chunk: list[Row], places: dict[str, Places], files: LandedFiles) -> None:
         """The chunk's outcome rows: featurized rows, and quarantine rows (rejected images, files that produced no
-        row, verdicts made from the ledger row alone, and poison files)."""
-        verdicts = [(row, reason) for row in chunk if (reason := self._verdict(row))]
-        decided = {row["file_id"] for row, _ in verdicts}
-        self._await_published([row for row in chunk if row["file_id"] not in decided], files)
-        verdicts += self._write_readable(spark, [row for row in chunk if row["file_id"] not in decided], stored, files)
+        row, verdicts made from the ledger row alone, files not there, and files that failed their job alone)."""
+        verdicts = [verdict for row in chunk if (verdict := self._verdict(row))]
+        decided = {key(verdict.row) for verdict in verdicts}
+        for verdict in verdicts:  # never read: the file as it is now is what a move must find
+            self._seen[key(verdict.row)] = files.identity(source(verdict.row))
+        rest = [row for row in chunk if key(row) not in decided]
+        absent, rest = self._absent(rest, files)
+        verdicts += absent
+        verdicts += self._write_readable(spark, rest, places, files)
         with self.progress.phases.timed("append"):
-            rows = quarantine_rows(verdicts, stored, self.handler.model_id)
-            append(self._table(self.quarantine_table), rows, self._micro_batch)
+            self._quarantine(verdicts, places)
+
+    def _quarantine(self, verdicts: list[Verdict], places: dict[str, Places], rows: pa.Table | None = None) -> None:
+        """Append the quarantine rows of ``verdicts`` (and the ready-made ``rows``) in one commit, then hand the
+        retryable ones to :attr:`on_retryable`."""
+        made = quarantine_rows(verdicts, places, self.handler.model_id)
+        table = made if rows is None else pa.concat_tables([rows, made])
+        append(self._table(self.quarantine_table), table, self._micro_batch)
+        for row in table.select(["file_id", "attempt", "cause"]).to_pylist():
+            self._got[(row["file_id"], row["attempt"])] = row["cause"]
+        if self.on_retryable is not None:
+            again = table.filter(pc.fill_null(table.column("retryable"), False)).to_pylist()
+            writers = {verdict.row["file_id"]: verdict.row.get("writer") for verdict in verdicts}
+            if again:
+                self.on_retryable([{**row, "writer": writers.get(row["file_id"])} for row in again])
 
     def _table(self, location: str) -> AppendTarget:
         """The outcome table at ``location``, kept loaded (each append then writes only its commit)."""
@@ -239,22 +329,55 @@ class OutcomeSink:
             self._loaded[location] = AppendTarget(location)
         return self._loaded[location]
 
-    def _verdict(self, row: Row) -> str | None:
-        """A quarantine reason known from the ledger row alone (the file is not read), or None."""
+    def _verdict(self, row: Row) -> Verdict | None:
+        """A quarantine verdict known from the ledger row alone (the file is not read), or None."""
         if row["overwrites"] and not self.allow_overwrites:
-            return OVERWRITE_REASON
+            return Verdict(row, OVERWRITE_REASON, Cause.OVERWRITTEN)
         if row["size_bytes"] > self.max_bytes:  # never read: not by Python, not by the JVM (>2 GiB would fail it)
-            return f"file is {row['size_bytes']} bytes, above the limit of {self.max_bytes} bytes"
+            reason = f"file is {row['size_bytes']} bytes, above the limit of {self.max_bytes} bytes"
+            return Verdict(row, reason, Cause.TOO_LARGE)
         return None
 
-    def _write_readable(self, spark: SparkSession, rows: list[Row], stored: dict, files: LandedFiles) -> list[tuple]:
-        """Featurize and append ``rows``; returns (row, reason) of the files that crashed the featurizing job.
+    def _absent(self, rows: list[Row], files: LandedFiles) -> tuple[list[Verdict], list[Row]]:
+        """Split off the rows whose file is not there: (their verdicts, the rows to read). A file its writer recorded
+        before making it visible (:data:`RECORDED_FIRST`) is looked at again for up to :data:`PUBLISH_WAIT_SECONDS`;
+        still absent, it is "waiting" while its writer heartbeats, else "missing". Both are retried by the stream's
+        retries when the file appears. Records each present file's identity (the move checks it)."""
+        for row in rows:
+            self._seen[key(row)] = files.identity(source(row))
+        absent = [row for row in rows if self._seen[key(row)] is None]
+        deadline = time.monotonic() + PUBLISH_WAIT_SECONDS
+        recorded_first = [row for row in absent if row["discovered_by"] in RECORDED_FIRST]
+        while recorded_first and time.monotonic() < deadline and not self._stopping():
+            time.sleep(0.05)
+            for row in recorded_first:
+                self._seen[key(row)] = files.identity(source(row))
+            recorded_first = [row for row in recorded_first if self._seen[key(row)] is None]
+        absent = [row for row in absent if self._seen[key(row)] is None]
+        verdicts = []
+        for row in absent:
+            if row["discovered_by"] in RECORDED_FIRST and writer_alive(self.writers, row.get("writer"), self.writer_timeout):
+                reason = f"recorded by its writer ({row['discovered_by']}), which has not made it appear yet: waiting"
+                verdicts.append(Verdict(row, reason, Cause.WAITING, retryable=True))
+            else:
+                reason = ("its writer stopped before it appeared" if row["discovered_by"] in RECORDED_FIRST
+                          else "file disappeared before it was read")
+                verdicts.append(Verdict(row, f"{reason}; ingested if it appears", Cause.MISSING, retryable=True))
+        gone = {key(row) for row in absent}
+        return verdicts, [row for row in rows if key(row) not in gone]
+
+    def _stopping(self) -> bool:
+        return self.stop_requested is not None and self.stop_requested.is_set()
+
+    def _write_readable(self, spark: SparkSession, rows: list[Row], places: dict[str, Places], files: LandedFiles) -> list[Verdict]:
+        """Featurize and append ``rows``; returns the verdicts of the files that crashed the featurizing job.
 
         A failed job (a Python worker that died on a file, a JVM-side read error) is tried ``FEATURIZE_ATTEMPTS``
-        times, then the rows are split in halves until the failing files are alone (tried that often again). A file that fails alone is
-        poison only if a known-good probe image still goes through; otherwise the failure is not the files' fault
-        and is raised (the stream stops, and the batch is replayed on restart: no verdict is made)."""
-        poison, pending = [], [rows] if rows else []
+        times, then the rows are split in halves until the failing files are alone (tried that often again). A file
+        that fails alone while a known-good probe image still goes through is quarantined as transient: the stream
+        tries it again later ([stream] max_retries). If the probe fails too, the failure is not the files' fault and
+        is raised (the stream stops, and the batch is replayed on restart: no verdict is made)."""
+        failed, pending = [], [rows] if rows else []
         while pending:
             group = pending.pop()
             error = None
@@ -262,11 +385,11 @@ class OutcomeSink:
             # and a crashed worker must load the model again).
             for _ in range(FEATURIZE_ATTEMPTS if group is rows or len(group) == 1 else 1):
                 try:
-                    self._write_group(spark, group, stored, files)
+                    self._write_group(spark, group, places, files)
                     error = None
                     break
                 except JOB_FAILURES as exc:
-                    if "SPARK_JOB_CANCELLED" in str(exc) or (self.stop_requested and self.stop_requested.is_set()):
+                    if "SPARK_JOB_CANCELLED" in str(exc) or self._stopping():
                         raise  # the query is stopping: that says nothing about the files
                     error = exc
                     log.warning("featurizing %d files failed: %s", len(group), _cause(exc))
@@ -275,45 +398,30 @@ class OutcomeSink:
             if len(group) > 1:
                 pending += [group[: len(group) // 2], group[len(group) // 2 :]]
             elif self._probe_works(spark):
-                poison.append((group[0], f"featurizing this file failed {FEATURIZE_ATTEMPTS} times, alone: {_cause(error)}"))
+                row = group[0]
+                again = retryable(Cause.TRANSIENT, key(row)[1], self.max_retries)
+                reason = (f"featurizing this file failed {FEATURIZE_ATTEMPTS} times, alone (try {key(row)[1] + 1}"
+                          f"{', tried again later' if again else ', the last'}): {_cause(error)}")
+                failed.append(Verdict(row, reason, Cause.TRANSIENT, retryable=again))
             else:
                 raise error
-        for row, reason in poison:
-            log.error("quarantined %s: %s", row["path"], reason)
-        return poison
+        for verdict in failed:
+            log.error("quarantined %s: %s", verdict.row["path"], verdict.reason)
+        return failed
 
-    def _write_group(self, spark: SparkSession, rows: list[Row], stored: dict, files: LandedFiles) -> None:
+    def _write_group(self, spark: SparkSession, rows: list[Row], places: dict[str, Places], files: LandedFiles) -> None:
         """Read and featurize ``rows`` in one Spark job, collected through Arrow and paired with the ledger rows on the
         driver, then append one commit per table from here (:mod:`fruits.streaming.outcomes`); a ledger row that
         produced no row is quarantined with why."""
         with self.progress.phases.timed("featurize"):
             read = self._featurize(self._read(spark, rows, files)).toArrow()  # the job: every core
-        featurized, unread = featurized_rows(rows, read, stored, self.handler.model_id)
+        featurized, unread = featurized_rows(rows, read, places, self.handler.model_id)
         accepted, rejected = split_featurized(featurized)
-        if unread:
-            reasons = [(row, self._unread_reason(row, files)) for row in unread]
-            rejected = pa.concat_tables([rejected, quarantine_rows(reasons, stored, self.handler.model_id)])
         with self.progress.phases.timed("append"):
             append(self._table(self.features_table), accepted, self._micro_batch)
-            append(self._table(self.quarantine_table), rejected, self._micro_batch)
-
-    def _await_published(self, rows: list[Row], files: LandedFiles) -> None:
-        """Wait for the files that their writer recorded before making them visible, if they are not there yet
-        (see :data:`RECORDED_FIRST`), until they are or :data:`PUBLISH_GRACE_SECONDS` after their discovery."""
-        def unpublished(candidates: list[Row]) -> list[Row]:
-            now = time.time()
-            return [
-                row for row in candidates
-                if row["discovered_by"] in RECORDED_FIRST and row["discovered_at"].timestamp() + PUBLISH_GRACE_SECONDS > now
-                and files.version(row["path"]) is None
-            ]
-
-        waiting = unpublished(rows)
-        if waiting:
-            log.info("waiting for %d recorded files to appear (e.g. %s)", len(waiting), waiting[0]["path"])
-        while waiting and not (self.stop_requested is not None and self.stop_requested.is_set()):
-            time.sleep(0.05)  # usually the few milliseconds between the writer's ledger commit and its rename
-            waiting = unpublished(waiting)
+            for row in accepted.select(["file_id", "attempt"]).to_pylist():
+                self._got[(row["file_id"], row["attempt"])] = FEATURIZED
+            self._quarantine([self._unread_verdict(row, files) for row in unread], places, rejected)
 
     def _probe_works(self, spark: SparkSession) -> bool:
         """Whether the featurizing job works at all: one small image made here, through the same UDF."""
@@ -325,9 +433,9 @@ class OutcomeSink:
         return row["r"]["error"] is None
 
     def _read(self, spark: SparkSession, rows: list[Row], files: LandedFiles) -> DataFrame:
-        """``binaryFile`` over exactly the rows' paths (those still there; a file deleted meanwhile is skipped by
+        """``binaryFile`` over exactly the rows' files (those still there; a file deleted meanwhile is skipped by
         ``spark.sql.files.ignoreMissingFiles`` and quarantined as disappeared)."""
-        paths = sorted({row["path"] for row in rows if files.version(row["path"]) is not None})
+        paths = sorted({source(row) for row in rows if files.version(source(row)) is not None})
         for _ in range(3):
             if not paths:
                 break
@@ -351,31 +459,40 @@ class OutcomeSink:
             featurize_column(F.col("content"), self.handler, self.max_pixels, self.crash_marker).alias("result"),
         )
 
-    @staticmethod
-    def _unread_reason(row: Row, files: LandedFiles) -> str:
-        now = files.version(row["path"])
+    def _unread_verdict(self, row: Row, files: LandedFiles) -> Verdict:
+        now = files.version(source(row))
         if now is None:
-            return "file disappeared before it was read"
+            return Verdict(row, "file disappeared before it was read; ingested if it appears", Cause.MISSING, True)
         if now[0] == 0:
-            return "empty file (0 bytes)"
-        return "listed in the ledger but produced no row when read"
+            return Verdict(row, "empty file (0 bytes)", Cause.REJECTED)
+        reason = "listed in the ledger but produced no row when read"
+        return Verdict(row, reason, Cause.TRANSIENT, retryable(Cause.TRANSIENT, key(row)[1], self.max_retries))
 
-    def _after_ingest(self, chunk: list[Row], stored: dict, files: LandedFiles) -> None:
-        """Archive or delete the chunk's files, now that their outcomes are committed. A file that is no longer the
-        version its row describes (overwritten meanwhile) stays: its newer version has its own ledger row."""
-        if self.after_ingest == "keep":
-            return
+    def _after_ingest(self, chunk: list[Row], places: dict[str, Places], files: LandedFiles) -> None:
+        """Now that the chunk's outcomes are committed: archive or delete each featurized file, move each quarantined
+        one to its quarantine place (never deleted). A file that is no longer the version that was read (size,
+        mtime, inode) stays: it may still be written, and its newer version has its own ledger row."""
         for row in chunk:
-            now = files.version(row["path"])
-            if now is None or now[0] != row["size_bytes"] or (now[1] != -1 and now[1] != epoch_ms(row["modified_at"])):
+            got = self._got.get(key(row))
+            if got is None or (got != FEATURIZED and not Cause(got).moves_original):
+                continue
+            place = places[row["file_id"]]
+            target = place.features if got == FEATURIZED else place.quarantine
+            now, seen = files.identity(source(row)), self._seen.get(key(row))
+            if target == source(row) or now is None or now != seen or not self._same_version(row, now):
                 continue
             try:
-                if self.after_ingest == "delete":
-                    files.remove(row["path"])
-                elif not files.move(row["path"], stored[row["file_id"]]):
-                    log.warning("could not archive %s to %s; it stays in landing", row["path"], stored[row["file_id"]])
-            except OSError as exc:  # the outcome is committed: a file left in landing is only a cost, not a loss
-                log.warning("could not %s %s: %s", self.after_ingest, row["path"], exc)
+                if target is None:
+                    files.remove(source(row))
+                elif not files.move_unchanged(source(row), target, now):
+                    log.warning("could not move %s to %s; it stays where it is", source(row), target)
+            except OSError as exc:  # the outcome is committed: a file left behind is only a cost, not a loss
+                log.warning("could not move %s to %s: %s", source(row), target, exc)
+
+    @staticmethod
+    def _same_version(row: Row, identity: tuple[int, int, int]) -> bool:
+        """Whether a file's ``identity`` is the version its ledger row describes (size, and mtime off object stores)."""
+        return identity[0] == row["size_bytes"] and identity[1] in (-1, epoch_ms(row["modified_at"]))
 
 
 def newest_outcome(*tables: str) -> float:

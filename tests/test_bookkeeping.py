@@ -9,8 +9,9 @@ import pyarrow as pa
 import pytest
 
 from fruits.batch.moments import Moments
+from fruits.verdicts import Cause
 from fruits.streaming.outcomes import (
-    FEATURES_ARROW, QUARANTINE_ARROW, epoch_ms, featurized_rows, quarantine_rows, split_featurized,
+    FEATURES_ARROW, QUARANTINE_ARROW, Places, Verdict, epoch_ms, featurized_rows, quarantine_rows, split_featurized,
 )
 
 pytestmark = pytest.mark.fast  # no Spark, no TensorFlow, no ../shared (make test-fast)
@@ -68,13 +69,18 @@ def test_a_featurized_group_splits_into_features_and_quarantine_rows_by_error():
         "model_id": ["m/openvino-fp32"] * 3,
         "discovered_at": [row["discovered_at"] for row in ledger],
         "stored_path": ["file:/home/archive/2026-12-03/Banana/0.jpg", None, None],
+        "attempt": [0, 0, 1],
         "error": errors,
+        "cause": [None, "rejected", None],
+        "retryable": [False] * 3,
     })
     features, quarantine = split_featurized(group)
     assert features.schema == FEATURES_ARROW and quarantine.schema == QUARANTINE_ARROW
     assert features.column("file_id").to_pylist() == ["id0", "id2"]
     assert quarantine.column("file_id").to_pylist() == ["id1"]
     assert quarantine.column("reason").to_pylist() == [errors[1]]
+    assert quarantine.column("cause").to_pylist() == ["rejected"]
+    assert features.column("attempt").to_pylist() == [0, 1]
     assert features.column("stored_path").to_pylist()[0].endswith("archive/2026-12-03/Banana/0.jpg")
 
 
@@ -93,8 +99,11 @@ def test_what_the_job_read_is_paired_with_its_ledger_rows_by_path_and_version():
             pa.struct([("features", pa.list_(pa.float32())), ("error", pa.string())]),
         ),
     })
-    stored = {row["file_id"]: f"file:/home/archive/{row['file_id']}.jpg" for row in [*ledger, older]}
-    group, unread = featurized_rows([*ledger, older], read, stored, "m/openvino-fp32")
+    places = {
+        row["file_id"]: Places(f"file:/home/archive/{row['file_id']}.jpg", f"file:/home/quarantine/{row['file_id']}.jpg")
+        for row in [*ledger, older]
+    }
+    group, unread = featurized_rows([*ledger, older], read, places, "m/openvino-fp32")
     assert [row["file_id"] for row in unread] == ["id2"]
     features, quarantine = split_featurized(group)
     assert features.column("file_id").to_pylist() == ["id0"]
@@ -105,17 +114,27 @@ def test_what_the_job_read_is_paired_with_its_ledger_rows_by_path_and_version():
     assert set(reasons) == {"id1", "id0-old"}
     assert reasons["id1"].startswith("changed after it was discovered (now 1001 bytes, modified 2026-11-03 12:00:01.001)")
     assert reasons["id0-old"].startswith("changed after it was discovered (now 1000 bytes")
+    # a changed file's bytes are its newer version: it is not kept as this version's original
+    assert set(quarantine.column("cause").to_pylist()) == {"changed"}
+    assert quarantine.column("stored_path").to_pylist() == [None, None]
 
 
 def test_verdicts_from_ledger_rows_alone_become_quarantine_rows_without_a_content_hash():
     ledger = [ledger_row(i) for i in range(2)]
     ledger[1]["modified_at"] = ledger[1]["modified_at"].replace(tzinfo=None)  # as PySpark's collect gives it
-    verdicts = [(ledger[0], "empty file (0 bytes)"), (ledger[1], "file disappeared before it was read")]
-    rows = quarantine_rows(verdicts, {"id0": None, "id1": "file:/home/landing/Banana/1.jpg"}, "m/openvino-fp32")
+    verdicts = [
+        Verdict(ledger[0], "file disappeared before it was read", Cause.MISSING, retryable=True),
+        Verdict(ledger[1], "file is 99 bytes, above the limit of 9 bytes", Cause.TOO_LARGE),
+    ]
+    places = {"id0": Places(None, "file:/home/quarantine/0.jpg"), "id1": Places(None, "file:/home/quarantine/1.jpg")}
+    rows = quarantine_rows(verdicts, places, "m/openvino-fp32")
     assert rows.schema == QUARANTINE_ARROW and rows.num_rows == 2
     assert rows.column("content_sha256").null_count == 2
-    assert rows.column("reason").to_pylist() == [reason for _, reason in verdicts]
-    assert rows.column("stored_path").to_pylist() == [None, "file:/home/landing/Banana/1.jpg"]
+    assert rows.column("reason").to_pylist() == [verdict.reason for verdict in verdicts]
+    # a missing file has no original to keep; a quarantined one is kept in the quarantine folder, never deleted
+    assert rows.column("stored_path").to_pylist() == [None, "file:/home/quarantine/1.jpg"]
+    assert rows.column("cause").to_pylist() == ["missing", "too_large"]
+    assert rows.column("retryable").to_pylist() == [True, False]
     assert {t.tzinfo is not None for t in rows.column("modified_at").to_pylist()} == {True}
     assert rows.column("discovered_at").to_pylist()[0] == ledger[0]["discovered_at"]
 

@@ -1,0 +1,193 @@
+"""The stream's own retries: quarantine verdicts that may pass are tried again, exactly once per attempt.
+
+The sink hands every retryable quarantine row to :class:`Retries` (:attr:`OutcomeSink.on_retryable`); at start-up
+the current retryable rows of the quarantine table are loaded, so a restart forgets none. A thread then records the
+next attempt of a file version in the ledger (:func:`fruits.ledger.record_retries`) when it is due, and the stream
+reads it like any other ledger row:
+
+- ``transient`` (its job failed with it alone): after ``[stream] retry_backoff``, doubled at each attempt, up to
+  ``[stream] max_retries`` (the sink marks the last verdict not retryable); read again from where it is kept;
+- ``waiting`` (its writer has not made it appear yet): as soon as the file is there, or its writer stopped
+  heartbeating (then the next verdict is ``missing``);
+- ``missing`` (not there when read): as soon as the file is there again.
+
+A retry recorded twice (two processes, or a replay) asks for the same (file version, attempt): it gets one outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
+
+from fruits.config import Config
+from fruits.files import newest_per_file
+from fruits.ledger import ledger_target, record_retries
+from fruits.uris import rust_uri
+from fruits.verdicts import Cause, backoff_seconds
+from fruits.writers import writer_alive
+
+log = logging.getLogger("fruits.retries")
+
+# A missing file is looked for this often; a waiting one (its writer uploads now) at every tick.
+MISSING_CHECK_SECONDS = 5.0
+TICK_SECONDS = 0.5
+# Ledger columns a retry copies from the row it retries (the rest it sets).
+RETRY_COLUMNS = ["file_id", "path", "label", "size_bytes", "modified_at", "overwrites", "writer", "attempt"]
+
+
+@dataclass
+class Watched:
+    """A file version whose current outcome is a retryable quarantine row."""
+
+    row: dict  # RETRY_COLUMNS, ``attempt`` being that of the quarantine row
+    cause: Cause
+    stored_path: str | None
+    due: float  # clock time of the next look
+
+
+class Retries:
+    """Records the next attempt of retryable quarantined files when due; see the module docstring. ``exists`` tells
+    whether a file is at a location (the stream's file system); ``clock`` is a test seam (seconds, like
+    :func:`time.time`)."""
+
+    def __init__(self, config: Config, exists: Callable[[str], bool], *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.exists = exists
+        self.clock = clock
+        self.backoff = config.stream.retry_backoff
+        self.ledger = ledger_target(config.files_table)
+        self.recorded = 0
+        self._watched: dict[str, Watched] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __len__(self) -> int:
+        return len(self._watched)
+
+    def load(self) -> int:
+        """Watch the current retryable quarantine rows of the home (after a restart); returns how many."""
+        rows = current_retryable(self.config)
+        self.watch(rows)
+        return len(rows)
+
+    def watch(self, rows: list[dict]) -> None:
+        """Watch quarantine rows (dicts with the quarantine table's columns, ``retryable`` true)."""
+        missing_writers = [row["file_id"] for row in rows if "writer" not in row]
+        writers = _writers_of(self.config, missing_writers) if missing_writers else {}
+        with self._lock:
+            for row in rows:
+                cause, attempt = Cause(row["cause"]), int(row.get("attempt") or 0)
+                ingested = row["ingested_at"].timestamp() if isinstance(row["ingested_at"], datetime) else self.clock()
+                due = ingested + backoff_seconds(attempt, self.backoff) if cause is Cause.TRANSIENT else self.clock()
+                copied = {name: row.get(name) for name in RETRY_COLUMNS}
+                copied["writer"] = row.get("writer", writers.get(row["file_id"]))
+                copied["attempt"] = attempt
+                current = self._watched.get(row["file_id"])
+                if current is None or current.row["attempt"] <= attempt:
+                    self._watched[row["file_id"]] = Watched(copied, cause, row.get("stored_path"), due)
+
+    def tick(self) -> int:
+        """Record the retries that are due now, in one ledger commit; returns how many."""
+        now = self.clock()
+        with self._lock:
+            candidates = [w for w in self._watched.values() if w.due <= now]
+        due: list[tuple[Watched, str | None]] = []
+        for watched in candidates:
+            if watched.cause is Cause.TRANSIENT:
+                due.append((watched, watched.stored_path))
+            elif self.exists(watched.row["path"]):
+                due.append((watched, None))
+            elif watched.cause is Cause.WAITING and not writer_alive(
+                self.config.writers, watched.row["writer"], self.config.discovery.writer_timeout, now
+            ):
+                due.append((watched, None))  # its writer is gone: the next verdict says so
+            else:
+                watched.due = now + (TICK_SECONDS if watched.cause is Cause.WAITING else MISSING_CHECK_SECONDS)
+        if not due:
+            return 0
+        record_retries(self.ledger, [w.row for w, _ in due], [read_from for _, read_from in due])
+        with self._lock:
+            for watched, _ in due:
+                if self._watched.get(watched.row["file_id"]) is watched:
+                    del self._watched[watched.row["file_id"]]
+        self.recorded += len(due)
+        log.info("asked the stream to try %d quarantined files again (e.g. %s: %s)", len(due),
+                 due[0][0].row["path"], due[0][0].cause.value)
+        return len(due)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="fruits-retries", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(TICK_SECONDS):
+            try:
+                self.tick()
+            except Exception:  # a failed look or commit is tried again at the next tick; never stop retrying
+                log.exception("retries failed; trying again")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def current_retryable(config: Config) -> list[dict]:
+    """The quarantine rows that are the current outcome of their file version and that the stream retries by itself.
+    Reads the quarantine table, and only the features rows of later attempts (Delta statistics skip the rest)."""
+    try:
+        quarantine = DeltaTable(rust_uri(config.quarantine_table)).to_pyarrow_dataset()
+    except TableNotFoundError:
+        return []
+    if "retryable" not in quarantine.schema.names:
+        return []
+    rows = quarantine.to_table()
+    rows = rows.set_column(rows.schema.get_field_index("attempt"), "attempt", pc.fill_null(rows.column("attempt"), 0))
+    candidates = rows.filter(pc.fill_null(rows.column("retryable"), False))
+    if candidates.num_rows == 0:
+        return []
+    ids = pc.unique(candidates.column("file_id"))
+    outcomes = [_tagged(rows.filter(pc.is_in(rows.column("file_id"), ids)), "quarantine")]
+    try:
+        features = DeltaTable(rust_uri(config.features_table)).to_pyarrow_dataset()
+        if "attempt" in features.schema.names:
+            retried = features.to_table(columns=["file_id", "attempt"], filter=pc.field("attempt") > 0)
+            outcomes.append(_tagged(retried.filter(pc.is_in(retried.column("file_id"), ids)), "features"))
+    except TableNotFoundError:
+        pass
+    newest = newest_per_file(pa.concat_tables(outcomes))
+    newest_attempt = dict(zip(newest.column("file_id").to_pylist(), newest.column("attempt").to_pylist()))
+    newest_kind = dict(zip(newest.column("file_id").to_pylist(), newest.column("kind").to_pylist()))
+    return [
+        row for row in candidates.to_pylist()
+        if newest_kind[row["file_id"]] == "quarantine" and newest_attempt[row["file_id"]] == row["attempt"]
+    ]
+
+
+def _tagged(rows: pa.Table, kind: str) -> pa.Table:
+    """(file_id, attempt, kind) of outcome rows, for :func:`fruits.files.newest_per_file`."""
+    return pa.table({
+        "file_id": rows.column("file_id"), "attempt": rows.column("attempt").cast(pa.int64()),
+        "kind": pa.array([kind] * rows.num_rows, pa.string()),
+    })
+
+
+def _writers_of(config: Config, file_ids: list[str]) -> dict[str, str | None]:
+    """The ``writer`` of the ledger rows of ``file_ids`` (the newest non-null one of each)."""
+    from fruits.ledger import ledger_rows
+
+    rows = ledger_rows(config.files_table, ["file_id", "writer"]) if file_ids else pa.table({})
+    if rows.num_rows == 0 or "writer" not in rows.column_names:
+        return {}
+    rows = rows.filter(pc.and_(pc.is_in(rows.column("file_id"), pa.array(file_ids, pa.string())), pc.is_valid(rows.column("writer"))))
+    return dict(zip(rows.column("file_id").to_pylist(), rows.column("writer").to_pylist()))
