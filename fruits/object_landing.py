@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 from fruits import s3
 from fruits.landing import Dropped, drop_plan, land_in_groups
@@ -38,6 +39,8 @@ class ObjectLanding:
     ledger: str
     method: str
     writer: str | None = None  # the lease id this process heartbeats while it lands files (fruits.writers)
+    # The conditional PUT (a parameter so that a test can slow the uploads down, as a slow link would).
+    put: Callable[[str, bytes], str | None] = field(default=s3.put_new, compare=False, repr=False)
     # The ledger kept loaded from the first upload on (`fruits stage` and the web server land for as long as they run).
     _target: AppendTarget = field(init=False, compare=False, repr=False)
 
@@ -77,7 +80,7 @@ class ObjectLanding:
         data = upload.source.read_bytes()
         if s3.etag_of(data) != upload.etag:
             raise OSError(f"{upload.source} changed while it was being dropped: drop it again")
-        while not s3.put_new(upload.target, data):
+        while not self.put(upload.target, data):
             relative = PurePosixPath(upload.target[len(self.landing.rstrip("/")) + 1 :])
             target = self._free_name(upload.size, upload.etag, relative, set())
             if target is None:

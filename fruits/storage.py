@@ -43,6 +43,14 @@ def list_dir_names(spark: SparkSession, uri: str) -> list[str]:
     return sorted(status.getPath().getName() for status in fs.listStatus(path) if status.isDirectory())
 
 
+def file_names(spark: SparkSession, uri: str) -> set[str]:
+    """Names of the files directly in the folder ``uri`` (empty if it does not exist): one listing request."""
+    path, fs = _path_and_fs(spark, uri)
+    if not fs.exists(path):
+        return set()
+    return {status.getPath().getName() for status in fs.listStatus(path) if status.isFile()}
+
+
 def write_text(spark: SparkSession, uri: str, text: str) -> None:
     """Write ``text`` (UTF-8) to ``uri``: written to a hidden temporary file, then renamed into place, so readers
     see the whole file or none (a file already at ``uri`` — left by an interrupted run — is replaced)."""

@@ -131,12 +131,13 @@ def run_stream(
         leftovers = Leftovers(config, files)
         discovery = Discovery(config, storage.qualify(spark, config.landing), spark, after_listing=leftovers.submit)
         progress = Progress(spark, config.stream_progress)
-        retries = Retries(config, lambda uri: files.version(uri) is not None)
+        retries = Retries(config, files.present)
         try:
             prepare_home(spark, config)
             discovery.start(continuous=not available_now)  # one listing first: an available-now run sees it all
             if retries.load():
                 log.info("%d quarantined files will be tried again", len(retries))
+                retries.tick()  # those due now (e.g. files that appeared while no stream ran): this run takes them
             if not available_now:
                 retries.start()
             query = start_stream(spark, config, weights, progress, available_now, stop, retries)

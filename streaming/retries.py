@@ -55,13 +55,15 @@ class Watched:
 
 
 class Retries:
-    """Records the next attempt of retryable quarantined files when due; see the module docstring. ``exists`` tells
-    whether a file is at a location (the stream's file system); ``clock`` is a test seam (seconds, like
+    """Records the next attempt of retryable quarantined files when due; see the module docstring. ``present`` tells
+    which of some locations hold a file now (the stream's file system); ``clock`` is a test seam (seconds, like
     :func:`time.time`)."""
 
-    def __init__(self, config: Config, exists: Callable[[str], bool], *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, config: Config, present: Callable[[list[str]], set[str]], *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.config = config
-        self.exists = exists
+        self.present = present
         self.clock = clock
         self.backoff = config.stream.retry_backoff
         self.ledger = ledger_target(config.files_table)
@@ -102,14 +104,15 @@ class Retries:
         with self._lock:
             candidates = [w for w in self._watched.values() if w.due <= now]
         due: list[tuple[Watched, str | None]] = []
+        alive: dict[str | None, bool] = {}  # one look per writer and tick
+        looked_for = [w.row["path"] for w in candidates if w.cause is not Cause.TRANSIENT]
+        there = self.present(looked_for) if looked_for else set()
         for watched in candidates:
             if watched.cause is Cause.TRANSIENT:
                 due.append((watched, watched.stored_path))
-            elif self.exists(watched.row["path"]):
+            elif watched.row["path"] in there:
                 due.append((watched, None))
-            elif watched.cause is Cause.WAITING and not writer_alive(
-                self.config.writers, watched.row["writer"], self.config.discovery.writer_timeout, now
-            ):
+            elif watched.cause is Cause.WAITING and not self._alive(watched.row["writer"], now, alive):
                 due.append((watched, None))  # its writer is gone: the next verdict says so
             else:
                 watched.due = now + (TICK_SECONDS if watched.cause is Cause.WAITING else MISSING_CHECK_SECONDS)
@@ -124,6 +127,11 @@ class Retries:
         log.info("asked the stream to try %d quarantined files again (e.g. %s: %s)", len(due),
                  due[0][0].row["path"], due[0][0].cause.value)
         return len(due)
+
+    def _alive(self, writer: str | None, now: float, seen: dict[str | None, bool]) -> bool:
+        if writer not in seen:
+            seen[writer] = writer_alive(self.config.writers, writer, self.config.discovery.writer_timeout, now)
+        return seen[writer]
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="fruits-retries", daemon=True)

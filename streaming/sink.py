@@ -139,6 +139,23 @@ class LandedFiles:
         else:
             storage.delete(self.spark, uri)
 
+    def present(self, uris: list[str]) -> set[str]:
+        """Which of ``uris`` are files now: a stat each on the local file system, else one listing per folder (a
+        large drop still uploading to S3 is looked at in a few requests, not one per photo)."""
+        if all(local_path(uri) is not None for uri in uris):
+            return {uri for uri in uris if os.path.isfile(local_path(uri))}
+        folders: dict[str, list[str]] = {}
+        for uri in uris:
+            folders.setdefault(uri.rsplit("/", 1)[0], []).append(uri)
+        found = set()
+        for folder, members in folders.items():
+            if len(members) == 1:
+                found.update(uri for uri in members if self.version(uri) is not None)
+            else:
+                names = storage.file_names(self.spark, folder)
+                found.update(uri for uri in members if uri.rsplit("/", 1)[1] in names)
+        return found
+
     def identity(self, uri: str) -> tuple[int, int, int] | None:
         """(size, mtime in ms, inode) of the file at ``uri`` (object stores: (size, -1, -1)), or None if there is
         none: what must not change between a file's reading and its move."""
@@ -348,15 +365,20 @@ class OutcomeSink:
         absent = [row for row in rows if self._seen[key(row)] is None]
         deadline = time.monotonic() + PUBLISH_WAIT_SECONDS
         recorded_first = [row for row in absent if row["discovered_by"] in RECORDED_FIRST]
+        if recorded_first:
+            log.info("waiting for %d recorded files to appear (e.g. %s)", len(recorded_first), recorded_first[0]["path"])
         while recorded_first and time.monotonic() < deadline and not self._stopping():
             time.sleep(0.05)
             for row in recorded_first:
                 self._seen[key(row)] = files.identity(source(row))
             recorded_first = [row for row in recorded_first if self._seen[key(row)] is None]
         absent = [row for row in absent if self._seen[key(row)] is None]
-        verdicts = []
+        verdicts, alive = [], {}
         for row in absent:
-            if row["discovered_by"] in RECORDED_FIRST and writer_alive(self.writers, row.get("writer"), self.writer_timeout):
+            writer = row.get("writer")
+            if writer not in alive:  # one look per writer
+                alive[writer] = writer_alive(self.writers, writer, self.writer_timeout)
+            if row["discovered_by"] in RECORDED_FIRST and alive[writer]:
                 reason = f"recorded by its writer ({row['discovered_by']}), which has not made it appear yet: waiting"
                 verdicts.append(Verdict(row, reason, Cause.WAITING, retryable=True))
             else:
@@ -400,8 +422,8 @@ class OutcomeSink:
             elif self._probe_works(spark):
                 row = group[0]
                 again = retryable(Cause.TRANSIENT, key(row)[1], self.max_retries)
-                reason = (f"featurizing this file failed {FEATURIZE_ATTEMPTS} times, alone (try {key(row)[1] + 1}"
-                          f"{', tried again later' if again else ', the last'}): {_cause(error)}")
+                reason = (f"featurizing this file failed {FEATURIZE_ATTEMPTS} times, alone: {_cause(error)} "
+                          f"(try {key(row)[1] + 1} of {self.max_retries + 1}{'; tried again later' if again else ''})")
                 failed.append(Verdict(row, reason, Cause.TRANSIENT, retryable=again))
             else:
                 raise error

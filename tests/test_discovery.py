@@ -143,7 +143,7 @@ def test_a_previous_versions_checkpoint_is_continued_and_a_file_recorded_before_
     class PublishWhenWaitedFor(logging.Handler):  # the writer's rename comes while the stream has the row
         def emit(self, record: logging.LogRecord) -> None:
             if record.getMessage().startswith("waiting for") and placement.temporary.exists():
-                threading.Timer(1.0, placement.temporary.rename, [placement.final]).start()
+                threading.Timer(0.3, placement.temporary.rename, [placement.final]).start()
 
     handler, logger = PublishWhenWaitedFor(), logging.getLogger("fruits.stream")
     level = logger.level

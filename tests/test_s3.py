@@ -140,10 +140,12 @@ def test_the_whole_service_on_an_s3a_home(s3_env, tmp_path):
     features = table(home, "features").to_pyarrow_table(columns=["path", "label", "stored_path"]).to_pylist()
     assert len({f["path"] for f in features}) == 100 and all(f["path"].startswith(f"s3a://{bucket}/fruits/landing/") for f in features)
     assert Counter(f["label"] for f in features) == {label: 20 for label in classes}
-    # after_ingest = "archive": landing only holds the backlog; the bytes live on under archive/ (copy, then delete)
+    # after_ingest = "archive": landing only holds the backlog; the bytes live on under archive/ (copy, then delete),
+    # and the quarantined originals under quarantine/ (kept, whatever after_ingest says: a verdict can be undone)
     assert keys(server, bucket, "fruits/landing/") == []
     archived = set(keys(server, bucket, "fruits/archive/"))
-    assert len(archived) == 100 + len(bad) and {f["stored_path"].split("/", 3)[3] for f in features} <= archived
+    assert len(archived) == 100 and {f["stored_path"].split("/", 3)[3] for f in features} <= archived
+    assert len(keys(server, bucket, "fruits/quarantine/")) == len(bad)
     assert keys(server, bucket, "fruits/tables/features/_delta_log/00000000000000000000.json")
 
     fruits(home, "refit-pca", "--k", "10")
@@ -264,3 +266,52 @@ def test_web_uploads_land_on_s3_recorded_in_the_ledger_and_never_over_another_ph
     recorded = ledger_rows(f"{home}/tables/files")
     assert sorted(recorded.column("path").to_pylist()) == [f"{home}/landing/Kiwi/kiwi-2.jpg", f"{home}/landing/Kiwi/kiwi.jpg"]
     assert set(recorded.column("discovered_by").to_pylist()) == {"upload"}
+
+
+@pytest.mark.slow
+def test_a_drop_of_500_photos_uploaded_over_3_minutes_is_all_featurized(s3_env, tmp_path):
+    """A large drop over a slow link: its 500 ledger rows are committed first, then the photos arrive one by one
+    over 3 minutes. The stream waits for them while the drop's writer heartbeats (without blocking the photos that
+    are there) and featurizes every one, once."""
+    from fruits import s3
+    from fruits.config import load_config
+    from fruits.object_landing import ObjectLanding
+    from fruits.writers import WriterLease
+
+    from conftest import SAMPLE
+
+    home = s3_env["home"]
+    photos = tmp_path / "photos"
+    for photo in sorted(SAMPLE.glob("*/*.jpg"))[:500]:
+        (photos / photo.parent.name).mkdir(parents=True, exist_ok=True)
+        (photos / photo.parent.name / photo.name).write_bytes(photo.read_bytes())
+    log = tmp_path / "stream.log"
+    stream = start_stream(home, log)
+    config = load_config(overrides={"paths": {"home": home}}, environ={})
+    pace = 180 / 500
+
+    def slow_put(uri: str, data: bytes) -> str | None:
+        time.sleep(pace)
+        return s3.put_new(uri, data)
+
+    try:
+        started = time.monotonic()
+        with WriterLease(config.writers, config.discovery.writer_timeout) as lease:
+            landing = ObjectLanding(config.landing, config.files_table, "drop", writer=lease.id, put=slow_put)
+            results = landing.drop([photos], list(config.stream.extensions))
+        assert sum(r.note == "placed" for r in results) == 500
+        assert time.monotonic() - started >= 180
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            rows = [json.loads(line) for line in fruits(home, "files", "--json").stdout.splitlines()]
+            if Counter(row["state"] for row in rows) == {"ingested": 500}:
+                break
+            assert stream.poll() is None, log.read_text()[-3000:]
+            time.sleep(5)
+        assert Counter(row["state"] for row in rows) == {"ingested": 500}, (Counter(row["state"] for row in rows), log.read_text()[-3000:])
+    finally:
+        os.killpg(stream.pid, signal.SIGTERM)
+        stream.wait(120)
+    features = table(home, "features").to_pyarrow_table(columns=["file_id"]).column("file_id").to_pylist()
+    assert len(features) == len(set(features)) == 500  # each photo featurized once
+    assert keys(s3_env["server"], s3_env["bucket"], "fruits/landing/") == []

@@ -39,7 +39,7 @@ def test_status_reports_duplicates_and_files_overwritten_in_place(spark, weights
     assert report["features"]["mean_file_bytes"] == round(detail["sizeInBytes"] / detail["numFiles"])
     assert report["quarantine"]["rows"] == 1 and report["quarantine"]["files"] == 1
     assert report["backlog"] == {
-        "discovered": 4, "ingested": 3, "quarantined": 1, "pending": 0, "oldest_pending_age_seconds": None
+        "discovered": 4, "ingested": 3, "quarantined": 1, "retrying": 0, "pending": 0, "oldest_pending_age_seconds": None
     }
     assert report["duplicates"] == {"contents": 1, "extra_rows": 1}
     assert report["landing_changes"]["overwritten"] == 1 and report["landing_changes"]["overwritten_paths"] == [str(lemon)]
