@@ -36,6 +36,16 @@ def states(config) -> dict[str, dict]:
     return {Path(local_path(row["path"])).name: row for row in file_states(config)}
 
 
+def small_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (250, 220, 40)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 def wait_until(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -59,7 +69,7 @@ def test_quarantined_originals_are_kept_and_every_verdict_can_be_undone(spark, w
     assert len(too_large) >= 2
     crashing = landing / "Lemon" / "crashes-the-worker.jpg"
     crashing.parent.mkdir(parents=True)
-    crashing.write_bytes(sample_files("Lemon", 1)[0].read_bytes() + MARKER.encode())
+    crashing.write_bytes(small_png() + MARKER.encode())  # below the byte cap: it reaches the worker
     sections = dict(
         testing={"crash_worker_on_bytes": MARKER},
         discovery={"after_ingest": "delete", "writer_timeout": "3s"},
