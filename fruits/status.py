@@ -135,8 +135,8 @@ def format_status(report: dict[str, Any]) -> str:
     age = files["oldest_pending_age_seconds"]
     lines.append(
         f"files: {files['discovered']} discovered, {files['ingested']} ingested, {files['quarantined']} quarantined, "
-        f"{files['retrying']} to be retried by the stream, {files['pending']} pending"
-        + (f" (oldest waiting {age:.0f} s)" if age is not None else "")
+        f"{files['pending']} pending" + (f" (oldest waiting {age:.0f} s)" if age is not None else "")
+        + (f", {files['retrying']} to be tried again by the stream" if files["retrying"] else "")
     )
     dup = report["duplicates"]
     lines.append(f"duplicates: {dup['contents']} contents ingested more than once ({dup['extra_rows']} extra rows)")
