@@ -190,10 +190,14 @@ def _stream(config: Config, args: argparse.Namespace) -> int:
     log.info("featurizer %s", make_handler(config, weights).model_id)
 
     from fruits.session import build_spark
-    from fruits.streaming.ingest import run_stream
+    from fruits.streaming.ingest import StreamFailed, run_stream
 
     spark = build_spark(config, "stream", COMMAND_SECTIONS["stream"])
-    files = run_stream(spark, config, weights, available_now=args.available_now, lock_held=True)
+    try:  # a requested stop (SIGTERM, Ctrl-C) returns normally: exit 0
+        files = run_stream(spark, config, weights, available_now=args.available_now, lock_held=True)
+    except StreamFailed as exc:  # the query's own error, Python traceback included, then exit 1
+        print(f"fruits stream: {exc}", file=sys.stderr)
+        return 1
     log.info("stream stopped after %d files", files)
     return 0
 

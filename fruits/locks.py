@@ -6,9 +6,10 @@ never leaves a stale lock.
 
 On an S3 home (``s3a://``): a lease object ``HOME/locks/<name>.lock`` (:class:`S3Lease`), created with a conditional
 PUT (``If-None-Match: *``: of two processes, exactly one creates it) and renewed every ``[s3] lease_seconds / 3``
-with ``If-Match`` on its ETag. A holder that stopped renewing for ``lease_seconds`` (its machine died), or a dead
-process of this same machine, is taken over (again with ``If-Match``, so of two contenders one wins). A holder that
-finds its lease taken over stops its process (SIGTERM: the stream's clean stop).
+with ``If-Match`` on its ETag. The lease names its holder by an owner id drawn at random per lease, never by host name
+and pid: two containers of one service share both (pid 1, one host name). A holder is taken over only once it stopped
+renewing for ``lease_seconds`` (its process or machine died), again with ``If-Match``, so of two contenders one wins.
+A holder that finds its lease taken over stops its process (SIGTERM: the stream's clean stop).
 
 Other remote homes (``hdfs://``): the lock file is local (``~/.cache/fruits/locks/``), which only keeps processes
 of the same machine apart; see docs/deployment.md.
@@ -21,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import threading
@@ -84,33 +86,15 @@ def exclusive(config: Config, name: str) -> Iterator[Path]:
 
 
 def _holder() -> dict[str, object]:
+    """A new holder record: a random owner id (what the lease is keyed by), and host, pid and start for people."""
     now = time.time()
-    return {"host": socket.gethostname(), "pid": os.getpid(),
+    return {"owner": secrets.token_hex(16), "host": socket.gethostname(), "pid": os.getpid(),
             "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)), "renewed_at": now}
 
 
-# The lease objects this process holds (a holder with this process's host and pid but not in here is a previous
-# container that ran under the same pid).
-_HELD: set[str] = set()
-
-
-def _dead(uri: str, holder: dict[str, object], lease_seconds: float) -> bool:
-    """Whether the lease's holder is gone: silent for ``lease_seconds``, or a process of this machine that is not
-    running (or has this process's pid without this process holding it: a container restarted under that pid)."""
-    if time.time() - float(holder.get("renewed_at", 0)) > lease_seconds:
-        return True
-    if holder.get("host") != socket.gethostname():
-        return False
-    pid = int(holder.get("pid", 0))
-    if pid == os.getpid():
-        return uri not in _HELD
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+def _silent(holder: dict[str, object], lease_seconds: float) -> bool:
+    """Whether the lease's holder stopped renewing for ``lease_seconds``: only then is it taken over."""
+    return time.time() - float(holder.get("renewed_at", 0)) > lease_seconds
 
 
 class S3Lease:
@@ -140,19 +124,18 @@ class S3Lease:
                 holder = json.loads(data)
             except ValueError:
                 holder = {}
-            if not _dead(self.uri, holder, self.lease_seconds):
+            if not _silent(holder, self.lease_seconds):
                 raise LockBusy(
                     f"another {self.name} is running on this home (host {holder.get('host')} pid {holder.get('pid')} "
                     f"since {holder.get('since')}; lease {self.uri}, renewed every {self.lease_seconds / 3:.0f} s): "
                     "exiting; run it again once that one has finished"
                 )
-            log.warning("taking over the %s lease of a holder that is gone: %s", self.name, holder)
+            log.warning("taking over the %s lease of a holder silent for %.0f s: %s", self.name, self.lease_seconds, holder)
             self.etag = s3.replace_if(self.uri, self._body(), etag)
             if self.etag is not None:
                 break
         if self.etag is None:
             raise LockBusy(f"another {self.name} took the lease {self.uri} at the same time: exiting")
-        _HELD.add(self.uri)
         self._thread = threading.Thread(target=self._renew, name=f"fruits-{self.name}-lease", daemon=True)
         self._thread.start()
 
@@ -175,7 +158,6 @@ class S3Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        _HELD.discard(self.uri)
         current = s3.get(self.uri)
         if current is not None and current[1] == self.etag:
             s3.delete(self.uri)

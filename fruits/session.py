@@ -70,6 +70,25 @@ def build_spark(config: Config, app_suffix: str = "", command_section: str | Non
 
         extra = [maven_coordinate(s3a_coordinates())] if uses_s3 else None
         builder = configure_spark_with_delta_pip(builder, extra_packages=extra)
+    start_jvm(builder)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def start_jvm(builder: SparkSession.Builder) -> None:
+    """Start this process's JVM (the py4j gateway, with the builder's settings) in a session of its own, unless one
+    runs already. A signal to the driver's process group (Ctrl-C in a terminal, an init such as ``tini -g`` that
+    forwards ``docker stop``'s SIGTERM to the group) then reaches the driver alone, which stops the stream between
+    two chunks, instead of killing the JVM and the Python workers it forks in the middle of a job (PySpark only
+    shields the JVM from SIGINT, and its workers restore the default handlers). The JVM still ends with this process,
+    even a killed one: it exits when its stdin, a pipe from this process, is closed."""
+    from pyspark import SparkConf, SparkContext
+    from pyspark.java_gateway import launch_gateway
+
+    if SparkContext._gateway is not None:  # a JVM runs already (a session was stopped): getOrCreate reuses it
+        return
+    # The settings as getOrCreate would pass them to spark-submit: spark.jars.packages (Delta's and S3A's jars,
+    # resolved at launch) and the driver's memory only take effect there.
+    conf = SparkConf().setAll(list(builder._options.items()))
+    SparkContext(conf=conf, gateway=launch_gateway(conf, popen_kwargs={"start_new_session": True}))

@@ -124,8 +124,9 @@ def run_stream(
     lock_held: bool = False,
 ) -> int:
     """Run the stream until it ends (``available_now``: what has landed by now), ``stop`` is set, or SIGTERM /
-    Ctrl-C stops it; returns how many files it gave an outcome. Refuses to start (:class:`fruits.locks.LockBusy`)
-    while another stream runs on the home, unless the caller holds the home's stream lock (``lock_held``)."""
+    SIGINT stops it (between two chunks: see :func:`_await`); returns how many files it gave an outcome. Refuses to
+    start (:class:`fruits.locks.LockBusy`) while another stream runs on the home, unless the caller holds the home's
+    stream lock (``lock_held``)."""
     with nullcontext() if lock_held else exclusive(config, "stream"), _stop_on_signals(stop) as stop:
         files = LandedFiles(spark)
         leftovers = Leftovers(config, files)
@@ -142,7 +143,7 @@ def run_stream(
                 retries.start()
             query = start_stream(spark, config, weights, progress, available_now, stop, retries)
             log.info("stream %s watching %s (checkpoint %s)", query.name, config.landing, config.checkpoint("ingest"))
-            _await(query, stop)
+            _await(spark, query, stop, progress)
             return progress.files
         finally:
             retries.stop()
@@ -150,32 +151,95 @@ def run_stream(
             leftovers.stop()
 
 
-def _await(query: StreamingQuery, stop: threading.Event) -> None:
-    """Wait for ``query`` to end or for ``stop``; raise if it failed."""
-    try:
-        while query.isActive and not stop.is_set():
+class StreamFailed(RuntimeError):
+    """The query ended with an error that is not a requested stop."""
+
+
+# Spark's loggers kept quiet while the stream runs: the query's end with an error is Spark's ERROR with the sink's
+# Python traceback (for the micro-batch the sink ends at a stop too), told instead by one line or by StreamFailed;
+# and query.stop() between two micro-batches warns that it found no job to cancel. (py4j's own log of the sink's
+# StopRequested is dropped too, by its type: every other exception of the sink is still logged.)
+QUIET_WHILE_STREAMING = {
+    "org.apache.spark.sql.execution.streaming.runtime.MicroBatchExecution": "OFF",
+    "org.apache.spark.scheduler.DAGScheduler": "ERROR",
+}
+
+
+def _await(spark: SparkSession, query: StreamingQuery, stop: threading.Event, progress: Progress) -> None:
+    """Wait for ``query`` to end, or for ``stop``. Once ``stop`` is set, the chunk in flight is finished: the sink
+    ends its micro-batch before the next chunk (:class:`fruits.streaming.sink.StopRequested`, recorded in
+    ``progress``), and a query between two micro-batches is stopped here; the checkpoint keeps the unfinished
+    micro-batch for the next start. Raises :class:`StreamFailed` if the query ended any other way with an error."""
+    told = False
+    with _log_levels(spark, QUIET_WHILE_STREAMING), _filtered(logging.getLogger("py4j.clientserver"), _not_a_stop):
+        while query.isActive:
+            if stop.is_set():
+                told = told or _tell_stop()
+                if not query.status["isTriggerActive"]:
+                    query.stop()  # between micro-batches: nothing to finish
+                    break
             try:
                 query.awaitTermination(0.5)
-            except StreamingQueryException as exc:  # the sink ended the batch because a stop was requested
-                if not (stop.is_set() and StopRequested.__name__ in str(exc)):
-                    raise
-    finally:
-        if stop.is_set():
-            log.info("stop requested: stopping the stream (the checkpoint keeps its place)")
-        if query.isActive:
-            query.stop()
+            except StreamingQueryException:
+                break  # judged below
+    if stop.is_set() and not told:  # the sink saw it first
+        _tell_stop()
     failure = query.exception()
-    if failure is not None and not (stop.is_set() and StopRequested.__name__ in str(failure)):
-        raise RuntimeError(f"stream failed: {failure}")
+    if failure is not None and not (stop.is_set() and progress.stopped_in is not None):
+        raise StreamFailed(f"stream failed: {failure}")
+
+
+def _tell_stop() -> bool:
+    log.info("stop requested: stopping after the chunk in flight (signal again to exit at once); the next start "
+             "resumes from the checkpoint")
+    return True
+
+
+def _not_a_stop(record: logging.LogRecord) -> bool:
+    """False for py4j's log of the exception a ``foreachBatch`` call raised when it is the sink's StopRequested."""
+    return not (record.exc_info and isinstance(record.exc_info[1], StopRequested))
+
+
+@contextmanager
+def _filtered(logger: logging.Logger, keep):
+    """``logger`` drops the records ``keep`` says False to, for the block."""
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
+@contextmanager
+def _log_levels(spark: SparkSession, levels: dict[str, str]):
+    """Spark's (log4j) loggers at ``levels`` for the block, then back at their own."""
+    log4j = spark.sparkContext._jvm.org.apache.logging.log4j
+    previous = {name: log4j.LogManager.getLogger(name).getLevel().toString() for name in levels}
+    for name, level in levels.items():
+        log4j.core.config.Configurator.setLevel(name, log4j.Level.toLevel(level))
+    try:
+        yield
+    finally:
+        for name, level in previous.items():
+            log4j.core.config.Configurator.setLevel(name, log4j.Level.toLevel(level))
 
 
 @contextmanager
 def _stop_on_signals(stop: threading.Event | None = None):
-    """``stop`` (or a new event), also set by SIGTERM / SIGINT while the block runs in the main thread."""
+    """``stop`` (or a new event), also set by SIGTERM / SIGINT while the block runs in the main thread. A second signal
+    does not wait: the process ends at once, as the signal's default action ends it (the JVM, its stdin closed, exits
+    too); the chunk in flight is featurized again at the next start, as after a kill."""
     stop, previous = stop or threading.Event(), {}
+
+    def handle(signum: int, _frame) -> None:
+        if stop.is_set():
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        stop.set()
+
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, lambda *_: stop.set())
+            previous[sig] = signal.signal(sig, handle)
     try:
         yield stop
     finally:

@@ -1,11 +1,20 @@
-"""Homes made before the file ledger: their outcome rows get the ledger's columns, and the ledger a row for each,
-so the first stream with the ledger finds those files already decided and featurizes none of them again."""
+"""Homes made before the file ledger: their outcome rows get a ledger row each, then the ledger's columns, so the
+first stream with the ledger finds those files already decided and featurizes none of them again.
+
+Adoption depends on what is actually un-adopted (outcome rows without a ``file_id``, told by the Delta statistics'
+null counts), not on whether the ledger exists: ``fruits serve`` and ``fruits drop`` create the ledger on first use,
+and a crash may fall between the ledger's creation and the adoption. Its two steps are idempotent, so a crash between
+them is finished by the next start: the ledger only gets the ``file_id`` values it lacks, and only rows without a
+``file_id`` are linked."""
 
 from __future__ import annotations
 
 import logging
+from typing import Callable, Sequence
 
-from pyspark.sql import Column, SparkSession
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fruits.config import Config
@@ -21,20 +30,47 @@ def file_id_column(path: Column, size: Column, modified_at: Column) -> Column:
     return F.substring(F.sha2(text, 256), 1, 32)
 
 
-def adopt_legacy_rows(spark: SparkSession, config: Config) -> int:
-    """Give outcome rows without a ``file_id`` their ledger link and a ledger row (once: only while the home has no
-    ledger yet). Returns how many rows were adopted."""
+def unadopted(table: str) -> bool:
+    """Whether the outcome table at ``table`` may hold rows without a ``file_id``, from its files' Delta statistics
+    (no scan): a null count above 0, or a file without one (e.g. written before the column was added)."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        DeltaTable(rust_uri(config.files_table))
-        return 0
+        actions = pa.table(DeltaTable(rust_uri(table)).get_add_actions(flatten=True))
     except TableNotFoundError:
-        pass
+        return False
+    column = "null_count.file_id"
+    if not actions.num_rows:
+        return False
+    if column not in actions.column_names:
+        return True
+    counts = actions.column(column)
+    return counts.null_count > 0 or (pc.max(counts).as_py() or 0) > 0
+
+
+def record_in_ledger(spark: SparkSession, config: Config) -> int:
+    """Step 1: a ledger row (``discovered_by`` "migration") for each file version of the outcome rows without a
+    ``file_id``, if the ledger has none for it yet. Returns how many rows it appended."""
+    ensure_ledger(config.files_table)
+    legacy = _legacy_rows(spark, config).select(
+        file_id_column(F.col("path"), F.col("size_bytes"), F.col("modified_at")).alias("file_id"),
+        "path", "label", "size_bytes", "modified_at", F.col("ingested_at").alias("discovered_at"),
+        F.lit("migration").alias("discovered_by"), F.lit(False).alias("overwrites"),
+    )
+    known = spark.read.format("delta").load(config.files_table).select("file_id")
+    new = legacy.dropDuplicates(["file_id"]).join(known, "file_id", "left_anti").localCheckpoint()
+    count = new.count()
+    if count:
+        new.write.format("delta").mode("append").save(config.files_table)
+    return count
+
+
+def link_to_ledger(spark: SparkSession, config: Config) -> int:
+    """Step 2: the outcome rows without a ``file_id`` get their ledger link (``file_id``, ``discovered_at``,
+    ``stored_path``). Appends no ledger row: returns 0."""
     from delta.tables import DeltaTable as SparkDeltaTable
 
-    adopted = None
     for table in (config.features_table, config.quarantine_table):
         SparkDeltaTable.forPath(spark, table).update(
             condition=F.col("file_id").isNull(),
@@ -44,14 +80,31 @@ def adopt_legacy_rows(spark: SparkSession, config: Config) -> int:
                 "stored_path": F.col("path"),
             },
         )
-        rows = spark.read.format("delta").load(table).select(
-            "file_id", "path", "label", "size_bytes", "modified_at", "discovered_at",
-            F.lit("migration").alias("discovered_by"), F.lit(False).alias("overwrites"),
-        )
-        adopted = rows if adopted is None else adopted.unionByName(rows)
-    ensure_ledger(config.files_table)
-    count = adopted.count()
+    return 0
+
+
+ADOPTION_STEPS: tuple[Callable[[SparkSession, Config], int], ...] = (record_in_ledger, link_to_ledger)
+
+
+def adopt_legacy_rows(
+    spark: SparkSession, config: Config, steps: Sequence[Callable[[SparkSession, Config], int]] = ADOPTION_STEPS
+) -> int:
+    """Adopt the outcome rows without a ``file_id``, if there are any (see the module docstring): run ``steps`` (tests
+    run a prefix of :data:`ADOPTION_STEPS`, as a crash after it would leave the home). Returns how many ledger rows
+    were appended."""
+    if not any(unadopted(table) for table in (config.features_table, config.quarantine_table)):
+        return 0
+    count = sum(step(spark, config) for step in steps)
     if count:
-        adopted.write.format("delta").mode("append").save(config.files_table)
-        log.info("adopted %d rows ingested before the file ledger (no file is featurized again)", count)
+        log.info("adopted %d files ingested before the file ledger (none is featurized again)", count)
     return count
+
+
+def _legacy_rows(spark: SparkSession, config: Config) -> DataFrame:
+    """The outcome rows (features and quarantine) without a ``file_id``."""
+    frames = [
+        spark.read.format("delta").load(table).where(F.col("file_id").isNull())
+        .select("path", "label", "size_bytes", "modified_at", "ingested_at")
+        for table in (config.features_table, config.quarantine_table)
+    ]
+    return frames[0].unionByName(frames[1])

@@ -26,6 +26,8 @@ class Progress:
     files: int = 0
     batches: int = 0
     phases: Phases = field(default_factory=Phases)
+    # The micro-batch the sink ended early because a stop was requested (:class:`fruits.streaming.sink.StopRequested`).
+    stopped_in: int | None = None
 
     def chunk_done(self, micro_batch: int, files: int, seconds: float) -> None:
         """Log and publish one chunk's figures (``files`` outcome rows committed in ``seconds``)."""

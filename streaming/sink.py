@@ -189,7 +189,15 @@ class LandedFiles:
 
 
 class StopRequested(RuntimeError):
-    """Raised between chunks when a stop was requested: the micro-batch ends without being marked done."""
+    """Raised when the sink ends a micro-batch early because a stop was requested (between two chunks, or when a job
+    failed meanwhile): the micro-batch is not marked done, and is finished at the next start. It crosses the JVM as
+    text only, so :meth:`ending` records it in the stream's :class:`Progress` first: the stream tells this end from a
+    failure by that record, not by the text."""
+
+    @classmethod
+    def ending(cls, progress: Progress, micro_batch: int) -> "StopRequested":
+        progress.stopped_in = micro_batch
+        return cls(f"stopped during micro-batch {micro_batch}; it is finished at the next start")
 
 
 @dataclass
@@ -232,7 +240,7 @@ class OutcomeSink:
             if self.stop_requested is not None and self.stop_requested.is_set():
                 # Not a normal return, which would mark the micro-batch done: it is replayed at the next start,
                 # where its chunks already written are found decided.
-                raise StopRequested(f"stopped during micro-batch {batch_id}; it is finished at the next start")
+                raise StopRequested.ending(self.progress, batch_id)
             places = self._places(chunk, files)
             self._got, self._seen = {}, {}
             self._write_outcomes(batch.sparkSession, chunk, places, files)
@@ -411,7 +419,9 @@ class OutcomeSink:
                     error = None
                     break
                 except JOB_FAILURES as exc:
-                    if "SPARK_JOB_CANCELLED" in str(exc) or self._stopping():
+                    if self._stopping():
+                        raise StopRequested.ending(self.progress, self._micro_batch) from exc  # not the files' fault
+                    if "SPARK_JOB_CANCELLED" in str(exc):
                         raise  # the query is stopping: that says nothing about the files
                     error = exc
                     log.warning("featurizing %d files failed: %s", len(group), _cause(exc))

@@ -247,14 +247,17 @@ def test_a_second_stream_on_the_same_home_stops_at_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_home_made_before_the_ledger_is_adopted_without_featurizing_anything_again(spark, weights, tmp_path):
-    """Tables written by the previous version (no ledger, no file_id column, photos still in landing): the first
-    stream adopts every row into the ledger and only featurizes the photo that is really new."""
+def test_a_home_made_before_the_ledger_is_adopted_once_even_after_drop_made_the_ledger_and_a_crash(spark, weights, tmp_path):
+    """Tables written by the previous version (no ledger, no file_id column, photos still in landing). `fruits drop`
+    makes the ledger first (as `serve` would), and the adoption crashes between its two steps: the next stream still
+    adopts every old row, each exactly once, and only featurizes the photo that is really new."""
     from pyspark.sql import functions as F
 
+    from fruits.landing import LedgerNote, drop
     from fruits.ledger import ledger_rows
-    from fruits.tables import LEDGER_LINK
+    from fruits.tables import FEATURES_SCHEMA, LEDGER_LINK, QUARANTINE_SCHEMA, ensure_table
     from fruits.streaming.ingest import run_stream
+    from fruits.streaming.migration import ADOPTION_STEPS, adopt_legacy_rows
 
     config = make_config(tmp_path, discovery={"after_ingest": "keep"})
     landing = tmp_path / "landing"
@@ -268,16 +271,25 @@ def test_a_home_made_before_the_ledger_is_adopted_without_featurizing_anything_a
         frame.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(table)
     shutil.rmtree(config.files_table)
     shutil.rmtree(config.checkpoint("ingest"))
-    new = place(sample_files("Mango", 1), landing / "Mango")
+    # The new version's first command is a drop: it makes the ledger, with its photo's row only.
+    (new,) = (r.target for r in drop(sample_files("Mango", 1), landing, ["jpg"], "Mango", LedgerNote(config.files_table, landing, "drop")))
+    assert Counter(ledger_rows(config.files_table).to_pandas()["discovered_by"]) == {"drop": 1}
+    # The stream's start crashes after the adoption's first step (prepare_home has added the columns by then).
+    ensure_table(spark, config.features_table, FEATURES_SCHEMA, "features")
+    ensure_table(spark, config.quarantine_table, QUARANTINE_SCHEMA, "quarantine")
+    assert adopt_legacy_rows(spark, config, steps=ADOPTION_STEPS[:1]) == 5
+    assert adopt_legacy_rows(spark, config, steps=ADOPTION_STEPS[:1]) == 0  # the ledger only gets what it lacks
 
     assert run_stream(spark, config, weights, available_now=True) == 1
     counts = outcome_paths(config)
-    assert sorted(counts) == sorted(uri(p) for p in [*old, landing / "Kiwi" / "broken.jpg", *new])
+    assert sorted(counts) == sorted(uri(p) for p in [*old, landing / "Kiwi" / "broken.jpg", new])
     assert set(counts.values()) == {1}
     rows = ledger_rows(config.files_table).to_pandas()
-    assert Counter(rows["discovered_by"]) == {"migration": 5, "backfill": 1}
+    assert Counter(rows["discovered_by"]) == {"migration": 5, "drop": 1}
+    assert rows["file_id"].is_unique
     features = spark.read.format("delta").load(config.features_table)
     assert features.where(F.col("file_id").isNull()).count() == 0
+    assert adopt_legacy_rows(spark, config) == 0  # nothing left to adopt, told by the statistics
 
 
 @pytest.mark.slow

@@ -119,3 +119,60 @@ def test_sigterm_stops_cleanly_and_a_restart_resumes(tmp_path):
     finish(home, log)
     counts = ingested_paths(home)
     assert set(counts) == landed and max(counts.values()) == 1
+
+
+def _processes() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, session id) of every running process (from /proc)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if fields[0] != "Z":  # a zombie has exited: only its parent has not reaped it yet
+                found[int(entry.name)] = (int(fields[1]), int(fields[3]))
+    return found
+
+
+def test_a_signal_to_the_whole_group_stops_between_chunks_and_a_killed_driver_leaves_no_jvm(tmp_path):
+    """Ctrl-C in a terminal, or `docker stop` through an init that forwards to the group, signal the stream's whole
+    process group. SIGTERM, then SIGINT, to the group, while chunks are being featurized: each run exits 0, with one
+    stop line and no traceback (the JVM and its Python workers, in a session of their own, are not hit). Then two
+    signals, and a kill -9 of the driver: it exits at once, and its JVM and workers with it. In the end every photo
+    has exactly one outcome."""
+    home = tmp_path / "home"
+    landed = land(home, images=300, corrupt=3)
+    flags = ["--trigger", "200ms", "--max-files-per-trigger", "10"]
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        log = tmp_path / f"stream-{sig.name}.log"
+        before = max(commits(home), 1)  # the table's creation is a commit too
+        process = start(home, log, *flags)
+        assert wait_for(lambda: commits(home) > before, 180, process), log.read_text()[-3000:]
+        time.sleep(0.5)  # into the next chunk's featurizing
+        os.killpg(process.pid, sig)
+        assert process.wait(120) == 0, log.read_text()[-3000:]
+        text = log.read_text()
+        stops = [line for line in text.splitlines() if "stop requested" in line]
+        assert len(stops) == 1, text[-3000:]
+        assert "Traceback" not in text and "Exception" not in text and " ERROR " not in text, text[-5000:]
+    assert len(ingested_paths(home)) < len(landed), "stopped too late to prove anything; slow the stream down"
+
+    # A second signal does not wait for the chunk in flight; a kill -9 of the driver alone: in both cases the JVM and
+    # its workers exit with the driver.
+    for name, end in {"second-signal": (signal.SIGTERM, signal.SIGINT), "killed": (signal.SIGKILL,)}.items():
+        log = tmp_path / f"stream-{name}.log"
+        before = commits(home)
+        process = start(home, log, *flags)
+        assert wait_for(lambda: commits(home) > before, 180, process), log.read_text()[-3000:]
+        (jvm,) = [pid for pid, (parent, session) in _processes().items() if parent == process.pid and session == pid]
+        in_jvm_session = lambda: [pid for pid, (_, session) in _processes().items() if session == jvm]  # noqa: E731
+        assert len(in_jvm_session()) >= 2  # the JVM and its Python workers
+        for sig in end:
+            os.killpg(process.pid, sig)  # the group: the driver only (the JVM has a session of its own)
+        assert process.wait(10) < 0, log.read_text()[-3000:]  # ended by the signal, without waiting for the chunk
+        assert wait_for(lambda: not in_jvm_session(), 60, poll=0.2), f"left behind: {in_jvm_session()}"
+
+    finish(home, log)
+    counts = ingested_paths(home)
+    assert set(counts) == landed and max(counts.values()) == 1, [p for p, n in counts.items() if n > 1][:5]

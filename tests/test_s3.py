@@ -160,6 +160,8 @@ def test_the_whole_service_on_an_s3a_home(s3_env, tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_on_s3_then_restart_ingests_every_photo_once_and_a_second_stream_is_refused(s3_env, tmp_path):
+    from fruits import s3
+
     home, bucket, server = s3_env["home"], s3_env["bucket"], s3_env["server"]
     photo_folders(tmp_path / "photos", ["Apple Granny Smith", "Fig", "Pineapple", "Pomegranate"], 40)
     fruits(home, "drop", str(tmp_path / "photos"))
@@ -180,36 +182,48 @@ def test_sigkill_on_s3_then_restart_ingests_every_photo_once_and_a_second_stream
     first.wait(30)
     assert len(outcome_paths(home)) < len(landed), "killed too late to prove anything"
 
-    fruits(home, "stream", "--available-now")  # takes over the dead process's lease at once (same machine)
+    # Its lease is taken over only once it has been silent for [s3] lease_seconds (the same host and pid prove nothing).
+    renewed = json.loads(s3.get(f"{home}/locks/stream.lock")[0])["renewed_at"]  # at most 10 s ago: 20 s left
+    refused = fruits(home, "stream", "--available-now", check=False, timeout=120)
+    assert refused.returncode == 3 and time.time() < renewed + 30, refused.stderr[-3000:]
+    time.sleep(max(0.0, renewed + 31 - time.time()))
+    fruits(home, "stream", "--available-now")
     counts = outcome_paths(home)
     assert max(counts.values()) == 1, [p for p, n in counts.items() if n > 1][:5]
     assert set(counts) == landed
 
 
-def test_lease_refuses_a_second_holder_and_takes_over_a_dead_one(s3_env):
+def test_a_lease_is_keyed_by_its_owner_not_by_host_and_pid_and_only_a_silent_holder_is_taken_over(s3_env):
+    """Two leases of one process (the same host name and pid, as two containers of one service have) never take each
+    other's, even after longer than the lease; a holder is taken over only once it stopped renewing for the lease."""
     from fruits import s3
     from fruits.locks import LockBusy, S3Lease
 
     uri = f"{s3_env['home']}/locks/test.lock"
-    first = S3Lease(uri, "test", lease_seconds=30)
+    first = S3Lease(uri, "test", lease_seconds=3)  # renewed every second
     first.acquire()
-    with pytest.raises(LockBusy, match="another test is running on this home"):
-        S3Lease(uri, "test", lease_seconds=30).acquire()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with pytest.raises(LockBusy, match="another test is running on this home"):
+            S3Lease(uri, "test", lease_seconds=3).acquire()
+        time.sleep(0.5)
+    assert json.loads(s3.get(uri)[0])["owner"] == first.holder["owner"]
+    assert first._thread.is_alive()  # still renewing: never found its lease taken
     first.release()
     assert s3.get(uri) is None
-    # A holder of this machine that is gone (a pid no process has): taken over at once.
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    holder = {"host": os.uname().nodename, "pid": int(dead.stdout), "since": "x", "renewed_at": time.time()}
-    assert s3.put_new(uri, json.dumps(holder).encode()) is not None
+
+    # A holder that stopped renewing (its process was killed), of this very host and pid: kept until it is silent
+    # for the lease, then taken over.
+    silent = {"owner": "a-killed-process", "host": os.uname().nodename, "pid": os.getpid(), "since": "x"}
+    assert s3.put_new(uri, json.dumps({**silent, "renewed_at": time.time() - 20}).encode()) is not None
+    with pytest.raises(LockBusy):
+        S3Lease(uri, "test", lease_seconds=30).acquire()
+    _, etag = s3.get(uri)
+    assert s3.replace_if(uri, json.dumps({**silent, "renewed_at": time.time() - 31}).encode(), etag) is not None
     taker = S3Lease(uri, "test", lease_seconds=30)
     taker.acquire()
-    assert json.loads(s3.get(uri)[0])["pid"] == os.getpid()
-    # A holder on another machine that stopped renewing for longer than the lease.
+    assert json.loads(s3.get(uri)[0])["owner"] == taker.holder["owner"] != silent["owner"]
     taker.release()
-    s3.put_new(uri, json.dumps({**holder, "host": "elsewhere", "renewed_at": time.time() - 31}).encode())
-    late = S3Lease(uri, "test", lease_seconds=30)
-    late.acquire()
-    late.release()
 
 
 def test_conditional_put_never_replaces_an_object(s3_env):
