@@ -254,12 +254,11 @@ def cmd_drop(config: Config, args: argparse.Namespace) -> int:
     sources = [Path(s) for s in args.sources]
     with writer_lease(config) as lease:  # the stream waits for recorded files while this heartbeats
         if is_s3(config.landing):  # one conditional PUT per object, no temporary name (fruits/object_landing.py)
-            landing = ObjectLanding(config.landing, config.files_table, "drop", writer=lease.id)
+            landing = ObjectLanding(config.landing, config.files_table, "drop", lease=lease)
             results = landing.drop(sources, extensions, args.label)
         else:
             landing = local_folder(config.landing)
-            note = LedgerNote(config.files_table, landing, "drop", writer=lease.id)
-            results = drop(sources, landing, extensions, args.label, note)
+            results = drop(sources, landing, extensions, args.label, LedgerNote(config.files_table, landing, "drop", lease))
     for result in results:
         print(f"{result.note}: {result.source}" + (f" -> {result.target}" if result.target else ""))
     placed = sum(r.note == "placed" for r in results)
@@ -281,8 +280,8 @@ def cmd_stage(config: Config, args: argparse.Namespace) -> int:
     stager = InboxStager(
         inbox=Path(args.inbox).resolve(),
         landing=landing,
-        note=None if remote else LedgerNote(config.files_table, landing, "stage", writer=lease.id),
-        place=ObjectLanding(config.landing, config.files_table, "stage", writer=lease.id).place if remote else None,
+        note=None if remote else LedgerNote(config.files_table, landing, "stage", lease),
+        place=ObjectLanding(config.landing, config.files_table, "stage", lease=lease).place if remote else None,
         extensions=list(config.stream.extensions),
         stable_seconds=config.stage.stable_seconds,
         settle_seconds=config.stage.settle_seconds,

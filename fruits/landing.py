@@ -24,6 +24,7 @@ from watchdog.observers import Observer
 from fruits.appends import AppendTarget
 from fruits.ledger import FileVersion, label_of, ledger_target, local_mtime_ms, record
 from fruits.uris import hadoop_uri
+from fruits.writers import WriterLease
 from fruits.names import check_label, check_sources, is_candidate, stage_refusal
 
 log = logging.getLogger("fruits.landing")
@@ -53,7 +54,8 @@ class LedgerNote:
     ledger: str  # the ledger's location (config.files_table)
     landing: Path
     method: str  # "drop", "stage" or "upload"
-    writer: str | None = None  # the lease id this process heartbeats while it lands files (fruits.writers)
+    # The heartbeat of this process while it lands files (fruits.writers): started before the first row is recorded.
+    lease: WriterLease | None = None
     # The ledger kept loaded from the first note on (`fruits stage` and the web server note for as long as they run:
     # each note then writes its commit without reading the ledger's log again).
     _target: AppendTarget = field(init=False, compare=False, repr=False)
@@ -68,7 +70,9 @@ class LedgerNote:
             stat = placement.temporary.stat()  # the rename keeps size and mtime
             path = hadoop_uri(str(placement.final))
             versions.append(FileVersion(path, stat.st_size, local_mtime_ms(stat), label_of(path, landing)))
-        record(self._target, versions, self.method, writer=self.writer)
+        if self.lease is not None:
+            self.lease.start()
+        record(self._target, versions, self.method, writer=self.lease.id if self.lease else None)
 
 
 @dataclass

@@ -18,6 +18,7 @@ from fruits import s3
 from fruits.landing import Dropped, drop_plan, land_in_groups
 from fruits.appends import AppendTarget
 from fruits.ledger import FileVersion, label_of, ledger_target, record
+from fruits.writers import WriterLease
 
 log = logging.getLogger("fruits.object_landing")
 
@@ -38,7 +39,8 @@ class ObjectLanding:
     landing: str
     ledger: str
     method: str
-    writer: str | None = None  # the lease id this process heartbeats while it lands files (fruits.writers)
+    # The heartbeat of this process while it lands files (fruits.writers): started before the first row is recorded.
+    lease: WriterLease | None = field(default=None, compare=False)
     # The conditional PUT (a parameter so that a test can slow the uploads down, as a slow link would).
     put: Callable[[str, bytes], str | None] = field(default=s3.put_new, compare=False, repr=False)
     # The ledger kept loaded from the first upload on (`fruits stage` and the web server land for as long as they run).
@@ -72,7 +74,9 @@ class ObjectLanding:
         """Record ``uploads`` in the ledger in one commit (before any of them is visible)."""
         now_ms = int(time.time() * 1000)  # informational: the server sets the object's own mtime
         versions = [FileVersion(u.target, u.size, now_ms, label_of(u.target, self.landing), u.etag) for u in uploads]
-        record(self._target, versions, self.method, writer=self.writer)
+        if self.lease is not None:
+            self.lease.start()
+        record(self._target, versions, self.method, writer=self.lease.id if self.lease else None)
 
     def _publish(self, upload: _Upload) -> str:
         """PUT the object under its name, never replacing one: a name taken meanwhile moves it to the next free one

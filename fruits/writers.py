@@ -30,9 +30,10 @@ log = logging.getLogger("fruits.writers")
 
 class WriterLease:
     """A heartbeat marker at ``folder/<id>`` rewritten every ``timeout / 3`` seconds from :meth:`start` to
-    :meth:`stop` (also a context manager).
+    :meth:`stop` (a context manager stops it at the end).
 
     >>> with WriterLease("/data/fruits/writers", timeout=30.0) as lease:
+    ...     lease.start()
     ...     record(ledger, versions, "drop", writer=lease.id)  # then make the files visible
     """
 
@@ -47,13 +48,16 @@ class WriterLease:
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> "WriterLease":
-        self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def start(self) -> None:
+        """Write the marker and keep it fresh (once: later calls do nothing). Writers call it just before they record
+        their first row, so that a command that lands nothing leaves nothing behind."""
+        if self._thread is not None:
+            return
         self.beat()
         self._thread = threading.Thread(target=self._run, name="fruits-writer-lease", daemon=True)
         self._thread.start()
@@ -85,8 +89,9 @@ class WriterLease:
     def stop(self) -> None:
         """Stop beating and remove the marker: the rows of this writer whose file never appeared are missing now."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        if self._thread is None:
+            return
+        self._thread.join()
         local = local_path(self.uri)
         try:
             if local is None:

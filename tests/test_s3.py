@@ -311,7 +311,7 @@ def test_a_drop_of_500_photos_uploaded_over_3_minutes_is_all_featurized(s3_env, 
     try:
         started = time.monotonic()
         with WriterLease(config.writers, config.discovery.writer_timeout) as lease:
-            landing = ObjectLanding(config.landing, config.files_table, "drop", writer=lease.id, put=slow_put)
+            landing = ObjectLanding(config.landing, config.files_table, "drop", lease=lease, put=slow_put)
             results = landing.drop([photos], list(config.stream.extensions))
         assert sum(r.note == "placed" for r in results) == 500
         assert time.monotonic() - started >= 180

@@ -121,6 +121,7 @@ def test_quarantined_originals_are_kept_and_every_verdict_can_be_undone(spark, w
 
         record(config.files_table, [version(late)], "drop", writer="a-writer-that-died")
         with WriterLease(config.writers, timeout=3.0) as lease:
+            lease.start()
             record(config.files_table, [version(slow)], "drop", writer=lease.id)
             wait_until(lambda: {states(config).get(n, {}).get("cause") for n in ("late.jpg", "slow.jpg")}
                        == {"missing", "waiting"}, 60, "the verdicts on files not there yet")
