@@ -42,6 +42,9 @@ DEFAULT_VARIANTS = [
     "delta-default-snapshot-partitions=--conf spark.databricks.delta.snapshotPartitions=50",
     "batches-of-1000=--max-files-per-trigger 1000",
 ]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from honest import Honest  # noqa: E402
+
 BATCH_LINE = re.compile(r"batch (\d+): (\d+) files in ([\d.]+) s")
 
 
@@ -122,10 +125,11 @@ def main() -> None:
     parser.add_argument("--variant", action="append", metavar="NAME=FLAGS", help="repeatable; see above")
     parser.add_argument("--master", default="local[*]")
     parser.add_argument("--bare-seconds", type=float, default=10.0, help="timed seconds of the TensorFlow yardstick")
+    Honest.add_arguments(parser)
     args = parser.parse_args()
     variants = [v.partition("=")[::2] for v in (args.variant or DEFAULT_VARIANTS)]
 
-    load_before = os.getloadavg()
+    honest = Honest.start(args)
     bare = bare_rates(args.weights, args.bare_seconds)
     tensorflow = max(v for k, v in bare.items() if k.startswith("tensorflow"))
     openvino = bare["openvino 2x1"]
@@ -140,15 +144,14 @@ def main() -> None:
             runs[-1]["x_openvino_bare"] = round((runs[-1]["steady_images_per_s"] or 0) / openvino, 2)
             print(json.dumps({k: v for k, v in runs[-1].items() if k != "batches"}), file=sys.stderr, flush=True)
     for run in runs:
-        print(
+        honest.ratio(
             f"{run['variant']}: steady {run['steady_images_per_s']} images/s = {run['x_openvino_bare']} x bare OpenVINO "
             f"fp32 ({openvino} images/s; target >= 0.85), {run['x_tensorflow_bare']} x bare TensorFlow; whole command "
-            f"{run['whole_command_seconds']} s", flush=True,
+            f"{run['whole_command_seconds']} s"
         )
     print(json.dumps({
-        "cpu_count": os.cpu_count(), "master": args.master, "images": args.images,
-        "load_avg_before": [round(x, 2) for x in load_before], "load_avg_after": [round(x, 2) for x in os.getloadavg()],
-        "bare_model_images_per_s": bare, "runs": runs,
+        "master": args.master, "images": args.images,
+        "bare_model_images_per_s": bare, "runs": runs, **honest.finish(),
     }, indent=2))
 
 
