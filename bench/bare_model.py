@@ -143,6 +143,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64, help="distinct photos in the timed loop")
     parser.add_argument("--seconds", type=float, default=8.0, help="timed seconds per configuration")
     parser.add_argument("--per-class", type=int, default=12, help="photos per ImageNet-known class for fidelity")
+    parser.add_argument("--ir-cache", help="IR cache folder to reuse (default: a new one: the conversion is timed too)")
     Honest.add_arguments(parser)
     args = parser.parse_args()
     honest = Honest.start(args)
@@ -152,6 +153,7 @@ def main() -> None:
 
     weights = resolve_weights(args.weights)
     with tempfile.TemporaryDirectory(prefix="fruits-bare-") as cache:
+        cache = args.ir_cache or cache
         started = time.perf_counter()
         ir_path = convert_once(weights, cache)  # converts in a child: this process never imports TensorFlow
         convert_seconds = time.perf_counter() - started

@@ -97,7 +97,7 @@ def stream_variant(name: str, flags: str, source: Path, count: int, weights: str
     return result
 
 
-def bare_rates(weights: str, seconds: float) -> dict[str, float]:
+def bare_rates(weights: str, seconds: float, ir_cache: str | None = None) -> dict[str, float]:
     """Images/s of the bare models on 64 pre-decoded photos, chunks of 32 (TensorFlow) or 8 (OpenVINO, the stream's
     inference batch): ``tensorflow 1x2``, ``tensorflow 2x1`` and ``openvino 2x1`` (processes x threads)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -110,7 +110,7 @@ def bare_rates(weights: str, seconds: float) -> dict[str, float]:
     images = decoded(photos[:: len(photos) // 64][:64])
     resolved = resolve_weights(weights)
     with tempfile.TemporaryDirectory(prefix="fruits-bench-ir-") as cache:
-        ir_path = convert_once(resolved, cache)
+        ir_path = convert_once(resolved, ir_cache or cache)
         rates = {}
         for runtime, procs, threads, chunk in (("tensorflow", 1, 2, 32), ("tensorflow", 2, 1, 32), ("openvino", 2, 1, 8)):
             spec = {"runtime": runtime, "precision": "fp32", "procs": procs, "threads": threads, "chunk": chunk}
@@ -125,12 +125,13 @@ def main() -> None:
     parser.add_argument("--variant", action="append", metavar="NAME=FLAGS", help="repeatable; see above")
     parser.add_argument("--master", default="local[*]")
     parser.add_argument("--bare-seconds", type=float, default=10.0, help="timed seconds of the TensorFlow yardstick")
+    parser.add_argument("--ir-cache", help="IR cache folder of the bare models (default: a new one)")
     Honest.add_arguments(parser)
     args = parser.parse_args()
     variants = [v.partition("=")[::2] for v in (args.variant or DEFAULT_VARIANTS)]
 
     honest = Honest.start(args)
-    bare = bare_rates(args.weights, args.bare_seconds)
+    bare = bare_rates(args.weights, args.bare_seconds, args.ir_cache)
     tensorflow = max(v for k, v in bare.items() if k.startswith("tensorflow"))
     openvino = bare["openvino 2x1"]
     print(f"bare models: {bare} images/s", file=sys.stderr, flush=True)
