@@ -6,6 +6,7 @@ import glob
 import logging
 import os
 import sys
+import time
 
 from pyspark.sql import SparkSession
 
@@ -39,6 +40,7 @@ def build_spark(config: Config, app_suffix: str = "", command_section: str | Non
     For a home on S3, ``hadoop-aws`` (and its AWS SDK bundle) is added the same way, only then (the bundle is
     large), with the ``fs.s3a.*`` settings of :mod:`fruits.s3`.
     """
+    started = time.perf_counter()
     uses_s3 = s3.configure(config) is not None  # also exports the settings to delta-rs/pyarrow in this process
     spark_cfg = config.spark
     master = spark_cfg.master
@@ -72,4 +74,5 @@ def build_spark(config: Config, app_suffix: str = "", command_section: str | Non
         builder = configure_spark_with_delta_pip(builder, extra_packages=extra)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    log.info("Spark session up in %.1f s (%s)", time.perf_counter() - started, master)  # bench/startup.py's phases
     return spark
