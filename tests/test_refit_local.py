@@ -162,6 +162,10 @@ def test_the_engine_follows_the_pca_settings(tmp_path):
     assert choose_engine(config(engine="local", local_max_rows=0), None, True)[0] == "local"
     remote = load_config(overrides={"paths": {"home": "s3a://bucket/fruits"}}, environ={})
     assert choose_engine(remote, None, True)[0] == "spark"
+    # Forced to run locally on S3, its compaction leaves the stream's tables to the stream (the only safe writer).
+    from fruits.batch.compaction import compact_tables_local
+
+    assert all("only safe writer" in outcome["skipped"] for outcome in compact_tables_local(remote).values())
 
 
 @pytest.mark.fast
