@@ -61,25 +61,45 @@ def feature_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return flat.reshape(len(column), -1).astype(np.float64, copy=False)
 
 
+class ChangedRows(Exception):
+    """The change data feed holds rows other than inserts (updates, deletes) in the versions read."""
+
+
 @dataclass
 class ArrowRows:
-    """The rows a refit reads (path, stored_path, label, model_id, features), as Arrow batches: a version of the
-    features table (scanned at each pass), or rows already read (the change feed's inserts)."""
+    """The rows a refit reads (path, stored_path, label, model_id, features), as Arrow batches read again at each
+    pass (the statistics, then the projection), never all at once: a version of the features table, or (``since``
+    set) the rows inserted in versions (since, version] from the change data feed."""
 
-    location: str | None = None
-    version: int | None = None
-    table: pa.Table | None = None
+    location: str
+    version: int
+    since: int | None = None
 
     def batches(self) -> Iterator[pa.RecordBatch]:
-        if self.table is not None:
-            return iter(self.table.to_batches(max_chunksize=BLOCK_ROWS))
+        """The rows' batches (opened now: delta-rs must not be called from inside one of its own writes); the change
+        feed's raise :class:`ChangedRows` at the first row that is not an insert."""
+        if self.since is not None:
+            return self._inserted()
         dataset = DeltaTable(rust_uri(self.location), version=self.version).to_pyarrow_dataset()
         names = set(dataset.schema.names)
         scanned = dataset.to_batches(columns=[c for c in ROW_COLUMNS if c in names], batch_size=BLOCK_ROWS)
         return (batch for part in scanned for batch in _with_row_columns(pa.Table.from_batches([part])).to_batches())
 
-    def count(self) -> int:
-        return sum(batch.num_rows for batch in self.batches())
+    def _inserted(self) -> Iterator[pa.RecordBatch]:
+        table = DeltaTable(rust_uri(self.location))
+        names = {field.name for field in table.schema().fields}
+        columns = [c for c in ROW_COLUMNS if c in names] + ["_change_type"]
+        reader = table.load_cdf(starting_version=self.since + 1, ending_version=self.version, columns=columns)
+
+        def batches() -> Iterator[pa.RecordBatch]:
+            for raw in reader:
+                batch = pa.table(pa.record_batch(raw))
+                kinds = set(batch.column("_change_type").cast(pa.string()).unique().to_pylist())
+                if kinds - {"insert"}:
+                    raise ChangedRows(f"rows were changed or deleted since version {self.since}")
+                yield from _with_row_columns(batch.drop_columns(["_change_type"])).to_batches(max_chunksize=BLOCK_ROWS)
+
+        return batches()
 
 
 def _with_row_columns(table: pa.Table) -> pa.Table:
@@ -134,33 +154,18 @@ class LocalEngine:
         stored = self.store.statistics(last.version)
         if stored is None:
             return f"v{last.version} has no stored statistics"
-        added = self._inserts_since(last.source_version, source_version)
-        if isinstance(added, str):
-            return added
-        rows = ArrowRows(table=added)
-        moments, new_ids = statistics_and_ids(rows)
+        rows = ArrowRows(self.config.features_table, source_version, since=last.source_version)
+        try:
+            moments, new_ids = statistics_and_ids(rows)
+        except ChangedRows as exc:
+            return str(exc)
+        except Exception as exc:  # change data feed off for those versions, or log files cleaned up
+            return f"change data feed unavailable ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})"
         if not set(new_ids) <= set(last.model_ids):
             return f"model id changed ({last.model_ids} -> {sorted(set(last.model_ids) | set(new_ids))})"
         previous = Moments.from_bytes(stored)
         merged = previous.merge(moments) if moments.n else previous  # no new row: the statistics stand
         return Fit(merged, list(last.model_ids), "incremental", merged.n - previous.n, rows)
-
-    def _inserts_since(self, since: int, until: int) -> pa.Table | str:
-        """The rows inserted in versions (since, until], or why they cannot be used (as the Spark path says)."""
-        if until <= since:
-            return _with_row_columns(pa.table({c: pa.array([], pa.string()) for c in ROW_COLUMNS[:-1]}
-                                              | {"features": pa.array([], pa.list_(pa.float32()))}))
-        try:
-            table = DeltaTable(rust_uri(self.config.features_table))
-            names = set(table.schema().to_arrow().names) if hasattr(table.schema(), "to_arrow") else set(ROW_COLUMNS)
-            columns = [c for c in ROW_COLUMNS if c in names] + ["_change_type"]
-            changes = pa.table(table.load_cdf(starting_version=since + 1, ending_version=until, columns=columns))
-        except Exception as exc:  # change data feed off for those versions, or log files cleaned up
-            return f"change data feed unavailable ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})"
-        kinds = set(changes.column("_change_type").cast(pa.string()).to_pylist())
-        if kinds - {"insert"}:
-            return f"rows were changed or deleted since version {since}"
-        return _with_row_columns(changes.drop_columns(["_change_type"]))
 
     def save_model(self, uri: str, components: np.ndarray, explained: np.ndarray) -> None:
         write_pca_model(self.store.files, uri, components, explained)

@@ -125,8 +125,9 @@ def test_fruits_refit_pca_on_a_small_home_starts_no_jvm(features_home, tmp_path)
     assert (home / "models" / "pca" / "v1" / "spark-model" / "metadata" / "part-00000").is_file()
 
 
-def _synthetic_features(location: str, rows: int) -> None:
-    """A features table (delta-rs, the stream's schema) of ``rows`` rows of 4 floats: for the engine rule only."""
+def _synthetic_features(location: str, rows: int, start: int = 0) -> None:
+    """A features table (delta-rs, the stream's schema) of ``rows`` rows of 4 floats, or ``rows`` more from ``start``:
+    for the engine rule and the fast tier only (the comparisons with Spark use real features)."""
     import pyarrow as pa
     from deltalake import write_deltalake
 
@@ -134,11 +135,11 @@ def _synthetic_features(location: str, rows: int) -> None:
 
     now = dt.datetime.now(dt.timezone.utc)
     write_deltalake(location, pa.table({
-        "path": [f"file:/x/{i}.jpg" for i in range(rows)], "label": ["A"] * rows, "content_sha256": ["0" * 64] * rows,
-        "size_bytes": [1] * rows, "modified_at": [now] * rows, "ingested_at": [now] * rows,
-        "features": [[0.5, 1.0, float(i), 2.0] for i in range(rows)], "model_id": ["m"] * rows,
-        "file_id": [None] * rows, "discovered_at": [None] * rows, "stored_path": [None] * rows,
-    }, schema=FEATURES_ARROW), configuration={"delta.enableChangeDataFeed": "true"})
+        "path": [f"file:/x/{i}.jpg" for i in range(start, start + rows)], "label": ["A"] * rows,
+        "content_sha256": ["0" * 64] * rows, "size_bytes": [1] * rows, "modified_at": [now] * rows,
+        "ingested_at": [now] * rows, "features": [[0.5, 1.0 + i % 3, float(i), 2.0] for i in range(start, start + rows)],
+        "model_id": ["m"] * rows, "file_id": [None] * rows, "discovered_at": [None] * rows, "stored_path": [None] * rows,
+    }, schema=FEATURES_ARROW), mode="append", configuration={"delta.enableChangeDataFeed": "true"})
 
 
 @pytest.mark.fast
@@ -181,6 +182,11 @@ def test_the_local_refit_runs_without_spark_on_a_synthetic_home(tmp_path):
     first = refit_pca_local(config, k=2).refitted
     assert (first.method, first.rows, first.engine, first.k) == ("full", 30, "local", 2)
     assert DeltaTable(config.pca_table).to_pyarrow_table().num_rows == 30
+    _synthetic_features(config.features_table, 2, start=30)
+    second = refit_pca_local(config, k=2).refitted
+    assert (second.method, second.rows, second.new_rows, second.fallback_reason) == ("incremental", 32, 2, None)
+    table = DeltaTable(config.pca_table).to_pyarrow_table()
+    assert table.num_rows == 32 and set(table.column("pca_version").to_pylist()) == {1}  # appended in v1's coordinates
     assert "pyspark.sql.session" not in sys.modules or not _spark_started()
 
 
