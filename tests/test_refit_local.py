@@ -82,12 +82,12 @@ def test_local_refit_writes_what_the_spark_refit_writes_full_then_incremental(sp
                                          "pca_table": str(tmp_path / "local-pca")}, compaction={"min_extra_files": 1})
 
     spark_v1 = refit_pca(spark, reference, k=10).refitted
-    files_before = len(DeltaTable(config.features_table).files())
+    files_before = len(DeltaTable(config.features_table).file_uris())
     outcome = refit_pca_local(local, k=10)
     local_v1 = outcome.refitted
     # delta-rs compacted the features table before the fit, as OPTIMIZE would (dataChange=false: no new rows).
     assert outcome.compaction["features"]["compacted"] and files_before >= 2
-    assert len(DeltaTable(config.features_table).files()) == 1
+    assert len(DeltaTable(config.features_table).file_uris()) == 1
     assert DeltaTable(config.features_table).history(1)[0]["operation"] == "OPTIMIZE"
     assert local_v1.source_version == spark_v1.source_version + 1
     _assert_same_refit(spark, local_v1, spark_v1, local, reference)
@@ -111,14 +111,21 @@ def test_local_refit_writes_what_the_spark_refit_writes_full_then_incremental(sp
 def test_fruits_refit_pca_on_a_small_home_starts_no_jvm(features_home, tmp_path):
     config, _, _ = features_home
     home = Path(config.home)
-    # No Java on the way: a refit that tried to start Spark would fail here.
-    env = {**os.environ, "JAVA_HOME": str(tmp_path / "no-java"), "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin",
-           "SPARK_HOME": str(tmp_path / "no-spark"), "FRUITS_WEIGHTS": str(NOTOP_WEIGHTS)}
-    env.pop("PYSPARK_SUBMIT_ARGS", None)
-    assert subprocess.run(["sh", "-c", "command -v java"], env=env, capture_output=True).returncode != 0
+    # A tripwire Java first on the way: Spark's launcher (JAVA_HOME/bin/java, else java on PATH) would run it.
+    jdk = tmp_path / "tripwire-jdk" / "bin"
+    jdk.mkdir(parents=True)
+    (jdk / "java").write_text(f"#!/bin/sh\ntouch {tmp_path / 'java-started'}\nexit 1\n")
+    (jdk / "java").chmod(0o755)
+    env = {**os.environ, "JAVA_HOME": str(jdk.parent), "PATH": f"{jdk}:{os.environ['PATH']}", "FRUITS_WEIGHTS": str(NOTOP_WEIGHTS)}
+    # The tripwire works: the same command on Spark trips it (and fails, writing no version).
+    spark_run = subprocess.run([FRUITS, "refit-pca", "--home", str(home), "--k", "20", "--engine", "spark"],
+                               capture_output=True, text=True, timeout=300, env=env)
+    assert spark_run.returncode != 0 and (tmp_path / "java-started").exists()
+    (tmp_path / "java-started").unlink()
     done = subprocess.run([FRUITS, "refit-pca", "--home", str(home), "--k", "20"], capture_output=True, text=True,
                           timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert not (tmp_path / "java-started").exists()
     assert "refit on this process (delta-rs + numpy, no JVM)" in done.stderr
     record = json.loads((home / "models" / "pca" / "v1" / "metadata.json").read_text())
     assert record["engine"] == "local" and record["k"] == 20 and record["rows"] == 250
