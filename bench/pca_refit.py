@@ -103,11 +103,12 @@ def notebook_pca_step(source: str, target: str, k: int) -> None:
     spark.stop()
 
 
-def compare_on_real_photos(workdir: Path, repeats: int, k: int, photos: int | None = None) -> dict:
-    """Whole `fruits refit-pca` against the notebook's PCA step, as processes, interleaved ``repeats`` times."""
+def compare_on_real_photos(workdir: Path, repeats: int, k: int, photos: int | None = None, also_spark: bool = False) -> dict:
+    """Whole `fruits refit-pca` against the notebook's PCA step, as processes, interleaved ``repeats`` times (and the
+    same refit with ``--engine spark``, if ``also_spark``)."""
     source = real_features_home(workdir, photos)
     parquet = notebook_input(source, workdir)
-    notebook, refit, steps, timings = [], [], [], []
+    notebook, refit, steps, timings, on_spark = [], [], [], [], []
     for repeat in range(repeats):
         out = workdir / "notebook-out"
         step = [sys.executable, __file__, "--notebook-step", str(parquet), str(out), str(k)]
@@ -117,7 +118,11 @@ def compare_on_real_photos(workdir: Path, repeats: int, k: int, photos: int | No
         home = fresh_home(source, workdir / f"refit-{repeat}")
         seconds, _ = run([FRUITS, "refit-pca", "--home", str(home), "--k", str(k)])
         refit.append(seconds)
-        timings.append(json.loads((home / "models" / "pca" / "v1" / "metadata.json").read_text())["timings"])
+        record = json.loads((home / "models" / "pca" / "v1" / "metadata.json").read_text())
+        timings.append({"engine": record.get("engine", "spark"), **record["timings"]})
+        if also_spark:
+            home = fresh_home(source, workdir / f"refit-spark-{repeat}")
+            on_spark.append(run([FRUITS, "refit-pca", "--home", str(home), "--k", str(k), "--engine", "spark"])[0])
     return {
         "rows": int(source.name.split("-")[1]), "k": k, "repeats": repeats,
         "refit_command_seconds": [round(s, 1) for s in refit],
@@ -125,6 +130,8 @@ def compare_on_real_photos(workdir: Path, repeats: int, k: int, photos: int | No
         "notebook_step_seconds_after_spark_start": steps,
         "refit_steps_seconds": timings,
         "ratio_refit_over_notebook": round(statistics.median(refit) / statistics.median(notebook), 3),
+        "spark_engine_command_seconds": [round(s, 1) for s in on_spark],
+        "ratio_spark_engine_over_notebook": round(statistics.median(on_spark) / statistics.median(notebook), 3) if on_spark else None,
     }
 
 
@@ -206,6 +213,7 @@ def main() -> None:
     parser.add_argument("--skip-million", action="store_true")
     parser.add_argument("--skip-real", action="store_true", help="the 1,000,000-row part only")
     parser.add_argument("--compare-reproject", action="store_true")
+    parser.add_argument("--also-spark", action="store_true", help="time `fruits refit-pca --engine spark` too")
     parser.add_argument("--photos", type=int, default=None, help="the first N photos of the sample (default: all 3,013)")
     Honest.add_arguments(parser)
     parser.add_argument("--notebook-step", nargs=3, metavar=("IN", "OUT", "K"), help=argparse.SUPPRESS)
@@ -216,11 +224,13 @@ def main() -> None:
     honest = Honest.start(args)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    real = None if args.skip_real else compare_on_real_photos(workdir, args.repeats, args.k, args.photos)
+    real = None if args.skip_real else compare_on_real_photos(workdir, args.repeats, args.k, args.photos, args.also_spark)
     million = None if args.skip_million else million_rows(workdir, args.rows, args.k, args.compare_reproject, args.photos)
     if real:
         honest.ratio(f"refit over {real['rows']:,} real photos / notebook PCA step (whole processes, medians): "
-                     f"{real['ratio_refit_over_notebook']}x (target <= 1)")
+                     f"{real['ratio_refit_over_notebook']}x (target <= 1; engine {real['refit_steps_seconds'][0]['engine']})")
+        if real["ratio_spark_engine_over_notebook"] is not None:
+            honest.ratio(f"the same refit with --engine spark / notebook PCA step: {real['ratio_spark_engine_over_notebook']}x")
     if million:
         honest.ratio(f"refit after +1 % at {million['rows']:,} rows, whole command: {million['incremental_refit_seconds']} s "
                      "(target <= 60 s)")

@@ -42,14 +42,14 @@ SMOKE = {
     "ir_cache.py": ["--rounds", "1"],
     "latency.py": ["--images", "3", "--rate", "5", "--warmup", "1", "--master", "local[2]", "--timeout", "120"],
     "s3_throughput.py": ["--images", "12", "--rounds", "1", "--max-files-per-trigger", "4", "--master", "local[2]"],
-    "pca_refit.py": ["--workdir", "{tmp}", "--repeats", "1", "--photos", "40", "--rows", "400", "--k", "5"],
+    "pca_refit.py": ["--workdir", "{tmp}", "--repeats", "1", "--photos", "40", "--rows", "400", "--k", "5", "--also-spark"],
     "startup.py": ["--rounds", "1", "--master", "local[2]"],
     "discovery_scale.py": ["--files", "60", "--drops", "2", "--rate", "5", "--listings", "1", "--lost", "5",
                            "--idle-seconds", "1", "--skip-file-source", "--workdir", "{tmp}"],
 }
 # Ratio lines each smoke run prints at least.
 RATIO_LINES = {
-    "bare_model.py": 6, "delta_append.py": 3, "int8.py": 4, "notebook_vs_stream.py": 2, "pca_refit.py": 2,
+    "bare_model.py": 6, "delta_append.py": 3, "int8.py": 4, "notebook_vs_stream.py": 2, "pca_refit.py": 3,
     "discovery_scale.py": 5, "s3_throughput.py": 2, "startup.py": 2,
 }
 SMOKE_RATIO = re.compile(r"^ratio \[smoke run, not a figure\]: \S", re.M)
