@@ -194,9 +194,4 @@ def test_the_local_refit_runs_without_spark_on_a_synthetic_home(tmp_path):
     assert (second.method, second.rows, second.new_rows, second.fallback_reason) == ("incremental", 32, 2, None)
     table = DeltaTable(config.pca_table).to_pyarrow_table()
     assert table.num_rows == 32 and set(table.column("pca_version").to_pylist()) == {1}  # appended in v1's coordinates
-    assert "pyspark.sql.session" not in sys.modules or not _spark_started()
-
-
-def _spark_started() -> bool:
-    context = getattr(sys.modules.get("pyspark"), "SparkContext", None)
-    return context is not None and context._active_spark_context is not None
+    # (A fast-tier run fails if anything started a JVM: tests/conftest.py's pytest_sessionfinish.)
