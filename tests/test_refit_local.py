@@ -195,3 +195,27 @@ def test_the_local_refit_runs_without_spark_on_a_synthetic_home(tmp_path):
     table = DeltaTable(config.pca_table).to_pyarrow_table()
     assert table.num_rows == 32 and set(table.column("pca_version").to_pylist()) == {1}  # appended in v1's coordinates
     # (A fast-tier run fails if anything started a JVM: tests/conftest.py's pytest_sessionfinish.)
+
+
+@pytest.mark.fast
+def test_delta_rs_compaction_while_appends_keep_coming_loses_no_row(tmp_path):
+    """The local refit compacts the stream's tables while the stream may append (blind appends, as the sink's)."""
+    import threading
+
+    from deltalake import DeltaTable
+
+    from fruits.batch.compaction import compact_table
+    from fruits.config import load_config
+
+    settings = load_config(overrides={"compaction": {"min_extra_files": 5}}, environ={}).compaction
+    location = str(tmp_path / "features")
+    for start in range(0, 40, 2):
+        _synthetic_features(location, 2, start=start)  # 20 small files
+    appender = threading.Thread(target=lambda: [_synthetic_features(location, 2, start=s) for s in range(40, 80, 2)])
+    appender.start()
+    outcome = compact_table(None, location, settings)
+    appender.join()
+    assert outcome["compacted"] and outcome["files_removed"] >= 20, outcome
+    paths = DeltaTable(location).to_pyarrow_table(columns=["path"]).column("path").to_pylist()
+    assert sorted(paths) == sorted(f"file:/x/{i}.jpg" for i in range(80))
+    assert any(entry["operation"] == "OPTIMIZE" for entry in DeltaTable(location).history())
