@@ -2,7 +2,7 @@
 
 Both modes read the same landing folder (one absolute `[paths] landing` in a --config file, a fresh home each), so
 they featurize exactly the same files under the same paths. The cluster is started from pyspark's own distribution
-(``fruits.standalone``: a master and ``--workers`` workers of ``--cores`` core(s) each, on 127.0.0.1); the workers
+(``tests/standalone.py``: a master and ``--workers`` workers of ``--cores`` core(s) each, on 127.0.0.1); the workers
 do not see ../shared, so the executors use the weights the driver ships with SparkContext.addFile, as on real nodes.
 
 Start-up (JVM, Ivy, executors, TensorFlow import, model build) is left out: the rate is taken from the stream's own
@@ -49,7 +49,7 @@ class PythonWorkerMemory(threading.Thread):
         self.roots, self.max_rss_mb, self.stop = roots, 0.0, threading.Event()
 
     def run(self) -> None:
-        from fruits.standalone import _descendants
+        from standalone import _descendants  # tests/standalone.py
 
         while not self.stop.wait(1.0):
             for root in self.roots():
@@ -111,8 +111,8 @@ def feature_rows(home: Path) -> int:
 
 
 def main() -> None:
-    sys.path.insert(0, str(ROOT))
-    from fruits.standalone import StandaloneCluster
+    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+    from standalone import StandaloneCluster  # tests/standalone.py: the cluster the suite's cluster tests start
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)

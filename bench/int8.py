@@ -115,7 +115,8 @@ def accuracy(rows, head: tuple[np.ndarray, np.ndarray], held_out: set[str], cali
     covariance = np.cov(train, rowvar=False)  # Spark's PCA: the top eigenvectors of the covariance, no centring on use
     eigenvalues, eigenvectors = np.linalg.eigh(covariance)
     components = eigenvectors[:, np.argsort(eigenvalues)[::-1][:20]]
-    reference = Reference(0, components, rows["label"][~test].to_numpy(), (train @ components).astype(np.float32), [], np.array([]))
+    reference = Reference(0, components, rows["label"][~test].to_numpy(), (train @ components).astype(np.float32), [], np.array([]),
+                          model_version=0)
     predicted = [nearest(reference, vector)["predicted"] for vector in features[test].astype(np.float64) @ components]
     return {
         "imagenet_top5": round(float((top5 == expected[:, None]).any(axis=1).mean()), 4), "imagenet_photos": int(known.sum()),

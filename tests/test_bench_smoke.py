@@ -117,6 +117,7 @@ def ir_cache() -> str:
     return str(ir_cache_dir(load_config(environ={})))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(SMOKE))
 def test_bench_runs_at_a_tiny_size(script, tmp_path, ir_cache):
     if script == "s3_throughput.py":
