@@ -142,7 +142,8 @@ def main() -> None:
         config = work / "landing.toml"
         settings = dict(item.split("=", 1) for item in args.conf)
         config.write_text(
-            f'[paths]\nlanding = "{landing}"\n\n[spark.conf]\n'
+            # keep: every run reads the same landing folder, so none may archive the photos away from the next
+            f'[paths]\nlanding = "{landing}"\n\n[discovery]\nafter_ingest = "keep"\n\n[spark.conf]\n'
             + "".join(f"{json.dumps(key)} = {json.dumps(value)}\n" for key, value in settings.items())
         )
         runs = []
