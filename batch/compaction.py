@@ -39,9 +39,10 @@ MIB = 1024 * 1024
 OPTIMIZE_SIZE_SETTINGS = ("spark.databricks.delta.optimize.minFileSize", "spark.databricks.delta.optimize.maxFileSize")
 
 
-def compact_tables(spark: SparkSession, config: Config) -> dict[str, dict[str, Any]]:
+def compact_tables(spark: SparkSession | None, config: Config) -> dict[str, dict[str, Any]]:
     """Compact the features, quarantine and file ledger tables where it is worth it (the ledger gets a small file per
-    discovery commit); one outcome per table (see :func:`compact_table`)."""
+    discovery commit); one outcome per table (see :func:`compact_table`). ``spark`` None: with delta-rs
+    (:func:`compact_tables_local`)."""
     settings = config.compaction
     tables = {"features": config.features_table, "quarantine": config.quarantine_table, "files": config.files_table}
     if not settings.enabled:
@@ -49,10 +50,18 @@ def compact_tables(spark: SparkSession, config: Config) -> dict[str, dict[str, A
     return {name: compact_table(spark, location, settings) for name, location in tables.items()}
 
 
-def compact_table(spark: SparkSession, location: str, settings: CompactionConfig) -> dict[str, Any]:
+def compact_tables_local(config: Config) -> dict[str, dict[str, Any]]:
+    """:func:`compact_tables` without a JVM: delta-rs's ``optimize.compact`` (bin-packing into files of at most
+    ``target_file_mb``, committed with ``dataChange=false`` like Spark's ``OPTIMIZE``: the change data feed has no
+    row for it, and the stream's blind appends do not conflict with it), under the same rule."""
+    return compact_tables(None, config)
+
+
+def compact_table(spark: SparkSession | None, location: str, settings: CompactionConfig) -> dict[str, Any]:
     """``OPTIMIZE`` the Delta table at ``location`` if it holds at least ``min_extra_files`` more files than its size
-    needs at ``target_file_mb``. Returns ``{"compacted": True, "files_before", "files_after", ...}``, or
-    ``{"compacted": False, "skipped": why}``, or ``{"compacted": False, "error": what}``: it never raises."""
+    needs at ``target_file_mb`` (with Spark, or with delta-rs when ``spark`` is None). Returns ``{"compacted": True,
+    "files_before", "files_after", ...}``, or ``{"compacted": False, "skipped": why}``, or ``{"compacted": False,
+    "error": what}``: it never raises."""
     try:
         return _compact(spark, location, settings.min_extra_files, settings.target_file_mb)
     except Exception as exc:  # a failed compaction must not fail the refit; the small files stay until next time
@@ -61,8 +70,9 @@ def compact_table(spark: SparkSession, location: str, settings: CompactionConfig
         return {"compacted": False, "error": error}
 
 
-def _compact(spark: SparkSession, location: str, min_extra_files: int, target_mb: float) -> dict[str, Any]:
-    unsafe = multi_writer_unsafe(location, spark.conf.get)
+def _compact(spark: SparkSession | None, location: str, min_extra_files: int, target_mb: float) -> dict[str, Any]:
+    # delta-rs has no Spark log store setting to consult: on S3 it leaves the stream's tables to the stream.
+    unsafe = multi_writer_unsafe(location, spark.conf.get if spark is not None else lambda key, default=None: default)
     if unsafe:
         return {"compacted": False, "skipped": unsafe}
     counted = _files_and_bytes(location)
@@ -74,7 +84,7 @@ def _compact(spark: SparkSession, location: str, min_extra_files: int, target_mb
     figures = {"files_before": files, "bytes": size, "extra_files": max(extra, 0)}
     if extra < min_extra_files:
         return {"compacted": False, "skipped": f"{max(extra, 0)} extra files < min_extra_files {min_extra_files}", **figures}
-    return {**figures, **_optimize(spark, location, target, files)}
+    return {**figures, **(_optimize(spark, location, target, files) if spark is not None else _optimize_rs(location, target, files))}
 
 
 def _files_and_bytes(location: str) -> tuple[int, int] | None:
@@ -112,7 +122,21 @@ def _optimize(spark: SparkSession, location: str, target: int, files: int) -> di
                 spark.conf.unset(key)
             else:
                 spark.conf.set(key, value)
-    removed, added = int(metrics["numFilesRemoved"]), int(metrics["numFilesAdded"])
+    return _outcome(location, files, int(metrics["numFilesRemoved"]), int(metrics["numFilesAdded"]), started)
+
+
+def _optimize_rs(location: str, target: int, files: int) -> dict[str, Any]:
+    """The same with delta-rs (``optimize.compact``): files smaller than ``target`` merged into files of ``target``."""
+    from deltalake import DeltaTable
+
+    from fruits.uris import rust_uri
+
+    started = time.perf_counter()
+    metrics = DeltaTable(rust_uri(location)).optimize.compact(target_size=target)
+    return _outcome(location, files, int(metrics["numFilesRemoved"]), int(metrics["numFilesAdded"]), started)
+
+
+def _outcome(location: str, files: int, removed: int, added: int, started: float) -> dict[str, Any]:
     outcome = {
         "compacted": removed > 0,
         # The snapshot OPTIMIZE worked on; appends committed meanwhile come on top of it.

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame
+
+if TYPE_CHECKING:  # the statistics themselves need no Spark (fruits.batch.local_fit computes them without a JVM)
+    from pyspark.sql import DataFrame
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ a killed refit appended are replaced, never doubled.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import pandas as pd
@@ -25,11 +25,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
-from pyspark.sql import DataFrame
-
 from fruits.pca_store import PcaVersion
 from fruits.tables import PCA_SCHEMA
 from fruits.uris import rust_uri
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
 
 
 @dataclass(frozen=True)

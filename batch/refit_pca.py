@@ -12,25 +12,30 @@
    projected again.
 6. Plots (:mod:`.plots`), then the version's metadata, last: a version without it is an interrupted refit, redone
    by the next one.
+
+Steps 2 to 5 run on an *engine*: :class:`SparkEngine` (Spark, for large homes and clusters) or
+:class:`fruits.batch.local_fit.LocalEngine` (delta-rs and numpy in this process, no JVM), which write the same
+statistics, model store and tables/pca; ``[pca] engine`` and ``local_max_rows`` choose (:func:`.local_fit.choose_engine`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-from pyspark.sql import SparkSession
 
-from fruits.batch.compaction import compact_tables
-from fruits.batch.hadoop_files import model_store
-from fruits.batch.pca_fit import Fit, choose_k, fit_pca, pca_model, rows_at
-from fruits.batch.pca_table import Projection, append_new, choose_projection, project, sample_points, write_all
+from fruits.batch.pca_fit import Fit, choose_k
+from fruits.batch.pca_table import Projection, choose_projection, sample_points
 from fruits.batch.plots import SCATTER_SAMPLE, explained_variance_plot, scatter_plot
 from fruits.config import Config
 from fruits.pca_store import PcaModelStore, PcaVersion
 from fruits.status import open_table
 from fruits.timing import Phases
+
+if TYPE_CHECKING:  # Spark is imported by the Spark engine only: the local one starts no JVM
+    from pyspark.sql import SparkSession
 
 
 @dataclass(frozen=True)
@@ -53,45 +58,114 @@ def nothing_to_fit(config: Config, last: PcaVersion | None) -> str | None:
     return None
 
 
+class Engine(Protocol):
+    """Where a refit's steps 2 to 5 run; both engines write the same files and tables."""
+
+    name: str
+    store: PcaModelStore
+
+    def compact(self) -> dict: ...
+    def fit(self, last: PcaVersion | None, source_version: int, incremental: bool) -> Fit | None: ...
+    def save_model(self, uri: str, components: np.ndarray, explained: np.ndarray) -> None: ...
+    def rows_at(self, version: int) -> Any: ...
+    def write_all(self, rows: Any, components: np.ndarray, pca_version: int, source_version: int) -> None: ...
+    def append_new(self, rows: Any, components: np.ndarray, pca_version: int, source_version: int,
+                   since_source_version: int) -> None: ...
+
+
+class SparkEngine:
+    """The refit's steps on Spark (executors; a cluster's when the session has one)."""
+
+    name = "spark"
+
+    def __init__(self, spark: SparkSession, config: Config) -> None:
+        from fruits.batch.hadoop_files import model_store
+
+        self.spark, self.config = spark, config
+        self.store = model_store(spark, config)
+
+    def compact(self) -> dict:
+        from fruits.batch.compaction import compact_tables
+
+        return compact_tables(self.spark, self.config)
+
+    def fit(self, last: PcaVersion | None, source_version: int, incremental: bool) -> Fit | None:
+        from fruits.batch.pca_fit import fit_pca
+
+        return fit_pca(self.spark, self.config, self.store, last, source_version, incremental)
+
+    def save_model(self, uri: str, components: np.ndarray, explained: np.ndarray) -> None:
+        from fruits.batch.pca_fit import pca_model
+
+        pca_model(self.spark, components, explained).write().overwrite().save(uri)
+
+    def rows_at(self, version: int):
+        from fruits.batch.pca_fit import rows_at
+
+        return rows_at(self.spark, self.config, version)
+
+    def write_all(self, rows, components: np.ndarray, pca_version: int, source_version: int) -> None:
+        from fruits.batch.pca_table import project, write_all
+
+        write_all(project(rows, components, pca_version, source_version), self.config.pca_table)
+
+    def append_new(self, rows, components: np.ndarray, pca_version: int, source_version: int,
+                   since_source_version: int) -> None:
+        from fruits.batch.pca_table import append_new, project
+
+        append_new(project(rows, components, pca_version, source_version), self.config.pca_table, since_source_version)
+
+
 def refit_pca(
-    spark: SparkSession, config: Config, k: int | None = 20, variance: float | None = None, incremental: bool = True
+    spark: SparkSession | None, config: Config, k: int | None = 20, variance: float | None = None,
+    incremental: bool = True, engine: Engine | None = None,
 ) -> RefitOutcome:
-    """Fit PCA on the features table's current version; write the model version, ``tables/pca`` and the plots."""
-    store = model_store(spark, config)
+    """Fit PCA on the features table's current version; write the model version, ``tables/pca`` and the plots. On
+    ``engine``, else on Spark (``spark``)."""
+    engine = engine or SparkEngine(spark, config)
+    store = engine.store
     last = store.latest()
     skipped = nothing_to_fit(config, last)
     if skipped:
         return RefitOutcome(None, skipped)
     steps = Phases()
     with steps.timed("compaction"):
-        compaction = compact_tables(spark, config)
+        compaction = engine.compact()
     source_version = open_table(config.features_table).version()  # pinned: what the stream commits later waits
     with steps.timed("statistics"):
-        fit = fit_pca(spark, config, store, last, source_version, incremental)
+        fit = engine.fit(last, source_version, incremental)
     if fit is None:
         return RefitOutcome(None, f"features table version {source_version} has no rows", compaction)
     try:
-        record = _write_version(spark, config, store, last, fit, source_version, (k, variance), steps, compaction)
+        record = _write_version(engine, config, last, fit, source_version, (k, variance), steps, compaction)
     finally:
         fit.release()
     return RefitOutcome(record, compaction=compaction)
 
 
+def refit_pca_local(config: Config, k: int | None = 20, variance: float | None = None, incremental: bool = True) -> RefitOutcome:
+    """:func:`refit_pca` without a JVM (:class:`fruits.batch.local_fit.LocalEngine`)."""
+    from fruits.batch.local_fit import LocalEngine
+
+    return refit_pca(None, config, k, variance, incremental, engine=LocalEngine(config))
+
+
 def _write_version(
-    spark: SparkSession, config: Config, store: PcaModelStore, last: PcaVersion | None, fit: Fit, source_version: int,
+    engine: Engine, config: Config, last: PcaVersion | None, fit: Fit, source_version: int,
     k_rule: tuple[int | None, float | None], steps: Phases, compaction: dict,
 ) -> PcaVersion:
     """Steps 3 (eigendecomposition) to 6 of the module docstring, for the statistics of ``fit``."""
+    store = engine.store
     version = last.version + 1 if last else 1
     with steps.timed("eigendecomposition"):
         components, ratios = fit.moments.principal_components()
         chosen, rule = choose_k(ratios, *k_rule)
         kept, explained = components[:, :chosen], ratios[:chosen]
     with steps.timed("model"):
-        pca_model(spark, kept, explained).write().overwrite().save(store.spark_model_path(version))
+        engine.save_model(store.spark_model_path(version), kept, explained)
         store.write_arrays(version, kept, fit.moments.to_bytes())
     with steps.timed("projection"):
-        projection, written = _write_projection(spark, config, store, last, fit, version, source_version, kept)
+        projection, written = _write_projection(engine, config, last, fit, version, source_version, kept)
     with steps.timed("plots"):
         plots = _write_plots(store, config, version, ratios, explained, projection.coordinates_version)
     record = PcaVersion(
@@ -101,29 +175,29 @@ def _write_version(
         model_ids=fit.model_ids, method=fit.method, k_rule=rule, new_rows=fit.new_rows, fallback_reason=fit.fallback_reason,
         plots=plots, compaction=compaction, projection_version=projection.coordinates_version,
         projection=f"{'all rows' if projection.all_rows else 'new rows'} ({projection.why})", projected_rows=written,
-        timings={name: round(seconds, 3) for name, seconds in steps.seconds.items()},
+        timings={name: round(seconds, 3) for name, seconds in steps.seconds.items()}, engine=engine.name,
     )
     store.commit(record)
     return record
 
 
 def _write_projection(
-    spark: SparkSession, config: Config, store: PcaModelStore, last: PcaVersion | None, fit: Fit, version: int,
-    source_version: int, kept: np.ndarray,
+    engine: Engine, config: Config, last: PcaVersion | None, fit: Fit, version: int, source_version: int,
+    kept: np.ndarray,
 ) -> tuple[Projection, int]:
     """Every row projected with ``kept`` (the new version's components), or the new rows appended in the table's
     coordinates version (:mod:`.pca_table`); and how many rows were written."""
-    basis = None
+    store, basis = engine.store, None
     if last is not None:
         basis = last if last.coordinates_version == last.version else store.version(last.coordinates_version)
     growth = config.pca.reproject_growth
     choice = choose_projection(config.pca_table, version, basis, fit.method, fit.moments.n, growth)
     if choice.all_rows:
-        rows = fit.rows if fit.method == "full" else rows_at(spark, config, source_version)
-        write_all(project(rows, kept, version, source_version), config.pca_table)
+        rows = fit.rows if fit.method == "full" else engine.rows_at(source_version)
+        engine.write_all(rows, kept, version, source_version)
         return choice, fit.moments.n
     components = store.components(choice.coordinates_version)
-    append_new(project(fit.rows, components, choice.coordinates_version, source_version), config.pca_table, last.source_version)
+    engine.append_new(fit.rows, components, choice.coordinates_version, source_version, last.source_version)
     return choice, fit.new_rows
 
 

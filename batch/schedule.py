@@ -4,14 +4,43 @@ from __future__ import annotations
 
 import logging
 import threading
-
-from pyspark.sql import SparkSession
+from typing import TYPE_CHECKING, Callable
 
 from fruits.batch.compaction import describe
-from fruits.batch.refit_pca import RefitOutcome, refit_pca
+from fruits.batch.refit_pca import RefitOutcome, refit_pca, refit_pca_local
 from fruits.config import Config
+from fruits.pca_store import PcaModelStore
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger("fruits.refit")
+
+
+class Refitter:
+    """One refit at a time on the engine ``[pca] engine`` chooses for it (:func:`fruits.batch.local_fit.choose_engine`):
+    in this process without a JVM, or on Spark, whose session is started the first time a refit needs it
+    (``build``) and kept for the next ones."""
+
+    def __init__(self, config: Config, spark: SparkSession | None = None,
+                 build: Callable[[], SparkSession] | None = None) -> None:
+        self.config, self._spark, self._build = config, spark, build
+
+    def spark(self) -> SparkSession:
+        if self._spark is None:
+            if self._build is None:
+                raise RuntimeError("this refit needs Spark and no session was given")
+            self._spark = self._build()
+        return self._spark
+
+    def __call__(self, k: int | None, variance: float | None, incremental: bool = True) -> RefitOutcome:
+        from fruits.batch.local_fit import choose_engine
+
+        engine, why = choose_engine(self.config, PcaModelStore(self.config.pca_models).latest(), incremental)
+        log.info("refit on %s: %s", "this process (delta-rs + numpy, no JVM)" if engine == "local" else "Spark", why)
+        if engine == "local":
+            return refit_pca_local(self.config, k, variance, incremental)
+        return refit_pca(self.spark(), self.config, k, variance, incremental)
 
 
 def log_outcome(outcome: RefitOutcome) -> None:
@@ -35,7 +64,7 @@ class RefitKeepsFailing(RuntimeError):
 
 
 def refit_every(
-    spark: SparkSession,
+    spark: SparkSession | Refitter,
     config: Config,
     k: int | None,
     variance: float | None,
@@ -46,11 +75,13 @@ def refit_every(
     """Refit now and then every ``every_seconds`` until ``stop`` is set; a refit with no new data is skipped and a
     failed one is logged and tried again at the next period. After ``max_consecutive_failures`` failed refits in a
     row, raises :class:`RefitKeepsFailing` (a failure that lasts is not fixed by waiting: let the orchestrator
-    restart the process and alert)."""
+    restart the process and alert). ``spark``: a session (the engine is chosen per refit, Spark's being that
+    session), or a :class:`Refitter`."""
+    refit = spark if isinstance(spark, Refitter) else Refitter(config, spark)
     failures = 0
     while not stop.is_set():
         try:
-            log_outcome(refit_pca(spark, config, k, variance))
+            log_outcome(refit(k, variance))
             failures = 0
         except Exception as exc:  # a failed refit (storage hiccup, concurrent vacuum, ...) is retried next period
             failures += 1

@@ -34,8 +34,9 @@ from deltalake import DeltaTable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest_throughput import BATCH_LINE, DEFAULT_WEIGHTS, fill_landing, steady_rate  # noqa: E402
+from honest import Honest  # noqa: E402
 from proctree import (  # noqa: E402
-    TreeMemory, exit_on_sigterm, fruits_process, load_average, log_tail, resolved_stream_config,
+    TreeMemory, exit_on_sigterm, fruits_process, log_tail, resolved_stream_config,
 )
 
 TABLES = ["features", "quarantine", "pca"]
@@ -99,12 +100,13 @@ def main() -> None:
     parser.add_argument("--master", default="local[*]")
     parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
     parser.add_argument("--interval", type=float, default=0.2, help="seconds between memory samples (default 0.2)")
+    Honest.add_arguments(parser)
     args = parser.parse_args()
+    honest = Honest.start(args)
     exit_on_sigterm()
 
     flags = ["--available-now", *shlex.split(args.flags)]
     resolved = resolved_stream_config(flags)
-    load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="fruits-backlog-") as tmp:
         home = Path(tmp).resolve() / "home"
         fill_landing(home / "landing", args.images)
@@ -124,6 +126,9 @@ def main() -> None:
             refit.pop("log")
             refit["tables_after"] = health(home)
 
+    peak = stream["memory"]["peak_total_rss_mib"]
+    honest.ratio(f"{args.images} photos: steady {round(rate, 1) if rate else None} images/s, peak process-tree RSS "
+                 f"{peak} MiB = {peak / max(args.images, 1):.3f} MiB per photo; rows accounted: {rows == args.images}")
     print(json.dumps({
         "images": args.images, "master": args.master, **resolved,
         "stream": {
@@ -136,7 +141,7 @@ def main() -> None:
         "rows_accounted": rows == args.images,
         "tables_after_stream": after_stream,
         "refit_pca": refit,
-        "load_avg_before": load_before, "load_avg_after": load_average(),
+        **honest.finish(),
     }, indent=2))
 
 

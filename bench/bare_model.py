@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
 import sys
 import tempfile
 import time
@@ -25,6 +24,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from honest import Honest  # noqa: E402
+
 SHARED = ROOT.parent / "shared"
 SAMPLE = SHARED / "data" / "fruits360-sample"
 # Fruits-360 classes ImageNet knows -> ImageNet class index (as in tests/conftest.py).
@@ -141,14 +143,17 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=64, help="distinct photos in the timed loop")
     parser.add_argument("--seconds", type=float, default=8.0, help="timed seconds per configuration")
     parser.add_argument("--per-class", type=int, default=12, help="photos per ImageNet-known class for fidelity")
+    parser.add_argument("--ir-cache", help="IR cache folder to reuse (default: a new one: the conversion is timed too)")
+    Honest.add_arguments(parser)
     args = parser.parse_args()
+    honest = Honest.start(args)
 
     from fruits.model import resolve_weights
     from fruits.runtimes import convert_once, cpu_supports_bf16
 
     weights = resolve_weights(args.weights)
-    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="fruits-bare-") as cache:
+        cache = args.ir_cache or cache
         started = time.perf_counter()
         ir_path = convert_once(weights, cache)  # converts in a child: this process never imports TensorFlow
         convert_seconds = time.perf_counter() - started
@@ -206,9 +211,11 @@ def main() -> None:
             "cosine_vs_tensorflow_min": round(float(cosine.min()), 5),
             "imagenet_top5": round(float((top5 == classes[:, None]).any(axis=1).mean()), 3),
         }
+    for s in speed:
+        honest.ratio(f"{s['runtime']} {s['precision']} {s['procs']}x{s['threads']} chunk {s['chunk']}"
+                     f"{' pinned' if s.get('pinned') else ''}: {s['images_per_s']} images/s = {s['x_tensorflow']} x TensorFlow")
     print(json.dumps({
-        "cpu_count": os.cpu_count(), "bf16_supported": bf16, "load_avg_before": load_before,
-        "load_avg_after": os.getloadavg(), "conversion_seconds": round(convert_seconds, 1),
+        "bf16_supported": bf16, **honest.finish(), "conversion_seconds": round(convert_seconds, 1),
         "timed_images": len(images), "fidelity_images": len(fid_images), "speed": speed, "fidelity": fidelity,
         "decode_ms_per_image": decode_speed(photos[:: max(1, len(photos) // args.images)][: args.images]),
     }, indent=2))

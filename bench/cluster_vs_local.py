@@ -2,7 +2,7 @@
 
 Both modes read the same landing folder (one absolute `[paths] landing` in a --config file, a fresh home each), so
 they featurize exactly the same files under the same paths. The cluster is started from pyspark's own distribution
-(``fruits.standalone``: a master and ``--workers`` workers of ``--cores`` core(s) each, on 127.0.0.1); the workers
+(``tests/standalone.py``: a master and ``--workers`` workers of ``--cores`` core(s) each, on 127.0.0.1); the workers
 do not see ../shared, so the executors use the weights the driver ships with SparkContext.addFile, as on real nodes.
 
 Start-up (JVM, Ivy, executors, TensorFlow import, model build) is left out: the rate is taken from the stream's own
@@ -31,6 +31,7 @@ SHARED = ROOT.parent / "shared"
 DEFAULT_WEIGHTS = SHARED / "models" / "mobilenet_v2_imagenet_notop.weights.h5"
 FRUITS = str(Path(sys.executable).with_name("fruits"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from honest import Honest  # noqa: E402
 from ingest_throughput import fill_landing  # noqa: E402  (the same real photos, the same names)
 
 BATCH_LINE = re.compile(r"batch (\d+): (\d+) files in ([\d.]+) s")
@@ -48,7 +49,7 @@ class PythonWorkerMemory(threading.Thread):
         self.roots, self.max_rss_mb, self.stop = roots, 0.0, threading.Event()
 
     def run(self) -> None:
-        from fruits.standalone import _descendants
+        from standalone import _descendants  # tests/standalone.py
 
         while not self.stop.wait(1.0):
             for root in self.roots():
@@ -96,7 +97,7 @@ def stream(label: str, master: str, home: Path, config: Path, args, env: dict[st
         "batches": [{"batch": b, "files": n, "seconds": s} for b, n, s in batches],
         "steady_files": steady_files,
         "steady_seconds": round(steady_seconds, 2),
-        "steady_images_per_s": round(steady_files / steady_seconds, 1),
+        "steady_images_per_s": round(steady_files / steady_seconds, 1) if steady_seconds else None,
         "whole_command_images_per_s": round(args.images / seconds, 1),
         "python_worker_max_rss_mb": round(memory.max_rss_mb),
         "load_average_1m_before": round(load, 2),
@@ -110,8 +111,8 @@ def feature_rows(home: Path) -> int:
 
 
 def main() -> None:
-    sys.path.insert(0, str(ROOT))
-    from fruits.standalone import StandaloneCluster
+    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+    from standalone import StandaloneCluster  # tests/standalone.py: the cluster the suite's cluster tests start
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
@@ -130,7 +131,9 @@ def main() -> None:
         "--conf", action="append", default=[], metavar="KEY=VALUE",
         help="a Spark setting for both modes, written to the runs' --config file under [spark.conf] (repeatable)",
     )
+    Honest.add_arguments(parser)
     args = parser.parse_args()
+    honest = Honest.start(args)
 
     with tempfile.TemporaryDirectory(prefix="fruits-cluster-bench-") as tmp:
         work = Path(tmp)
@@ -139,7 +142,8 @@ def main() -> None:
         config = work / "landing.toml"
         settings = dict(item.split("=", 1) for item in args.conf)
         config.write_text(
-            f'[paths]\nlanding = "{landing}"\n\n[spark.conf]\n'
+            # keep: every run reads the same landing folder, so none may archive the photos away from the next
+            f'[paths]\nlanding = "{landing}"\n\n[discovery]\nafter_ingest = "keep"\n\n[spark.conf]\n'
             + "".join(f"{json.dumps(key)} = {json.dumps(value)}\n" for key, value in settings.items())
         )
         runs = []
@@ -168,9 +172,10 @@ def main() -> None:
                     )
             isolated = cluster.isolated
 
-    def rate(mode: str) -> float:
+    def rate(mode: str) -> float | None:
         chosen = [r for r in runs if r["mode"] == mode]
-        return sum(r["steady_files"] for r in chosen) / sum(r["steady_seconds"] for r in chosen)
+        seconds = sum(r["steady_seconds"] or 0 for r in chosen)
+        return sum(r["steady_files"] or 0 for r in chosen) / seconds if seconds else None  # None: no steady batch
 
     def rate_after(mode: str, skipped: int) -> float | None:
         """Images/s over the full batches numbered >= ``skipped``, all rounds of ``mode`` together."""
@@ -201,12 +206,14 @@ def main() -> None:
         "workers_isolated_from_shared": isolated,
         "cluster_start_seconds": round(cluster_start, 1),
         "runs": runs,
-        "local_steady_images_per_s": round(local_rate, 1),
-        "cluster_steady_images_per_s": round(cluster_rate, 1),
-        "cluster_over_local": round(cluster_rate / local_rate, 3),
+        "local_steady_images_per_s": local_rate and round(local_rate, 1),
+        "cluster_steady_images_per_s": cluster_rate and round(cluster_rate, 1),
+        "cluster_over_local": round(cluster_rate / local_rate, 3) if local_rate and cluster_rate else None,
         "by_batches_skipped": by_skipped,
     }
-    print(json.dumps(summary, indent=2))
+    honest.ratio(f"cluster / local, steady images/s: {summary['cluster_over_local']} "
+                 f"({summary['cluster_steady_images_per_s']} against {summary['local_steady_images_per_s']})")
+    print(json.dumps({**summary, **honest.finish()}, indent=2))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ from fruits.config import load_config  # noqa: E402
 from fruits.session import build_spark  # noqa: E402
 from fruits.tables import FEATURES_SCHEMA, ensure_table  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from honest import Honest  # noqa: E402
+
 VARIANTS = {
     "warm-up": (True, {}),
     "idempotent": (True, {}),
@@ -62,13 +65,15 @@ def time_appends(spark, rows, table: str, appends: int, idempotent: bool, settin
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--appends", type=int, default=10)
+    Honest.add_arguments(parser)
     args = parser.parse_args()
+    honest = Honest.start(args)
     with tempfile.TemporaryDirectory(prefix="fruits-delta-append-") as home:
         config = load_config(overrides={"paths": {"home": home}, "spark": {"master": "local[2]"}}, environ={})
         spark = build_spark(config, "bench-delta-append", "stream")
         now = dt.datetime(2026, 1, 1)
         rows = spark.createDataFrame(
-            [(f"file:/landing/Banana/{i}.jpg", "Banana", "0" * 64, 5000, now, now, [0.1] * 1280, "bench") for i in range(10)],
+            [(f"file:/landing/Banana/{i}.jpg", "Banana", "0" * 64, 5000, now, now, [0.1] * 1280, "bench", None, None, None) for i in range(10)],
             FEATURES_SCHEMA,
         ).cache()
         rows.count()
@@ -78,7 +83,11 @@ def main() -> None:
             results[name] = {"median_s": statistics.median(seconds[2:]), "seconds": seconds}
             print(name, results[name], file=sys.stderr, flush=True)
         spark.stop()
-    print(json.dumps({"appends": args.appends, "rows_per_append": 10, "variants": results}, indent=2))
+    plain = results["plain"]["median_s"]
+    for name in results:
+        if name not in ("plain", "warm-up"):
+            honest.ratio(f"{name} / plain append, median seconds: {results[name]['median_s'] / plain:.2f}x")
+    print(json.dumps({"appends": args.appends, "rows_per_append": 10, "variants": results, **honest.finish()}, indent=2))
 
 
 if __name__ == "__main__":

@@ -22,8 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 from fruits.appends import AppendTarget  # noqa: E402
 from fruits.ledger import FileVersion, ensure_ledger, record  # noqa: E402
+from honest import Honest  # noqa: E402
 
 
 def main() -> None:
@@ -31,7 +34,9 @@ def main() -> None:
     parser.add_argument("--commits", type=int, default=1000)
     parser.add_argument("--window", type=int, default=100)
     parser.add_argument("--workdir", default=None)
+    Honest.add_arguments(parser)
     args = parser.parse_args()
+    honest = Honest.start(args)
     with tempfile.TemporaryDirectory(prefix="fruits-appends-", dir=args.workdir) as tmp:
         for name in ("kept", "reloaded"):
             ensure_ledger(os.path.join(tmp, name))
@@ -52,10 +57,11 @@ def main() -> None:
         for name, values in seconds.items()
     }
     last = {name: statistics.median(values[-args.window :]) for name, values in seconds.items()}
-    print(f"after {args.commits} commits: kept/reloaded = {last['kept'] / last['reloaded']:.2f}x "
-          f"({last['kept'] * 1000:.0f} ms against {last['reloaded'] * 1000:.0f} ms per append); load {os.getloadavg()}")
+    honest.ratio(f"after {args.commits} commits: kept/reloaded = {last['kept'] / last['reloaded']:.2f}x "
+                 f"({last['kept'] * 1000:.0f} ms against {last['reloaded'] * 1000:.0f} ms per append)")
     print(json.dumps({"commits": args.commits, "window": args.window, "median_ms_per_window": windows,
-                      "total_seconds": {name: round(sum(values), 1) for name, values in seconds.items()}}, indent=2))
+                      "total_seconds": {name: round(sum(values), 1) for name, values in seconds.items()},
+                      **honest.finish()}, indent=2))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 from conftest import SAMPLE  # noqa: E402
 from fuzzing import mutants, reason_class  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from honest import Honest  # noqa: E402
+
 
 def load_images_module(revision: str | None):
     if revision is None:
@@ -58,7 +61,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--against", help="git revision whose fruits/images.py to run as well")
+    Honest.add_arguments(parser)
     args = parser.parse_args()
+    honest = Honest.start(args)
     warnings.simplefilter("ignore")
     for label, revision in [("this tree", None)] + ([(args.against, args.against)] if args.against else []):
         outcomes = run(load_images_module(revision), args.count, args.seed)
@@ -66,6 +71,8 @@ def main() -> None:
         print(f"== {label}: {args.count} mutants (seed {args.seed}), {escaped} escaped decode_image")
         for name, n in outcomes.most_common():
             print(f"{n:6d}  {name}")
+        honest.ratio(f"{label}: escaped decode_image / mutants = {escaped / max(args.count, 1):.4f}")
+    honest.finish()
 
 
 if __name__ == "__main__":

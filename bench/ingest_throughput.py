@@ -42,7 +42,12 @@ DEFAULT_VARIANTS = [
     "delta-default-snapshot-partitions=--conf spark.databricks.delta.snapshotPartitions=50",
     "batches-of-1000=--max-files-per-trigger 1000",
 ]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from honest import Honest  # noqa: E402
+
 BATCH_LINE = re.compile(r"batch (\d+): (\d+) files in ([\d.]+) s")
+# The same line's per-phase seconds (fruits/streaming/progress.py): ledger, featurize, append, after_ingest.
+PHASES_LINE = re.compile(r"batch (\d+): (\d+) files in [\d.]+ s .*?; phases (\{.*\})$", re.M)
 
 
 def fill_landing(landing: Path, count: int) -> None:
@@ -74,6 +79,19 @@ def steady_rate(batches: list[tuple[int, int, float]], skip: int = 1) -> tuple[f
     return sum(n for n, _ in steady) / sum(s for _, s in steady), len(steady)
 
 
+def steady_phases(log: str, skip: int = 1) -> dict[str, float]:
+    """Seconds per phase summed over the steady chunks (those :func:`steady_rate` counts): where a chunk's time goes
+    besides the featurizing job (the driver's ledger read, appends and archiving, while the executors wait)."""
+    rows = [(int(b), int(n), json.loads(p)) for b, n, p in PHASES_LINE.findall(log)]
+    full = max((n for _, n, _ in rows), default=0)
+    totals: dict[str, float] = {}
+    for batch, files, phases in rows:
+        if batch >= skip and files == full:
+            for name, seconds in phases.items():
+                totals[name] = round(totals.get(name, 0.0) + seconds, 3)
+    return totals
+
+
 def stream_variant(name: str, flags: str, source: Path, count: int, weights: str, master: str, workdir: Path) -> dict:
     home = workdir / name
     shutil.copytree(source, home / "landing")
@@ -83,10 +101,16 @@ def stream_variant(name: str, flags: str, source: Path, count: int, weights: str
     if sum(n for _, n, _ in batches) != count:  # the last line can be lost at exit; the rate does not need it
         print(f"{name}: progress lines account for {sum(n for _, n, _ in batches)} of {count} files", file=sys.stderr)
     rate, used = steady_rate(batches)
+    phases = steady_phases(log)
+    steady_files = used * max((n for _, n, _ in batches), default=0)
     model_id = re.search(r"featurizer (\S+)", log)
     result = {
         "variant": name, "flags": flags, "model_id": model_id.group(1) if model_id else None,
         "steady_images_per_s": round(rate, 1) if rate else None, "steady_batches": used,
+        "steady_phase_seconds": phases,
+        # The featurizing job alone (read, decode, sha256, model, Arrow to the driver): the rate the chunk would have
+        # if the driver's phases overlapped it.
+        "featurize_phase_images_per_s": round(steady_files / phases["featurize"], 1) if phases.get("featurize") else None,
         "whole_command_seconds": round(seconds, 1), "whole_command_images_per_s": round(count / seconds, 1),
         "batches": [{"batch": b, "files": n, "seconds": s} for b, n, s in batches],
     }
@@ -94,7 +118,7 @@ def stream_variant(name: str, flags: str, source: Path, count: int, weights: str
     return result
 
 
-def bare_rates(weights: str, seconds: float) -> dict[str, float]:
+def bare_rates(weights: str, seconds: float, ir_cache: str | None = None) -> dict[str, float]:
     """Images/s of the bare models on 64 pre-decoded photos, chunks of 32 (TensorFlow) or 8 (OpenVINO, the stream's
     inference batch): ``tensorflow 1x2``, ``tensorflow 2x1`` and ``openvino 2x1`` (processes x threads)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -107,7 +131,7 @@ def bare_rates(weights: str, seconds: float) -> dict[str, float]:
     images = decoded(photos[:: len(photos) // 64][:64])
     resolved = resolve_weights(weights)
     with tempfile.TemporaryDirectory(prefix="fruits-bench-ir-") as cache:
-        ir_path = convert_once(resolved, cache)
+        ir_path = convert_once(resolved, ir_cache or cache)
         rates = {}
         for runtime, procs, threads, chunk in (("tensorflow", 1, 2, 32), ("tensorflow", 2, 1, 32), ("openvino", 2, 1, 8)):
             spec = {"runtime": runtime, "precision": "fp32", "procs": procs, "threads": threads, "chunk": chunk}
@@ -122,11 +146,13 @@ def main() -> None:
     parser.add_argument("--variant", action="append", metavar="NAME=FLAGS", help="repeatable; see above")
     parser.add_argument("--master", default="local[*]")
     parser.add_argument("--bare-seconds", type=float, default=10.0, help="timed seconds of the TensorFlow yardstick")
+    parser.add_argument("--ir-cache", help="IR cache folder of the bare models (default: a new one)")
+    Honest.add_arguments(parser)
     args = parser.parse_args()
     variants = [v.partition("=")[::2] for v in (args.variant or DEFAULT_VARIANTS)]
 
-    load_before = os.getloadavg()
-    bare = bare_rates(args.weights, args.bare_seconds)
+    honest = Honest.start(args)
+    bare = bare_rates(args.weights, args.bare_seconds, args.ir_cache)
     tensorflow = max(v for k, v in bare.items() if k.startswith("tensorflow"))
     openvino = bare["openvino 2x1"]
     print(f"bare models: {bare} images/s", file=sys.stderr, flush=True)
@@ -138,17 +164,20 @@ def main() -> None:
             runs.append(stream_variant(name, flags, source, args.images, args.weights, args.master, Path(tmp)))
             runs[-1]["x_tensorflow_bare"] = round((runs[-1]["steady_images_per_s"] or 0) / tensorflow, 2)
             runs[-1]["x_openvino_bare"] = round((runs[-1]["steady_images_per_s"] or 0) / openvino, 2)
+            runs[-1]["featurize_phase_x_openvino_bare"] = round((runs[-1]["featurize_phase_images_per_s"] or 0) / openvino, 2)
             print(json.dumps({k: v for k, v in runs[-1].items() if k != "batches"}), file=sys.stderr, flush=True)
     for run in runs:
-        print(
+        honest.ratio(
             f"{run['variant']}: steady {run['steady_images_per_s']} images/s = {run['x_openvino_bare']} x bare OpenVINO "
             f"fp32 ({openvino} images/s; target >= 0.85), {run['x_tensorflow_bare']} x bare TensorFlow; whole command "
-            f"{run['whole_command_seconds']} s", flush=True,
+            f"{run['whole_command_seconds']} s"
         )
+        honest.ratio(f"{run['variant']}: featurizing job alone {run['featurize_phase_images_per_s']} images/s = "
+                     f"{run['featurize_phase_x_openvino_bare']} x bare OpenVINO fp32; steady chunks' phases "
+                     f"{run['steady_phase_seconds']} s")
     print(json.dumps({
-        "cpu_count": os.cpu_count(), "master": args.master, "images": args.images,
-        "load_avg_before": [round(x, 2) for x in load_before], "load_avg_after": [round(x, 2) for x in os.getloadavg()],
-        "bare_model_images_per_s": bare, "runs": runs,
+        "master": args.master, "images": args.images,
+        "bare_model_images_per_s": bare, "runs": runs, **honest.finish(),
     }, indent=2))
 
 

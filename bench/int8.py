@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shlex
 import shutil
@@ -35,6 +34,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 from bare_model import IMAGENET_CLASSES, SAMPLE, SHARED, decoded, measure  # noqa: E402
+from honest import Honest  # noqa: E402
 from ingest_throughput import BATCH_LINE, fill_landing, run_fruits, steady_rate  # noqa: E402
 
 PRECISIONS = ("fp32", "int8")
@@ -115,7 +115,8 @@ def accuracy(rows, head: tuple[np.ndarray, np.ndarray], held_out: set[str], cali
     covariance = np.cov(train, rowvar=False)  # Spark's PCA: the top eigenvectors of the covariance, no centring on use
     eigenvalues, eigenvectors = np.linalg.eigh(covariance)
     components = eigenvectors[:, np.argsort(eigenvalues)[::-1][:20]]
-    reference = Reference(0, components, rows["label"][~test].to_numpy(), (train @ components).astype(np.float32), [], np.array([]))
+    reference = Reference(0, components, rows["label"][~test].to_numpy(), (train @ components).astype(np.float32), [], np.array([]),
+                          model_version=0)
     predicted = [nearest(reference, vector)["predicted"] for vector in features[test].astype(np.float64) @ components]
     return {
         "imagenet_top5": round(float((top5 == expected[:, None]).any(axis=1).mean()), 4), "imagenet_photos": int(known.sum()),
@@ -162,11 +163,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="timed seconds per bare-model measurement")
     parser.add_argument("--batch", type=int, default=500, help="--max-files-per-trigger of the streams")
     parser.add_argument("--master", default="local[*]")
+    Honest.add_arguments(parser)
     args = parser.parse_args()
+    honest = Honest.start(args)
 
     from fruits.quantize import SHIPPED_CALIBRATION, CalibrationSet
 
-    load_before = [round(x, 2) for x in os.getloadavg()]
     weights, irs, made_seconds = make_irs(args.weights)
     bare_runs = bare(weights, irs, args.rounds, args.seconds)
     streams = []
@@ -182,10 +184,9 @@ def main() -> None:
     head, held_out = imagenet_head(args.top_weights), split_names()
     scores = {p: accuracy(next(s["rows"] for s in streams if s["precision"] == p), head, held_out, calibration) for p in PRECISIONS}
     for line in ratio_lines(bare_runs, streams, scores):
-        print(line)
+        honest.ratio(line)
     print(json.dumps({
-        "cpu_count": os.cpu_count(), "master": args.master, "images": args.images, "rounds": args.rounds,
-        "load_avg_before": load_before, "load_avg_after": [round(x, 2) for x in os.getloadavg()],
+        "master": args.master, "images": args.images, "rounds": args.rounds, **honest.finish(),
         "ir_seconds": made_seconds, "model_ids": {s["precision"]: sorted(set(s["rows"]["model_id"])) for s in streams[:2]},
         "bare": bare_runs, "streams": [{k: v for k, v in s.items() if k != "rows"} for s in streams], "accuracy": scores,
     }, indent=2))

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
+from honest import Honest  # noqa: E402
 from ingest_throughput import BATCH_LINE, DEFAULT_WEIGHTS, fill_landing, run_fruits  # noqa: E402
 
 
@@ -57,9 +57,10 @@ def main() -> None:
     parser.add_argument("--stream", action="store_true", help="time the whole `fruits stream` instead of the set-up")
     parser.add_argument("--photos", type=int, default=64)
     parser.add_argument("--master", default="local[2]")
+    Honest.add_arguments(parser)
     args = parser.parse_args()
+    honest = Honest.start(args)
 
-    load_before = [round(x, 2) for x in os.getloadavg()]
     runs: dict[str, list[dict]] = {"per_home_cold": [], "per_user_warm": []}
     key = "whole_command_seconds" if args.stream else "setup_seconds"
     with tempfile.TemporaryDirectory(prefix="fruits-ir-cache-") as tmp:
@@ -76,10 +77,10 @@ def main() -> None:
             runs["per_user_warm"].append(run(Path(tmp) / f"warm{round_}", user_cache))
             print(json.dumps({k: v[-1] for k, v in runs.items()}), file=sys.stderr, flush=True)
     mean = {k: sum(r[key] for r in v) / len(v) for k, v in runs.items()}
-    print(f"new home, {key}: per-home cache {mean['per_home_cold']:.2f} s -> per-user cache "
-          f"{mean['per_user_warm']:.2f} s ({mean['per_home_cold'] - mean['per_user_warm']:.1f} s saved)")
-    print(json.dumps({"mode": key, "photos": args.photos if args.stream else None, "load_avg_before": load_before,
-                      "load_avg_after": [round(x, 2) for x in os.getloadavg()], "runs": runs}, indent=2))
+    honest.ratio(f"new home, {key}: per-home cache {mean['per_home_cold']:.2f} s -> per-user cache "
+                 f"{mean['per_user_warm']:.2f} s ({mean['per_home_cold'] - mean['per_user_warm']:.1f} s saved)")
+    print(json.dumps({"mode": key, "photos": args.photos if args.stream else None, "runs": runs,
+                      **honest.finish()}, indent=2))
 
 
 if __name__ == "__main__":

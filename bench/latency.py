@@ -47,8 +47,9 @@ from urllib.parse import unquote
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from honest import Honest  # noqa: E402
 from ingest_throughput import DEFAULT_WEIGHTS, SAMPLE  # noqa: E402
-from proctree import exit_on_sigterm, fruits_process, load_average, log_tail, resolved_stream_config  # noqa: E402
+from proctree import exit_on_sigterm, fruits_process, log_tail, resolved_stream_config  # noqa: E402
 
 from fruits.landing import LedgerNote, place_atomically  # noqa: E402
 from fruits.streaming.outcomes import MICRO_BATCH_KEY  # noqa: E402
@@ -257,13 +258,14 @@ def main() -> None:
     parser.add_argument("--poll-ms", type=float, default=25.0, help="how often _delta_log is listed (default 25 ms)")
     parser.add_argument("--home", help="run on this existing home (e.g. the million-file home bench/discovery_scale.py "
                         "leaves, with --flags \"--config keep.toml\"), not a fresh one; only new commits are read")
+    Honest.add_arguments(parser)
     args = parser.parse_args()
+    honest = Honest.start(args)
     exit_on_sigterm()
 
     flags = (["--trigger", args.trigger] if args.trigger else []) + shlex.split(args.flags)
     resolved = resolved_stream_config(flags)
     photos = pick_photos(args.warmup + args.images)
-    load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="fruits-latency-") as tmp:
         home = Path(args.home).resolve() if args.home else Path(tmp).resolve() / "home"
         landing, log_path = home / "landing", Path(tmp) / "stream.log"
@@ -312,8 +314,8 @@ def main() -> None:
         commits = watcher.commits
 
     summary = percentiles(latency)
-    print(f"latency p50 {summary['p50']:.2f} s, p95 {summary['p95']:.2f} s at {args.rate}/s, --arrive {args.arrive} "
-          f"(target p95 <= 2 s: {'met' if summary['p95'] <= 2 else 'missed'}); load {load_average()}", flush=True)
+    honest.ratio(f"latency p50 {summary['p50']:.2f} s, p95 {summary['p95']:.2f} s at {args.rate}/s, --arrive {args.arrive} "
+                 f"(target p95 <= 2 s: {'met' if summary['p95'] <= 2 else 'missed'})")
     print(json.dumps({
         "images": len(renamed), "warmup": args.warmup, "arrive": args.arrive, "master": args.master,
         "trigger": resolved["trigger"], "max_files_per_trigger": resolved["max_files_per_trigger"],
@@ -330,7 +332,7 @@ def main() -> None:
         },
         "stream": batch_summary(log_text, {seen[p][2] for p in renamed if seen[p][2] is not None}),
         "stream_exit_code": stream_exit,
-        "load_avg_before": load_before, "load_avg_after": load_average(),
+        **honest.finish(),
     }, indent=2))
 
 

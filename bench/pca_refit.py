@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "fruits360-sample"
 WEIGHTS = ROOT.parent / "shared" / "models" / "mobilenet_v2_imagenet_notop.weights.h5"
 FRUITS = str(Path(sys.executable).with_name("fruits"))
+sys.path.insert(0, str(ROOT / "bench"))
+from honest import Honest  # noqa: E402
 
 
 def run(command: list[str], env: dict[str, str] | None = None) -> tuple[float, str]:
@@ -47,13 +49,15 @@ def run(command: list[str], env: dict[str, str] | None = None) -> tuple[float, s
     return seconds, result.stdout + result.stderr
 
 
-def real_features_home(workdir: Path) -> Path:
-    """A home whose features table holds the 3,013 sample photos, made once by the real stream (cached)."""
-    home = workdir / "real-3013"
+def real_features_home(workdir: Path, photos: int | None = None) -> Path:
+    """A home whose features table holds the sample's photos (all 3,013, or the first ``photos`` of them), made once
+    by the real stream (cached)."""
+    chosen = sorted(SAMPLE.glob("*/*.jpg"))[:photos]
+    home = workdir / f"real-{len(chosen)}"
     if (home / "tables" / "features" / "_delta_log").is_dir():
         return home
     shutil.rmtree(home, ignore_errors=True)
-    for photo in sorted(SAMPLE.glob("*/*.jpg")):
+    for photo in chosen:
         target = home / "landing" / photo.parent.name / photo.name
         target.parent.mkdir(parents=True, exist_ok=True)
         os.link(photo, target)  # the stream archives the link, never the shared original
@@ -99,11 +103,12 @@ def notebook_pca_step(source: str, target: str, k: int) -> None:
     spark.stop()
 
 
-def compare_on_real_photos(workdir: Path, repeats: int, k: int) -> dict:
-    """Whole `fruits refit-pca` against the notebook's PCA step, as processes, interleaved ``repeats`` times."""
-    source = real_features_home(workdir)
+def compare_on_real_photos(workdir: Path, repeats: int, k: int, photos: int | None = None, also_spark: bool = False) -> dict:
+    """Whole `fruits refit-pca` against the notebook's PCA step, as processes, interleaved ``repeats`` times (and the
+    same refit with ``--engine spark``, if ``also_spark``)."""
+    source = real_features_home(workdir, photos)
     parquet = notebook_input(source, workdir)
-    notebook, refit, steps, timings = [], [], [], []
+    notebook, refit, steps, timings, on_spark = [], [], [], [], []
     for repeat in range(repeats):
         out = workdir / "notebook-out"
         step = [sys.executable, __file__, "--notebook-step", str(parquet), str(out), str(k)]
@@ -113,14 +118,20 @@ def compare_on_real_photos(workdir: Path, repeats: int, k: int) -> dict:
         home = fresh_home(source, workdir / f"refit-{repeat}")
         seconds, _ = run([FRUITS, "refit-pca", "--home", str(home), "--k", str(k)])
         refit.append(seconds)
-        timings.append(json.loads((home / "models" / "pca" / "v1" / "metadata.json").read_text())["timings"])
+        record = json.loads((home / "models" / "pca" / "v1" / "metadata.json").read_text())
+        timings.append({"engine": record.get("engine", "spark"), **record["timings"]})
+        if also_spark:
+            home = fresh_home(source, workdir / f"refit-spark-{repeat}")
+            on_spark.append(run([FRUITS, "refit-pca", "--home", str(home), "--k", str(k), "--engine", "spark"])[0])
     return {
-        "rows": 3013, "k": k, "repeats": repeats,
+        "rows": int(source.name.split("-")[1]), "k": k, "repeats": repeats,
         "refit_command_seconds": [round(s, 1) for s in refit],
         "notebook_process_seconds": [round(s, 1) for s in notebook],
         "notebook_step_seconds_after_spark_start": steps,
         "refit_steps_seconds": timings,
         "ratio_refit_over_notebook": round(statistics.median(refit) / statistics.median(notebook), 3),
+        "spark_engine_command_seconds": [round(s, 1) for s in on_spark],
+        "ratio_spark_engine_over_notebook": round(statistics.median(on_spark) / statistics.median(notebook), 3) if on_spark else None,
     }
 
 
@@ -152,7 +163,7 @@ def seed_rows(spark, config, real: np.ndarray, labels: list[str], model_id: str,
     frame.write.format("delta").mode("append").save(config.features_table)
 
 
-def million_rows(workdir: Path, rows: int, k: int, compare_reproject: bool) -> dict:
+def million_rows(workdir: Path, rows: int, k: int, compare_reproject: bool, photos: int | None = None) -> dict:
     """Seed ``rows`` rows, full refit, +1 %, the timed incremental refit (and the re-project-all one if asked)."""
     from deltalake import DeltaTable
 
@@ -160,7 +171,7 @@ def million_rows(workdir: Path, rows: int, k: int, compare_reproject: bool) -> d
     from fruits.session import build_spark
     from fruits.tables import FEATURES_SCHEMA, ensure_table
 
-    real_table = DeltaTable(str(real_features_home(workdir) / "tables" / "features")).to_pandas(
+    real_table = DeltaTable(str(real_features_home(workdir, photos) / "tables" / "features")).to_pandas(
         columns=["label", "features", "model_id"])
     real = np.stack(real_table["features"].to_numpy()).astype(np.float32)
     labels, model_id = [str(v) for v in real_table["label"]], str(real_table["model_id"].iloc[0])
@@ -202,24 +213,30 @@ def main() -> None:
     parser.add_argument("--skip-million", action="store_true")
     parser.add_argument("--skip-real", action="store_true", help="the 1,000,000-row part only")
     parser.add_argument("--compare-reproject", action="store_true")
+    parser.add_argument("--also-spark", action="store_true", help="time `fruits refit-pca --engine spark` too")
+    parser.add_argument("--photos", type=int, default=None, help="the first N photos of the sample (default: all 3,013)")
+    Honest.add_arguments(parser)
     parser.add_argument("--notebook-step", nargs=3, metavar=("IN", "OUT", "K"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.notebook_step:
         notebook_pca_step(args.notebook_step[0], args.notebook_step[1], int(args.notebook_step[2]))
         return
+    honest = Honest.start(args)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    load = os.getloadavg()
-    real = None if args.skip_real else compare_on_real_photos(workdir, args.repeats, args.k)
-    million = None if args.skip_million else million_rows(workdir, args.rows, args.k, args.compare_reproject)
+    real = None if args.skip_real else compare_on_real_photos(workdir, args.repeats, args.k, args.photos, args.also_spark)
+    million = None if args.skip_million else million_rows(workdir, args.rows, args.k, args.compare_reproject, args.photos)
     if real:
-        print(f"refit over 3,013 real photos / notebook PCA step (whole processes, medians): {real['ratio_refit_over_notebook']}x")
+        honest.ratio(f"refit over {real['rows']:,} real photos / notebook PCA step (whole processes, medians): "
+                     f"{real['ratio_refit_over_notebook']}x (target <= 1; engine {real['refit_steps_seconds'][0]['engine']})")
+        if real["ratio_spark_engine_over_notebook"] is not None:
+            honest.ratio(f"the same refit with --engine spark / notebook PCA step: {real['ratio_spark_engine_over_notebook']}x")
     if million:
-        print(f"refit after +1 % at {million['rows']:,} rows, whole command: {million['incremental_refit_seconds']} s (target <= 60 s)")
+        honest.ratio(f"refit after +1 % at {million['rows']:,} rows, whole command: {million['incremental_refit_seconds']} s "
+                     "(target <= 60 s)")
         if "reproject_all_refit_seconds" in million:
-            print(f"same with every row projected again: {million['reproject_all_refit_seconds']} s")
-    print(json.dumps({"load_average_at_start": [round(v, 2) for v in load], "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
-                      "real_photos": real, "million": million}, indent=2))
+            honest.ratio(f"same with every row projected again: {million['reproject_all_refit_seconds']} s")
+    print(json.dumps({"real_photos": real, "million": million, **honest.finish()}, indent=2))
 
 
 if __name__ == "__main__":

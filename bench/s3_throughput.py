@@ -14,7 +14,6 @@ Needs the SeaweedFS binary (`make weed`) and hadoop-aws's jars (`make s3-jars`).
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
 import shutil
 import statistics
@@ -27,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]
 
 from ingest_throughput import BATCH_LINE, DEFAULT_WEIGHTS, fill_landing, run_fruits, steady_rate  # noqa: E402
+from honest import Honest  # noqa: E402
 from s3server import start_server, weed_binary  # noqa: E402
 
 
@@ -51,7 +51,9 @@ def main() -> None:
     parser.add_argument("--max-files-per-trigger", type=int, default=500)
     parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
     parser.add_argument("--master", default="local[*]")
+    Honest.add_arguments(parser)
     args = parser.parse_args()
+    honest = Honest.start(args)
     binary = weed_binary()
     if binary is None:
         sys.exit("no SeaweedFS binary: run `make weed` (.ci/build-weed)")
@@ -74,20 +76,24 @@ def main() -> None:
     finally:
         server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
-    report(runs, args)
+    report(runs, args, honest)
 
 
-def report(runs: list[dict], args: argparse.Namespace) -> None:
+def report(runs: list[dict], args: argparse.Namespace, honest: Honest) -> None:
     """The ratio lines first, then each run."""
-    rate = {k: statistics.median([r["rate"] for r in runs if r["kind"] == k and r["rate"]]) for k in ("local", "s3")}
-    land = {k: statistics.median([r["land_seconds"] for r in runs if r["kind"] == k]) for k in ("local", "s3")}
-    print(f"s3a:// home / local home, steady images/s: {rate['s3'] / rate['local']:.2f}x "
-          f"({rate['s3']:.1f} vs {rate['local']:.1f} images/s; medians of {args.rounds} rounds)")
-    print(f"landing {args.images} photos: fruits drop to S3 {land['s3']:.1f} s ({args.images / land['s3']:.0f} photos/s), "
-          f"local copy {land['local']:.1f} s")
-    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {os.cpu_count()} cores")
+    def median(values: list[float]) -> float | None:
+        return statistics.median(values) if values else None  # None: no full batch after the first (tiny runs)
+
+    rate = {k: median([r["rate"] for r in runs if r["kind"] == k and r["rate"]]) for k in ("local", "s3")}
+    land = {k: median([r["land_seconds"] for r in runs if r["kind"] == k]) for k in ("local", "s3")}
+    ratio = f"{rate['s3'] / rate['local']:.2f}x" if rate["s3"] and rate["local"] else "n/a (no steady batch)"
+    honest.ratio(f"s3a:// home / local home, steady images/s: {ratio} "
+                 f"({rate['s3']} vs {rate['local']} images/s; medians of {args.rounds} rounds)")
+    honest.ratio(f"landing {args.images} photos: fruits drop to S3 {land['s3']:.1f} s ({args.images / land['s3']:.0f} "
+                 f"photos/s), local copy {land['local']:.1f} s")
     for run in runs:
         print(run)
+    honest.finish()
 
 
 if __name__ == "__main__":

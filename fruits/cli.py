@@ -86,6 +86,8 @@ def _refit_parser(commands: Any) -> None:
     refit.add_argument("--variance", type=float, help="instead of --k: the smallest k explaining this share, e.g. 0.95")
     refit.add_argument("--full", action="store_true", help="refit on every row even when an incremental refit is possible")
     refit.add_argument("--every", help="stay in the foreground and refit at this interval, e.g. 10m")
+    refit.add_argument("--engine", choices=allowed_values("pca", "engine"),
+                       help=f"where the refit runs: auto, local (no JVM) or spark (default {default_value('pca', 'engine')}; [pca] engine)")
     refit.add_argument(
         "--no-compact", action="store_true",
         help="do not compact the features and quarantine tables (Delta OPTIMIZE) before fitting ([compaction] enabled)",
@@ -157,7 +159,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
             "runtime": getattr(args, "runtime", None),
             "precision": getattr(args, "precision", None),
         },
-        "pca": {"k": getattr(args, "k", None), "every": getattr(args, "every", None), "variance": getattr(args, "variance", None)},
+        "pca": {"k": getattr(args, "k", None), "every": getattr(args, "every", None), "variance": getattr(args, "variance", None),
+                "engine": getattr(args, "engine", None)},
         "stage": {"stable_seconds": getattr(args, "stable_seconds", None)},
         "compaction": {"enabled": False if getattr(args, "no_compact", False) else None},
         "web": {"host": getattr(args, "host", None), "port": getattr(args, "port", None), "token": getattr(args, "token", None)},
@@ -214,10 +217,14 @@ def cmd_refit(config: Config, args: argparse.Namespace) -> int:
 
 
 def _refit(config: Config, args: argparse.Namespace) -> int:
-    from fruits.batch.refit_pca import RefitOutcome, nothing_to_fit, refit_pca
-    from fruits.batch.schedule import RefitKeepsFailing, log_outcome, refit_every
+    from fruits.batch.refit_pca import RefitOutcome, nothing_to_fit
+    from fruits.batch.schedule import RefitKeepsFailing, Refitter, log_outcome, refit_every
     from fruits.pca_store import PcaModelStore
-    from fruits.session import build_spark
+
+    def build_spark():
+        from fruits.session import build_spark
+
+        return build_spark(config, "refit-pca", COMMAND_SECTIONS["refit-pca"])
 
     pca = config.pca
     k, variance, every = pca.k, (pca.variance or None), pca.every
@@ -225,15 +232,16 @@ def _refit(config: Config, args: argparse.Namespace) -> int:
     if skipped:  # nothing new: said from the Delta log, without starting a JVM
         log_outcome(RefitOutcome(None, skipped))
         return 0
-    spark = build_spark(config, "refit-pca", COMMAND_SECTIONS["refit-pca"])
+    # The JVM starts only if a refit runs on Spark ([pca] engine, local_max_rows: docs/refit.md).
+    refit = Refitter(config, build=build_spark)
     if not every:
-        log_outcome(refit_pca(spark, config, k, variance, incremental=not args.full))
+        log_outcome(refit(k, variance, incremental=not args.full))
         return 0
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        refit_every(spark, config, k, variance, every, stop, pca.max_consecutive_failures)
+        refit_every(refit, config, k, variance, every, stop, pca.max_consecutive_failures)
     except RefitKeepsFailing as exc:  # exit non-zero: the orchestrator restarts the service (and alerts)
         print(f"fruits refit-pca: {exc}", file=sys.stderr)
         return 1

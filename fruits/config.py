@@ -155,6 +155,8 @@ class PcaConfig:
     every: Seconds | None = _duration(optional=True)
     max_consecutive_failures: int = _at_least(1)
     reproject_growth: float = _at_least(0)
+    engine: str = _choice("auto", "local", "spark")
+    local_max_rows: int = _at_least(0)
     spark_conf: SparkConf
 
 

@@ -6,10 +6,17 @@ folder) so sessions start offline-safe.
 landing folder is on S3: the bundle is large). ``python -m fruits.jars maven DIR`` is the fallback when Ivy cannot
 reach Maven Central: it resolves the same coordinates (Delta's and S3A's) with ``mvn dependency:copy-dependencies``
 into DIR; then set ``FRUITS_JARS_DIR=DIR``.
+
+Ivy resolves the coordinates again at every session start even when every jar is cached (it reads the poms of
+some 37 modules). The jars a resolution found are remembered per coordinates (:func:`remember_resolved`, in the
+per-user cache folder), and later sessions get them as ``spark.jars`` (:func:`resolved_jars`) while they are all
+still there: no Ivy at start-up.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import subprocess
 import sys
 import tempfile
@@ -41,6 +48,42 @@ def s3a_coordinates() -> tuple[str, str, str]:
 def maven_coordinate(coordinates: tuple[str, str, str]) -> str:
     """``group:artifact:version``, as ``spark.jars.packages`` takes it."""
     return ":".join(coordinates)
+
+
+def _resolved_list(packages: list[str]) -> Path:
+    """Where the jars resolved for ``packages`` are remembered: ``$XDG_CACHE_HOME/fruits`` or ``~/.cache/fruits``
+    (the per-user cache of the converted models too), one file per set of coordinates and pyspark version."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    key = hashlib.sha256("\n".join([pyspark.__version__, *sorted(packages)]).encode()).hexdigest()[:16]
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "fruits" / f"spark-jars-{key}.txt"
+
+
+def resolved_jars(packages: list[str]) -> list[str] | None:
+    """The local jars an earlier session's Ivy resolution of ``packages`` found, if every one is still there."""
+    try:
+        jars = _resolved_list(packages).read_text().split()
+    except OSError:
+        return None
+    return jars if jars and all(os.path.isfile(_local(jar)) for jar in jars) else None
+
+
+def remember_resolved(packages: list[str], spark_jars: str | None) -> None:
+    """Remember the jars Ivy resolved for ``packages`` (a session's ``spark.jars``); best effort."""
+    jars = [jar for jar in (spark_jars or "").split(",") if jar]
+    if not jars or not all(os.path.isfile(_local(jar)) for jar in jars):
+        return
+    target = _resolved_list(packages)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.{os.getpid()}")
+        temporary.write_text("\n".join(jars) + "\n")
+        temporary.replace(target)
+    except OSError:
+        pass
+
+
+def _local(jar: str) -> str:
+    return jar[len("file:"):] if jar.startswith("file:") else jar
 
 
 DEPENDENCY = "<dependency><groupId>{0}</groupId><artifactId>{1}</artifactId><version>{2}</version></dependency>"

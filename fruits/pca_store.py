@@ -1,7 +1,7 @@
 """The PCA model store: ``models/pca/vN/`` folders, one per refit. The only code that knows their layout.
 
-Each version folder holds ``spark-model`` (a Spark ML ``PCAModel``, written by the refit with Spark),
-``components.npy`` (the same (d, k) matrix, for readers without Spark), ``moments.npz`` (the statistics an
+Each version folder holds ``spark-model`` (a Spark ML ``PCAModel``, written by the refit with Spark, or in Spark
+ML's format without a JVM), ``components.npy`` (the same (d, k) matrix, for readers without Spark), ``moments.npz`` (the statistics an
 incremental refit merges new rows into), the PNG plots, and ``metadata.json``, written last and atomically: a
 version without it is an interrupted refit, invisible to readers and redone by the next refit.
 
@@ -61,6 +61,8 @@ class PcaVersion:
     projected_rows: int = 0
     # Seconds per step of the refit (compaction, read, statistics, write, projection, plots), for docs/refit.md.
     timings: dict = field(default_factory=dict)
+    # Where the refit ran: "spark", or "local" (delta-rs + numpy, no JVM); "spark" before the field existed.
+    engine: str = "spark"
 
     @property
     def coordinates_version(self) -> int:
@@ -113,6 +115,12 @@ class ArrowFiles:
             handle.write(data)
         if atomic:
             fs.move(target, path)
+
+    def delete_dir(self, uri: str) -> None:
+        """Remove the folder at ``uri`` and everything in it, if it exists."""
+        fs, path = pafs.FileSystem.from_uri(rust_uri(uri))
+        if fs.get_file_info(path).type == pafs.FileType.Directory:
+            fs.delete_dir(path)
 
 
 class PcaModelStore:

@@ -6,6 +6,7 @@ import glob
 import logging
 import os
 import sys
+import time
 
 from pyspark.sql import SparkSession
 
@@ -33,12 +34,15 @@ def build_spark(config: Config, app_suffix: str = "", command_section: str | Non
     """Get or create the SparkSession for ``config`` with Delta Lake on the classpath.
 
     Delta's jars come from ``spark.jars_dir`` when it is set (a folder of jars, e.g. filled by
-    ``mvn dependency:copy``), otherwise from Maven Central via ``delta.configure_spark_with_delta_pip`` (Ivy cache).
+    ``mvn dependency:copy``), otherwise from Maven Central via ``delta.configure_spark_with_delta_pip`` (Ivy cache),
+    or, once Ivy has resolved them on this machine, straight from that cache (:func:`fruits.jars.resolved_jars`:
+    Ivy's resolution at every start cost seconds).
     Python workers use this interpreter unless ``spark.pyspark.python`` is configured. The settings are
     ``[spark.conf]`` with the command's own ``[<command_section>.spark_conf]`` on top (e.g. its driver memory).
     For a home on S3, ``hadoop-aws`` (and its AWS SDK bundle) is added the same way, only then (the bundle is
     large), with the ``fs.s3a.*`` settings of :mod:`fruits.s3`.
     """
+    started = time.perf_counter()
     uses_s3 = s3.configure(config) is not None  # also exports the settings to delta-rs/pyarrow in this process
     spark_cfg = config.spark
     master = spark_cfg.master
@@ -64,15 +68,24 @@ def build_spark(config: Config, app_suffix: str = "", command_section: str | Non
                                     "with `python -m fruits.jars maven DIR`")
         builder = builder.config("spark.jars", ",".join(jars))
     else:
-        from delta import configure_spark_with_delta_pip
+        from fruits.jars import delta_coordinates, maven_coordinate, resolved_jars, s3a_coordinates
 
-        from fruits.jars import maven_coordinate, s3a_coordinates
+        packages = [maven_coordinate(delta_coordinates())] + ([maven_coordinate(s3a_coordinates())] if uses_s3 else [])
+        known = resolved_jars(packages)
+        if known:
+            builder = builder.config("spark.jars", ",".join(known))
+        else:
+            from delta import configure_spark_with_delta_pip
 
-        extra = [maven_coordinate(s3a_coordinates())] if uses_s3 else None
-        builder = configure_spark_with_delta_pip(builder, extra_packages=extra)
+            builder = configure_spark_with_delta_pip(builder, extra_packages=packages[1:] or None)
     start_jvm(builder)
     spark = builder.getOrCreate()
+    if not jars_dir and not known:
+        from fruits.jars import remember_resolved
+
+        remember_resolved(packages, spark.sparkContext.getConf().get("spark.jars", None))
     spark.sparkContext.setLogLevel("WARN")
+    log.info("Spark session up in %.1f s (%s)", time.perf_counter() - started, master)  # bench/startup.py's phases
     return spark
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from delta.tables import DeltaTable
-from pyspark.sql import SparkSession
+import re
+from typing import TYPE_CHECKING
+
 from pyspark.sql.types import (
     ArrayType,
     BooleanType,
@@ -14,6 +15,11 @@ from pyspark.sql.types import (
     StructType,
     TimestampType,
 )
+
+from fruits.uris import rust_uri
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 # Columns every outcome row (features or quarantine) carries from its ledger row (fruits.ledger), after the
 # original columns (rows of homes older than the ledger have them null).
@@ -71,11 +77,43 @@ PCA_SCHEMA = StructType(
 )
 
 
+CHANGE_FEED = {"delta.enableChangeDataFeed": "true"}
+
+
 def ensure_table(
-    spark: SparkSession, location: str, schema: StructType, description: str, change_feed: bool = False
-) -> None:
+    spark: SparkSession | None, location: str, schema: StructType, description: str, change_feed: bool = False
+) -> bool:
     """Create an empty Delta table with ``schema`` at ``location`` unless one is already there; ``change_feed``
-    turns on Delta's change data feed (the PCA refit reads the rows added since its last model from it)."""
+    turns on Delta's change data feed (the PCA refit reads the rows added since its last model from it).
+
+    With delta-rs where it writes the location (local folders, S3: no Spark job, a stream's start-up costs less;
+    the same schema, description and properties as Spark's ``createIfNotExists``), else with Spark (``spark``).
+    Columns a table made by an older version of the service lacks are added (nullable). Returns whether the table
+    was made now."""
+    if re.match(r"^(hdfs|viewfs|abfss?|gs|wasbs?)://", location):  # file systems only Hadoop's clients reach
+        return _ensure_with_spark(spark, location, schema, description, change_feed)
+    from deltalake import DeltaTable, Field
+    from deltalake.exceptions import TableNotFoundError
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    arrow = to_arrow_schema(schema, timezone="UTC")
+    try:
+        table = DeltaTable(rust_uri(location))
+    except TableNotFoundError:
+        DeltaTable.create(rust_uri(location), arrow, mode="ignore", description=description,
+                          configuration=CHANGE_FEED if change_feed else None)
+        return True
+    present = {field.name for field in table.schema().fields}
+    missing = [field.with_nullable(True) for field in arrow if field.name not in present]
+    if missing:  # a table made by an older version of the service: add the new (nullable) columns
+        table.alter.add_columns([Field.from_arrow(field) for field in missing])
+    return False
+
+
+def _ensure_with_spark(spark: SparkSession, location: str, schema: StructType, description: str, change_feed: bool) -> bool:
+    from delta.tables import DeltaTable
+
+    made = not DeltaTable.isDeltaTable(spark, location)
     builder = DeltaTable.createIfNotExists(spark).location(location).addColumns(schema).comment(description)
     if change_feed:
         builder = builder.property("delta.enableChangeDataFeed", "true")
@@ -84,8 +122,11 @@ def ensure_table(
     if missing:  # a table made by an older version of the service: add the new (nullable) columns
         columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
         spark.sql(f"ALTER TABLE delta.`{location}` ADD COLUMNS ({columns})")
+    return made
 
 
 def latest_version(spark: SparkSession, location: str) -> int:
     """The newest committed version of the Delta table at ``location``."""
+    from delta.tables import DeltaTable
+
     return int(DeltaTable.forPath(spark, location).history(1).head()["version"])

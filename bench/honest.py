@@ -1,0 +1,126 @@
+"""Honest figures, shared by every script in bench/ (docs/performance.md, "Honest figures").
+
+Every bench prints, first, the CPU model and the flags that decide which figures apply to it (AVX2, AVX512_VNNI,
+AMX), the core count and the load average before the run; last, the load average after. A ratio is only printed
+through :meth:`Honest.ratio`:
+
+- the 1-minute load average before the run above :data:`MAX_LOAD` (other jobs on the cores) refuses the run at once,
+  before anything is measured (exit code :data:`REFUSED`), unless ``--force``; with ``--force`` every ratio line
+  says it was measured on a loaded machine;
+- ``--smoke`` (tests/test_bench_smoke.py, tiny sizes) skips the load check, and every ratio line says it is no
+  figure.
+
+Ratio lines start with ``ratio`` (``ratio: ...``, ``ratio [smoke run, not a figure]: ...``, ``ratio [--force: ...]:
+...``) so a reader, or the smoke test, finds them.
+
+Not a benchmark itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+from dataclasses import dataclass, field
+
+# Above this 1-minute load average before the run, the machine is not quiet enough for a ratio.
+MAX_LOAD = 1.5
+# Exit code of a bench that refused to run on a loaded machine.
+REFUSED = 3
+# The /proc/cpuinfo flags that matter to the figures: AVX2 (every fp32 figure), AVX512_VNNI / AMX (int8, bf16).
+FLAGS = {"avx2": ("avx2",), "avx512_vnni": ("avx512_vnni",), "amx": ("amx_tile", "amx_int8", "amx_bf16")}
+
+
+@dataclass(frozen=True)
+class Cpu:
+    model: str
+    cores: int
+    flags: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def cpu_class(self) -> str:
+        """docs/performance.md's table for this CPU: "AVX-512/AMX" or "AVX2 only" (or "no AVX2")."""
+        if self.flags.get("amx") or self.flags.get("avx512_vnni"):
+            return "AVX-512/AMX"
+        return "AVX2 only" if self.flags.get("avx2") else "no AVX2"
+
+    def describe(self) -> str:
+        marks = ", ".join(f"{name.upper()} {'yes' if present else 'no'}" for name, present in self.flags.items())
+        return f"cpu: {self.model}; {self.cores} cores; {marks}; class {self.cpu_class}"
+
+
+def cpu_info(cpuinfo: str | None = None) -> Cpu:
+    """The CPU's model and flags from ``/proc/cpuinfo`` (or the text given)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+                cpuinfo = handle.read()
+        except OSError:
+            cpuinfo = ""
+    model, flags = None, set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and model is None:
+            model = value.strip()
+        elif key == "flags" and not flags:
+            flags = set(value.split())
+    return Cpu(model or platform.processor() or "unknown", os.cpu_count() or 1, {name: any(f in flags for f in names) for name, names in FLAGS.items()})
+
+
+def load_text(load: tuple[float, float, float]) -> str:
+    return " ".join(f"{value:.2f}" for value in load)
+
+
+class Honest:
+    """One bench run's honesty: the header, the load check, the ratio lines and the footer."""
+
+    def __init__(self, force: bool = False, smoke: bool = False, out=None, load=os.getloadavg, cpuinfo: str | None = None):
+        self.force, self.smoke, self.out, self._load = force, smoke, out or sys.stdout, load
+        self.cpu = cpu_info(cpuinfo)
+        self.load_before = tuple(round(v, 2) for v in load())
+        self.loaded = self.load_before[0] > MAX_LOAD
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--force", action="store_true",
+                            help=f"run and print ratios even when the load average before exceeds {MAX_LOAD} (said so)")
+        parser.add_argument("--smoke", action="store_true",
+                            help="tests/test_bench_smoke.py: no load check, ratio lines marked as no figure")
+
+    @classmethod
+    def start(cls, args: argparse.Namespace, **kwargs) -> "Honest":
+        """The header; exits with :data:`REFUSED` when the machine is loaded and neither --force nor --smoke is given."""
+        honest = cls(force=args.force, smoke=args.smoke, **kwargs)
+        honest.header()
+        if honest.loaded and not (honest.force or honest.smoke):
+            print(f"refused: load average {honest.load_before[0]:.2f} > {MAX_LOAD} before the run: other jobs share "
+                  "the cores, so no ratio would mean anything. Run alone, or pass --force (the ratios then say so).",
+                  file=honest.out, flush=True)
+            sys.exit(REFUSED)
+        return honest
+
+    def header(self) -> None:
+        print(self.cpu.describe(), file=self.out)
+        print(f"load average before: {load_text(self.load_before)}"
+              + (" (smoke run: not checked)" if self.smoke else ""), file=self.out, flush=True)
+
+    def tag(self) -> str:
+        if self.smoke:
+            return " [smoke run, not a figure]"
+        if self.loaded:
+            return f" [--force: load average {self.load_before[0]:.2f} > {MAX_LOAD} before the run]"
+        return ""
+
+    def ratio(self, text: str) -> None:
+        """Print one ratio line."""
+        print(f"ratio{self.tag()}: {text}", file=self.out, flush=True)
+
+    def finish(self) -> dict:
+        """The footer; returns the figures for the bench's JSON."""
+        after = tuple(round(v, 2) for v in self._load())
+        print(f"load average after: {load_text(after)}", file=self.out, flush=True)
+        return {"cpu": self.cpu.model, "cpu_class": self.cpu.cpu_class, "cpu_flags": self.cpu.flags,
+                "cores": self.cpu.cores, "load_avg_before": self.load_before, "load_avg_after": after,
+                "forced": self.force and self.loaded, "smoke": self.smoke}

@@ -1,0 +1,140 @@
+"""No bench rots: every script in bench/ runs here at a tiny size (``--smoke``: no load check, ratio lines marked as
+no figure) and must finish and print its ratio lines; and bench/honest.py's rules (docs/performance.md, "Honest
+figures") hold. The smoke runs measure nothing: they are not timed tests.
+
+The heavy runs start Spark, OpenVINO or TensorFlow: run them under the shared lock,
+``flock /tmp/fruits-heavy.lock .venv/bin/python -m pytest tests/test_bench_smoke.py -q``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, missing
+
+sys.path.insert(0, str(ROOT / "bench"))
+from honest import MAX_LOAD, REFUSED, Honest, cpu_info  # noqa: E402
+
+BENCH = ROOT / "bench"
+# Modules of bench/ that are no benchmark: helpers the benches import.
+HELPERS = {"honest.py", "proctree.py"}
+# Benches whose smoke run is somebody else's change in flight (named, so the list can only shrink on purpose).
+PENDING = {"web.py": "rewritten on branch sec22 (issue 22): its smoke run comes with that rewrite"}
+
+# Tiny sizes: each run exercises every step of its bench once, with as little data as that step needs.
+SMOKE = {
+    "fuzz_decode.py": ["--count", "20"],
+    "delta_rs_appends.py": ["--commits", "6", "--window", "3"],
+    "delta_append.py": ["--appends", "3"],
+    "bare_model.py": ["--images", "4", "--seconds", "0.3", "--per-class", "1", "--ir-cache", "{ir_cache}"],
+    "ingest_throughput.py": ["--images", "12", "--variant", "shipped=--max-files-per-trigger 4", "--bare-seconds", "0.3",
+                             "--ir-cache", "{ir_cache}", "--master", "local[2]"],
+    "int8.py": ["--images", "12", "--seconds", "0.3", "--batch", "4", "--master", "local[2]"],
+    "notebook_vs_stream.py": ["--images", "8"],
+    "backlog.py": ["--images", "12", "--flags", "--max-files-per-trigger 4", "--master", "local[2]", "--interval", "0.5"],
+    "cluster_vs_local.py": ["--images", "12", "--max-files-per-trigger", "4", "--workers", "1", "--memory", "1g"],
+    "ir_cache.py": ["--rounds", "1"],
+    "latency.py": ["--images", "3", "--rate", "5", "--warmup", "1", "--master", "local[2]", "--timeout", "120"],
+    "s3_throughput.py": ["--images", "12", "--rounds", "1", "--max-files-per-trigger", "4", "--master", "local[2]"],
+    "pca_refit.py": ["--workdir", "{tmp}", "--repeats", "1", "--photos", "40", "--rows", "400", "--k", "5", "--also-spark"],
+    "startup.py": ["--rounds", "1", "--master", "local[2]"],
+    "discovery_scale.py": ["--files", "60", "--drops", "2", "--rate", "5", "--listings", "1", "--lost", "5",
+                           "--idle-seconds", "1", "--skip-file-source", "--workdir", "{tmp}"],
+}
+# Ratio lines each smoke run prints at least.
+RATIO_LINES = {
+    "bare_model.py": 6, "delta_append.py": 3, "int8.py": 4, "notebook_vs_stream.py": 2, "pca_refit.py": 3,
+    "discovery_scale.py": 5, "s3_throughput.py": 2, "startup.py": 2,
+}
+SMOKE_RATIO = re.compile(r"^ratio \[smoke run, not a figure\]: \S", re.M)
+
+
+@pytest.mark.fast
+def test_every_bench_has_a_smoke_run():
+    scripts = {path.name for path in BENCH.glob("*.py")} - HELPERS
+    assert scripts - set(PENDING) == set(SMOKE), "a bench without a smoke run, or a smoke run without its bench"
+    for path in BENCH.glob("*.py"):
+        if path.name not in HELPERS | set(PENDING):
+            assert "Honest.add_arguments(parser)" in path.read_text() and "Honest.start(args)" in path.read_text(), path.name
+
+
+@pytest.mark.fast
+def test_cpu_flags_come_from_cpuinfo():
+    text = "processor\t: 0\nmodel name\t: Some CPU 9000\nflags\t\t: fpu sse avx2 avx512_vnni amx_tile amx_int8\n"
+    cpu = cpu_info(text)
+    assert (cpu.model, cpu.flags, cpu.cpu_class) == (
+        "Some CPU 9000", {"avx2": True, "avx512_vnni": True, "amx": True}, "AVX-512/AMX")
+    older = cpu_info("model name\t: Old CPU\nflags\t\t: fpu sse avx2\n")
+    assert older.flags == {"avx2": True, "avx512_vnni": False, "amx": False} and older.cpu_class == "AVX2 only"
+    here = cpu_info()  # this machine's /proc/cpuinfo
+    assert here.model and set(here.flags) == {"avx2", "avx512_vnni", "amx"}
+
+
+def _start(load: float, *flags: str) -> tuple[Honest | int, str]:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    Honest.add_arguments(parser)
+    out = io.StringIO()
+    try:
+        honest = Honest.start(parser.parse_args(list(flags)), out=out, load=lambda: (load, 0.2, 0.1))
+    except SystemExit as exc:
+        return exc.code, out.getvalue()
+    honest.ratio("x / y = 2.00x")
+    honest.finish()
+    return honest, out.getvalue()
+
+
+@pytest.mark.fast
+def test_a_loaded_machine_gets_no_ratio_unless_forced():
+    code, text = _start(MAX_LOAD + 0.5)
+    assert code == REFUSED and "refused: load average 2.00 > 1.5" in text and not re.search(r"^ratio", text, re.M)
+    assert text.startswith("cpu: ") and "AVX2" in text and "AVX512_VNNI" in text and "AMX" in text
+
+    _, forced = _start(MAX_LOAD + 0.5, "--force")
+    assert "ratio [--force: load average 2.00 > 1.5 before the run]: x / y = 2.00x" in forced
+
+    _, quiet = _start(0.4)
+    assert "\nratio: x / y = 2.00x\n" in quiet
+    assert "load average before: 0.40 0.20 0.10\n" in quiet and "load average after: 0.40 0.20 0.10\n" in quiet
+
+    _, smoke = _start(MAX_LOAD + 3, "--smoke")
+    assert "ratio [smoke run, not a figure]: x / y = 2.00x" in smoke and "refused" not in smoke
+
+
+@pytest.fixture(scope="module")
+def ir_cache() -> str:
+    """The per-user IR cache the service itself uses: the model is converted once for all smoke runs."""
+    from fruits.config import load_config
+    from fruits.runtimes import ir_cache_dir
+
+    return str(ir_cache_dir(load_config(environ={})))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(SMOKE))
+def test_bench_runs_at_a_tiny_size(script, tmp_path, ir_cache):
+    if script == "s3_throughput.py":
+        sys.path.insert(0, str(ROOT / "tests"))
+        from s3server import weed_binary
+
+        if weed_binary() is None:
+            missing("no SeaweedFS binary (`make weed`): s3_throughput's smoke run needs it", "FRUITS_REQUIRE_S3")
+    args = [a.format(tmp=tmp_path, ir_cache=ir_cache) for a in SMOKE[script]]
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(BENCH / script), "--smoke", *args], capture_output=True, text=True,
+                          timeout=900, env=env, cwd=tmp_path)
+    assert done.returncode == 0, f"{script} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    out = done.stdout
+    assert re.search(r"^cpu: .+; \d+ cores; AVX2 (yes|no), AVX512_VNNI (yes|no), AMX (yes|no)", out, re.M), out[:500]
+    assert re.search(r"^load average before: [\d.]+ [\d.]+ [\d.]+ \(smoke run: not checked\)$", out, re.M), out[:500]
+    assert re.search(r"^load average after: [\d.]+ [\d.]+ [\d.]+$", out, re.M), out[-500:]
+    ratios = SMOKE_RATIO.findall(out)
+    assert len(ratios) >= RATIO_LINES.get(script, 1), out
+    assert not re.search(r"^ratio: ", out, re.M), "a smoke run printed a ratio as a figure"
