@@ -73,7 +73,7 @@ def main() -> None:
         spark = build_spark(config, "bench-delta-append", "stream")
         now = dt.datetime(2026, 1, 1)
         rows = spark.createDataFrame(
-            [(f"file:/landing/Banana/{i}.jpg", "Banana", "0" * 64, 5000, now, now, [0.1] * 1280, "bench", None, None, None) for i in range(10)],
+            [(f"file:/landing/Banana/{i}.jpg", "Banana", "0" * 64, 5000, now, now, [0.1] * 1280, "bench", None, None, None, 0) for i in range(10)],
             FEATURES_SCHEMA,
         ).cache()
         rows.count()

@@ -82,7 +82,8 @@ def seed(spark, config, discovery) -> dict:
     outcomes = ledger.select(
         "path", "label", F.lit(None).cast("string").alias("content_sha256"), "size_bytes", "modified_at",
         F.current_timestamp().alias("ingested_at"), F.lit(SEED_REASON).alias("reason"), F.lit("seed").alias("model_id"),
-        "file_id", "discovered_at", F.col("path").alias("stored_path"),
+        "file_id", "discovered_at", F.col("path").alias("stored_path"), F.lit(0).cast("long").alias("attempt"),
+        F.lit("rejected").alias("cause"), F.lit(False).alias("retryable"),
     )
     outcomes.write.format("delta").mode("append").save(config.quarantine_table)
     return {

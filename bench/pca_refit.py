@@ -156,7 +156,7 @@ def seed_rows(spark, config, real: np.ndarray, labels: list[str], model_id: str,
                 "label": [label_of[s] for s in source], "content_sha256": [f"{i:064x}" for i in ids],
                 "size_bytes": np.full(len(ids), 5000, dtype=np.int64), "modified_at": now, "ingested_at": now,
                 "features": list(noisy.astype(np.float32)), "model_id": model_id,
-                "file_id": None, "discovered_at": pd.NaT, "stored_path": None,
+                "file_id": None, "discovered_at": pd.NaT, "stored_path": None, "attempt": 0,
             })
 
     frame = spark.range(start, start + count, numPartitions=max(1, count // 12500)).mapInPandas(generate, FEATURES_SCHEMA)

@@ -146,6 +146,7 @@ def _synthetic_features(location: str, rows: int, start: int = 0) -> None:
         "content_sha256": ["0" * 64] * rows, "size_bytes": [1] * rows, "modified_at": [now] * rows,
         "ingested_at": [now] * rows, "features": [[0.5, 1.0 + i % 3, float(i), 2.0] for i in range(start, start + rows)],
         "model_id": ["m"] * rows, "file_id": [None] * rows, "discovered_at": [None] * rows, "stored_path": [None] * rows,
+        "attempt": [0] * rows,
     }, schema=FEATURES_ARROW), mode="append", configuration={"delta.enableChangeDataFeed": "true"})
 
 
