@@ -22,6 +22,8 @@ from conftest import NOTOP_WEIGHTS, ROOT, make_config, place, sample_files
 
 pytestmark = pytest.mark.slow
 
+# The Host a server without a token accepts (loopback: fruits.web_door), as a local browser sends it.
+LOOPBACK = "http://127.0.0.1:8000"
 SCREENSHOT = ROOT / "docs" / "web.png"
 
 
@@ -69,7 +71,7 @@ def client(identify_home, weights):
     """One app (one model) for the module's API tests, as one server process would be."""
     from fruits.web import create_app
 
-    with TestClient(create_app(identify_home["config"], weights)) as client:
+    with TestClient(create_app(identify_home["config"], weights), base_url=LOOPBACK) as client:
         yield client
 
 
@@ -119,9 +121,9 @@ def test_identify_error_codes(identify_home, client, tmp_path):
     assert text.status_code == 415
     truncated = client.post("/api/identify", files=[("file", ("cut.jpg", banana.read_bytes()[:300], "image/jpeg"))])
     assert truncated.status_code == 422 and "cut.jpg" in truncated.json()["detail"]
-    capped = TestClient(create_app(make_config(identify_home["config"].home, model={"max_bytes": 100}), None, warm=False))
+    capped = TestClient(create_app(make_config(identify_home["config"].home, model={"max_bytes": 100}), None, warm=False), base_url=LOOPBACK)
     assert capped.post("/api/identify", files=photo_file(banana)).status_code == 413
-    empty_home = TestClient(create_app(make_config(tmp_path), None, warm=False))
+    empty_home = TestClient(create_app(make_config(tmp_path), None, warm=False), base_url=LOOPBACK)
     assert empty_home.post("/api/identify", files=photo_file(banana)).status_code == 503
 
 
