@@ -105,7 +105,7 @@ class BodyTooLarge(HTTPException):
     """The body passed the request cap while streaming in (raised from ``receive``: FastAPI answers 413)."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body above {limit} bytes")
+        super().__init__(413, f"request body above {limit} bytes", headers={"Connection": "close"})
 
 
 class BodyTooSlow(HTTPException):

@@ -144,14 +144,23 @@ def test_a_new_pca_version_is_picked_up_without_a_restart(spark, weights, identi
 
 
 def test_the_page_identifies_a_real_photo_in_a_real_browser(identify_home, weights, page):
+    """With a token set: the page asks for it once, then every call carries it and the images (neighbours' thumbnails,
+    PCA plots) load from the signed URLs the API handed out."""
+    from dataclasses import replace
+
     from playwright.sync_api import expect
 
     from fruits.web import create_app
 
-    config = identify_home["config"]
+    config = replace(identify_home["config"], web=replace(identify_home["config"].web, token="page-token"))
+    auth = {"Authorization": "Bearer page-token"}
     photo = identify_home["held_out"]["Strawberry"]
     with served(create_app(config, weights)) as url:
         page.goto(url)
+        expect(page.locator("#token-box")).to_be_visible(timeout=10_000)
+        expect(page.locator("#count-features")).to_have_text("–")  # nothing shown without the token
+        page.fill("#token", "page-token")
+        page.press("#token", "Enter")
         expect(page.locator("#count-features")).not_to_have_text("–", timeout=10_000)  # the dashboard filled in
         page.set_input_files("#photo", str(photo))  # choosing a photo identifies it
         expect(page.locator("#predicted")).to_have_text("Strawberry", timeout=60_000)
@@ -165,9 +174,11 @@ def test_the_page_identifies_a_real_photo_in_a_real_browser(identify_home, weigh
         page.wait_for_function(
             "[...document.querySelectorAll('#plots img')].every(i => i.complete && i.naturalWidth > 0)", timeout=10_000
         )
-        rows = httpx.get(f"{url}/api/status").json()["features"]["rows"]
+        assert all("?exp=" in page.locator("#neighbors img").nth(i).get_attribute("src") for i in range(5))
+        rows = httpx.get(f"{url}/api/status", headers=auth).json()["features"]["rows"]
         expect(page.locator("#count-features")).to_have_text(str(rows))
-        assert page.locator("#labels tbody tr").count() == len(httpx.get(f"{url}/api/status").json()["features"]["labels"])
+        labels = httpx.get(f"{url}/api/status", headers=auth).json()["features"]["labels"]
+        assert page.locator("#labels tbody tr").count() == len(labels)
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
 
