@@ -389,3 +389,25 @@ def test_501_for_uploads_to_a_landing_folder_neither_local_nor_on_s3(tmp_path):
     response = client.post("/api/photos", files=[upload(BANANA[0])])
     assert response.status_code == 501 and "fruits drop" in response.json()["detail"]
     assert client.get("/api/config").json()["uploads"] is False
+
+
+def test_the_dashboard_computes_the_status_again_only_when_the_home_changed(tmp_path):
+    """Many polls of an idle home cost one computation (it reads whole columns); the ages still move on; a change
+    (an upload, recorded in the file ledger) is in the next answer."""
+    client = client_for(tmp_path, refresh_seconds=0.2)
+    dashboard = client.app.state.service.dashboard
+    client.post("/api/photos", files=[upload(BANANA[0])], data={"label": "Banana"})
+    time.sleep(0.15)
+    first = client.get("/api/dashboard").json()["status"]
+    computed = dashboard.computations
+    for _ in range(6):
+        time.sleep(0.12)
+        client.get("/api/dashboard")
+    assert dashboard.computations == computed
+    later = client.get("/api/status").json()
+    assert later["backlog"]["pending"] == first["backlog"]["pending"] == 1
+    assert later["backlog"]["oldest_pending_age_seconds"] >= first["backlog"]["oldest_pending_age_seconds"] + 0.5
+    client.post("/api/photos", files=[upload(BANANA[1])], data={"label": "Banana"})
+    time.sleep(0.12)
+    assert client.get("/api/status").json()["backlog"]["pending"] == 2
+    assert dashboard.computations == computed + 1
