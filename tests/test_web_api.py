@@ -229,6 +229,11 @@ def test_with_a_token_every_endpoint_needs_it_but_the_page_its_static_files_and_
     assert client.get(thumbnail, headers=BEARER).status_code == 200  # a client that can send the header
     assert client.get("/").status_code == 200 and client.get("/static/app.js").status_code == 200
     assert client.get("/healthz").json() == {"status": "ok"}
+    for raw_path in (b"/static/../api/status", b"/static/%2e%2e/api/status", b"//api/status", b"/api/status/"):
+        raw = client.build_request("GET", f"{LOOPBACK}/x")
+        raw.url = raw.url.copy_with(raw_path=raw_path)
+        sneaked = client.send(raw)  # the public prefix does not open the API
+        assert sneaked.status_code in (401, 404) and tmp_path.name not in sneaked.text, raw_path
 
 
 def test_thumbnails_and_plots_by_short_lived_signed_urls_the_api_hands_out(tmp_path):
