@@ -400,3 +400,20 @@ def test_the_web_service_cannot_start_without_its_token(compose, tmp_path):
     with pytest.raises(ConfigError):  # and fruits serve itself would refuse without it
         check_exposure(load_config(environ={}).web, argv.host)
     assert "501" not in COMPOSE_FILE.read_text()  # uploads land on S3 (fruits/web.py), no stale comment
+
+
+def test_the_image_build_fails_if_a_secret_file_got_into_the_context_anyway(tmp_path):
+    """The Dockerfile's own guard after `COPY . .`, run with sh on a folder holding what a careless context would."""
+    text = (ROOT / "Dockerfile").read_text()
+    guard = re.search(r"RUN (leaked=.*?fi) \\\n", text, re.S).group(1)
+    assert text.index("COPY . .") < text.index(guard) < text.index("pip install --no-deps -e .")
+    clean = tmp_path / "clean"
+    (clean / "fruits").mkdir(parents=True)
+    (clean / "fruits" / "web.py").write_text("")
+    assert subprocess.run(["sh", "-c", guard], cwd=clean, capture_output=True).returncode == 0
+    for name in (".env", "deploy/.env.prod", "tls/server.pem", "server.key", "home/.ssh/id_ed25519", ".aws/credentials"):
+        dirty = tmp_path / name.replace("/", "_")
+        (dirty / name).parent.mkdir(parents=True, exist_ok=True)
+        (dirty / name).write_text("secret")
+        result = subprocess.run(["sh", "-c", guard], cwd=dirty, capture_output=True, text=True)
+        assert result.returncode == 1 and name.rsplit("/", 1)[-1] in result.stderr, name
