@@ -65,7 +65,8 @@ def declared_size(data: bytes) -> tuple[int, int] | None:
 
 def bomb(width: int, height: int, max_pixels: int) -> RejectedImage:
     return RejectedImage(
-        f"decompression bomb: image declares {width}x{height} = {width * height} pixels, above the limit of {max_pixels}"
+        f"decompression bomb: image declares {width}x{height} = {width * height} pixels, "
+        f"above the limit of {max_pixels}"
     )
 
 

@@ -41,7 +41,8 @@ def aged(report: dict[str, Any], elapsed: float) -> dict[str, Any]:
             report[section] = {**report[section], "age_seconds": _age_seconds(report[section][stamp])}
     backlog = report.get("backlog")
     if backlog and backlog.get("oldest_pending_age_seconds") is not None:
-        report["backlog"] = {**backlog, "oldest_pending_age_seconds": round(backlog["oldest_pending_age_seconds"] + elapsed, 1)}
+        waited = round(backlog["oldest_pending_age_seconds"] + elapsed, 1)
+        report["backlog"] = {**backlog, "oldest_pending_age_seconds": waited}
     return report
 
 

@@ -141,7 +141,9 @@ class FrontDoor:
         try:
             await self.app(scope, self.limited_receive(receive), send)
         except (BodyTooLarge, BodyTooSlow) as exc:  # raised outside FastAPI's handlers (a response already started?)
-            response = JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers={"Connection": "close"})
+            response = JSONResponse(
+                {"detail": exc.detail}, status_code=exc.status_code, headers={"Connection": "close"}
+            )
             try:
                 await response(scope, receive, send)
             except RuntimeError:  # the app had started its answer: the server drops the connection
@@ -160,7 +162,8 @@ class FrontDoor:
         if method not in SAFE_METHODS:
             origin = headers.get("origin")
             if origin is not None:
-                if origin_of(origin) not in self.allowed_origins and origin.lower() not in (f"http://{host}", f"https://{host}"):
+                own = (f"http://{host}", f"https://{host}")
+                if origin_of(origin) not in self.allowed_origins and origin.lower() not in own:
                     return 403, f"cross-site request refused (Origin {origin!r})", {}
             elif headers.get("sec-fetch-site") == "cross-site":
                 return 403, "cross-site request refused (Sec-Fetch-Site: cross-site)", {}

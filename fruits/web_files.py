@@ -64,7 +64,8 @@ class HomeFiles:
     """Thumbnails (kept in a small LRU cache) and PCA plots of one home, by the rules of the module docstring."""
 
     def __init__(
-        self, config: Config, signer: UrlSigner | None = None, decoding: Decoding | None = None, cache_entries: int = 512
+        self, config: Config, signer: UrlSigner | None = None, decoding: Decoding | None = None,
+        cache_entries: int = 512,
     ) -> None:
         self.config, self.signer, self.decoding = config, signer, decoding
         self.pca_models = PcaModelStore(config.pca_models)

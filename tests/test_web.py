@@ -121,7 +121,8 @@ def test_identify_error_codes(identify_home, client, tmp_path):
     assert text.status_code == 415
     truncated = client.post("/api/identify", files=[("file", ("cut.jpg", banana.read_bytes()[:300], "image/jpeg"))])
     assert truncated.status_code == 422 and "cut.jpg" in truncated.json()["detail"]
-    capped = TestClient(create_app(make_config(identify_home["config"].home, model={"max_bytes": 100}), None, warm=False), base_url=LOOPBACK)
+    capped_config = make_config(identify_home["config"].home, model={"max_bytes": 100})
+    capped = TestClient(create_app(capped_config, None, warm=False), base_url=LOOPBACK)
     assert capped.post("/api/identify", files=photo_file(banana)).status_code == 413
     empty_home = TestClient(create_app(make_config(tmp_path), None, warm=False), base_url=LOOPBACK)
     assert empty_home.post("/api/identify", files=photo_file(banana)).status_code == 503
