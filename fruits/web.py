@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +59,15 @@ SECURITY_HEADERS = {
         "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; frame-ancestors 'none'"
     ),
 }
+
+
+def lower_priority(nice: int) -> None:
+    """Raise the calling thread's nice value by ``nice`` (Linux: per thread; threads it starts inherit it)."""
+    if nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
+        except (OSError, AttributeError):  # not permitted, or not Linux: run at the normal priority
+            log.warning("could not lower the priority of the identify threads")
 
 
 class SecurityHeaders:
@@ -115,8 +125,13 @@ class WebService:
         self.max_pixels = min(config.web.max_pixels, config.model.max_pixels)
         self.files = HomeFiles(config, self.signer, self.decoding)
         self.dashboard = Dashboard(config, self.files)
-        # Identify runs on a few threads, with few OpenVINO threads each; requests beyond them wait their turn.
-        self.identify_pool = ThreadPoolExecutor(config.web.identify_workers, thread_name_prefix="identify")
+        # Identify runs on a few threads, its model on few OpenVINO threads; requests beyond them wait their turn.
+        # The threads run at a lower priority (nice), and so do the threads OpenVINO starts from them (the model is
+        # built and first run on one of them): a stream on the same machine keeps the CPU it needs.
+        self.identify_pool = ThreadPoolExecutor(
+            config.web.identify_workers, thread_name_prefix="identify", initializer=lower_priority,
+            initargs=(config.web.identify_nice,),
+        )
         self._identifier: Identifier | None = None
         self._lock = threading.Lock()
 
@@ -232,7 +247,7 @@ def create_app(config: Config, weights: WeightsRef | None = None, warm: bool = T
         )
         sampler.start()
         if warm and weights is not None:
-            threading.Thread(target=service.warm, name="warm-identify", daemon=True).start()
+            service.identify_pool.submit(service.warm)  # on an identify thread: OpenVINO's threads inherit its nice
         yield
         stop.set()
         service.identify_pool.shutdown(wait=False, cancel_futures=True)

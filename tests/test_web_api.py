@@ -416,3 +416,24 @@ def test_the_dashboard_computes_the_status_again_only_when_the_home_changed(tmp_
     time.sleep(0.12)
     assert client.get("/api/status").json()["backlog"]["pending"] == 2
     assert dashboard.computations == computed + 1
+
+
+def test_identify_runs_on_a_bounded_pool_of_lower_priority_threads(tmp_path):
+    import os
+    import threading
+
+    client = client_for(tmp_path, identify_workers=3, identify_nice=7)
+    pool = client.app.state.service.identify_pool
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+
+    def who() -> tuple[str, int, int]:
+        time.sleep(0.2)  # all at once: the pool has to start every thread it may
+        child: list[int] = []
+        thread = threading.Thread(target=lambda: child.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        thread.start()
+        thread.join()
+        return threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), child[0]
+
+    answers = [future.result() for future in [pool.submit(who) for _ in range(9)]]
+    assert len({name for name, _, _ in answers}) == 3  # never more threads than [web] identify_workers
+    assert {(nice, child) for _, nice, child in answers} == {(min(base + 7, 19), min(base + 7, 19))}
