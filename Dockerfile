@@ -63,8 +63,13 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 
 # The project itself. Editable on purpose: fruits/config.py reads conf/fruits.toml next to the source tree
 # (Path(__file__).resolve().parents[1] / "conf"), which a regular install into site-packages would not ship.
+# .dockerignore keeps .env, keys and credentials out of the context (tests/test_compose.py); the build fails if one
+# got in anyway (a .dockerignore edited by hand), rather than bake it into a layer that is shipped.
 COPY . .
-RUN pip install --no-deps -e . \
+RUN leaked="$(find . \( -name '.env' -o -name '.env.*' -o -name '*.env' -o -name '*.pem' -o -name '*.key' \
+        -o -name 'id_rsa*' -o -name 'id_ed25519*' -o -name 'credentials' -o -name '*.p12' -o -name '*.jks' \) -print)" \
+    && if [ -n "$leaked" ]; then echo "secret files in the build context: $leaked" >&2; exit 1; fi \
+    && pip install --no-deps -e . \
     && ln -s "$(python -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')" "$SPARK_HOME" \
     && test -x "$SPARK_HOME/bin/spark-class" \
     && test -f conf/fruits.toml \

@@ -13,11 +13,20 @@
   is in the landing folder) to its row in the features table (bench/latency.py's commit watcher: the first listing
   of the Delta commit that adds it). The dashboard shows it at its next poll (``[web] refresh_seconds``) after that.
 
-Each mode prints one JSON object. Usage:
+- ``beside``: does identify starve a stream on the same machine (issue 22)? A ``fruits serve`` holds the reference
+  home (as in ``identify``); ``fruits stream --available-now`` ingests a fresh landing folder of ``--images`` photos
+  twice: alone (the server idle), then with ``--clients`` (default 8) identify clients asking in a loop for as long
+  as it runs. The stream's steady rate comes from its own per-batch lines (bench/ingest_throughput.py). Targets: the
+  stream keeps >= 80 % of its rate alone, identify's p95 <= 1 s, and no identify answered 503.
+
+Every mode prints the CPU (model; AVX2, AVX512_VNNI, AMX flags) and the load average before and after, and refuses
+to run when the 1-minute load average before it is above 1.5 (another job's figures would be mixed in) unless
+``--force``. Each mode prints one JSON object. Usage:
   python bench/web.py identify [--home H] [--images 200] [--clients 1,8] [--warmup 20]
   python bench/web.py upload [--images 400] [--clients 8] [--upscale 4032]
   python bench/web.py visible [--images 60] [--rate 2] [--trigger 1s]
-Common: [--weights FILE] [--master local[2]] [--port 8765]
+  python bench/web.py beside [--home H] [--images 3000] [--clients 8] [--reference-per-class N]
+Common: [--weights FILE] [--master local[2]] [--port 8765] [--force]
 """
 
 from __future__ import annotations
@@ -25,6 +34,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
+import shutil
 import random
 import socket
 import statistics
@@ -38,11 +49,45 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest_throughput import DEFAULT_WEIGHTS, SAMPLE, run_fruits  # noqa: E402
+from ingest_throughput import BATCH_LINE, DEFAULT_WEIGHTS, SAMPLE, fill_landing, run_fruits, steady_rate  # noqa: E402
 from latency import CommitWatcher, batch_summary, percentiles, pick_photos, wait_ready, wait_visible  # noqa: E402
 from proctree import exit_on_sigterm, fruits_process, load_average, log_tail, resolved_stream_config  # noqa: E402
 
 from fruits.landing import drop  # noqa: E402
+
+
+MAX_LOAD = 1.5  # 1-minute load average above which figures of this machine are not worth printing
+
+
+def machine() -> dict:
+    """The CPU this ran on (model, the instruction sets inference speed depends on) and its core count. (Minimal
+    code of its own: the shared helper of issue 25 was not in this tree when this mode was written.)"""
+    model, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown":
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+    return {"cpu_model": model, "cpu_flags": {flag: flag in flags for flag in wanted}, "cpus": os.cpu_count()}
+
+
+def refuse_if_busy(force: bool, settle: float = 0) -> list[float]:
+    """The load average now (after waiting up to ``settle`` seconds for it to fall to MAX_LOAD: the bench's own
+    set-up raised it); exits if the 1-minute figure is above MAX_LOAD (unless ``force``)."""
+    deadline = time.monotonic() + settle
+    while load_average()[0] > MAX_LOAD and time.monotonic() < deadline and not force:
+        time.sleep(5)
+    load = load_average()
+    print(f"{json.dumps(machine())} load average {load}", file=sys.stderr, flush=True)
+    if load[0] > MAX_LOAD and not force:
+        sys.exit(f"load average {load[0]} > {MAX_LOAD}: another job is running, figures would be worthless "
+                 "(--force to run anyway; its ratios are then marked forced)")
+    return load
 
 
 def free_port() -> int:
@@ -51,14 +96,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def wait_serving(process, log_path: Path, url: str, ready_line: str | None, timeout: float = 300) -> None:
+def wait_serving(process, log_path: Path, url: str, ready_line: str | None, timeout: float = 300,
+                 headers: dict[str, str] | None = None) -> None:
     """Wait until ``fruits serve`` answers (and, with ``ready_line``, logged it); exit with its log if it dies."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             sys.exit(f"fruits serve exited ({process.returncode}):\n{log_tail(log_path)}")
         try:
-            if httpx.get(f"{url}/api/config", timeout=2).status_code == 200 and (
+            if httpx.get(f"{url}/api/config", timeout=2, headers=headers).status_code == 200 and (
                 ready_line is None or ready_line in log_path.read_text(errors="replace")
             ):
                 return
@@ -228,9 +274,93 @@ def bench_visible(args, tmp: Path, env: dict[str, str]) -> dict:
     }
 
 
+def build_small_reference(home: Path, env: dict[str, str], per_class: int) -> list[Path]:
+    """``per_class`` photos of each class streamed and fitted into ``home`` (a quick check of the bench itself);
+    returns other photos of the sample to ask about."""
+    held_out = []
+    for folder in sorted(p for p in SAMPLE.iterdir() if p.is_dir()):
+        photos = sorted(folder.glob("*.jpg"))
+        drop(photos[:per_class], home / "landing", ["jpg"], label=folder.name)
+        held_out += photos[per_class : per_class + 2]
+    run_fruits(["stream", "--available-now"], env)
+    run_fruits(["refit-pca"], env)
+    return held_out
+
+
+def stream_rate(source: Path, home: Path, env: dict[str, str]) -> dict:
+    """`fruits stream --available-now` over a copy of ``source`` as ``home``'s landing folder: its steady rate."""
+    shutil.copytree(source, home / "landing")
+    seconds, log = run_fruits(["stream", "--available-now"], {**env, "FRUITS_HOME": str(home)})
+    batches = [(int(b), int(n), float(t)) for b, n, t in BATCH_LINE.findall(log)]
+    rate, used = steady_rate(batches)
+    if rate is None:  # too few batches for a steady part (a tiny check run): the whole of them
+        rate, used = sum(n for _, n, _ in batches) / max(sum(t for _, _, t in batches), 1e-9), len(batches)
+    return {"steady_images_per_s": round(rate, 2), "steady_batches": used, "whole_command_seconds": round(seconds, 1)}
+
+
+def bench_beside(args, tmp: Path, env: dict[str, str]) -> dict:
+    if args.home:
+        reference, photos = Path(args.home).resolve(), pick_photos(200)
+    else:
+        reference = tmp / "reference"
+        reference_env = {**env, "FRUITS_HOME": str(reference)}
+        photos = (build_small_reference(reference, reference_env, args.reference_per_class) if args.reference_per_class
+                  else build_reference_home(reference, reference_env))
+    source = tmp / "landing-source"
+    fill_landing(source, args.images)
+    bodies = [(p.name, p.read_bytes()) for p in photos]
+    url, log_path = f"http://127.0.0.1:{args.port}", tmp / "serve.log"
+    serve_env = {**env, "FRUITS_HOME": str(reference), "FRUITS_TOKEN": "bench-token"}
+    headers = {"Authorization": "Bearer bench-token"}
+    with fruits_process(["serve", "--port", str(args.port)], serve_env, log_path) as process:
+        wait_serving(process, log_path, url, "identify ready", headers=headers)
+        with httpx.Client(base_url=url, timeout=60, headers=headers) as client:
+            for name, data in bodies[: args.warmup]:
+                assert client.post("/api/identify", files=[("file", (name, data, "image/jpeg"))]).status_code == 200
+        load_before = refuse_if_busy(args.force, settle=300)  # building the reference home loaded the machine
+        alone = stream_rate(source, tmp / "alone", env)
+        print(f"stream alone: {alone}", file=sys.stderr, flush=True)
+
+        stop, seconds, codes = threading.Event(), [], []
+
+        def ask(offset: int) -> None:
+            with httpx.Client(base_url=url, timeout=120, headers=headers) as client:
+                index = offset
+                while not stop.is_set():
+                    name, data = bodies[index % len(bodies)]
+                    started = time.perf_counter()
+                    response = client.post("/api/identify", files=[("file", (name, data, "image/jpeg"))])
+                    seconds.append(time.perf_counter() - started)
+                    codes.append(response.status_code)
+                    index += args.clients
+
+        clients = [threading.Thread(target=ask, args=(i,), daemon=True) for i in range(args.clients)]
+        for thread in clients:
+            thread.start()
+        try:
+            beside = stream_rate(source, tmp / "beside", env)
+        finally:
+            stop.set()
+            for thread in clients:
+                thread.join(180)
+        load_after = load_average()
+    ratio = beside["steady_images_per_s"] / alone["steady_images_per_s"] if alone["steady_images_per_s"] else None
+    latency = percentiles(seconds)
+    refused = codes.count(503)
+    return {
+        **machine(), "images": args.images, "clients": args.clients, "reference_home": str(reference),
+        "stream_alone": alone, "stream_beside_identify": beside,
+        "stream_kept": round(ratio, 3) if ratio is not None else None,
+        "identify": {"requests": len(codes), "latency_ms": ms(latency), "codes": {str(c): codes.count(c) for c in set(codes)}},
+        "targets_met": {"stream_kept_>=_0.8": ratio is not None and ratio >= 0.8,
+                        "identify_p95_<=_1s": bool(latency) and latency["p95"] <= 1.0, "no_503": refused == 0},
+        "forced": load_before[0] > MAX_LOAD, "load_avg_before": load_before, "load_avg_after": load_after,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["identify", "upload", "visible"])
+    parser.add_argument("mode", choices=["identify", "upload", "visible", "beside"])
     parser.add_argument("--home", help="identify: an existing home with features and a PCA model")
     parser.add_argument("--images", type=int, help="requests counted (default 200 identify, 400 upload, 60 visible)")
     parser.add_argument("--clients", default=None, help="comma-separated concurrent clients (1,8 identify; 8 upload)")
@@ -241,18 +371,24 @@ def main() -> None:
     parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
     parser.add_argument("--master", default="local[2]")
     parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
+    parser.add_argument("--reference-per-class", type=int, default=0,
+                        help="beside: a small reference home of N photos per class (to check the bench itself)")
+    parser.add_argument("--force", action="store_true", help=f"run even with a load average above {MAX_LOAD}")
     args = parser.parse_args()
-    args.images = args.images or {"identify": 200, "upload": 400, "visible": 60}[args.mode]
-    args.clients = [int(c) for c in (args.clients or {"identify": "1,8", "upload": "8", "visible": "1"}[args.mode]).split(",")]
-    args.warmup = {"identify": 20, "upload": 10, "visible": 3}[args.mode] if args.warmup is None else args.warmup
+    args.images = args.images or {"identify": 200, "upload": 400, "visible": 60, "beside": 3000}[args.mode]
+    clients = args.clients or {"identify": "1,8", "upload": "8", "visible": "1", "beside": "8"}[args.mode]
+    args.clients = [int(c) for c in clients.split(",")]
+    if args.mode == "beside":
+        args.clients = args.clients[-1]
+    args.warmup = {"identify": 20, "upload": 10, "visible": 3, "beside": 8}[args.mode] if args.warmup is None else args.warmup
     args.port = args.port or free_port()
     exit_on_sigterm()
+    refuse_if_busy(args.force)
     env = {"FRUITS_WEIGHTS": args.weights, "FRUITS_MASTER": args.master}
     with tempfile.TemporaryDirectory(prefix="fruits-web-bench-") as tmp:
-        report = {"identify": bench_identify, "upload": bench_upload, "visible": bench_visible}[args.mode](
-            args, Path(tmp).resolve(), env
-        )
-    print(json.dumps({"mode": args.mode, **report, "cpus": __import__("os").cpu_count()}, indent=2))
+        report = {"identify": bench_identify, "upload": bench_upload, "visible": bench_visible, "beside": bench_beside}[
+            args.mode](args, Path(tmp).resolve(), env)
+    print(json.dumps({"mode": args.mode, **machine(), **report}, indent=2))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ if [ -n "${SPARK_AUTH_SECRET:-}" ]; then
     {
         echo "spark.authenticate true"
         echo "spark.authenticate.secret ${SPARK_AUTH_SECRET}"
-        # Optional, see docs/deployment.md (Security): AES encryption of RPC and block transfers, local disk.
+        # AES encryption of RPC and block transfers (on in docker-compose.yml), of local disk (opt-in): see
+        # docs/deployment.md (Security).
         [ -n "${SPARK_NETWORK_CRYPTO:-}" ] && echo "spark.network.crypto.enabled ${SPARK_NETWORK_CRYPTO}"
         [ -n "${SPARK_IO_ENCRYPTION:-}" ] && echo "spark.io.encryption.enabled ${SPARK_IO_ENCRYPTION}"
         true

@@ -132,7 +132,9 @@ def _reader_parsers(commands: Any) -> None:
     _common(serve)
     serve.add_argument("--host", help=f"address to listen on (default {default_value('web', 'host')})")
     serve.add_argument("--port", type=int, help=f"port (default {default_value('web', 'port')})")
-    serve.add_argument("--token", help="bearer token the POST endpoints require (env FRUITS_TOKEN; default none)")
+    serve.add_argument("--token", help="bearer token every API endpoint requires (env FRUITS_TOKEN; default none)")
+    serve.add_argument("--allow-no-token", action="store_true", default=None,
+                       help="listen on a non-loopback --host without a token anyway (anyone reaching it reads the photos)")
     serve.add_argument("--weights", help="the weights the stream used, for identify (default: the configured ones)")
     _runtime_flags(serve)
 
@@ -163,7 +165,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
                 "engine": getattr(args, "engine", None)},
         "stage": {"stable_seconds": getattr(args, "stable_seconds", None)},
         "compaction": {"enabled": False if getattr(args, "no_compact", False) else None},
-        "web": {"host": getattr(args, "host", None), "port": getattr(args, "port", None), "token": getattr(args, "token", None)},
+        "web": {"host": getattr(args, "host", None), "port": getattr(args, "port", None), "token": getattr(args, "token", None),
+                "allow_no_token": getattr(args, "allow_no_token", None)},
     }
     if getattr(args, "conf", None):  # --conf: on top of [spark.conf] and of the command's own [X.spark_conf]
         overrides[COMMAND_SECTIONS[args.command]]["spark_conf"] = dict(args.conf)
@@ -358,7 +361,7 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
     except WeightsUnavailable as exc:  # uploads, status and the dashboard still work; identify answers 503
         log.warning("identify is off: %s", exc)
         weights = None
-    log.info("serving %s on http://%s:%s/ (POST token %s)", config.home, web.host, web.port, "on" if web.token else "off")
+    log.info("serving %s on http://%s:%s/ (token %s)", config.home, web.host, web.port, "on" if web.token else "off")
     serve(config, weights, web.host, web.port)
     return 0
 

@@ -171,9 +171,20 @@ class CompactionConfig:
 class WebConfig:
     host: str
     token: str
+    allow_no_token: bool
+    public_origin: str
     cors_origins: tuple[str, ...]
     port: int = _at_least(0)
     max_request_bytes: int = _at_least(1)
+    body_seconds: Seconds = _duration()
+    max_in_flight: int = _at_least(1)
+    signed_url_seconds: Seconds = _duration()
+    identify_workers: int = _at_least(1)
+    identify_threads: int = _at_least(0)
+    identify_nice: int = _at_least(0)
+    max_pixels: int = _at_least(1)
+    decode_pixels: int = _at_least(1)
+    decode_wait_seconds: Seconds = _duration()
     max_files: int = _at_least(1)
     thumbnail_px: int = _at_least(16)
     refresh_seconds: float = _at_least(0.1)
@@ -196,6 +207,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "FRUITS_MASTER": ("spark", "master"),
     "FRUITS_JARS_DIR": ("spark", "jars_dir"),
     "FRUITS_TOKEN": ("web", "token"),
+    "FRUITS_PUBLIC_ORIGIN": ("web", "public_origin"),
     "FRUITS_S3_ENDPOINT": ("s3", "endpoint"),
     "FRUITS_S3_REGION": ("s3", "region"),
     "FRUITS_S3_PATH_STYLE": ("s3", "path_style"),

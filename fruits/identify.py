@@ -103,13 +103,16 @@ class Identifier:
 
     ``fruits identify`` makes one per run; ``fruits serve`` keeps one for its whole life: each call looks at the
     newest PCA version and reloads the reference rows only when a refit made a new one, so no restart is needed.
-    Thread-safe: concurrent calls share the compiled model, each with its own inference request.
+    Thread-safe: concurrent calls share the compiled model, each with its own inference request, and the reference
+    rows: after a new PCA version, one call reloads them while the others wait for that one load. ``threads``:
+    inference threads (0: the runtime's choice, every core; ``fruits serve`` bounds it).
     """
 
-    def __init__(self, config: Config, weights: WeightsRef) -> None:
-        self.config, self.weights = config, weights
+    def __init__(self, config: Config, weights: WeightsRef, threads: int = 0) -> None:
+        self.config, self.weights, self.threads = config, weights, threads
         self.max_pixels = config.model.max_pixels
         self._lock = threading.Lock()
+        self._reload = threading.Lock()
         self._reference: Reference | None = None
         self._handler: Featurizer | None = None
         self._model: Any = None
@@ -118,7 +121,7 @@ class Identifier:
         """The stream's own featurizer (same runtime, same model id) and its model, built on the first call."""
         with self._lock:
             if self._model is None:
-                handler = make_handler(self.config, self.weights, threads=0)
+                handler = make_handler(self.config, self.weights, threads=self.threads)
                 self._model, self._handler = handler.load_model(), handler
             assert self._handler is not None
             return self._handler, self._model
@@ -129,6 +132,13 @@ class Identifier:
         if refit is None:
             raise IdentifyError(f"no PCA model under {self.config.pca_models}: run `fruits refit-pca` first")
         current = self._reference
+        if current is not None and current.model_version == refit["version"]:
+            return current
+        with self._reload:
+            return self._load_reference(refit)
+
+    def _load_reference(self, refit: dict) -> Reference:
+        current = self._reference  # loaded by another call while this one waited for the lock?
         if current is not None and current.model_version == refit["version"]:
             return current
         reference = Reference.load(self.config, refit)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import struct
+import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -10,9 +14,9 @@ from pillow_heif import register_heif_opener
 
 # Phones (iPhones first) save HEIC by default: decode it like any other format.
 register_heif_opener()
-# decode_image enforces its own, configurable pixel limit from the header, before any decoding; Pillow's global
-# guard would otherwise pre-empt it with a fixed one.
-Image.MAX_IMAGE_PIXELS = None
+# decode_image enforces its own, configurable pixel limit from the header, before any decoding. Pillow's own guard
+# (Image.MAX_IMAGE_PIXELS, refused at twice that) stays on as a backstop for every other Image.open of the process;
+# when it fires first, the image's declared size is read again without it, for the same reason as ours.
 
 # Images are upsampled or downsampled to the model's input with the bilinear filter (as tf.image.resize does).
 RESAMPLE = Image.Resampling.BILINEAR
@@ -43,6 +47,77 @@ class RejectedImage(ValueError):
 TRANSIENT = (MemoryError,)
 
 
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """The width and height an image's header declares, read by Pillow's format plugins without decoding any pixel
+    and without Pillow's decompression-bomb check (for the reason of a refusal); None if no plugin reads it."""
+    Image.init()
+    for format_id in Image.ID:
+        factory, accept = Image.OPEN[format_id]
+        try:
+            accepted = accept is None or accept(data[:16])
+            if not accepted or isinstance(accepted, str):
+                continue
+            return factory(io.BytesIO(data), "").size
+        except (SyntaxError, IndexError, TypeError, ValueError, OSError, struct.error):
+            continue
+    return None
+
+
+def bomb(width: int, height: int, max_pixels: int) -> RejectedImage:
+    return RejectedImage(
+        f"decompression bomb: image declares {width}x{height} = {width * height} pixels, "
+        f"above the limit of {max_pixels}"
+    )
+
+
+def open_checked(data: bytes, max_pixels: int, size: int | None = None) -> Image.Image:
+    """``data`` opened (its header read, no pixel decoded), refused if it declares more than ``max_pixels``; with
+    ``size``, a JPEG is set to decode at the smallest DCT scale still at least ``size`` x ``size`` (its ``size``
+    is then what decoding will produce). Raises :class:`RejectedImage`, or what Pillow raises for unreadable bytes."""
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:  # above Pillow's own backstop limit: say what the header declares
+        width, height = declared_size(data) or (0, 0)
+        raise bomb(width, height, max_pixels) from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise bomb(width, height, max_pixels)
+    if size is not None and image.format == "JPEG":
+        # Phone photos are 12 MP and more: let libjpeg decode at 1/2, 1/4 or 1/8 scale (DCT scaling), never
+        # below size x size, before the bilinear resize: much faster on phone photos, and the pixels stay within a
+        # few levels of a full-scale decode (tests/test_images.py).
+        image.draft(None, (size, size))
+    return image
+
+
+class BudgetExhausted(RuntimeError):
+    """No room in a :class:`PixelBudget` within the time allowed: the process is busy, not the image's fault."""
+
+
+class PixelBudget:
+    """Pixels a process decodes at once, at most: each decode holds its image's pixels (as its header declares,
+    after JPEG DCT scaling) while it runs, so concurrent requests cannot add up to more memory than this bounds.
+    An image larger than the whole budget holds all of it (it decodes alone)."""
+
+    def __init__(self, pixels: int) -> None:
+        self.total = self.free = int(pixels)
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int, timeout: float) -> Iterator[None]:
+        need = max(1, min(int(pixels), self.total))
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.free >= need, timeout):
+                raise BudgetExhausted(f"{need} pixels to decode, {self.free} of {self.total} free for {timeout:g} s")
+            self.free -= need
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.free += need
+                self._cond.notify_all()
+
+
 def decode_image(data: bytes | None, size: int = 224, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode ``data`` to a ``(size, size, 3)`` uint8 RGB array.
 
@@ -57,18 +132,7 @@ def decode_image(data: bytes | None, size: int = 224, max_pixels: int = DEFAULT_
     if not data:
         raise RejectedImage("empty file (0 bytes)")
     try:
-        image = Image.open(io.BytesIO(data))
-        width, height = image.size
-        if width * height > max_pixels:
-            raise RejectedImage(
-                f"decompression bomb: image declares {width}x{height} = {width * height} pixels, "
-                f"above the limit of {max_pixels}"
-            )
-        if image.format == "JPEG":
-            # Phone photos are 12 MP and more: let libjpeg decode at 1/2, 1/4 or 1/8 scale (DCT scaling), never
-            # below size x size, before the bilinear resize: much faster on phone photos, and the pixels stay within a
-            # few levels of a full-scale decode (tests/test_images.py).
-            image.draft(None, (size, size))
+        image = open_checked(data, max_pixels, size)
         image.load()
         # Inside the try: converting can fail on the input too (exif_transpose raises SyntaxError on a PNG whose
         # EXIF block is 8 zero bytes).

@@ -7,38 +7,45 @@
 - ``POST /api/identify``: multipart ``file``; the object of ``fruits identify --json`` for it
   (:class:`fruits.identify.Identifier`, model loaded once per process), each neighbour with a ``thumbnail`` URL.
 - ``GET /api/status``: the object of ``fruits status --json``; ``GET /api/dashboard``: what the page's dashboard draws.
-- ``GET /``: the page (``fruits/web_static/``); ``/thumbs/...`` and ``/pca/...``: see :mod:`fruits.web_files`.
+- ``GET /``: the page (``fruits/web_static/``); ``GET /healthz``: ``{"status": "ok"}`` and nothing else;
+  ``/thumbs/...`` and ``/pca/...``: see :mod:`fruits.web_files`, on signed URLs the API hands out.
 
-Errors: 401 without the bearer token when one is set (POST endpoints only), 413 above ``[model] max_bytes`` per photo,
-``[web] max_request_bytes`` per request or ``[web] max_files`` photos, 415 when the bytes are not JPEG, PNG or
-HEIF/HEIC (magic bytes; the name is not trusted), 422 for a bad label or undecodable bytes, 503 before the first PCA.
+Who may ask what, and the answers sent from the headers before any byte of the body is read (401 without the token
+when one is set, 403 for a foreign Origin, 413 for a Content-Length above the cap, 503 when busy): see
+:mod:`fruits.web_door`. Then: 408 for a body slower than ``[web] body_seconds``, 413 above ``[model] max_bytes`` per
+photo, ``[web] max_request_bytes`` per request or ``[web] max_files`` photos, 415 when the bytes are not JPEG, PNG or
+HEIF/HEIC (magic bytes; the name is not trusted), 422 for a bad label or undecodable bytes (a decompression bomb
+included), 503 before the first PCA or when the decode budget stays full.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import secrets
+import os
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from fruits.config import Config
 from fruits.identify import Identifier, IdentifyError
-from fruits.images import sniff_format
+from fruits.images import BudgetExhausted, PixelBudget, RejectedImage, bomb, open_checked, sniff_format
 from fruits.landing import Dropped, LedgerNote, drop, local_folder
 from fruits.object_landing import ObjectLanding
 from fruits.s3 import is_s3
 from fruits.names import UnsafeName, check_label, landing_name
 from fruits.model import WeightsRef
 from fruits.web_dashboard import Dashboard
+from fruits.web_door import FrontDoor, UrlSigner, check_exposure
 from fruits.web_files import HomeFiles
 
 log = logging.getLogger("fruits.web")
@@ -54,63 +61,32 @@ SECURITY_HEADERS = {
 }
 
 
-class RequestTooLarge(HTTPException):
-    """The request body passed ``[web] max_request_bytes`` (raised while it streams in: FastAPI answers 413)."""
+def lower_priority(nice: int) -> None:
+    """Raise the calling thread's nice value by ``nice`` (Linux: per thread; threads it starts inherit it)."""
+    if nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, 0) + nice)
+        except (OSError, AttributeError):  # not permitted, or not Linux: run at the normal priority
+            log.warning("could not lower the priority of the identify threads")
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body above {limit} bytes")
 
+class SecurityHeaders:
+    """ASGI middleware adding :data:`SECURITY_HEADERS` to every response (plain ASGI: the body is left alone)."""
 
-class BodyLimit:
-    """ASGI middleware: 413 for a request body above ``limit`` bytes, from its Content-Length or while it streams in
-    (a client may send none), before the multipart parser spools it to disk."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._refuse(send)
-        received, started = 0, False
 
-        async def counting_receive() -> dict:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.limit:
-                raise RequestTooLarge(self.limit)
-            return message
-
-        async def tracking_send(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
+        async def with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *self.headers]}
             await send(message)
 
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except RequestTooLarge:
-            if not started:
-                await self._refuse(send)
-
-    async def _refuse(self, send: Any) -> None:
-        response = JSONResponse({"detail": f"request body above {self.limit} bytes"}, status_code=413)
-        await response({"type": "http"}, None, send)
-
-
-def bearer_guard(token: str | None):
-    """A dependency: 401 unless the request carries ``Authorization: Bearer <token>`` (no-op without a token)."""
-
-    def guard(request: Request) -> None:
-        if not token:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), token.encode()):
-            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
-
-    return guard
+        await self.app(scope, receive, with_headers)
 
 
 def checked_upload(upload: UploadFile, max_bytes: int) -> str:
@@ -143,8 +119,19 @@ class WebService:
             self.landing = None
         self.note = LedgerNote(config.files_table, self.landing, "upload") if self.landing else None
         self.objects = ObjectLanding(config.landing, config.files_table, "upload") if is_s3(config.landing) else None
-        self.files = HomeFiles(config)
+        self.signer = UrlSigner(config.web.signed_url_seconds)
+        # Every decode of the process (identify, thumbnails) holds its pixels in one budget: bounded memory.
+        self.budget = PixelBudget(config.web.decode_pixels)
+        self.max_pixels = min(config.web.max_pixels, config.model.max_pixels)
+        self.files = HomeFiles(config, self.signer, self.decoding)
         self.dashboard = Dashboard(config, self.files)
+        # Identify runs on a few threads, its model on few OpenVINO threads; requests beyond them wait their turn.
+        # The threads run at a lower priority (nice), and so do the threads OpenVINO starts from them (the model is
+        # built and first run on one of them): a stream on the same machine keeps the CPU it needs.
+        self.identify_pool = ThreadPoolExecutor(
+            config.web.identify_workers, thread_name_prefix="identify", initializer=lower_priority,
+            initargs=(config.web.identify_nice,),
+        )
         self._identifier: Identifier | None = None
         self._lock = threading.Lock()
 
@@ -154,8 +141,23 @@ class WebService:
             if self._identifier is None:
                 if self.weights is None:
                     raise IdentifyError("this server was started without weights: identify is off")
-                self._identifier = Identifier(self.config, self.weights)
+                self._identifier = Identifier(self.config, self.weights, threads=self.config.web.identify_threads)
             return self._identifier
+
+    def decoding(self, data: bytes, size: int):
+        """A context that holds room in the decode budget for ``data``'s pixels (as its header declares, after JPEG
+        DCT scaling to ``size``) while the caller decodes it: RejectedImage for an unreadable header or above
+        ``[web] max_pixels`` (or the stream's ``[model] max_pixels`` before scaling),
+        BudgetExhausted if no room frees up within ``[web] decode_wait_seconds``."""
+        try:
+            width, height = open_checked(data, self.config.model.max_pixels, size).size
+        except RejectedImage:
+            raise
+        except Exception as exc:  # whatever Pillow says of the header: not an image it decodes
+            raise RejectedImage(f"cannot decode image: {exc}") from None
+        if width * height > self.max_pixels:
+            raise bomb(width, height, self.max_pixels)
+        return self.budget.hold(width * height, self.config.web.decode_wait_seconds)
 
     def warm(self) -> None:
         """Load the model (and the reference rows, if a PCA exists) before the first photo asks."""
@@ -211,13 +213,19 @@ class WebService:
         return str(target)[len(self.config.landing.rstrip("/")) + 1 :]
 
     def identify(self, upload: UploadFile) -> dict[str, Any]:
-        """``fruits identify --json``'s object for one upload, neighbours with thumbnail URLs."""
+        """``fruits identify --json``'s object for one upload, neighbours with (signed) thumbnail URLs."""
         checked_upload(upload, self.max_bytes)
         data = upload.file.read()
+        name = upload.filename or "photo"
         try:
-            (result,) = self.identifier().identify([(upload.filename or "photo", data)], with_paths=True)
+            with self.decoding(data, self.config.model.image_size):  # a bomb is refused before the model is asked
+                (result,) = self.identifier().identify([(name, data)], with_paths=True)
         except IdentifyError as exc:
             raise HTTPException(503, str(exc)) from None
+        except RejectedImage as exc:
+            raise HTTPException(422, f"{name}: {exc}") from None
+        except BudgetExhausted as exc:
+            raise HTTPException(503, f"busy decoding other photos: {exc}", headers={"Retry-After": "2"}) from None
         if "error" in result:
             raise HTTPException(422, f"{result['photo']}: {result['error']}")
         for neighbour in result["neighbors"]:
@@ -239,9 +247,10 @@ def create_app(config: Config, weights: WeightsRef | None = None, warm: bool = T
         )
         sampler.start()
         if warm and weights is not None:
-            threading.Thread(target=service.warm, name="warm-identify", daemon=True).start()
+            service.identify_pool.submit(service.warm)  # on an identify thread: OpenVINO's threads inherit its nice
         yield
         stop.set()
+        service.identify_pool.shutdown(wait=False, cancel_futures=True)
         sampler.join(5)
 
     app = FastAPI(title="Fruits!", summary="Upload photos, identify fruit, watch the stream", lifespan=lifespan)
@@ -251,33 +260,31 @@ def create_app(config: Config, weights: WeightsRef | None = None, warm: bool = T
             CORSMiddleware, allow_origins=list(web.cors_origins), allow_methods=["GET", "POST"],
             allow_headers=["Authorization"],
         )
-    app.add_middleware(BodyLimit, limit=web.max_request_bytes)
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
-        response.headers.update(SECURITY_HEADERS)
-        return response
+    # Every request meets the front door (token, Origin, size, load) before anything reads its body; every answer,
+    # a refusal of the front door's included, carries the security headers.
+    app.add_middleware(FrontDoor, web=web, signer=service.signer)
+    app.add_middleware(SecurityHeaders)
 
-    app.include_router(api_routes(service, Depends(bearer_guard(web.token or None))))
+    app.include_router(api_routes(service))
     app.include_router(file_routes(service))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
 
-def api_routes(service: WebService, guard: Any) -> APIRouter:
-    """``/api/*``: uploads and identify (behind ``guard``, the bearer token check), status, dashboard, config."""
+def api_routes(service: WebService) -> APIRouter:
+    """``/api/*``: uploads, identify, status, dashboard, config (the token is checked by the front door)."""
     router = APIRouter(prefix="/api")
 
-    @router.post("/photos", status_code=202, dependencies=[guard])
+    @router.post("/photos", status_code=202)
     def post_photos(file: list[UploadFile] = File(...), label: str | None = Form(None)) -> dict[str, Any]:
         """Land photos in ``landing/<label>/`` atomically, as ``fruits drop`` does."""
         return {"photos": service.land(file, label)}
 
-    @router.post("/identify", dependencies=[guard])
-    def post_identify(file: UploadFile = File(...)) -> dict[str, Any]:
-        """What fruit is this photo? The 5 nearest labelled photos vote."""
-        return service.identify(file)
+    @router.post("/identify")
+    async def post_identify(file: UploadFile = File(...)) -> dict[str, Any]:
+        """What fruit is this photo? The 5 nearest labelled photos vote (on the bounded identify pool)."""
+        return await asyncio.get_running_loop().run_in_executor(service.identify_pool, service.identify, file)
 
     @router.get("/status")
     async def get_status() -> dict[str, Any]:
@@ -291,7 +298,7 @@ def api_routes(service: WebService, guard: Any) -> APIRouter:
 
     @router.get("/config")
     def get_config() -> dict[str, Any]:
-        """What the page needs to know: whether POSTs need a token, the limits, the refresh interval."""
+        """What the page needs to know: whether a token is set, the limits, the refresh interval."""
         return {
             "token_required": bool(service.config.web.token),
             "max_bytes": service.max_bytes,
@@ -317,7 +324,11 @@ def file_routes(service: WebService) -> APIRouter:
 
     @router.get("/thumbs/{root}/{relative:path}")
     async def get_thumbnail(root: str, relative: str) -> Response:
-        return image_response(await run_in_threadpool(service.files.thumbnail, root, relative), "jpeg", 3600)
+        try:
+            data = await run_in_threadpool(service.files.thumbnail, root, relative)
+        except BudgetExhausted as exc:
+            raise HTTPException(503, f"busy decoding other photos: {exc}", headers={"Retry-After": "2"}) from None
+        return image_response(data, "jpeg", 3600)
 
     @router.get("/pca/v{version}/{name}")
     async def get_plot(version: int, name: str) -> Response:
@@ -327,11 +338,19 @@ def file_routes(service: WebService) -> APIRouter:
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
+    @router.get("/healthz", include_in_schema=False)
+    def health() -> dict[str, str]:
+        """Liveness for orchestrators: no token needed, so it says nothing about the home."""
+        return {"status": "ok"}
+
     return router
 
 
 def serve(config: Config, weights: WeightsRef | None, host: str, port: int) -> None:
-    """Run the app under uvicorn until SIGINT/SIGTERM."""
+    """Run the app under uvicorn until SIGINT/SIGTERM; ConfigError for a non-loopback ``host`` without a token,
+    unless ``[web] allow_no_token`` says so."""
     import uvicorn
+
+    check_exposure(config.web, host)
 
     uvicorn.run(create_app(config, weights), host=host, port=port, log_level="info", access_log=False)

@@ -1,7 +1,10 @@
 """What the live dashboard of ``fruits serve`` shows, computed server-side (no Spark).
 
-- The status report of ``fruits status --json`` (:func:`fruits.status.collect_status`), computed at most once per
-  ``refresh_seconds`` however many pages poll it (it reads whole columns of the tables).
+- The status report of ``fruits status --json`` (:func:`fruits.status.collect_status`): it reads whole columns of
+  the tables, so it is computed again only when one of them (or the newest PCA model, or the stream's progress)
+  changed, and then at most once per half ``refresh_seconds`` however many pages poll it. Between two computations
+  the ages it reports move on with the clock. Whether a table changed is a cheap question: the server keeps each
+  table open and reads only the commits added to its log since (``DeltaTable.update_incremental``).
 - Images/s over the last ``window_seconds``: a ring buffer of samples of the stream's progress file
   (``HOME/status/stream-progress.json``, rewritten after each micro-batch that read files). Its ``files_since_start``
   counter is cumulative, so the rate between two samples counts every micro-batch, even those the sampler missed.
@@ -17,7 +20,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from fruits.config import Config
-from fruits.status import _read_json, collect_status, open_table
+from fruits.status import _age_seconds, _read_json, collect_status, last_refit, open_table
 from fruits.web_files import HomeFiles
 
 
@@ -28,6 +31,19 @@ def quarantine_reasons(config: Config) -> dict[str, int]:
         return {}
     reasons = table.to_pyarrow_dataset().to_table(columns=["reason"]).column("reason").to_pylist()
     return dict(Counter(reasons).most_common())
+
+
+def aged(report: dict[str, Any], elapsed: float) -> dict[str, Any]:
+    """A status report computed ``elapsed`` seconds ago, its ages as they are now (nothing else can have changed)."""
+    report = {**report}
+    for section, stamp in (("last_refit", "fitted_at"), ("stream", "at")):
+        if report.get(section):
+            report[section] = {**report[section], "age_seconds": _age_seconds(report[section][stamp])}
+    backlog = report.get("backlog")
+    if backlog and backlog.get("oldest_pending_age_seconds") is not None:
+        waited = round(backlog["oldest_pending_age_seconds"] + elapsed, 1)
+        report["backlog"] = {**backlog, "oldest_pending_age_seconds": waited}
+    return report
 
 
 # The figures of one micro-batch, as the stream writes them to its progress file.
@@ -89,6 +105,32 @@ class ProgressSampler:
             stop.wait(every)
 
 
+class TableVersions:
+    """The current version of each of a home's tables, each kept open and brought up to date incrementally."""
+
+    def __init__(self, uris: list[str]) -> None:
+        self.uris = uris
+        self.tables: dict[str, Any] = {}
+
+    def current(self) -> tuple:
+        versions = []
+        for uri in self.uris:
+            table = self.tables.get(uri)
+            try:
+                if table is None:
+                    table = open_table(uri)
+                    if table is not None:
+                        self.tables[uri] = table
+                else:
+                    table.update_incremental()
+            except Exception:  # unreadable for now (being created, storage hiccup): count it as changed
+                self.tables.pop(uri, None)
+                versions.append(object())
+                continue
+            versions.append(None if table is None else table.version())
+        return tuple(versions)
+
+
 class Dashboard:
     """The dashboard's data, shared by every client of one server process."""
 
@@ -97,16 +139,37 @@ class Dashboard:
         self.config, self.files = config, files
         self.refresh = min(web.refresh_seconds, 2.0)
         self.sampler = ProgressSampler(config, web.window_seconds, web.sample_seconds)
-        self._status: tuple[float, dict[str, Any]] | None = None
+        self.versions = TableVersions(
+            [config.files_table, config.features_table, config.quarantine_table, config.pca_table]
+        )
+        self._status: tuple[float, tuple, dict[str, Any]] | None = None  # (computed at, state key, report)
         self._reasons: tuple[Any, dict[str, int]] = (None, {})
         self._lock = threading.Lock()
+        self.computations = 0  # how many times the report was computed (tests, bench)
+
+    def state(self) -> tuple:
+        """What the report depends on: the tables' versions, the newest PCA model, the stream's last progress."""
+        refit = last_refit(self.config) or {}
+        try:
+            progress = _read_json(self.config.stream_progress) or {}
+        except (OSError, ValueError):  # being rewritten: count it as changed
+            progress = {"unreadable": time.monotonic()}
+        return self.versions.current(), refit.get("version"), progress.get("at"), progress.get("batch")
 
     def status(self) -> dict[str, Any]:
-        """:func:`collect_status`, recomputed when older than the refresh interval (one computation at a time)."""
+        """:func:`collect_status`, recomputed when what it reads changed (at most once per half refresh interval,
+        one computation at a time); otherwise the last report with its ages brought up to now."""
         with self._lock:
-            if self._status is None or time.monotonic() - self._status[0] >= self.refresh * 0.5:
-                self._status = (time.monotonic(), collect_status(self.config))
-            return self._status[1]
+            now = time.monotonic()
+            if self._status is not None and now - self._status[0] < self.refresh * 0.5:
+                return self._status[2]
+            key = self.state()
+            if self._status is None or key != self._status[1]:
+                self._status = (now, key, collect_status(self.config))
+                self.computations += 1
+                return self._status[2]
+            computed, _, report = self._status
+            return aged(report, now - computed)
 
     def reasons(self, quarantine_version: Any) -> dict[str, int]:
         """Quarantine reasons with counts, recounted only when the quarantine table has a new version."""

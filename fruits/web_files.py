@@ -3,7 +3,8 @@ landing folder, or ``[paths] archive`` when one is configured) and the PCA plots
 
 A client names a file by a root name and a path relative to it (``/thumbs/landing/Banana/1.jpg``); the path is
 resolved (symlinks included) and must still lie inside that root, be a regular file and have a name the stream reads.
-Anything else is "not found": there is no way to name another file of the machine.
+Anything else is "not found": there is no way to name another file of the machine. With a token set, the URLs are
+the signed ones the API hands out (:class:`fruits.web_door.UrlSigner`): an <img> cannot send the token.
 """
 
 from __future__ import annotations
@@ -11,16 +12,22 @@ from __future__ import annotations
 import io
 import threading
 from collections import OrderedDict
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import Callable
 from urllib.parse import quote
 
-from PIL import Image, ImageOps
+from PIL import ImageOps
 
 from fruits.config import Config
-from fruits.images import RejectedImage
+from fruits.images import BudgetExhausted, RejectedImage, open_checked
 from fruits.landing import local_folder
 from fruits.names import is_candidate
 from fruits.pca_store import PcaModelStore
+from fruits.web_door import UrlSigner
+
+# A context to decode image bytes in (fruits.web.WebService.decoding: room in the server's decode budget).
+Decoding = Callable[[bytes, int], AbstractContextManager]
 
 
 
@@ -36,17 +43,15 @@ def local_roots(config: Config) -> dict[str, Path]:
     return roots
 
 
-def thumbnail_jpeg(data: bytes, size: int, max_pixels: int) -> bytes:
-    """A JPEG at most ``size`` pixels on its longest side, upright (EXIF), of image bytes the stream reads."""
+def thumbnail_jpeg(data: bytes, size: int, max_pixels: int, decoding: Decoding | None = None) -> bytes:
+    """A JPEG at most ``size`` pixels on its longest side, upright (EXIF), of image bytes the stream reads; decoded
+    inside ``decoding(data, size)`` (the caller's budget)."""
     try:
-        image = Image.open(io.BytesIO(data))
-        if image.size[0] * image.size[1] > max_pixels:
-            raise RejectedImage(f"image declares {image.size[0]}x{image.size[1]} pixels, above {max_pixels}")
-        if image.format == "JPEG":
-            image.draft("RGB", (size, size))  # large JPEGs decoded at a reduced DCT scale
-        image = ImageOps.exif_transpose(image).convert("RGB")
-        image.thumbnail((size, size))
-    except RejectedImage:
+        with (decoding or (lambda data, size: nullcontext()))(data, size):
+            image = open_checked(data, max_pixels, size)  # large JPEGs decoded at a reduced DCT scale
+            image = ImageOps.exif_transpose(image).convert("RGB")
+            image.thumbnail((size, size))
+    except (RejectedImage, BudgetExhausted):
         raise
     except Exception as exc:  # whatever the decoder says, the file is not showable
         raise RejectedImage(f"cannot decode image: {exc}") from None
@@ -58,8 +63,11 @@ def thumbnail_jpeg(data: bytes, size: int, max_pixels: int) -> bytes:
 class HomeFiles:
     """Thumbnails (kept in a small LRU cache) and PCA plots of one home, by the rules of the module docstring."""
 
-    def __init__(self, config: Config, cache_entries: int = 512) -> None:
-        self.config = config
+    def __init__(
+        self, config: Config, signer: UrlSigner | None = None, decoding: Decoding | None = None,
+        cache_entries: int = 512,
+    ) -> None:
+        self.config, self.signer, self.decoding = config, signer, decoding
         self.pca_models = PcaModelStore(config.pca_models)
         self.roots = local_roots(config)
         self.extensions = config.stream.extensions
@@ -77,8 +85,12 @@ class HomeFiles:
             return None
         for name, root in self.roots.items():
             if local.is_relative_to(root):
-                return f"/thumbs/{name}/" + quote(local.relative_to(root).as_posix())
+                return self.url(f"/thumbs/{name}/{local.relative_to(root).as_posix()}")
         return None
+
+    def url(self, path: str) -> str:
+        """The URL of ``path`` to hand out: signed when there is a signer."""
+        return self.signer.sign(path) if self.signer else quote(path)
 
     def resolve(self, root_name: str, relative: str) -> Path | None:
         """The file ``relative`` names under root ``root_name``, or None if that is not a photo inside the root."""
@@ -106,7 +118,7 @@ class HomeFiles:
                 self._cache.move_to_end(key)
                 return self._cache[key]
         try:
-            data = thumbnail_jpeg(path.read_bytes(), self.size, self.max_pixels)
+            data = thumbnail_jpeg(path.read_bytes(), self.size, self.max_pixels, self.decoding)
         except (OSError, RejectedImage):
             return None
         with self._lock:
@@ -116,7 +128,7 @@ class HomeFiles:
         return data
 
     def plot_url(self, version: int, name: str) -> str:
-        return f"/pca/v{int(version)}/{quote(name)}"
+        return self.url(f"/pca/v{int(version)}/{name}")
 
     def plot(self, version: int, name: str) -> bytes | None:
         """A PNG plot of PCA version ``version`` (a plain ``name.png`` in its folder), or None."""

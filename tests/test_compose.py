@@ -287,3 +287,133 @@ def test_every_service_has_a_memory_limit_above_what_it_is_given(compose):
     for name, section in (("stream", "stream"), ("refit", "pca")):
         driver = spark_settings(config, section)["spark.driver.memory"]
         assert size_bytes(services[name]["mem_limit"]) >= size_bytes(driver) + (1 << 30), (name, driver)
+
+
+# --- No secret in the image; encrypted Spark RPC; a web service that needs its token ---------------------------------
+
+
+def dockerignore_rules() -> list[tuple[bool, re.Pattern]]:
+    """.dockerignore as Docker reads it (moby/patternmatcher): ``(exclude, regex)`` per line, the last match wins; a
+    rule that matches a folder matches everything in it; ``**`` spans folders, ``*`` and ``?`` do not."""
+    rules = []
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        exclude = not line.startswith("!")
+        pattern = line.lstrip("!").strip().strip("/")
+        pattern = re.sub(r"/+", "/", pattern)
+        regex, i = "", 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                regex, i = regex + "(?:.*/)?", i + 3
+            elif pattern.startswith("**", i):
+                regex, i = regex + ".*", i + 2
+            elif pattern[i] == "*":
+                regex, i = regex + "[^/]*", i + 1
+            elif pattern[i] == "?":
+                regex, i = regex + "[^/]", i + 1
+            else:
+                regex, i = regex + re.escape(pattern[i]), i + 1
+        rules.append((exclude, re.compile(regex + r"\Z")))
+    return rules
+
+
+def in_build_context(path: str, rules: list[tuple[bool, re.Pattern]]) -> bool:
+    """Whether ``path`` (relative to the repository, with /) is sent to the Docker daemon by `docker build .`."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for exclude, regex in rules:
+        if any(regex.match(prefix) for prefix in prefixes):
+            excluded = exclude
+    return not excluded
+
+
+# Files a deployment keeps beside docker-compose.yml, or a developer beside the code: none may reach the image.
+SECRET_FILES = [
+    ".env", ".env.local", ".env.production", "deploy/.env", "deploy/prod.env", "conf/.env.s3",
+    "tls/server.pem", "server.key", "deploy/certs/web.crt", "keystore.p12", "conf/spark.jceks", "id_rsa",
+    "home/.ssh/id_ed25519", ".aws/credentials", "credentials", "deploy/secrets/spark_auth", ".netrc", ".pypirc",
+    ".git-credentials", ".docker/config.json", "token", "web-token.txt", "spark-secret.txt", "secret.env",
+    "s3-data/s3.json", "spark-conf/spark-defaults.conf", "fruits-home/tables/files/part-0.parquet",
+    "weights/my.weights.h5", ".venv/bin/python", ".git/config",
+]
+# What the Dockerfile needs from the context (COPY . ., pip install -e ., the entrypoint, the sample photos).
+NEEDED_FILES = ["pyproject.toml", "fruits/web.py", "fruits/web_door.py", "conf/fruits.toml",
+                "deploy/docker-entrypoint.sh", "README.md", "examples/sample-images/Banana/README.md"]
+SECRET_CONTENT = re.compile(
+    rb"-----BEGIN [A-Z ]*PRIVATE KEY-----|aws_secret_access_key\s*=\s*[\"']?[A-Za-z0-9/+]{30,}|AKIA[0-9A-Z]{16}"
+    rb"|(?:SPARK_AUTH_SECRET|AWS_SECRET_ACCESS_KEY|FRUITS_TOKEN)=[0-9A-Za-z+/]{16,}"
+)
+
+
+def test_no_secret_file_is_in_the_build_context_so_none_in_the_image():
+    rules = dockerignore_rules()
+    sent = [name for name in SECRET_FILES if in_build_context(name, rules)]
+    assert not sent, f"these would be copied into the image by `COPY . .`: {sent}"
+    for name in NEEDED_FILES:
+        assert in_build_context(name, rules), f"{name} is needed by the Dockerfile but left out of the context"
+    # The context as it is on this disk now, untracked files included: no secret-looking content either.
+    context = [p for p in ROOT.rglob("*") if p.is_file() and in_build_context(p.relative_to(ROOT).as_posix(), rules)]
+    assert any(p.name == "pyproject.toml" for p in context)
+    leaking = [str(p.relative_to(ROOT)) for p in context if p.stat().st_size < 5_000_000
+               and SECRET_CONTENT.search(p.read_bytes())]
+    assert not leaking, f"secret-looking content in the build context: {leaking}"
+    # Nor does the Dockerfile bake one in by itself (ARG/ENV values end up in the image's history).
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith(("ARG ", "ENV ")):
+            assert not re.search(r"SECRET|TOKEN|PASSWORD|AWS_|_KEY\b", line, re.I), line
+        assert not re.match(r"(COPY|ADD)\s.*\.env", line), line
+
+
+def test_the_dockerignore_matcher_reads_rules_as_docker_does(tmp_path):
+    """The matcher above, on rules whose meaning Docker documents (a wrong matcher would make the test above moot)."""
+    rules = [(True, re.compile(r"(?:.*/)?[^/]*\.pem\Z")), (True, re.compile(r"docs\Z")),
+             (False, re.compile(r"docs/keep\.md\Z")), (True, re.compile(r"[^/]*\.env\Z"))]
+    assert not in_build_context("a/b/c.pem", rules) and not in_build_context("c.pem", rules)
+    assert not in_build_context("docs/x.md", rules) and in_build_context("docs/keep.md", rules)
+    assert not in_build_context("prod.env", rules) and in_build_context("deploy/prod.env", rules)  # no ** : top only
+
+
+def test_spark_rpc_is_authenticated_and_encrypted_in_compose(compose, tmp_path):
+    for name in SPARK_SERVICES:
+        environment = compose["services"][name]["environment"]
+        assert interpolate(environment["SPARK_NETWORK_CRYPTO"], {"SPARK_AUTH_SECRET": "x"}) == "true", name
+        given = {k: interpolate(v, {"SPARK_AUTH_SECRET": "s3cret"}) for k, v in environment.items() if k.startswith("SPARK_")}
+        folder = tmp_path / name
+        assert run_entrypoint(folder, **{k: v for k, v in given.items() if v}).returncode == 0
+        properties = spark_properties(folder / "conf" / "spark-defaults.conf")
+        assert properties["spark.authenticate"] == "true" and properties["spark.network.crypto.enabled"] == "true"
+
+
+def test_the_web_service_cannot_start_without_its_token(compose, tmp_path):
+    from fruits.config import ConfigError, load_config
+    from fruits.web_door import check_exposure
+
+    web = compose["services"]["web"]
+    with pytest.raises(LookupError):  # compose refuses to start it without FRUITS_TOKEN
+        interpolate(web["environment"]["FRUITS_TOKEN"])
+    argv = parse_fruits(command(web), "web")
+    environ = {"FRUITS_TOKEN": interpolate(web["environment"]["FRUITS_TOKEN"], {"FRUITS_TOKEN": "t0ken"})}
+    check_exposure(load_config(environ=environ).web, argv.host)  # with it, serve listens on all interfaces
+    with pytest.raises(ConfigError):  # and fruits serve itself would refuse without it
+        check_exposure(load_config(environ={}).web, argv.host)
+    assert "501" not in COMPOSE_FILE.read_text()  # uploads land on S3 (fruits/web.py), no stale comment
+
+
+def test_the_image_build_fails_if_a_secret_file_got_into_the_context_anyway(tmp_path):
+    """The Dockerfile's own guard after `COPY . .`, run with sh on a folder holding what a careless context would."""
+    text = (ROOT / "Dockerfile").read_text()
+    guard = re.search(r"RUN (leaked=.*?fi) \\\n", text, re.S).group(1)
+    assert text.index("COPY . .") < text.index(guard) < text.index("pip install --no-deps -e .")
+    clean = tmp_path / "clean"
+    (clean / "fruits").mkdir(parents=True)
+    (clean / "fruits" / "web.py").write_text("")
+    assert subprocess.run(["sh", "-c", guard], cwd=clean, capture_output=True).returncode == 0
+    for name in (".env", "deploy/.env.prod", "tls/server.pem", "server.key", "home/.ssh/id_ed25519", ".aws/credentials"):
+        dirty = tmp_path / name.replace("/", "_")
+        (dirty / name).parent.mkdir(parents=True, exist_ok=True)
+        (dirty / name).write_text("secret")
+        result = subprocess.run(["sh", "-c", guard], cwd=dirty, capture_output=True, text=True)
+        assert result.returncode == 1 and name.rsplit("/", 1)[-1] in result.stderr, name

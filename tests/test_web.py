@@ -22,6 +22,8 @@ from conftest import NOTOP_WEIGHTS, ROOT, make_config, place, sample_files
 
 pytestmark = pytest.mark.slow
 
+# The Host a server without a token accepts (loopback: fruits.web_door), as a local browser sends it.
+LOOPBACK = "http://127.0.0.1:8000"
 SCREENSHOT = ROOT / "docs" / "web.png"
 
 
@@ -69,7 +71,7 @@ def client(identify_home, weights):
     """One app (one model) for the module's API tests, as one server process would be."""
     from fruits.web import create_app
 
-    with TestClient(create_app(identify_home["config"], weights)) as client:
+    with TestClient(create_app(identify_home["config"], weights), base_url=LOOPBACK) as client:
         yield client
 
 
@@ -119,9 +121,10 @@ def test_identify_error_codes(identify_home, client, tmp_path):
     assert text.status_code == 415
     truncated = client.post("/api/identify", files=[("file", ("cut.jpg", banana.read_bytes()[:300], "image/jpeg"))])
     assert truncated.status_code == 422 and "cut.jpg" in truncated.json()["detail"]
-    capped = TestClient(create_app(make_config(identify_home["config"].home, model={"max_bytes": 100}), None, warm=False))
+    capped_config = make_config(identify_home["config"].home, model={"max_bytes": 100})
+    capped = TestClient(create_app(capped_config, None, warm=False), base_url=LOOPBACK)
     assert capped.post("/api/identify", files=photo_file(banana)).status_code == 413
-    empty_home = TestClient(create_app(make_config(tmp_path), None, warm=False))
+    empty_home = TestClient(create_app(make_config(tmp_path), None, warm=False), base_url=LOOPBACK)
     assert empty_home.post("/api/identify", files=photo_file(banana)).status_code == 503
 
 
@@ -142,14 +145,23 @@ def test_a_new_pca_version_is_picked_up_without_a_restart(spark, weights, identi
 
 
 def test_the_page_identifies_a_real_photo_in_a_real_browser(identify_home, weights, page):
+    """With a token set: the page asks for it once, then every call carries it and the images (neighbours' thumbnails,
+    PCA plots) load from the signed URLs the API handed out."""
+    from dataclasses import replace
+
     from playwright.sync_api import expect
 
     from fruits.web import create_app
 
-    config = identify_home["config"]
+    config = replace(identify_home["config"], web=replace(identify_home["config"].web, token="page-token"))
+    auth = {"Authorization": "Bearer page-token"}
     photo = identify_home["held_out"]["Strawberry"]
     with served(create_app(config, weights)) as url:
         page.goto(url)
+        expect(page.locator("#token-box")).to_be_visible(timeout=10_000)
+        expect(page.locator("#count-features")).to_have_text("–")  # nothing shown without the token
+        page.fill("#token", "page-token")
+        page.press("#token", "Enter")
         expect(page.locator("#count-features")).not_to_have_text("–", timeout=10_000)  # the dashboard filled in
         page.set_input_files("#photo", str(photo))  # choosing a photo identifies it
         expect(page.locator("#predicted")).to_have_text("Strawberry", timeout=60_000)
@@ -163,9 +175,11 @@ def test_the_page_identifies_a_real_photo_in_a_real_browser(identify_home, weigh
         page.wait_for_function(
             "[...document.querySelectorAll('#plots img')].every(i => i.complete && i.naturalWidth > 0)", timeout=10_000
         )
-        rows = httpx.get(f"{url}/api/status").json()["features"]["rows"]
+        assert all("?exp=" in page.locator("#neighbors img").nth(i).get_attribute("src") for i in range(5))
+        rows = httpx.get(f"{url}/api/status", headers=auth).json()["features"]["rows"]
         expect(page.locator("#count-features")).to_have_text(str(rows))
-        assert page.locator("#labels tbody tr").count() == len(httpx.get(f"{url}/api/status").json()["features"]["labels"])
+        labels = httpx.get(f"{url}/api/status", headers=auth).json()["features"]["labels"]
+        assert page.locator("#labels tbody tr").count() == len(labels)
         SCREENSHOT.parent.mkdir(exist_ok=True)
         page.screenshot(path=str(SCREENSHOT), full_page=True)
 

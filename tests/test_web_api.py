@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,8 @@ from fruits.web import create_app
 
 pytestmark = pytest.mark.fast  # no Spark, no TensorFlow, no ../shared (make test-fast)
 
+# The Host a server without a token accepts (loopback: fruits.web_door), as a local browser sends it.
+LOOPBACK = "http://127.0.0.1:8000"
 FRUITS = str(Path(sys.executable).with_name("fruits"))
 BANANA = shipped_photos("Banana", 2)
 STRAWBERRY = shipped_photos("Strawberry", 1)[0]
@@ -29,7 +32,7 @@ STRAWBERRY = shipped_photos("Strawberry", 1)[0]
 def client_for(home: Path, **web) -> TestClient:
     """A test client of the app for ``home`` (no weights: identify is off), with ``[web]`` settings."""
     sections = {"web": web} if web else {}
-    return TestClient(create_app(make_config(home, **sections), None, warm=False))
+    return TestClient(create_app(make_config(home, **sections), None, warm=False), base_url=LOOPBACK)
 
 
 def upload(path: Path, name: str | None = None, data: bytes | None = None) -> tuple:
@@ -118,7 +121,7 @@ def test_415_for_bytes_that_are_not_an_image_the_stream_reads(tmp_path, name, da
 
 def test_413_above_the_per_photo_cap_and_the_request_cap(tmp_path):
     size = BANANA[0].stat().st_size
-    capped = TestClient(create_app(make_config(tmp_path, model={"max_bytes": size - 1}), None, warm=False))
+    capped = TestClient(create_app(make_config(tmp_path, model={"max_bytes": size - 1}), None, warm=False), base_url=LOOPBACK)
     response = capped.post("/api/photos", files=[upload(BANANA[0])])
     assert response.status_code == 413 and f"above the cap of {size - 1}" in response.json()["detail"]
 
@@ -198,12 +201,15 @@ def test_thumbnails_only_for_photos_inside_the_landing_folder(tmp_path):
     ]:
         assert client.get(url).status_code == 404, url
     # Raw `..` segments, as a hostile client sends them (httpx itself would normalise them away).
-    raw = client.build_request("GET", "http://testserver/thumbs/landing/x")
+    raw = client.build_request("GET", f"{LOOPBACK}/thumbs/landing/x")
     raw.url = raw.url.copy_with(raw_path=b"/thumbs/landing/../../secret.jpg")
     assert client.send(raw).status_code == 404
 
 
-def test_bearer_token_guards_the_post_endpoints_only(tmp_path):
+BEARER = {"Authorization": "Bearer s3cret"}
+
+
+def test_with_a_token_every_endpoint_needs_it_but_the_page_its_static_files_and_the_health_check(tmp_path):
     client = client_for(tmp_path, token="s3cret")
     files = [upload(BANANA[0])]
     assert client.post("/api/photos", files=files).status_code == 401
@@ -211,8 +217,101 @@ def test_bearer_token_guards_the_post_endpoints_only(tmp_path):
     assert client.post("/api/photos", files=files, headers={"Authorization": "Basic s3cret"}).status_code == 401
     assert client.post("/api/identify", files=files).status_code == 401
     assert landed(tmp_path) == []
-    assert client.post("/api/photos", files=files, headers={"Authorization": "Bearer s3cret"}).status_code == 202
-    assert client.get("/api/status").status_code == 200 and client.get("/api/config").json()["token_required"]
+    assert client.post("/api/photos", files=files, data={"label": "Banana"}, headers=BEARER).status_code == 202
+    thumbnail = f"/thumbs/landing/Banana/{BANANA[0].name}"
+    for path in ("/api/status", "/api/dashboard", "/api/config", thumbnail, "/pca/v1/variance.png", "/docs",
+                 "/openapi.json", "/api/nothing"):
+        refused = client.get(path)
+        assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer", path
+        assert tmp_path.name not in refused.text, path  # nothing of the home in a refusal
+    assert client.get("/api/status", headers=BEARER).json()["home"] == str(tmp_path)
+    assert client.get("/api/config", headers=BEARER).json()["token_required"] is True
+    assert client.get(thumbnail, headers=BEARER).status_code == 200  # a client that can send the header
+    assert client.get("/").status_code == 200 and client.get("/static/app.js").status_code == 200
+    assert client.get("/healthz").json() == {"status": "ok"}
+    for raw_path in (b"/static/../api/status", b"/static/%2e%2e/api/status", b"//api/status", b"/api/status/"):
+        raw = client.build_request("GET", f"{LOOPBACK}/x")
+        raw.url = raw.url.copy_with(raw_path=raw_path)
+        sneaked = client.send(raw)  # the public prefix does not open the API
+        assert sneaked.status_code in (401, 404) and tmp_path.name not in sneaked.text, raw_path
+
+
+def test_thumbnails_and_plots_by_short_lived_signed_urls_the_api_hands_out(tmp_path):
+    from fruits.web_door import UrlSigner
+
+    client = client_for(tmp_path, token="s3cret", signed_url_seconds="10m")
+    client.post("/api/photos", files=[upload(BANANA[0])], data={"label": "Banana"}, headers=BEARER)
+    service = client.app.state.service
+    url = service.files.thumbnail_url(str(tmp_path / "landing" / "Banana" / BANANA[0].name))
+    assert url.startswith(f"/thumbs/landing/Banana/{BANANA[0].name}?exp=")
+    shown = client.get(url)  # as an <img> asks: no header
+    assert shown.status_code == 200 and Image.open(io.BytesIO(shown.content)).format == "JPEG"
+    path, query = url.split("?")
+    assert client.get(path).status_code == 401
+    assert client.get(url.replace("sig=", "sig=0")).status_code == 401
+    other = shipped_photos("Banana", 3)[2]
+    client.post("/api/photos", files=[upload(other)], data={"label": "Banana"}, headers=BEARER)
+    assert client.get(f"/thumbs/landing/Banana/{other.name}?{query}").status_code == 401  # for that path only
+    assert client.post(url, files=[upload(BANANA[0])]).status_code in (401, 405)  # a signature is for GET only
+    expired = service.signer.sign(f"/thumbs/landing/Banana/{BANANA[0].name}", now=time.time() - 3600)
+    assert client.get(expired).status_code == 401
+    elsewhere = UrlSigner(600).sign(f"/thumbs/landing/Banana/{BANANA[0].name}")  # another process's key
+    assert client.get(elsewhere).status_code == 401
+    plot = service.files.plot_url(1, "variance.png")
+    assert plot.startswith("/pca/v1/variance.png?exp=") and client.get(plot).status_code == 404  # signed; no PCA yet
+
+
+@pytest.mark.parametrize("origin", ["http://evil.example", "null", "http://127.0.0.1:8000.evil.example",
+                                    "https://app.example.evil"])
+def test_a_post_from_another_sites_page_is_refused_before_anything_lands(tmp_path, origin):
+    client = client_for(tmp_path, cors_origins=["https://app.example"])
+    response = client.post("/api/photos", files=[upload(BANANA[0])], data={"label": "Poison"}, headers={"Origin": origin})
+    assert response.status_code == 403 and landed(tmp_path) == []
+    assert client.post("/api/identify", files=[upload(BANANA[0])], headers={"Origin": origin}).status_code == 403
+    sneaky = client.post("/api/photos", files=[upload(BANANA[0])], headers={"Sec-Fetch-Site": "cross-site"})
+    assert sneaky.status_code == 403 and landed(tmp_path) == []
+    # The server's own page (same Host), an allowed origin, and clients that send no Origin (curl) land.
+    for headers in ({"Origin": LOOPBACK}, {"Origin": "https://app.example"}, {}):
+        assert client.post("/api/photos", files=[upload(BANANA[0])], headers=headers).status_code == 202, headers
+
+
+def test_behind_a_proxy_the_configured_public_origin_is_the_servers_own(tmp_path):
+    client = client_for(tmp_path, token="s3cret", public_origin="https://fruits.example.com")
+    headers = {**BEARER, "Origin": "https://fruits.example.com", "Host": "backend:8000"}
+    assert client.post("/api/photos", files=[upload(BANANA[0])], headers=headers).status_code == 202
+    headers["Origin"] = "https://evil.example"
+    assert client.post("/api/photos", files=[upload(BANANA[0])], headers=headers).status_code == 403
+
+
+def test_without_a_token_only_a_loopback_host_is_served_against_dns_rebinding(tmp_path):
+    client = client_for(tmp_path)
+    # A page of evil.example whose name now resolves to 127.0.0.1: same origin for the browser, not for the server.
+    rebound = {"Host": "evil.example:8000", "Origin": "http://evil.example:8000"}
+    assert client.get("/api/status", headers={"Host": "evil.example:8000"}).status_code == 403
+    assert client.post("/api/photos", files=[upload(BANANA[0])], headers=rebound).status_code == 403
+    assert landed(tmp_path) == []
+    for host in ("localhost:8000", "127.0.0.1", "[::1]:8000"):
+        assert client.get("/api/status", headers={"Host": host}).status_code == 200, host
+    with_token = client_for(tmp_path, token="s3cret")  # a token protects whatever the Host
+    assert with_token.get("/api/status", headers={**BEARER, "Host": "fruits.lan:8000"}).status_code == 200
+
+
+def test_serve_refuses_a_non_loopback_address_without_a_token_unless_told(tmp_path):
+    from fruits.config import ConfigError
+    from fruits.web_door import check_exposure
+
+    result = subprocess.run([FRUITS, "serve", "--home", str(tmp_path), "--host", "0.0.0.0"],
+                            capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2 and "no token set" in result.stderr and "--allow-no-token" in result.stderr
+    web = make_config(tmp_path).web
+    for host in ("0.0.0.0", "::", "192.168.1.10", "fruits.lan"):
+        with pytest.raises(ConfigError):
+            check_exposure(web, host)
+    for host in ("127.0.0.1", "localhost", "::1"):
+        check_exposure(web, host)
+    check_exposure(make_config(tmp_path, web={"token": "t"}).web, "0.0.0.0")
+    flags = build_parser().parse_args(["serve", "--host", "0.0.0.0", "--allow-no-token"])
+    check_exposure(config_from_args(flags).web, "0.0.0.0")  # explicitly intended
 
 
 def test_token_from_the_flag_or_fruits_token_and_safe_defaults(tmp_path):
@@ -291,7 +390,50 @@ def test_images_per_second_come_from_the_streams_cumulative_counter(tmp_path):
 
 def test_501_for_uploads_to_a_landing_folder_neither_local_nor_on_s3(tmp_path):
     config = make_config(tmp_path, paths={"landing": "hdfs://namenode/fruits/landing"})
-    client = TestClient(create_app(config, None, warm=False))
+    client = TestClient(create_app(config, None, warm=False), base_url=LOOPBACK)
     response = client.post("/api/photos", files=[upload(BANANA[0])])
     assert response.status_code == 501 and "fruits drop" in response.json()["detail"]
     assert client.get("/api/config").json()["uploads"] is False
+
+
+def test_the_dashboard_computes_the_status_again_only_when_the_home_changed(tmp_path):
+    """Many polls of an idle home cost one computation (it reads whole columns); the ages still move on; a change
+    (an upload, recorded in the file ledger) is in the next answer."""
+    client = client_for(tmp_path, refresh_seconds=0.2)
+    dashboard = client.app.state.service.dashboard
+    client.post("/api/photos", files=[upload(BANANA[0])], data={"label": "Banana"})
+    time.sleep(0.15)
+    first = client.get("/api/dashboard").json()["status"]
+    computed = dashboard.computations
+    for _ in range(6):
+        time.sleep(0.12)
+        client.get("/api/dashboard")
+    assert dashboard.computations == computed
+    later = client.get("/api/status").json()
+    assert later["backlog"]["pending"] == first["backlog"]["pending"] == 1
+    assert later["backlog"]["oldest_pending_age_seconds"] >= first["backlog"]["oldest_pending_age_seconds"] + 0.5
+    client.post("/api/photos", files=[upload(BANANA[1])], data={"label": "Banana"})
+    time.sleep(0.12)
+    assert client.get("/api/status").json()["backlog"]["pending"] == 2
+    assert dashboard.computations == computed + 1
+
+
+def test_identify_runs_on_a_bounded_pool_of_lower_priority_threads(tmp_path):
+    import os
+    import threading
+
+    client = client_for(tmp_path, identify_workers=3, identify_nice=7)
+    pool = client.app.state.service.identify_pool
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+
+    def who() -> tuple[str, int, int]:
+        time.sleep(0.2)  # all at once: the pool has to start every thread it may
+        child: list[int] = []
+        thread = threading.Thread(target=lambda: child.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        thread.start()
+        thread.join()
+        return threading.current_thread().name, os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), child[0]
+
+    answers = [future.result() for future in [pool.submit(who) for _ in range(9)]]
+    assert len({name for name, _, _ in answers}) == 3  # never more threads than [web] identify_workers
+    assert {(nice, child) for _, nice, child in answers} == {(min(base + 7, 19), min(base + 7, 19))}

@@ -1,18 +1,33 @@
 // Fruits! page: identify a photo (POST /api/identify), add it (POST /api/photos), and a dashboard polling
 // GET /api/dashboard every refresh_seconds (<= 2 s). Plain JS, no build step; data goes into the page as text only.
+// With a token set on the server, every API call carries it (asked once, kept for this tab in sessionStorage);
+// images come from the signed URLs the API hands out (an <img> sends no header).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-let config = { token_required: false, refresh_seconds: 1.5 };
+let config = { token_required: false, refresh_seconds: 1.5, window_seconds: 600 };
 let shownPlotsVersion = null;
+let started = false;
 
 function authHeaders() {
   const token = $("token").value || sessionStorage.getItem("fruits-token") || "";
   return token ? { Authorization: "Bearer " + token } : {};
 }
 
+function askToken(message) {
+  $("token-box").hidden = false;
+  $("token-hint").textContent = message;
+  $("token").focus();
+}
+
+async function api(url, options = {}) {
+  const response = await fetch(url, { ...options, headers: { ...authHeaders(), ...(options.headers || {}) } });
+  if (response.status === 401) askToken("this server needs its token");
+  return response;
+}
+
 async function post(url, form) {
-  const response = await fetch(url, { method: "POST", body: form, headers: authHeaders() });
+  const response = await api(url, { method: "POST", body: form });
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
     const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail || body);
@@ -109,6 +124,8 @@ $("token").addEventListener("change", () => sessionStorage.setItem("fruits-token
 $("token-box").addEventListener("submit", (event) => {
   event.preventDefault();
   sessionStorage.setItem("fruits-token", $("token").value);
+  $("token-hint").textContent = "";
+  if (!started) start();
 });
 
 // --- dashboard ------------------------------------------------------------------------------------------------
@@ -185,7 +202,7 @@ function render(data) {
 
 async function refresh() {
   try {
-    const response = await fetch("/api/dashboard");
+    const response = await api("/api/dashboard");
     if (response.ok) render(await response.json());
   } catch (error) {
     $("stream-state").textContent = "server unreachable";
@@ -195,11 +212,14 @@ async function refresh() {
 }
 
 async function start() {
+  $("token").value = $("token").value || sessionStorage.getItem("fruits-token") || "";
   try {
-    config = await (await fetch("/api/config")).json();
+    const response = await api("/api/config");
+    if (response.status === 401) return;  // asked for the token: start() again once it is given
+    if (response.ok) config = await response.json();
   } catch (error) { /* keep the defaults */ }
+  started = true;
   $("token-box").hidden = !config.token_required;
-  $("token").value = sessionStorage.getItem("fruits-token") || "";
   refresh();
 }
 
