@@ -40,6 +40,7 @@ from fruits.config import Config
 from fruits.identify import Identifier, IdentifyError
 from fruits.images import BudgetExhausted, PixelBudget, RejectedImage, bomb, open_checked, sniff_format
 from fruits.landing import Dropped, LedgerNote, drop, local_folder
+from fruits.writers import WriterLease
 from fruits.object_landing import ObjectLanding
 from fruits.s3 import is_s3
 from fruits.names import UnsafeName, check_label, landing_name
@@ -117,8 +118,12 @@ class WebService:
             self.landing: Path | None = local_folder(config.landing)
         except ValueError:
             self.landing = None
-        self.note = LedgerNote(config.files_table, self.landing, "upload") if self.landing else None
-        self.objects = ObjectLanding(config.landing, config.files_table, "upload") if is_s3(config.landing) else None
+        # The stream waits for an upload recorded but not visible yet while this heartbeats (from the first upload on).
+        self.lease = WriterLease(config.writers, config.discovery.writer_timeout)
+        self.note = LedgerNote(config.files_table, self.landing, "upload", self.lease) if self.landing else None
+        self.objects = (
+            ObjectLanding(config.landing, config.files_table, "upload", lease=self.lease) if is_s3(config.landing) else None
+        )
         self.signer = UrlSigner(config.web.signed_url_seconds)
         # Every decode of the process (identify, thumbnails) holds its pixels in one budget: bounded memory.
         self.budget = PixelBudget(config.web.decode_pixels)
@@ -251,6 +256,7 @@ def create_app(config: Config, weights: WeightsRef | None = None, warm: bool = T
         yield
         stop.set()
         service.identify_pool.shutdown(wait=False, cancel_futures=True)
+        service.lease.stop()
         sampler.join(5)
 
     app = FastAPI(title="Fruits!", summary="Upload photos, identify fruit, watch the stream", lifespan=lifespan)
