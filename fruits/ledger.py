@@ -27,6 +27,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from fruits.appends import AppendTarget, append_rows
+from fruits.names import exact_bytes, spelled
 from fruits.uris import rust_uri
 
 log = logging.getLogger("fruits.ledger")
@@ -44,16 +45,20 @@ LEDGER_SCHEMA = pa.schema(
         pa.field("discovered_by", pa.string(), nullable=False),
         # true: an earlier version of this path is in the ledger and was kept in landing (an overwrite in place)
         pa.field("overwrites", pa.bool_(), nullable=False),
+        # the path's exact bytes when ``path`` is not the exact name (not UTF-8: ``path`` spells each undecodable
+        # byte as \xNN, fruits.names.spelled); null otherwise. file_id is made from these bytes.
+        pa.field("raw_path", pa.binary()),
     ]
 )
 DISCOVERY_METHODS = ("watch", "backfill", "drop", "stage", "upload", "migration")
 
 
-def file_id(path: str, size: int, mtime_ms: int, etag: str | None = None) -> str:
-    """The id of one file version: 32 hex digits of SHA-256 over its path (as Spark spells it), size and mtime (ms),
-    or, for an object store's object, its ETag instead of the mtime."""
+def file_id(path: str | bytes, size: int, mtime_ms: int, etag: str | None = None) -> str:
+    """The id of one file version: 32 hex digits of SHA-256 over its path's exact bytes (as Spark would spell it),
+    size and mtime (ms), or, for an object store's object, its ETag instead of the mtime."""
     version = f"etag:{etag}" if etag else str(mtime_ms)
-    return hashlib.sha256(f"{path}\n{size}\n{version}".encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    exact = path if isinstance(path, bytes) else path.encode("utf-8", "surrogateescape")
+    return hashlib.sha256(exact + f"\n{size}\n{version}".encode()).hexdigest()[:32]
 
 
 def label_of(path: str, landing: str) -> str | None:
@@ -66,24 +71,40 @@ def label_of(path: str, landing: str) -> str | None:
 
 @dataclass(frozen=True)
 class FileVersion:
-    """One file as discovery saw it: ``path`` as Spark's ``binaryFile`` spells it, size, mtime in ms, label, and on
-    an object store its ETag."""
+    """One file as discovery saw it: ``path`` as Spark's ``binaryFile`` spells it, size, mtime in ms, label, on an
+    object store its ETag, and ``raw`` (the ledger's ``raw_path``): the exact bytes when ``path`` is not the exact
+    name. Give ``path`` as Python spells it (``os.fsdecode``): a name that is not UTF-8 becomes its readable
+    spelling and ``raw`` here (:func:`fruits.names.spelled`), and so does such a label."""
 
     path: str
     size: int
     mtime_ms: int
     label: str | None
     etag: str | None = None
+    raw: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if self.raw is None:
+            path, raw = spelled(self.path)
+            object.__setattr__(self, "path", path)
+            object.__setattr__(self, "raw", raw)
+        if self.label is not None:
+            object.__setattr__(self, "label", spelled(self.label)[0])
+
+    @property
+    def exact(self) -> bytes:
+        """The path's exact bytes."""
+        return exact_bytes(self.path, self.raw)
 
     @property
     def file_id(self) -> str:
-        return file_id(self.path, self.size, self.mtime_ms, self.etag)
+        return file_id(self.exact, self.size, self.mtime_ms, self.etag)
 
 
 def ensure_ledger(uri: str) -> None:
     """Create the empty ledger at ``uri`` unless one is there (safe when several processes race to create it)."""
     try:
-        DeltaTable(rust_uri(uri))
+        _add_missing_columns(DeltaTable(rust_uri(uri)))
         return
     except TableNotFoundError:
         pass
@@ -94,6 +115,17 @@ def ensure_ledger(uri: str) -> None:
         )
     except Exception:  # another process created it between our check and our commit
         DeltaTable(rust_uri(uri))
+
+
+def _add_missing_columns(table: DeltaTable) -> None:
+    """Add the columns of :data:`LEDGER_SCHEMA` that a ledger made by an earlier version lacks (all nullable), so
+    appends of the current schema fit; old rows read them as nulls."""
+    from deltalake import Field
+
+    have = {field.name for field in table.schema().fields}
+    missing = [field for field in LEDGER_SCHEMA if field.name not in have]
+    if missing:
+        table.alter.add_columns([Field.from_arrow(field) for field in missing])  # type: ignore[attr-defined]
 
 
 def ledger_target(uri: str) -> AppendTarget:
@@ -127,6 +159,7 @@ def record(
             "discovered_at": pa.array([now] * len(versions), TIMESTAMP),
             "discovered_by": [discovered_by] * len(versions),
             "overwrites": list(overwrites) if overwrites is not None else [False] * len(versions),
+            "raw_path": pa.array([v.raw for v in versions], pa.binary()),
         },
         schema=LEDGER_SCHEMA,
     )
@@ -142,9 +175,10 @@ def digests(hex_ids: pa.Array | list[str]) -> np.ndarray:
     return np.frombuffer(bytes.fromhex("".join(ids.to_pylist())), dtype="S16")
 
 
-def path_digests(paths: list[str]) -> np.ndarray:
-    """16-byte SHA-256 prefixes of paths (overwrite detection keeps these, not the paths)."""
-    return np.array([hashlib.sha256(p.encode("utf-8", "surrogateescape")).digest()[:16] for p in paths], dtype="S16")
+def path_digests(paths: list[str | bytes]) -> np.ndarray:
+    """16-byte SHA-256 prefixes of paths, their exact bytes (overwrite detection keeps these, not the paths)."""
+    exact = [p if isinstance(p, bytes) else p.encode("utf-8", "surrogateescape") for p in paths]
+    return np.array([hashlib.sha256(p).digest()[:16] for p in exact], dtype="S16")
 
 
 class SortedDigests:
@@ -202,16 +236,21 @@ class LedgerView:
         new_files = [f for f in actions if f not in self._seen_files]
         if not new_files:
             return 0
-        rows = read_data_files(self.uri, new_files, ["file_id", "path"] if self.track_paths else ["file_id"])
+        columns = ["file_id", "path", "raw_path"] if self.track_paths else ["file_id"]
+        rows = read_data_files(self.uri, new_files, columns)
         self.ids.add(digests(rows.column("file_id").combine_chunks()))
         if self.track_paths:
-            self.paths.add(path_digests(rows.column("path").to_pylist()))
+            paths, raws = rows.column("path").to_pylist(), rows.column("raw_path").to_pylist()
+            self.paths.add(path_digests([exact_bytes(p, r) for p, r in zip(paths, raws)]))
         self._seen_files.update(new_files)
         return rows.num_rows
 
 
-def read_data_files(uri: str, files: list[str], columns: list[str] | None = None) -> pa.Table:
-    """The rows of some data files of the Delta table at ``uri`` (paths as its add actions spell them)."""
+def read_data_files(
+    uri: str, files: list[str], columns: list[str] | None = None, schema: pa.Schema = LEDGER_SCHEMA
+) -> pa.Table:
+    """The rows of some data files of the Delta table at ``uri`` (paths as its add actions spell them), read with
+    the table's ``schema``: a column added to the table since a file was written reads as nulls from it."""
     import pyarrow.dataset as ds
 
     root = rust_uri(uri).rstrip("/")
@@ -222,7 +261,7 @@ def read_data_files(uri: str, files: list[str], columns: list[str] | None = None
 
         filesystem, _ = pafs.FileSystem.from_uri(root)
         located = [f.split("://", 1)[1] for f in located]
-    return ds.dataset(located, format="parquet", filesystem=filesystem).to_table(columns=columns)
+    return ds.dataset(located, schema=schema, format="parquet", filesystem=filesystem).to_table(columns=columns)
 
 
 def ledger_rows(uri: str, columns: list[str] | None = None) -> pa.Table:
