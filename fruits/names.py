@@ -166,11 +166,16 @@ def local_bytes(row: Mapping[str, Any]) -> bytes | None:
 
 def needs_alias(row: Mapping[str, Any]) -> bool:
     """Whether the stream's reader (Spark's ``binaryFile``, the JVM) must open this local file through an alias: its
-    name is not UTF-8 (Java cannot spell it), or holds a control character (a newline, which Hadoop's paths and the
-    logs between the JVM and Python do not carry reliably)."""
-    if local_bytes(row) is None:
+    name is not UTF-8 (Java cannot spell it), holds a control character (a newline, which Hadoop's paths and the logs
+    between the JVM and Python do not carry reliably), or a ``:`` or a glob character (Hadoop's globber builds a
+    ``Path`` of each part, and ``a:b[1].jpg`` is "a relative path in an absolute URI" to it)."""
+    local = local_bytes(row)
+    if local is None:
         return False
-    return row.get("raw_path") is not None or any(ord(c) < 32 or ord(c) == 127 for c in row["path"])
+    return row.get("raw_path") is not None or any(c < 32 or c == 127 or c in _HADOOP_SPECIAL for c in local)
+
+
+_HADOOP_SPECIAL = frozenset(b":\\*?[]{}")
 
 
 def alias_path(landing: str, file_id: str) -> str:

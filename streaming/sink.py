@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from fruits import storage
 from fruits.appends import AppendTarget
 from fruits.featurize import featurize_column
 from fruits.featurizer import Featurizer
+from fruits.names import ALIAS_FOLDER, alias_path, local_bytes, needs_alias
 from fruits.uris import glob_escape, local_path, rust_uri
 from fruits.streaming.outcomes import append, epoch_ms, featurized_rows, quarantine_rows, split_featurized
 from fruits.streaming.progress import Progress
@@ -57,7 +59,7 @@ BINARY_FILE_SCHEMA = StructType(
     ]
 )
 LEDGER_COLUMNS = [
-    "file_id", "path", "label", "size_bytes", "modified_at", "discovered_at", "discovered_by", "overwrites",
+    "file_id", "path", "label", "size_bytes", "modified_at", "discovered_at", "discovered_by", "overwrites", "raw_path",
 ]
 # `fruits drop`, `fruits stage` and web uploads record a file in the ledger just before they make it visible (a rename;
 # on S3, its PUT, one after another for a group of 500): a row of theirs whose file is not there yet is waited for, up
@@ -75,29 +77,106 @@ OVERWRITE_REASON = "overwritten in place after its ingestion; not featurized aga
 
 
 class LandedFiles:
-    """Size/mtime checks and moves of landed files: the local file system directly, any other through Hadoop."""
+    """Size/mtime checks and moves of landed files: the local file system directly, any other through Hadoop.
+
+    A file is given as its ledger row (exact: a name that is not UTF-8 is found by its ``raw_path``) or as a URI. A
+    URI that is a ledger ``path`` of a row :meth:`register`-ed here stands for that row's exact file. Files whose
+    name the reader cannot open (:func:`fruits.names.needs_alias`) are read through a hard link named by their
+    ``file_id`` (:meth:`readable`), removed when the file is moved or removed, or by :meth:`release`."""
 
     def __init__(self, spark: SparkSession) -> None:
         self.spark = spark
+        self._exact: dict[str, bytes] = {}  # ledger path -> exact local path, for rows whose path is not exact
+        self._aliases: dict[bytes, bytes] = {}  # exact local path -> its alias
 
-    def version(self, uri: str) -> tuple[int, int] | None:
-        """(size, mtime in ms) of the file at ``uri``, or None if there is none."""
-        local = local_path(uri)
+    def register(self, rows: list[Row]) -> None:
+        """Remember the exact local paths of ``rows`` whose ``path`` is not their exact name."""
+        for row in rows:
+            if row.get("raw_path") is not None:
+                self._exact[row["path"]] = local_bytes(row)
+
+    def _local(self, file: str | Row) -> bytes | str | None:
+        """The local path of a row or URI (exact bytes when known), or None on a remote store."""
+        if not isinstance(file, str):
+            return local_bytes(file)
+        return self._exact.get(file) or local_path(file)
+
+    def _uri(self, file: str | Row) -> str:
+        return file if isinstance(file, str) else file["path"]
+
+    def version(self, file: str | Row) -> tuple[int, int] | None:
+        """(size, mtime in ms) of the file (a ledger row or a URI), or None if there is none."""
+        local = self._local(file)
         if local is not None:
             try:
                 stat = os.stat(local)
             except (FileNotFoundError, NotADirectoryError):
                 return None
             return stat.st_size, stat.st_mtime_ns // 1_000_000
-        size = storage.file_length(self.spark, uri)
+        size = storage.file_length(self.spark, self._uri(file))
         return None if size is None else (size, -1)  # object stores: the size is the check
 
     def taken(self, uri: str) -> bool:
         local = local_path(uri)
         return os.path.lexists(local) if local is not None else storage.exists(self.spark, uri)
 
-    def move(self, uri: str, target: str) -> bool:
-        local, local_target = local_path(uri), local_path(target)
+    def readable(self, row: Row, landing: str) -> str | None:
+        """The path the reader (Spark's ``binaryFile``) is given for ``row``: its own, or for a name it cannot open,
+        a hard link to it at :func:`fruits.names.alias_path` (a copy with the same mtime where links fail); None if
+        the file is gone."""
+        if not needs_alias(row) or local_path(landing) is None:
+            return row["path"]
+        exact, alias = local_bytes(row), alias_path(landing, row["file_id"])
+        target = os.fsencode(local_path(alias))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            if not os.path.lexists(target):
+                try:
+                    os.link(exact, target, follow_symlinks=True)
+                except FileNotFoundError:
+                    return None
+                except OSError:  # a file system without hard links
+                    shutil.copy2(exact, target)
+        except FileNotFoundError:
+            return None
+        self._aliases[exact] = target
+        return alias
+
+    def release(self, rows: list[Row]) -> None:
+        """Remove the read aliases of ``rows`` (once their outcomes are committed)."""
+        for row in rows:
+            exact = local_bytes(row)
+            if exact is not None:
+                self._unalias(exact)
+
+    def _unalias(self, exact: bytes | str) -> None:
+        alias = self._aliases.pop(os.fsencode(exact), None)
+        if alias is not None:
+            try:
+                os.unlink(alias)
+            except FileNotFoundError:
+                pass
+
+    @staticmethod
+    def sweep(landing: str) -> int:
+        """Remove every read alias left in ``landing`` (by a stream that stopped between a read and its outcome's
+        commit); only while no other stream reads this landing folder (at start-up, under the stream's lock).
+        Returns how many were removed."""
+        local = local_path(landing)
+        folder = os.path.join(local, ALIAS_FOLDER) if local is not None else None
+        if folder is None or not os.path.isdir(folder):
+            return 0
+        removed = 0
+        for entry in os.scandir(folder):
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+    def move(self, file: str | Row, target: str) -> bool:
+        local, local_target = self._local(file), local_path(target)
         if local is not None and local_target is not None:
             os.makedirs(os.path.dirname(local_target), exist_ok=True)
             try:
@@ -105,18 +184,20 @@ class LandedFiles:
             except FileExistsError:
                 return False
             os.unlink(local)
+            self._unalias(local)
             return True
-        return storage.rename(self.spark, uri, target)
+        return storage.rename(self.spark, self._uri(file), target)
 
-    def remove(self, uri: str) -> None:
-        local = local_path(uri)
+    def remove(self, file: str | Row) -> None:
+        local = self._local(file)
         if local is not None:
             try:
                 os.unlink(local)
             except FileNotFoundError:
                 pass
+            self._unalias(local)
         else:
-            storage.delete(self.spark, uri)
+            storage.delete(self.spark, self._uri(file))
 
 
 class StopRequested(RuntimeError):
@@ -326,8 +407,10 @@ class OutcomeSink:
 
     def _read(self, spark: SparkSession, rows: list[Row], files: LandedFiles) -> DataFrame:
         """``binaryFile`` over exactly the rows' paths (those still there; a file deleted meanwhile is skipped by
-        ``spark.sql.files.ignoreMissingFiles`` and quarantined as disappeared)."""
-        paths = sorted({row["path"] for row in rows if files.version(row["path"]) is not None})
+        ``spark.sql.files.ignoreMissingFiles`` and quarantined as disappeared). A file whose name the JVM cannot
+        open is read through its alias (:meth:`LandedFiles.readable`), which the pairing maps back by ``file_id``."""
+        files.register(rows)
+        paths = sorted({path for row in rows if files.version(row) is not None and (path := files.readable(row, self.landing))})
         for _ in range(3):
             if not paths:
                 break
