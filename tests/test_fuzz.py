@@ -63,3 +63,39 @@ def test_the_stream_puts_each_of_240_mutated_photos_exactly_once_in_features_or_
     print(f"\n{len(expected)} files: {len(featurized)} featurized, {len(rejected)} quarantined")
     print("\n".join(f"{n:4d} {reason}" for reason, n in reasons.most_common()))
     assert len(featurized) >= 60 and len(rejected) >= 60
+
+
+@pytest.mark.fast
+def test_2000_random_names_are_recorded_exactly_listed_back_and_shown_on_one_line(tmp_path):
+    """Files under random names the file system allows (tests/fuzzing.py random_name): the listing finds each one,
+    the ledger records it under a valid UTF-8 path with its exact bytes, and every name helper gives a name that
+    fits and a one-line display."""
+    import os
+    import random
+
+    from fruits.ledger import ledger_rows, ledger_target, record
+    from fruits.landing import temporary_name
+    from fruits.names import fit_name, local_bytes, readable
+    from fruits.streaming.discovery import list_local
+    from fuzzing import random_name
+
+    rng = random.Random(21)
+    landing = os.fsencode(tmp_path / "landing")
+    os.makedirs(landing)
+    names = {random_name(rng, rng.choice(["jpg", "JPG", "png"])) for _ in range(2000)}
+    for name in names:
+        with open(landing + b"/" + name, "wb") as handle:
+            handle.write(name)  # each its own size-ish content
+    listed = list_local(os.fsdecode(landing), ["jpg", "png"])
+    assert len(listed) == len(names)
+    record(ledger_target(str(tmp_path / "files")), listed, "backfill")
+    rows = ledger_rows(str(tmp_path / "files")).to_pylist()
+    assert sorted(local_bytes(row) for row in rows) == sorted(landing + b"/" + n for n in names)
+    assert len({row["file_id"] for row in rows}) == len(names)
+    for row in rows:
+        row["path"].encode("utf-8")  # valid UTF-8, always
+        shown = readable(row["path"])
+        assert "\n" not in shown and "\r" not in shown and "\x1b" not in shown
+        name = os.fsdecode(local_bytes(row)).rsplit("/", 1)[-1]
+        for fitted in (fit_name(readable(name)), fit_name(row["path"].rsplit("/", 1)[-1], row["file_id"]), temporary_name(name)):
+            assert 0 < len(fitted.encode("utf-8")) <= 255 and "/" not in fitted
