@@ -24,7 +24,7 @@ from watchdog.observers import Observer
 from fruits.appends import AppendTarget
 from fruits.ledger import FileVersion, label_of, ledger_target, local_mtime_ms, record
 from fruits.uris import hadoop_uri
-from fruits.names import NAME_MAX, check_label, check_sources, fit_name, is_candidate, stage_refusal
+from fruits.names import check_label, check_sources, is_candidate, stage_refusal, temporary_name
 
 log = logging.getLogger("fruits.landing")
 
@@ -112,13 +112,6 @@ def _prepare(source: Path, target: Path, chosen: set[Path] = frozenset()) -> _Pl
         temporary.unlink(missing_ok=True)
         raise
     return _Placement(source, temporary, final)
-
-
-def temporary_name(name: str) -> str:
-    """The hidden name a file is written under beside its final ``name`` (any name up to 255 bytes, not necessarily
-    UTF-8): at most 255 bytes itself, unique to the name and this process."""
-    digest = hashlib.sha256(os.fsencode(name) + f"/{os.getpid()}".encode()).hexdigest()
-    return fit_name(f".{name}", digest, limit=NAME_MAX - len(".tmp")) + ".tmp"
 
 
 def _publish(placement: _Placement, note: LedgerNote | None) -> Path:

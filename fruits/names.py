@@ -6,6 +6,7 @@ file listing skips (names starting with ``.`` or ``_``): a file put there would 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path, PurePath
 from typing import Any, Callable, Iterable, Mapping
@@ -205,6 +206,13 @@ def fit_name(name: str, file_id: str | None = None, limit: int = NAME_MAX) -> st
     room = limit - len(suffix.encode())
     cut = stem.encode()[:room].decode("utf-8", "ignore")  # never half a character
     return cut + suffix
+
+
+def temporary_name(name: str) -> str:
+    """The hidden name a file is written under beside its final ``name`` (any name up to 255 bytes, not necessarily
+    UTF-8): at most 255 bytes itself, unique to the name and this process."""
+    digest = hashlib.sha256(os.fsencode(name) + f"/{os.getpid()}".encode()).hexdigest()
+    return fit_name(f".{name}", digest, limit=NAME_MAX - len(".tmp")) + ".tmp"
 
 
 def fit_relative(relative: str, file_id: str | None = None) -> str:

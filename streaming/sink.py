@@ -42,7 +42,7 @@ from fruits import storage
 from fruits.appends import AppendTarget
 from fruits.featurize import featurize_column
 from fruits.featurizer import Featurizer
-from fruits.names import ALIAS_FOLDER, alias_path, local_bytes, needs_alias
+from fruits.names import ALIAS_FOLDER, alias_path, local_bytes, needs_alias, temporary_name
 from fruits.uris import glob_escape, local_path, rust_uri
 from fruits.streaming.outcomes import append, epoch_ms, featurized_rows, quarantine_rows, split_featurized
 from fruits.streaming.progress import Progress
@@ -179,10 +179,19 @@ class LandedFiles:
         local, local_target = self._local(file), local_path(target)
         if local is not None and local_target is not None:
             os.makedirs(os.path.dirname(local_target), exist_ok=True)
+            # a link within landing: its target's bytes (what was read) are stored, and the link removed; the
+            # target, if it is itself landed, has its own row
+            source = local
+            if os.path.islink(local):
+                source = os.path.join(os.path.dirname(local_target), temporary_name(os.path.basename(local_target)))
+                shutil.copy2(local, source)
             try:
-                os.link(local, local_target)  # never replaces an existing file, unlike rename
+                os.link(source, local_target)  # never replaces an existing file, unlike rename
             except FileExistsError:
                 return False
+            finally:
+                if source is not local:
+                    os.unlink(source)
             os.unlink(local)
             self._unalias(local)
             return True

@@ -74,8 +74,7 @@ def test_2000_random_names_are_recorded_exactly_listed_back_and_shown_on_one_lin
     import random
 
     from fruits.ledger import ledger_rows, ledger_target, record
-    from fruits.landing import temporary_name
-    from fruits.names import fit_name, local_bytes, readable
+    from fruits.names import fit_name, local_bytes, readable, temporary_name
     from fruits.streaming.discovery import list_local
     from fuzzing import random_name
 

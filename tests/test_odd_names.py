@@ -54,7 +54,8 @@ def test_any_name_gets_exactly_one_outcome_and_the_cli_shows_it(spark, weights, 
             handle.write(next(photos).read_bytes() if outcome == "ingested" else os.urandom(2000))
     (tmp_path / "elsewhere.jpg").write_bytes(sample_files("Lemon", 1)[0].read_bytes())
     os.symlink(tmp_path / "elsewhere.jpg", landing / "outside.jpg")  # a link out of landing: never read
-    os.symlink(landing / "Banana" / good[0].name, landing / "inside.jpg")  # a link within landing: read
+    shared = place(sample_files("Lemon", 1, skip=1), landing / ".shared")[0]  # hidden: never landed itself
+    os.symlink(shared, landing / "inside.jpg")  # a link within landing: read, its target's bytes archived
 
     assert run_stream(spark, config, weights, available_now=True) >= len(ODD) + 4
 
@@ -80,7 +81,7 @@ def test_any_name_gets_exactly_one_outcome_and_the_cli_shows_it(spark, weights, 
 
     # archived under valid names that fit; nothing left in landing but the link out of it
     left = {p.relative_to(landing).as_posix() for p in landing.rglob("*") if not p.is_dir()}
-    assert left == {"outside.jpg"}
+    assert left == {"outside.jpg", f".shared/{shared.name}"}
     archived = [p for p in Path(config.archive).rglob("*") if p.is_file()]
     assert len(archived) == len(expected), sorted(os.fsencode(p.relative_to(config.archive)) for p in archived)
     assert all(len(os.fsencode(p.name)) <= 255 for p in archived)
