@@ -166,7 +166,9 @@ class _Events(FileSystemEventHandler):
     arrived: threading.Event = field(default_factory=threading.Event)
 
     def _touch(self, path: str | bytes, how: str) -> None:
-        """``how``: "moved" (complete), "closed" (closed after writing), "written" or "attrib"."""
+        """``how``: "moved" (complete), "closed" (closed after writing), "created" (moved in from outside, or
+        opened to be written: an empty file then waits for its close, see :meth:`Discovery.flush_events`), "written"
+        or "attrib"."""
         path = os.fsdecode(path)
         if not is_candidate(os.path.basename(path), self.extensions):
             return
@@ -175,8 +177,10 @@ class _Events(FileSystemEventHandler):
             if how == "written":
                 self.writing.add(path)
                 self.ready_at[path] = now + self.quiet if not self.closes else float("inf")
-            elif how == "attrib" and path in self.writing:
+            elif how in ("attrib", "created") and path in self.writing:
                 return  # still open for writing: its close decides
+            elif how == "created":  # a file moved in from outside the watched tree arrives so, with no close
+                self.ready_at[path] = now + self.settle
             else:
                 self.writing.discard(path)
                 # a renamed file is complete; a later change to it makes it wait like any other
@@ -204,7 +208,7 @@ class _Events(FileSystemEventHandler):
             if kind in ("created", "moved"):
                 self._walk(target, complete=kind == "moved")
         else:
-            self._touch(target, {"moved": "moved", "closed": "closed", "attrib": "attrib"}.get(kind, "written"))
+            self._touch(target, {"moved": "moved", "closed": "closed", "attrib": "attrib", "created": "created"}.get(kind, "written"))
 
     def settled(self, everything: bool = False) -> list[str]:
         """Paths that may be recorded now (``everything``: all of them), removed from the pending set."""
@@ -335,7 +339,9 @@ class Discovery:
                 version = local_version(path, self.local, self.landing)
             except FileNotFoundError:
                 continue
-            if version is not None:
+            if version is not None and version.size == 0 and self._events.closes and not everything:
+                self._events._touch(path, "written")  # created, not written yet: its writer's close decides
+            elif version is not None:
                 versions.append(version)
         return self._record_new(versions, "watch") if versions else 0
 
