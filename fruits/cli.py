@@ -324,7 +324,7 @@ def cmd_identify(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_files(config: Config, args: argparse.Namespace) -> int:
-    from fruits.files import file_states
+    from fruits.files import file_states, format_file
 
     rows = file_states(config, args.state)
     if args.limit:
@@ -333,8 +333,7 @@ def cmd_files(config: Config, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(row, ensure_ascii=False, default=str))
         else:
-            detail = f"  ({row['reason']})" if row.get("reason") else ""
-            print(f"{row['state']:<11} {row['discovered_at']}  {row['path']}{detail}")
+            print(format_file(row))
     if not args.json:
         print(f"{len(rows)} files", file=sys.stderr)
     return 0

@@ -117,6 +117,7 @@ class DiscoveryConfig:
     watch: bool
     backfill_interval: Seconds = _duration()
     commit_interval: Seconds = _duration()
+    quiet_seconds: Seconds = _duration()
     max_rows_per_commit: int = _at_least(1)
     after_ingest: str = _choice("archive", "delete", "keep")
     allow_overwrites: bool

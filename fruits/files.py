@@ -24,6 +24,7 @@ from deltalake.exceptions import TableNotFoundError
 
 from fruits.config import Config
 from fruits.ledger import ledger_rows
+from fruits.names import readable
 from fruits.uris import rust_uri
 
 STATES = ("pending", "ingested", "quarantined", "retrying")
@@ -114,13 +115,26 @@ def ledger_states(config: Config) -> pa.Table:
 
 
 def file_states(config: Config, state: str | None = None) -> list[dict[str, Any]]:
-    """File versions (oldest discovery first) as dicts, optionally only those in ``state``."""
+    """File versions (oldest discovery first) as dicts, optionally only those in ``state``. ``path`` is valid UTF-8
+    (a name that is not UTF-8 spelled readably); ``raw_path``, its exact bytes when it is not the exact name, is
+    given as hex digits (JSON has no bytes)."""
     table = ledger_states(config)
     if state is not None:
         if state not in STATES:
             raise ValueError(f"state {state!r}: expected one of {STATES}")
         table = table.filter(pc.equal(table.column("state"), state))
-    return table.to_pylist()
+    rows = table.to_pylist()
+    for row in rows:
+        if row.get("raw_path") is not None:
+            row["raw_path"] = row["raw_path"].hex()
+    return rows
+
+
+def format_file(row: dict[str, Any]) -> str:
+    """One line of ``fruits files`` for a row of :func:`file_states`: a newline, an escape sequence or a byte that is
+    not UTF-8 in a name (or a reason) is shown escaped, never written to the terminal."""
+    detail = f"  ({readable(row['reason'])})" if row.get("reason") else ""
+    return f"{row['state']:<11} {row['discovered_at']}  {readable(row['path'])}{detail}"
 
 
 def backlog(config: Config) -> dict[str, Any]:

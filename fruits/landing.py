@@ -25,7 +25,7 @@ from fruits.appends import AppendTarget
 from fruits.ledger import FileVersion, label_of, ledger_target, local_mtime_ms, record
 from fruits.uris import hadoop_uri
 from fruits.writers import WriterLease
-from fruits.names import check_label, check_sources, is_candidate, stage_refusal
+from fruits.names import check_label, check_sources, is_candidate, stage_refusal, temporary_name
 
 log = logging.getLogger("fruits.landing")
 
@@ -107,11 +107,15 @@ def _prepare(source: Path, target: Path, chosen: set[Path] = frozenset()) -> _Pl
     final = _free_name(source, target, chosen)
     if final is None:
         return None
-    temporary = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    with open(source, "rb") as reader, open(temporary, "wb") as writer:
-        shutil.copyfileobj(reader, writer, 1 << 20)
-        writer.flush()
-        os.fsync(writer.fileno())
+    temporary = final.with_name(temporary_name(final.name))
+    try:
+        with open(source, "rb") as reader, open(temporary, "wb") as writer:
+            shutil.copyfileobj(reader, writer, 1 << 20)
+            writer.flush()
+            os.fsync(writer.fileno())
+    except BaseException:  # disk full, a name too long, Ctrl-C: no hidden copy is left behind
+        temporary.unlink(missing_ok=True)
+        raise
     return _Placement(source, temporary, final)
 
 
@@ -227,12 +231,17 @@ def land_in_groups(
     commit fails, the files not yet published are ``discard``-ed and the error goes on."""
     results: list[Dropped] = []
     prepared: list[Any] = []
-    for path, relative in pairs:
-        item = prepare(path, relative, prepared)
-        if item is None:
-            results.append(Dropped(path, None, "already there"))
-        else:
-            prepared.append(item)
+    try:
+        for path, relative in pairs:
+            item = prepare(path, relative, prepared)
+            if item is None:
+                results.append(Dropped(path, None, "already there"))
+            else:
+                prepared.append(item)
+    except BaseException:  # one file failed (disk full, a name too long): the copies made so far go too
+        for item in prepared:
+            discard(item)
+        raise
     for start in range(0, len(prepared), NOTE_GROUP):
         group = prepared[start : start + NOTE_GROUP]
         try:
@@ -243,6 +252,12 @@ def land_in_groups(
             raise
         results.extend(Dropped(item.source, publish(item), "placed") for item in group)
     return results
+
+
+def _same_file(before: os.stat_result, after: os.stat_result) -> bool:
+    return (before.st_ino, before.st_dev, before.st_size, before.st_mtime_ns) == (
+        after.st_ino, after.st_dev, after.st_size, after.st_mtime_ns
+    )
 
 
 @dataclass
@@ -338,11 +353,23 @@ class InboxStager(FileSystemEventHandler):
         return promoted
 
     def _promote(self, path: Path) -> object:
+        """Copy ``path`` into landing, then remove it from the inbox, unless it changed since it was copied (same
+        size, mtime and inode right before the unlink): then it stays, and is staged again once complete."""
         relative = PurePosixPath(path.relative_to(self.inbox).as_posix())
+        before = path.stat()
         if self.place is None:
-            return place_atomically(path, self.landing / relative, move=True, note=self.note)
-        placed = self.place(path, relative)
-        path.unlink()
+            placed = place_atomically(path, self.landing / relative, note=self.note)
+        else:
+            placed = self.place(path, relative)
+        try:
+            after = path.stat()
+        except FileNotFoundError:
+            return placed
+        if _same_file(before, after):
+            path.unlink()
+        else:
+            log.warning("%s changed while it was staged: kept in the inbox, staged again once complete", path)
+            self.pending[path] = _Pending(after.st_size, after.st_mtime_ns, time.monotonic())  # (lock held by the caller)
         return placed
 
     def run(self, stop: threading.Event, poll_seconds: float = 0.2) -> None:

@@ -27,6 +27,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from fruits.appends import AppendTarget, append_rows
+from fruits.names import exact_bytes, spelled
 from fruits.uris import rust_uri
 
 log = logging.getLogger("fruits.ledger")
@@ -51,18 +52,20 @@ LEDGER_SCHEMA = pa.schema(
         pa.field("writer", pa.string()),
         # Where the bytes are when not at ``path`` any more (a retry of a quarantined file reads them there).
         pa.field("read_from", pa.string()),
+        # the path's exact bytes when ``path`` is not the exact name (not UTF-8: ``path`` spells each undecodable
+        # byte as \xNN, fruits.names.spelled); null otherwise. file_id is made from these bytes.
+        pa.field("raw_path", pa.binary()),
     ]
 )
-# Columns added after the first release: an older ledger gets them (null) when the stream opens it.
-LATER_COLUMNS = ("attempt", "writer", "read_from")
 DISCOVERY_METHODS = ("watch", "backfill", "drop", "stage", "upload", "migration", "retry")
 
 
-def file_id(path: str, size: int, mtime_ms: int, etag: str | None = None) -> str:
-    """The id of one file version: 32 hex digits of SHA-256 over its path (as Spark spells it), size and mtime (ms),
-    or, for an object store's object, its ETag instead of the mtime."""
+def file_id(path: str | bytes, size: int, mtime_ms: int, etag: str | None = None) -> str:
+    """The id of one file version: 32 hex digits of SHA-256 over its path's exact bytes (as Spark would spell it),
+    size and mtime (ms), or, for an object store's object, its ETag instead of the mtime."""
     version = f"etag:{etag}" if etag else str(mtime_ms)
-    return hashlib.sha256(f"{path}\n{size}\n{version}".encode("utf-8", "surrogateescape")).hexdigest()[:32]
+    exact = path if isinstance(path, bytes) else path.encode("utf-8", "surrogateescape")
+    return hashlib.sha256(exact + f"\n{size}\n{version}".encode()).hexdigest()[:32]
 
 
 def label_of(path: str, landing: str) -> str | None:
@@ -75,23 +78,39 @@ def label_of(path: str, landing: str) -> str | None:
 
 @dataclass(frozen=True)
 class FileVersion:
-    """One file as discovery saw it: ``path`` as Spark's ``binaryFile`` spells it, size, mtime in ms, label, and on
-    an object store its ETag."""
+    """One file as discovery saw it: ``path`` as Spark's ``binaryFile`` spells it, size, mtime in ms, label, on an
+    object store its ETag, and ``raw`` (the ledger's ``raw_path``): the exact bytes when ``path`` is not the exact
+    name. Give ``path`` as Python spells it (``os.fsdecode``): a name that is not UTF-8 becomes its readable
+    spelling and ``raw`` here (:func:`fruits.names.spelled`), and so does such a label."""
 
     path: str
     size: int
     mtime_ms: int
     label: str | None
     etag: str | None = None
+    raw: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if self.raw is None:
+            path, raw = spelled(self.path)
+            object.__setattr__(self, "path", path)
+            object.__setattr__(self, "raw", raw)
+        if self.label is not None:
+            object.__setattr__(self, "label", spelled(self.label)[0])
+
+    @property
+    def exact(self) -> bytes:
+        """The path's exact bytes."""
+        return exact_bytes(self.path, self.raw)
 
     @property
     def file_id(self) -> str:
-        return file_id(self.path, self.size, self.mtime_ms, self.etag)
+        return file_id(self.exact, self.size, self.mtime_ms, self.etag)
 
 
 def ensure_ledger(uri: str) -> None:
     """Create the empty ledger at ``uri`` unless one is there (safe when several processes race to create it); an
-    older ledger gets the columns it lacks (:data:`LATER_COLUMNS`, null in its rows)."""
+    older ledger gets the columns it lacks (null in its rows)."""
     try:
         table = DeltaTable(rust_uri(uri))
     except TableNotFoundError:
@@ -107,12 +126,14 @@ def ensure_ledger(uri: str) -> None:
 
 
 def _add_missing_columns(table: DeltaTable) -> None:
-    from deltalake.schema import Field
+    """Add the columns of :data:`LEDGER_SCHEMA` that a ledger made by an earlier version lacks (all nullable), so
+    appends of the current schema fit; old rows read them as nulls."""
+    from deltalake import Field
 
-    present = set(table.schema().to_arrow().names)
-    missing = [LEDGER_SCHEMA.field(name) for name in LEDGER_SCHEMA.names if name not in present]
+    have = {field.name for field in table.schema().fields}
+    missing = [field for field in LEDGER_SCHEMA if field.name not in have]
     if missing:
-        table.alter.add_columns([Field.from_arrow(field) for field in missing])
+        table.alter.add_columns([Field.from_arrow(field) for field in missing])  # type: ignore[attr-defined]
         log.info("ledger: added the columns %s", ", ".join(field.name for field in missing))
 
 
@@ -153,6 +174,7 @@ def record(
             "attempt": [0] * len(versions),
             "writer": [writer] * len(versions),
             "read_from": pa.nulls(len(versions), pa.string()),
+            "raw_path": pa.array([v.raw for v in versions], pa.binary()),
         },
         schema=LEDGER_SCHEMA,
     )
@@ -179,6 +201,7 @@ def record_retries(ledger: str | AppendTarget, rows: list[dict], read_from: list
             "attempt": [int(row.get("attempt") or 0) + 1 for row in rows],
             "writer": [row.get("writer") for row in rows],
             "read_from": read_from,
+            "raw_path": pa.array([row.get("raw_path") for row in rows], pa.binary()),
         },
         schema=LEDGER_SCHEMA,
     )
@@ -194,9 +217,10 @@ def digests(hex_ids: pa.Array | list[str]) -> np.ndarray:
     return np.frombuffer(bytes.fromhex("".join(ids.to_pylist())), dtype="S16")
 
 
-def path_digests(paths: list[str]) -> np.ndarray:
-    """16-byte SHA-256 prefixes of paths (overwrite detection keeps these, not the paths)."""
-    return np.array([hashlib.sha256(p.encode("utf-8", "surrogateescape")).digest()[:16] for p in paths], dtype="S16")
+def path_digests(paths: list[str | bytes]) -> np.ndarray:
+    """16-byte SHA-256 prefixes of paths, their exact bytes (overwrite detection keeps these, not the paths)."""
+    exact = [p if isinstance(p, bytes) else p.encode("utf-8", "surrogateescape") for p in paths]
+    return np.array([hashlib.sha256(p).digest()[:16] for p in exact], dtype="S16")
 
 
 class SortedDigests:
@@ -254,10 +278,12 @@ class LedgerView:
         new_files = [f for f in actions if f not in self._seen_files]
         if not new_files:
             return 0
-        rows = read_data_files(self.uri, new_files, ["file_id", "path"] if self.track_paths else ["file_id"])
+        columns = ["file_id", "path", "raw_path"] if self.track_paths else ["file_id"]
+        rows = read_data_files(self.uri, new_files, columns)
         self.ids.add(digests(rows.column("file_id").combine_chunks()))
         if self.track_paths:
-            self.paths.add(path_digests(rows.column("path").to_pylist()))
+            paths, raws = rows.column("path").to_pylist(), rows.column("raw_path").to_pylist()
+            self.paths.add(path_digests([exact_bytes(p, r) for p, r in zip(paths, raws)]))
         self._seen_files.update(new_files)
         return rows.num_rows
 

@@ -6,9 +6,10 @@ file listing skips (names starting with ``.`` or ``_``): a file put there would 
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path, PurePath
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 
 class UnsafeName(ValueError):
@@ -109,3 +110,121 @@ def landing_name(filename: str | None, extensions: list[str], extension: str) ->
     base = "".join(c for c in base if ord(c) >= 32 and ord(c) != 127).strip().lstrip("._~").strip()
     base = base[:200] or "photo"
     return base if is_candidate(base, extensions) else f"{base}.{extension}"
+
+
+# --- Names as bytes -----------------------------------------------------------------------------------------------
+# A POSIX file name is any bytes but "/" and NUL, up to NAME_MAX of them: not necessarily UTF-8 (an old Samba share, a
+# zip made elsewhere), with newlines, glob characters, or the NFC and NFD spellings of the same word. Python spells
+# an undecodable byte as a lone surrogate (os.fsdecode), which no UTF-8 writer (pyarrow, Delta, the JVM) accepts.
+# The ledger's ``path`` is therefore always valid UTF-8: the exact name when it is UTF-8, else a readable spelling
+# with each undecodable byte as ``\xNN``; ``raw_path`` then holds the exact bytes (and ``file_id`` is made from them).
+
+NAME_MAX = 255  # bytes in one file name (Linux, macOS, S3 key parts have no such limit but local copies do)
+# Hard links under which the stream's reader opens files whose name it cannot spell (see :func:`needs_alias`): a
+# hidden folder of landing, which discovery never lists, one link per file version, named by its file_id.
+ALIAS_FOLDER = ".fruits-alias"
+
+
+def spelled(path: str) -> tuple[str, bytes | None]:
+    """(the ledger's ``path``, ``raw_path``) of a path or URI as Python spells it (``os.fsdecode``: an undecodable
+    byte is a lone surrogate): the path itself and None when it is valid UTF-8; else the readable spelling (each
+    undecodable byte as ``\\xNN``) and the exact bytes."""
+    try:
+        path.encode("utf-8")
+        return path, None
+    except UnicodeEncodeError:
+        raw = path.encode("utf-8", "surrogateescape")
+        return raw.decode("utf-8", "backslashreplace"), raw
+
+
+def readable(text: str | bytes | None) -> str:
+    """``text`` on one line, for people (``fruits files``, ``fruits status``, logs): undecodable bytes as ``\\xNN``,
+    control and invisible format characters (newline, tab, escape, right-to-left override...) as ``\\n``, ``\\t``,
+    ``\\x1b``, ``\\u202e``. Not reversible: the exact bytes are the ledger's ``raw_path``."""
+    if text is None:
+        return ""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "backslashreplace")
+    else:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def exact_bytes(path: str, raw: bytes | None) -> bytes:
+    """The exact bytes of a ledger row's path: ``raw_path`` when there is one, else ``path`` in UTF-8."""
+    return raw if raw is not None else path.encode("utf-8", "surrogateescape")
+
+
+def local_bytes(row: Mapping[str, Any]) -> bytes | None:
+    """The local file-system path (bytes, as ``open`` takes it) of a ledger row (or an outcome row: ``path``, and
+    ``raw_path`` if it has one), or None for a file on a remote store."""
+    from fruits.uris import local_path
+
+    uri = os.fsdecode(exact_bytes(row["path"], row.get("raw_path")))
+    local = local_path(uri)
+    return None if local is None else os.fsencode(local)
+
+
+def needs_alias(row: Mapping[str, Any]) -> bool:
+    """Whether the stream's reader (Spark's ``binaryFile``, the JVM) must open this local file through an alias: its
+    name is not UTF-8 (Java cannot spell it), holds a control character (a newline, which Hadoop's paths and the logs
+    between the JVM and Python do not carry reliably), or a ``:`` or a glob character (Hadoop's globber builds a
+    ``Path`` of each part, and ``a:b[1].jpg`` is "a relative path in an absolute URI" to it)."""
+    local = local_bytes(row)
+    if local is None:
+        return False
+    return row.get("raw_path") is not None or any(c < 32 or c == 127 or c in _HADOOP_SPECIAL for c in local)
+
+
+_HADOOP_SPECIAL = frozenset(b":\\*?[]{}")
+
+
+def alias_path(landing: str, file_id: str) -> str:
+    """Where :func:`needs_alias` files are linked for reading: ``<landing>/.fruits-alias/<file_id>`` (as ``landing``
+    is spelled). The link's name is not hidden itself: Spark skips explicitly given files named ``.x`` or ``_x``."""
+    return f"{landing.rstrip('/')}/{ALIAS_FOLDER}/{file_id}"
+
+
+def alias_file_id(path: str) -> str | None:
+    """The ``file_id`` an alias path (:func:`alias_path`) stands for, or None for any other path."""
+    folder, _, name = path.rpartition("/")
+    return name if folder.endswith("/" + ALIAS_FOLDER) and name else None
+
+
+def fit_name(name: str, file_id: str | None = None, limit: int = NAME_MAX) -> str:
+    """A valid UTF-8 file name of at most ``limit`` bytes for ``name`` (a landed file's readable name), made unique
+    with ``file_id`` when given: ``stem~<12 digits of file_id>.ext``, the stem cut (between characters) to fit. Archive
+    and quarantine targets take it: a 255-byte name plus a suffix would not fit, and a readable spelling of a
+    non-UTF-8 name is up to four times longer than the name."""
+    name = readable(name).replace("/", "\\x2f") if not _valid_name(name) else name
+    stem, dot, extension = name.rpartition(".")
+    if not dot or not stem or len(extension.encode()) > 16:
+        stem, dot, extension = name, "", ""
+    suffix = (f"~{file_id[:12]}" if file_id else "") + dot + extension
+    if file_id is None and len(name.encode()) <= limit:
+        return name
+    room = limit - len(suffix.encode())
+    cut = stem.encode()[:room].decode("utf-8", "ignore")  # never half a character
+    return cut + suffix
+
+
+def temporary_name(name: str) -> str:
+    """The hidden name a file is written under beside its final ``name`` (any name up to 255 bytes, not necessarily
+    UTF-8): at most 255 bytes itself, unique to the name and this process."""
+    digest = hashlib.sha256(os.fsencode(name) + f"/{os.getpid()}".encode()).hexdigest()
+    return fit_name(f".{name}", digest, limit=NAME_MAX - len(".tmp")) + ".tmp"
+
+
+def fit_relative(relative: str, file_id: str | None = None) -> str:
+    """``relative`` (a landed file's path below landing, ``/``-separated, readable) with every part fitted by
+    :func:`fit_name`; the file name, last, made unique with ``file_id`` when given."""
+    parts = relative.split("/")
+    return "/".join([fit_name(p) for p in parts[:-1]] + [fit_name(parts[-1], file_id)])
+
+
+def _valid_name(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "/" not in name and "\0" not in name

@@ -16,6 +16,7 @@ from deltalake.exceptions import TableNotFoundError
 from fruits.config import Config
 from fruits.files import backlog
 from fruits.ledger import ledger_rows
+from fruits.names import readable
 from fruits.pca_store import latest_record
 from fruits.uris import local_path, rust_uri
 
@@ -81,7 +82,7 @@ def overwritten_in_place(config: Config) -> dict[str, Any]:
     versions (featurized again only with ``[discovery] allow_overwrites``)."""
     rows = ledger_rows(config.files_table, ["path", "overwrites"])
     paths = rows.filter(pc.field("overwrites")).column("path").to_pylist()
-    return {"overwritten": len(paths), "overwritten_paths": [local_path(p) or p for p in paths[:20]]}
+    return {"overwritten": len(paths), "overwritten_paths": [readable(local_path(p) or p) for p in paths[:20]]}
 
 
 def _read_json(uri: str) -> dict[str, Any] | None:
@@ -130,7 +131,7 @@ def format_status(report: dict[str, Any]) -> str:
         )
     labels = report["features"].get("labels") or {}
     if labels:
-        lines.append(f"labels: {len(labels)} — " + ", ".join(f"{k} {v}" for k, v in list(labels.items())[:12]) + (" …" if len(labels) > 12 else ""))
+        lines.append(f"labels: {len(labels)} — " + ", ".join(f"{readable(k)} {v}" for k, v in list(labels.items())[:12]) + (" …" if len(labels) > 12 else ""))
     files = report["backlog"]
     age = files["oldest_pending_age_seconds"]
     lines.append(

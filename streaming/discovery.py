@@ -2,12 +2,18 @@
 
 Two ways in, both inside ``fruits stream`` on the driver:
 
-- **events**: a ``watchdog`` observer on a local landing folder. A file renamed within landing is recorded at once;
-  any other file once it has been quiet for ``SETTLE_SECONDS`` (a ``cp -p`` closes the file, then sets its mtime:
-  both are one version, not two);
+- **events**: a ``watchdog`` observer on a local landing folder. A file is recorded only once complete: renamed
+  within landing (at once), or closed by its writer after writing (``SETTLE_SECONDS`` later: a ``cp -p`` closes the
+  file, then sets its mtime: both are one version, not two). A writer that pauses with the file open is waited for;
+  where the watcher reports no closes (not Linux), a file is recorded once quiet for ``[discovery] quiet_seconds``;
 - **listing** (backfill): the whole landing folder at start-up and every ``[discovery] backfill_interval``. It is the
   only way on ``s3a://`` / ``hdfs://`` and catches whatever events were lost (a watcher that was not running, a full
-  inotify queue). A file's mtime plays no part: an old photo moved in is new to the ledger all the same.
+  inotify queue). An old photo moved in is new to the ledger all the same; but a local file modified less than
+  ``quiet_seconds`` ago may still be written: it is looked at again until it is quiet (an object is always complete).
+
+A file changed after it was recorded is a new version, with its own ledger row. Names are bytes: one that is not UTF-8
+is recorded under a readable spelling plus its exact bytes (:mod:`fruits.names`); a symbolic link is read only if it
+leads to a file inside landing (:func:`local_version`).
 
 ``fruits drop`` / ``stage`` record their files themselves before the rename that makes them visible, so by the time
 an event or a listing sees such a file, the ledger already holds it: discovery reads the ledger's new rows before it
@@ -21,6 +27,7 @@ import os
 import threading
 import time
 from collections import Counter
+from stat import S_ISLNK, S_ISREG
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -28,7 +35,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from fruits.config import Config
-from fruits.names import is_candidate
+from fruits.names import is_candidate, local_bytes, readable
 from fruits.ledger import FileVersion, LedgerView, digests, label_of, local_mtime_ms, path_digests, record
 from fruits.uris import hadoop_uri, local_path
 
@@ -36,6 +43,8 @@ log = logging.getLogger("fruits.discovery")
 
 # A file written in place is recorded after this long without events (covers close-then-utime of `cp -p`).
 SETTLE_SECONDS = 0.25
+# How often listed files that were not quiet yet are looked at again.
+RECHECK_SECONDS = 1.0
 
 
 def _hidden(name: str) -> bool:
@@ -44,7 +53,8 @@ def _hidden(name: str) -> bool:
 
 
 def list_local(root: str, extensions: list[str]) -> list[FileVersion]:
-    """Every candidate image below the local folder ``root`` (hidden folders skipped), with size and mtime."""
+    """Every candidate image below the local folder ``root`` (hidden folders skipped), with size and mtime; a symbolic
+    link only if it leads to a file inside ``root`` (:func:`local_version`)."""
     found: list[FileVersion] = []
     landing = hadoop_uri(root.rstrip("/"))
     stack = [root]
@@ -60,13 +70,37 @@ def list_local(root: str, extensions: list[str]) -> list[FileVersion]:
             try:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(entry.path)
-                elif entry.is_file(follow_symlinks=False) and is_candidate(entry.name, extensions):
-                    stat = entry.stat(follow_symlinks=False)
-                    path = hadoop_uri(entry.path)
-                    found.append(FileVersion(path, stat.st_size, local_mtime_ms(stat), label_of(path, landing)))
+                elif is_candidate(entry.name, extensions) and (version := local_version(entry.path, root, landing)):
+                    found.append(version)
             except FileNotFoundError:  # removed while we listed: a later listing or event decides
                 continue
     return found
+
+
+_outside_links: set[str] = set()  # links out of landing already reported (once per process, not per listing)
+
+
+def local_version(path: str, root: str, landing: str) -> FileVersion | None:
+    """The version of the regular file at ``path`` below the local landing folder ``root`` (``landing``: as Spark
+    spells it), or None for anything else. A symbolic link is followed only to a regular file inside ``root``: it is
+    recorded with its target's size and mtime (what the reader will read, so the byte cap applies to it). A link out
+    of landing is never read: it is skipped, by events and listings alike, and reported once in the log."""
+    stat = os.lstat(path)
+    if S_ISLNK(stat.st_mode):
+        try:
+            target = os.path.realpath(path, strict=True)
+        except OSError:  # dangling, or a loop
+            return None
+        if os.path.commonpath([target, os.path.realpath(root)]) != os.path.realpath(root):
+            if path not in _outside_links:
+                _outside_links.add(path)
+                log.warning("not read: %s is a symbolic link out of the landing folder (to %s)", readable(path), readable(target))
+            return None
+        stat = os.stat(path)
+    if not S_ISREG(stat.st_mode):
+        return None
+    uri = hadoop_uri(path)
+    return FileVersion(uri, stat.st_size, local_mtime_ms(stat), label_of(uri, landing))
 
 
 def list_hadoop(spark, root: str, extensions: list[str]) -> list[FileVersion]:
@@ -91,6 +125,14 @@ def list_hadoop(spark, root: str, extensions: list[str]) -> list[FileVersion]:
     return found
 
 
+def _reports_closes() -> bool:
+    """Whether the watcher reports a writer's close (Linux inotify's close-write); others (macOS, Windows, polling)
+    do not, and a file written in place is then recorded once quiet."""
+    from watchdog.observers.inotify import InotifyObserver
+
+    return Observer is InotifyObserver
+
+
 def _etag(status) -> str | None:
     """An object store's ETag of a listed file (S3A's statuses carry it; HDFS's do not): it, not the mtime the
     server sets on upload, identifies the object's version (:mod:`fruits.ledger`)."""
@@ -105,51 +147,89 @@ def _etag(status) -> str | None:
 class _Events(FileSystemEventHandler):
     """Remembers, per path, when it may be recorded; folders created or moved in are walked for their files.
 
-    A file renamed within landing (the last step of ``rsync`` and ``fruits drop``: a hidden temporary name, then the
-    final one) is complete: it is recorded at once, and ``arrived`` wakes the discovery thread. Any other file waits
-    until it has been quiet for ``settle`` seconds (``cp -p`` closes the file, then sets its mtime: both are one
-    version, not two).
+    A file is recorded only once complete:
+
+    - renamed within landing (the last step of ``rsync`` and ``fruits drop``): at once, and ``arrived`` wakes the
+      discovery thread;
+    - closed by its writer after writing (inotify's close-write, watchdog's ``closed``): ``settle`` seconds later
+      (``cp -p`` closes the file, then sets its mtime: both are one version, not two);
+    - written with no close seen: where the watcher reports closes (``closes``: inotify), it waits for the close,
+      however long the writer pauses with the file open (scp, SMB, a camera); elsewhere, until quiet for ``quiet``.
     """
 
     extensions: list[str]
     settle: float = SETTLE_SECONDS
+    quiet: float = 10.0
+    closes: bool = True
     ready_at: dict[str, float] = field(default_factory=dict)
+    writing: set[str] = field(default_factory=set)  # written since their last close
     lock: threading.Lock = field(default_factory=threading.Lock)
     arrived: threading.Event = field(default_factory=threading.Event)
 
-    def _touch(self, path: str | bytes, complete: bool = False) -> None:
+    def _touch(self, path: str | bytes, how: str) -> None:
+        """``how``: "moved" (complete), "closed" (closed after writing), "created" (moved in from outside, or
+        opened to be written: an empty file then waits for its close, see :meth:`Discovery.flush_events`), "written"
+        or "attrib"."""
         path = os.fsdecode(path)
-        if is_candidate(os.path.basename(path), self.extensions):
-            now = time.monotonic()
-            with self.lock:
-                # a later write to a renamed file makes it wait like any other (it may still be changing)
-                self.ready_at[path] = now if complete and path not in self.ready_at else now + self.settle
-            if complete:
-                self.arrived.set()
+        if not is_candidate(os.path.basename(path), self.extensions):
+            return
+        now = time.monotonic()
+        with self.lock:
+            if how == "written":
+                self.writing.add(path)
+                self.ready_at[path] = now + self.quiet if not self.closes else float("inf")
+            elif how in ("attrib", "created") and path in self.writing:
+                return  # still open for writing: its close decides
+            elif how == "created":  # a file moved in from outside the watched tree arrives so, with no close
+                self.ready_at[path] = now + self.settle
+            else:
+                self.writing.discard(path)
+                # a renamed file is complete; a later change to it makes it wait like any other
+                self.ready_at[path] = now if how == "moved" and path not in self.ready_at else now + self.settle
+        if how == "moved":
+            self.arrived.set()
 
     def _walk(self, folder: str | bytes, complete: bool) -> None:
+        """The files of a folder created or moved in (their own events may have come before the watch did)."""
         for version in list_local(os.fsdecode(folder), self.extensions):
-            self._touch(local_path(version.path), complete)
+            path = os.fsdecode(local_bytes({"path": version.path, "raw_path": version.raw}))
+            if complete:
+                self._touch(path, "moved")
+            else:
+                now = time.monotonic()
+                with self.lock:  # written before the watch on its folder existed: no close to wait for
+                    self.ready_at.setdefault(path, now + self.quiet)
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in ("deleted", "opened", "closed_no_write"):
+        kind = event.event_type
+        if kind in ("deleted", "opened", "closed_no_write"):
             return
-        moved = event.event_type == "moved"
-        target = event.dest_path if moved else event.src_path
+        target = event.dest_path if kind == "moved" else event.src_path
         if event.is_directory:
-            if event.event_type in ("created", "moved"):
-                self._walk(target, complete=moved)
+            if kind in ("created", "moved"):
+                self._walk(target, complete=kind == "moved")
         else:
-            self._touch(target, complete=moved)
+            self._touch(target, {"moved": "moved", "closed": "closed", "attrib": "attrib", "created": "created"}.get(kind, "written"))
 
     def settled(self, everything: bool = False) -> list[str]:
         """Paths that may be recorded now (``everything``: all of them), removed from the pending set."""
         now = time.monotonic()
         with self.lock:
-            ready = [p for p, t in self.ready_at.items() if everything or t <= now]
+            # (at a stop, a file still open for writing is left to the next start's listing)
+            ready = [p for p, t in self.ready_at.items() if t <= now or (everything and p not in self.writing)]
             for path in ready:
                 del self.ready_at[path]
+                self.writing.discard(path)
         return ready
+
+
+@dataclass
+class _Young:
+    """A listed file modified less than ``[discovery] quiet_seconds`` ago: looked at again later."""
+
+    size: int
+    mtime_ms: int
+    seen: float  # monotonic time since which it has had this size and mtime
 
 
 class Discovery:
@@ -169,12 +249,14 @@ class Discovery:
         self.backfill_seconds = settings.backfill_interval
         self.commit_seconds = settings.commit_interval
         self.max_rows = settings.max_rows_per_commit
+        self.quiet = settings.quiet_seconds
         # Overwrites in place only exist when files stay in landing; otherwise a name is free again once archived.
         self.view = LedgerView(self.ledger, track_paths=self.keep)
         self.after_listing = after_listing  # told every listing's files (fruits.streaming.leftovers)
         self.recorded: Counter[str] = Counter()
         self.last_backfill: dict[str, float] = {}
-        self._events = _Events(self.extensions)
+        self._events = _Events(self.extensions, quiet=self.quiet, closes=_reports_closes())
+        self.young: dict[str, _Young] = {}  # listed files not quiet yet, by local path
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._observer = None
@@ -187,11 +269,12 @@ class Discovery:
         return list_hadoop(self.spark, self.landing, self.extensions)
 
     def backfill(self) -> int:
-        """List the whole landing folder and record the versions the ledger lacks; returns how many."""
+        """List the whole landing folder and record the versions the ledger lacks; returns how many. A local file
+        modified less than ``quiet_seconds`` ago may still be written: it waits in :attr:`young` (:meth:`recheck`)."""
         started = time.perf_counter()
         listed = self.list_landing()
         listed_at = time.perf_counter()
-        new = self._record_new(listed, "backfill")
+        new = self._record_new(listed, "backfill", listed=True)
         if self.after_listing is not None:
             self.after_listing(listed)
         self.last_backfill = {
@@ -203,32 +286,86 @@ class Discovery:
         )
         return new
 
+    def _quiet_ones(self, listed: list[FileVersion]) -> list[FileVersion]:
+        """Of a local listing, the files that are complete by the listing's rule: modified ``quiet_seconds`` ago or
+        more, or seen with the same size and mtime for that long (an mtime in the future, a wrong camera clock).
+        The others go to :attr:`young`. Object stores: every listed object is complete."""
+        if self.local is None or self.quiet <= 0:
+            return listed
+        now_ms, now = time.time() * 1000, time.monotonic()
+        complete = []
+        for version in listed:
+            path = os.fsdecode(local_bytes({"path": version.path, "raw_path": version.raw}))
+            young = self.young.get(path)
+            if young is None or (young.size, young.mtime_ms) != (version.size, version.mtime_ms):
+                young = _Young(version.size, version.mtime_ms, now)
+            if version.mtime_ms <= now_ms - self.quiet * 1000 or now - young.seen >= self.quiet:
+                self.young.pop(path, None)
+                complete.append(version)
+            else:
+                self.young[path] = young
+        return complete
+
+    def recheck(self) -> int:
+        """Look again at the listed files that were not quiet yet; record those that are now."""
+        if not self.young:
+            return 0
+        versions = []
+        for path in list(self.young):
+            try:
+                version = local_version(path, self.local, self.landing)
+            except FileNotFoundError:
+                version = None
+            if version is None or self.view.ids.contains(digests([version.file_id]))[0]:  # gone, or recorded since
+                del self.young[path]
+            else:
+                versions.append(version)
+        return self._record_new(versions, "backfill", listed=True)
+
+    def await_young(self, limit: float) -> int:
+        """For a run that processes what is there (``--available-now``): wait until the listed files that were not
+        quiet are (at most ``limit`` seconds; a file still changing then is left for the next run), record them."""
+        deadline, recorded = time.monotonic() + limit, 0
+        while self.young and time.monotonic() < deadline:
+            time.sleep(min(RECHECK_SECONDS, self.quiet))
+            recorded += self.recheck()
+        if self.young:
+            log.warning("%d files still changing after %.0f s, left for the next run (e.g. %s)",
+                        len(self.young), limit, readable(next(iter(self.young))))
+        return recorded
+
     def flush_events(self, everything: bool = False) -> int:
         """Record the settled paths of file events (``everything``: all pending ones); returns how many new versions
         were recorded."""
         versions = []
         for path in self._events.settled(everything):
+            if any(_hidden(p) for p in os.path.relpath(path, self.local).split(os.sep)):
+                continue
             try:
-                stat = os.stat(path, follow_symlinks=False)
+                version = local_version(path, self.local, self.landing)
             except FileNotFoundError:
                 continue
-            if not os.path.isfile(path) or any(_hidden(p) for p in os.path.relpath(path, self.local).split(os.sep)):
-                continue
-            uri = hadoop_uri(path)
-            versions.append(FileVersion(uri, stat.st_size, local_mtime_ms(stat), label_of(uri, self.landing)))
+            if version is not None and version.size == 0 and self._events.closes and not everything:
+                self._events._touch(path, "written")  # created, not written yet: its writer's close decides
+            elif version is not None:
+                versions.append(version)
         return self._record_new(versions, "watch") if versions else 0
 
-    def _record_new(self, versions: list[FileVersion], method: str) -> int:
-        """Record the versions the ledger does not hold yet (after reading its newest rows); returns how many."""
+    def _record_new(self, versions: list[FileVersion], method: str, listed: bool = False) -> int:
+        """Record the versions the ledger does not hold yet (after reading its newest rows); returns how many.
+        ``listed``: they come from a listing, and those not quiet yet wait (:meth:`_quiet_ones`)."""
         with self._write_lock:
             self.view.refresh()
             by_id = {v.file_id: v for v in versions}  # file_id hashes: computed once per version
             unique, ids = list(by_id.values()), digests(list(by_id))
             new = ~self.view.ids.contains(ids)
             unique, ids = [v for v, n in zip(unique, new) if n], ids[new]
+            if listed and unique:
+                unique = self._quiet_ones(unique)
+                ids = digests([v.file_id for v in unique])
             for start in range(0, len(unique), self.max_rows):
                 chunk = unique[start : start + self.max_rows]
-                paths = path_digests([v.path for v in chunk]) if self.keep else None
+                paths = path_digests([v.exact for v in chunk]) if self.keep else None
                 overwrites = self.view.paths.contains(paths).tolist() if self.keep else None
                 record(self.view.target, chunk, method, overwrites)  # the view's table: its log is read already
                 self.view.ids.add(ids[start : start + self.max_rows])
@@ -243,6 +380,7 @@ class Discovery:
         self.view.refresh()
         self.backfill()
         if not continuous:
+            self.await_young(3 * self.quiet)
             return
         if self.watch:
             os.makedirs(self.local, exist_ok=True)
@@ -254,6 +392,7 @@ class Discovery:
 
     def _run(self) -> None:
         next_backfill = time.monotonic() + self.backfill_seconds
+        next_recheck = time.monotonic()
         while not self._stop.is_set():
             # A renamed-in file wakes the thread at once; the files that arrive during a commit go in the next one.
             self._events.arrived.wait(self.commit_seconds)
@@ -263,6 +402,9 @@ class Discovery:
             try:
                 if self.watch:
                     self.flush_events()
+                if time.monotonic() >= next_recheck:
+                    self.recheck()
+                    next_recheck = time.monotonic() + RECHECK_SECONDS
                 if time.monotonic() >= next_backfill:
                     self.backfill()
                     next_backfill = time.monotonic() + self.backfill_seconds

@@ -144,6 +144,7 @@ def run_stream(
         retries = Retries(config, files.present)
         try:
             prepare_home(spark, config)
+            LandedFiles.sweep(storage.qualify(spark, config.landing))  # read aliases a stopped stream left
             discovery.start(continuous=not available_now)  # one listing first: an available-now run sees it all
             if retries.load():
                 log.info("%d quarantined files will be tried again", len(retries))

@@ -95,7 +95,7 @@ class LedgerUnreadable(RuntimeError):
 
 
 def _spark_schema() -> str:
-    spark_types = {pa.string(): "string", pa.int64(): "bigint", pa.bool_(): "boolean"}
+    spark_types = {pa.string(): "string", pa.int64(): "bigint", pa.bool_(): "boolean", pa.binary(): "binary"}
     columns = [f"{f.name} {spark_types.get(f.type, 'timestamp')}" for f in LEDGER_SCHEMA]
     return ", ".join(columns)
 

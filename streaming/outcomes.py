@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from fruits.appends import AppendTarget, append_rows
+from fruits.names import alias_file_id
 from fruits.tables import FEATURES_SCHEMA, QUARANTINE_SCHEMA
 from fruits.verdicts import Cause
 
@@ -91,12 +92,13 @@ def featurized_rows(
     discovery: its row gets that as its error instead of the features, and its new version has its own ledger row.
     (On an object store the server sets the mtime at upload, after `fruits drop` recorded the row: a version there is
     (path, size, ETag), so only the size is compared.)"""
-    index = {path: i for i, path in enumerate(read.column("path").to_pylist())}  # as read: source(row)
+    # by path; a file read through an alias (fruits.names.alias_path: a name the JVM cannot open) by its file_id
+    index = {alias_file_id(path) or path: i for i, path in enumerate(read.column("path").to_pylist())}
     lengths, mtimes = read.column("length").to_pylist(), read.column("mtime_ms").to_pylist()
     errors = pc.struct_field(read.column("result"), "error").to_pylist()
     matched, taken, unread = [], [], []
     for row in rows:
-        i = index.get(source(row))
+        i = index.get(row["file_id"], index.get(source(row)))
         if i is None:
             unread.append(row)
             continue

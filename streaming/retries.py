@@ -41,7 +41,9 @@ log = logging.getLogger("fruits.retries")
 MISSING_CHECK_SECONDS = 5.0
 TICK_SECONDS = 0.5
 # Ledger columns a retry copies from the row it retries (the rest it sets).
-RETRY_COLUMNS = ["file_id", "path", "label", "size_bytes", "modified_at", "overwrites", "writer", "attempt"]
+RETRY_COLUMNS = ["file_id", "path", "label", "size_bytes", "modified_at", "overwrites", "writer", "raw_path", "attempt"]
+# Ledger columns the outcome rows do not carry, read from the ledger for rows loaded at start-up.
+FROM_LEDGER_ONLY = ("writer", "raw_path")
 
 
 @dataclass
@@ -56,11 +58,11 @@ class Watched:
 
 class Retries:
     """Records the next attempt of retryable quarantined files when due; see the module docstring. ``present`` tells
-    which of some locations hold a file now (the stream's file system); ``clock`` is a test seam (seconds, like
-    :func:`time.time`)."""
+    the ``path`` of those of some ledger rows whose file is there now (the stream's file system); ``clock`` is a
+    test seam (seconds, like :func:`time.time`)."""
 
     def __init__(
-        self, config: Config, present: Callable[[list[str]], set[str]], *, clock: Callable[[], float] = time.time
+        self, config: Config, present: Callable[[list[dict]], set[str]], *, clock: Callable[[], float] = time.time
     ) -> None:
         self.config = config
         self.present = present
@@ -84,15 +86,15 @@ class Retries:
 
     def watch(self, rows: list[dict]) -> None:
         """Watch quarantine rows (dicts with the quarantine table's columns, ``retryable`` true)."""
-        missing_writers = [row["file_id"] for row in rows if "writer" not in row]
-        writers = _writers_of(self.config, missing_writers) if missing_writers else {}
+        unknown = [row["file_id"] for row in rows if "writer" not in row]
+        ledger = _ledger_columns_of(self.config, unknown) if unknown else {}
         with self._lock:
             for row in rows:
                 cause, attempt = Cause(row["cause"]), int(row.get("attempt") or 0)
                 ingested = row["ingested_at"].timestamp() if isinstance(row["ingested_at"], datetime) else self.clock()
                 due = ingested + backoff_seconds(attempt, self.backoff) if cause is Cause.TRANSIENT else self.clock()
                 copied = {name: row.get(name) for name in RETRY_COLUMNS}
-                copied["writer"] = row.get("writer", writers.get(row["file_id"]))
+                copied.update({name: row.get(name, ledger.get(row["file_id"], {}).get(name)) for name in FROM_LEDGER_ONLY})
                 copied["attempt"] = attempt
                 current = self._watched.get(row["file_id"])
                 if current is None or current.row["attempt"] <= attempt:
@@ -105,7 +107,7 @@ class Retries:
             candidates = [w for w in self._watched.values() if w.due <= now]
         due: list[tuple[Watched, str | None]] = []
         alive: dict[str | None, bool] = {}  # one look per writer and tick
-        looked_for = [w.row["path"] for w in candidates if w.cause is not Cause.TRANSIENT]
+        looked_for = [w.row for w in candidates if w.cause is not Cause.TRANSIENT]
         there = self.present(looked_for) if looked_for else set()
         for watched in candidates:
             if watched.cause is Cause.TRANSIENT:
@@ -190,12 +192,10 @@ def _tagged(rows: pa.Table, kind: str) -> pa.Table:
     })
 
 
-def _writers_of(config: Config, file_ids: list[str]) -> dict[str, str | None]:
-    """The ``writer`` of the ledger rows of ``file_ids`` (the newest non-null one of each)."""
+def _ledger_columns_of(config: Config, file_ids: list[str]) -> dict[str, dict]:
+    """:data:`FROM_LEDGER_ONLY` of the ledger rows of ``file_ids`` (by file id)."""
     from fruits.ledger import ledger_rows
 
-    rows = ledger_rows(config.files_table, ["file_id", "writer"]) if file_ids else pa.table({})
-    if rows.num_rows == 0 or "writer" not in rows.column_names:
-        return {}
-    rows = rows.filter(pc.and_(pc.is_in(rows.column("file_id"), pa.array(file_ids, pa.string())), pc.is_valid(rows.column("writer"))))
-    return dict(zip(rows.column("file_id").to_pylist(), rows.column("writer").to_pylist()))
+    rows = ledger_rows(config.files_table, ["file_id", *FROM_LEDGER_ONLY])
+    rows = rows.filter(pc.is_in(rows.column("file_id"), pa.array(file_ids, pa.string())))
+    return {row["file_id"]: row for row in rows.to_pylist()}

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from fruits import storage
 from fruits.appends import AppendTarget
 from fruits.featurize import featurize_column
 from fruits.featurizer import Featurizer
+from fruits.names import ALIAS_FOLDER, alias_path, fit_relative, local_bytes, needs_alias, temporary_name
 from fruits.uris import glob_escape, local_path, rust_uri
 from fruits.verdicts import Cause, retryable
 from fruits.writers import writer_alive
@@ -68,7 +70,7 @@ BINARY_FILE_SCHEMA = StructType(
 )
 LEDGER_COLUMNS = [
     "file_id", "path", "label", "size_bytes", "modified_at", "discovered_at", "discovered_by", "overwrites",
-    "attempt", "writer", "read_from",
+    "attempt", "writer", "read_from", "raw_path",
 ]
 # `fruits drop`, `fruits stage` and web uploads record a file in the ledger just before they make it visible (a rename;
 # on S3, its PUT, one after another for a group of 500). A row of theirs whose file is not there yet is looked at again
@@ -87,6 +89,13 @@ def key(row: Row) -> tuple[str, int]:
     """A ledger row's (file version, attempt): what gets exactly one outcome."""
     return row["file_id"], int(row.get("attempt") or 0)
 
+
+def at(row: Row) -> Row:
+    """The row as :class:`LandedFiles` finds its bytes: at its path, or, for a retry of a file kept in quarantine,
+    at its ``read_from`` (a name of the stream's own making)."""
+    return {**row, "path": row["read_from"], "raw_path": None} if row.get("read_from") else row
+
+
 # Tries of a featurizing job before its files are split to find the one(s) that make it fail.
 FEATURIZE_ATTEMPTS = 2
 # How a featurizing job fails when a file breaks it: a Python worker that died (Py4JJavaError: "Python worker exited
@@ -96,56 +105,145 @@ OVERWRITE_REASON = "overwritten in place after its ingestion; not featurized aga
 
 
 class LandedFiles:
-    """Size/mtime checks and moves of landed files: the local file system directly, any other through Hadoop."""
+    """Size/mtime checks and moves of landed files: the local file system directly, any other through Hadoop.
+
+    A file is given as its ledger row (exact: a name that is not UTF-8 is found by its ``raw_path``) or as a URI. A
+    URI that is a ledger ``path`` of a row :meth:`register`-ed here stands for that row's exact file. Files whose
+    name the reader cannot open (:func:`fruits.names.needs_alias`) are read through a hard link named by their
+    ``file_id`` (:meth:`readable`), removed when the file is moved or removed, or by :meth:`release`."""
 
     def __init__(self, spark: SparkSession) -> None:
         self.spark = spark
+        self._exact: dict[str, bytes] = {}  # ledger path -> exact local path, for rows whose path is not exact
+        self._aliases: dict[bytes, bytes] = {}  # exact local path -> its alias
 
-    def version(self, uri: str) -> tuple[int, int] | None:
-        """(size, mtime in ms) of the file at ``uri``, or None if there is none."""
-        local = local_path(uri)
+    def register(self, rows: list[Row]) -> None:
+        """Remember the exact local paths of ``rows`` whose ``path`` is not their exact name."""
+        for row in rows:
+            if row.get("raw_path") is not None:
+                self._exact[row["path"]] = local_bytes(row)
+
+    def _local(self, file: str | Row) -> bytes | str | None:
+        """The local path of a row or URI (exact bytes when known), or None on a remote store."""
+        if not isinstance(file, str):
+            return local_bytes(file)
+        return self._exact.get(file) or local_path(file)
+
+    def _uri(self, file: str | Row) -> str:
+        return file if isinstance(file, str) else file["path"]
+
+    def version(self, file: str | Row) -> tuple[int, int] | None:
+        """(size, mtime in ms) of the file (a ledger row or a URI), or None if there is none."""
+        local = self._local(file)
         if local is not None:
             try:
                 stat = os.stat(local)
             except (FileNotFoundError, NotADirectoryError):
                 return None
             return stat.st_size, stat.st_mtime_ns // 1_000_000
-        size = storage.file_length(self.spark, uri)
+        size = storage.file_length(self.spark, self._uri(file))
         return None if size is None else (size, -1)  # object stores: the size is the check
 
     def taken(self, uri: str) -> bool:
         local = local_path(uri)
         return os.path.lexists(local) if local is not None else storage.exists(self.spark, uri)
 
-    def move(self, uri: str, target: str) -> bool:
-        local, local_target = local_path(uri), local_path(target)
+    def readable(self, row: Row, landing: str) -> str | None:
+        """The path the reader (Spark's ``binaryFile``) is given for ``row``: its own, or for a name it cannot open,
+        a hard link to it at :func:`fruits.names.alias_path` (a copy with the same mtime where links fail); None if
+        the file is gone."""
+        if not needs_alias(row) or local_path(landing) is None:
+            return row["path"]
+        exact, alias = local_bytes(row), alias_path(landing, row["file_id"])
+        target = os.fsencode(local_path(alias))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            if not os.path.lexists(target):
+                try:
+                    os.link(exact, target, follow_symlinks=True)
+                except FileNotFoundError:
+                    return None
+                except OSError:  # a file system without hard links
+                    shutil.copy2(exact, target)
+        except FileNotFoundError:
+            return None
+        self._aliases[exact] = target
+        return alias
+
+    def release(self, rows: list[Row]) -> None:
+        """Remove the read aliases of ``rows`` (once their outcomes are committed)."""
+        for row in rows:
+            exact = local_bytes(row)
+            if exact is not None:
+                self._unalias(exact)
+
+    def _unalias(self, exact: bytes | str) -> None:
+        alias = self._aliases.pop(os.fsencode(exact), None)
+        if alias is not None:
+            try:
+                os.unlink(alias)
+            except FileNotFoundError:
+                pass
+
+    @staticmethod
+    def sweep(landing: str) -> int:
+        """Remove every read alias left in ``landing`` (by a stream that stopped between a read and its outcome's
+        commit); only while no other stream reads this landing folder (at start-up, under the stream's lock).
+        Returns how many were removed."""
+        local = local_path(landing)
+        folder = os.path.join(local, ALIAS_FOLDER) if local is not None else None
+        if folder is None or not os.path.isdir(folder):
+            return 0
+        removed = 0
+        for entry in os.scandir(folder):
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+    def move(self, file: str | Row, target: str) -> bool:
+        local, local_target = self._local(file), local_path(target)
         if local is not None and local_target is not None:
             os.makedirs(os.path.dirname(local_target), exist_ok=True)
+            # a link within landing: its target's bytes (what was read) are stored, and the link removed; the
+            # target, if it is itself landed, has its own row
+            source = local
+            if os.path.islink(local):
+                source = os.path.join(os.path.dirname(local_target), temporary_name(os.path.basename(local_target)))
+                shutil.copy2(local, source)
             try:
-                os.link(local, local_target)  # never replaces an existing file, unlike rename
+                os.link(source, local_target)  # never replaces an existing file, unlike rename
             except FileExistsError:
                 return False
+            finally:
+                if source is not local:
+                    os.unlink(source)
             os.unlink(local)
+            self._unalias(local)
             return True
-        return storage.rename(self.spark, uri, target)
+        return storage.rename(self.spark, self._uri(file), target)
 
-    def remove(self, uri: str) -> None:
-        local = local_path(uri)
+    def remove(self, file: str | Row) -> None:
+        local = self._local(file)
         if local is not None:
             try:
                 os.unlink(local)
             except FileNotFoundError:
                 pass
+            self._unalias(local)
         else:
-            storage.delete(self.spark, uri)
+            storage.delete(self.spark, self._uri(file))
 
-    def present(self, uris: list[str]) -> set[str]:
-        """Which of ``uris`` are files now: a stat each on the local file system, else one listing per folder (a
-        large drop still uploading to S3 is looked at in a few requests, not one per photo)."""
-        if all(local_path(uri) is not None for uri in uris):
-            return {uri for uri in uris if os.path.isfile(local_path(uri))}
+    def present(self, files: list[Row]) -> set[str]:
+        """The ``path`` of those of ``files`` (ledger rows) that are there now: a stat each on the local file system,
+        else one listing per folder (a large drop still uploading to S3 is looked at in a few requests, not one per
+        photo)."""
+        if all(self._local(row) is not None for row in files):
+            return {row["path"] for row in files if os.path.isfile(self._local(row))}
         folders: dict[str, list[str]] = {}
-        for uri in uris:
+        for uri in (row["path"] for row in files):
             folders.setdefault(uri.rsplit("/", 1)[0], []).append(uri)
         found = set()
         for folder, members in folders.items():
@@ -156,12 +254,12 @@ class LandedFiles:
                 found.update(uri for uri in members if uri.rsplit("/", 1)[1] in names)
         return found
 
-    def identity(self, uri: str) -> tuple[int, int, int] | None:
-        """(size, mtime in ms, inode) of the file at ``uri`` (object stores: (size, -1, -1)), or None if there is
-        none: what must not change between a file's reading and its move."""
-        local = local_path(uri)
+    def identity(self, file: str | Row) -> tuple[int, int, int] | None:
+        """(size, mtime in ms, inode) of the file (a ledger row or a URI; object stores: (size, -1, -1)), or None if
+        there is none: what must not change between a file's reading and its move."""
+        local = self._local(file)
         if local is None:
-            version = self.version(uri)
+            version = self.version(file)
             return None if version is None else (version[0], -1, -1)
         try:
             stat = os.stat(local)
@@ -169,14 +267,18 @@ class LandedFiles:
             return None
         return stat.st_size, stat.st_mtime_ns // 1_000_000, stat.st_ino
 
-    def move_unchanged(self, uri: str, target: str, expected: tuple[int, int, int]) -> bool:
-        """Move the file at ``uri`` to ``target`` if it is still ``expected`` (:meth:`identity`) and ``target`` is
-        free; a local move that a writer raced (the file changed during the move) is undone. Whether it moved."""
-        if self.identity(uri) != expected:
+    def move_unchanged(self, file: str | Row, target: str, expected: tuple[int, int, int]) -> bool:
+        """Move the file (a ledger row or a URI) to ``target`` if it is still ``expected`` (:meth:`identity`) and
+        ``target`` is free; a local move that a writer raced (the file changed during the move) is undone. Whether
+        it moved."""
+        if self.identity(file) != expected:
             return False
-        if not self.move(uri, target):
+        uri = self._uri(file)
+        local, local_target = self._local(file), local_path(target)
+        if local is not None and os.path.islink(local):  # a link within landing: its target's bytes are stored
+            return self.move(file, target)
+        if not self.move(file, target):
             return False
-        local, local_target = local_path(uri), local_path(target)
         if local is not None and local_target is not None and self.identity(target) != expected:
             try:  # a writer still had it open: put it back where the writer and discovery expect it
                 os.link(local_target, local)
@@ -299,7 +401,7 @@ class OutcomeSink:
         places = {}
         for row in chunk:
             if self.after_ingest == "keep":
-                places[row["file_id"]] = Places(source(row), source(row))
+                places[row["file_id"]] = Places(source(row), source(row))  # kept where it is
                 continue
             kept = row.get("read_from") if (row.get("read_from") or "").startswith(self.quarantine.rstrip("/") + "/") else None
             places[row["file_id"]] = Places(
@@ -309,14 +411,14 @@ class OutcomeSink:
         return places
 
     def _free_target(self, root: str, day: str, row: Row, chosen: set[str], files: LandedFiles) -> str:
-        """``root/<day>/<the file's path below landing>``, or with ``~<file id>`` before its extension if that is
-        taken (the same name stored before today) or already chosen for another file of the chunk."""
+        """``root/<day>/<the file's path below landing>`` (each name valid UTF-8 and at most 255 bytes:
+        :func:`fruits.names.fit_relative`), made unique with the file's id if that is taken (the same name stored
+        before today) or already chosen for another file of the chunk."""
         prefix = self.landing.rstrip("/") + "/"
         relative = row["path"][len(prefix) :] if row["path"].startswith(prefix) else row["path"].rsplit("/", 1)[-1]
-        target = f"{root.rstrip('/')}/{day}/{relative}"
+        target = f"{root.rstrip('/')}/{day}/{fit_relative(relative)}"
         if target in chosen or files.taken(target):
-            stem, dot, extension = target.rpartition(".")
-            target = f"{stem}~{row['file_id'][:8]}{dot}{extension}"
+            target = f"{root.rstrip('/')}/{day}/{fit_relative(relative, row['file_id'])}"
         chosen.add(target)
         return target
 
@@ -326,7 +428,7 @@ class OutcomeSink:
         verdicts = [verdict for row in chunk if (verdict := self._verdict(row))]
         decided = {key(verdict.row) for verdict in verdicts}
         for verdict in verdicts:  # never read: the file as it is now is what a move must find
-            self._seen[key(verdict.row)] = files.identity(source(verdict.row))
+            self._seen[key(verdict.row)] = files.identity(at(verdict.row))
         rest = [row for row in chunk if key(row) not in decided]
         absent, rest = self._absent(rest, files)
         verdicts += absent
@@ -344,9 +446,12 @@ class OutcomeSink:
             self._got[(row["file_id"], row["attempt"])] = row["cause"]
         if self.on_retryable is not None:
             again = table.filter(pc.fill_null(table.column("retryable"), False)).to_pylist()
-            writers = {verdict.row["file_id"]: verdict.row.get("writer") for verdict in verdicts}
+            ledger = {verdict.row["file_id"]: verdict.row for verdict in verdicts}  # what outcome rows do not carry
             if again:
-                self.on_retryable([{**row, "writer": writers.get(row["file_id"])} for row in again])
+                self.on_retryable([
+                    {**row, **{name: ledger.get(row["file_id"], {}).get(name) for name in ("writer", "raw_path")}}
+                    for row in again
+                ])
 
     def _table(self, location: str) -> AppendTarget:
         """The outcome table at ``location``, kept loaded (each append then writes only its commit)."""
@@ -369,7 +474,7 @@ class OutcomeSink:
         still absent, it is "waiting" while its writer heartbeats, else "missing". Both are retried by the stream's
         retries when the file appears. Records each present file's identity (the move checks it)."""
         for row in rows:
-            self._seen[key(row)] = files.identity(source(row))
+            self._seen[key(row)] = files.identity(at(row))
         absent = [row for row in rows if self._seen[key(row)] is None]
         deadline = time.monotonic() + PUBLISH_WAIT_SECONDS
         recorded_first = [row for row in absent if row["discovered_by"] in RECORDED_FIRST]
@@ -378,7 +483,7 @@ class OutcomeSink:
         while recorded_first and time.monotonic() < deadline and not self._stopping():
             time.sleep(0.05)
             for row in recorded_first:
-                self._seen[key(row)] = files.identity(source(row))
+                self._seen[key(row)] = files.identity(at(row))
             recorded_first = [row for row in recorded_first if self._seen[key(row)] is None]
         absent = [row for row in absent if self._seen[key(row)] is None]
         verdicts, alive = [], {}
@@ -466,8 +571,12 @@ class OutcomeSink:
 
     def _read(self, spark: SparkSession, rows: list[Row], files: LandedFiles) -> DataFrame:
         """``binaryFile`` over exactly the rows' files (those still there; a file deleted meanwhile is skipped by
-        ``spark.sql.files.ignoreMissingFiles`` and quarantined as disappeared)."""
-        paths = sorted({source(row) for row in rows if files.version(source(row)) is not None})
+        ``spark.sql.files.ignoreMissingFiles`` and quarantined as disappeared). A file whose name the JVM cannot
+        open is read through its alias (:meth:`LandedFiles.readable`), which the pairing maps back by ``file_id``."""
+        files.register(rows)
+        paths = sorted({
+            path for row in rows if files.version(at(row)) is not None and (path := files.readable(at(row), self.landing))
+        })
         for _ in range(3):
             if not paths:
                 break
@@ -492,7 +601,7 @@ class OutcomeSink:
         )
 
     def _unread_verdict(self, row: Row, files: LandedFiles) -> Verdict:
-        now = files.version(source(row))
+        now = files.version(at(row))
         if now is None:
             return Verdict(row, "file disappeared before it was read; ingested if it appears", Cause.MISSING, True)
         if now[0] == 0:
@@ -510,16 +619,17 @@ class OutcomeSink:
                 continue
             place = places[row["file_id"]]
             target = place.features if got == FEATURIZED else place.quarantine
-            now, seen = files.identity(source(row)), self._seen.get(key(row))
+            now, seen = files.identity(at(row)), self._seen.get(key(row))
             if target == source(row) or now is None or now != seen or not self._same_version(row, now):
                 continue
             try:
                 if target is None:
-                    files.remove(source(row))
-                elif not files.move_unchanged(source(row), target, now):
+                    files.remove(at(row))
+                elif not files.move_unchanged(at(row), target, now):
                     log.warning("could not move %s to %s; it stays where it is", source(row), target)
             except OSError as exc:  # the outcome is committed: a file left behind is only a cost, not a loss
                 log.warning("could not move %s to %s: %s", source(row), target, exc)
+        files.release([at(row) for row in chunk])  # read aliases of the files left where they were
 
     @staticmethod
     def _same_version(row: Row, identity: tuple[int, int, int]) -> bool:

@@ -114,6 +114,9 @@ def make_config(home: Path, **sections):
     from fruits.config import load_config
 
     overrides = {"paths": {"home": str(home)}, "spark": {"master": "local[2]"}, "model": {"weights": str(NOTOP_WEIGHTS)}}
+    # Tests place whole files (renamed in) and run at once: a listed file is complete however young (the tests of
+    # [discovery] quiet_seconds set it themselves).
+    overrides["discovery"] = {"quiet_seconds": 0}
     for section, values in sections.items():
         overrides.setdefault(section, {}).update(values)
     return load_config(overrides=overrides, environ={})

@@ -142,3 +142,26 @@ def reason_class(reason: str) -> str:
         detail = rest.split(": ")[0] if ": " in rest else rest
         return f"{head}: {detail.split('(')[0].strip()[:60]}"
     return reason.split("(")[0].strip()[:80]
+
+
+# Pieces of names the file system allows and that break naive code: not UTF-8, control characters, Hadoop's glob and
+# URI characters, combining marks, right-to-left override, a leading dash, quotes, HTML.
+NAME_PIECES = [
+    b"caf\xe9", b"\xff\xfe", b"\xc3", b"\xed\xa0\x80", b"\n", b"\r", b"\t", b"\x1b[31m", b"\x7f", b":", b"[", b"]", b"{",
+    b"}", b"*", b"?", b"%", b"%2F", b"\\", b"#", b" ", b"-", b"'", b'"', b"<b>", b"&amp;", "e\u0301".encode(),
+    "\u00e9".encode(), "\u202e".encode(), "\U0001f34c".encode(), "\u0130".encode(), b"..", b"~", b"photo",
+]
+
+
+def random_name(rng: random.Random, extension: str) -> bytes:
+    """A file name (bytes) the file system allows, of random odd pieces, ending in ``.extension``, never hidden
+    (a first ``.``, ``_`` or ``~``, which the stream never reads), at most 255 bytes; sometimes exactly 255."""
+    tail = b"." + extension.encode()
+    if rng.random() < 0.1:  # the longest name there can be
+        body = bytes(rng.choice(b"abcdefghij") for _ in range(255 - len(tail)))
+    else:
+        body = b"".join(rng.choice(NAME_PIECES) for _ in range(rng.randint(1, 8)))[: 255 - len(tail)]
+    body = body.replace(b"/", b"-").replace(b"\0", b"-")
+    if not body or body[:1] in (b".", b"_", b"~"):
+        body = b"x" + body[: 255 - len(tail) - 1]
+    return body + tail

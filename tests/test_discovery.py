@@ -205,26 +205,46 @@ def test_watcher_events_and_listing_backfill_each_find_new_photos(spark, weights
 
 
 @pytest.mark.fast
-def test_a_file_renamed_in_is_recorded_at_once_and_one_written_in_place_after_it_settles():
+def test_a_file_is_recorded_when_renamed_in_or_closed_after_writing_never_while_its_writer_pauses():
     """The watcher's rules, fed real watchdog events: a rename within landing (rsync's and `fruits drop`'s last step)
-    is complete and wakes discovery (a file moved in from elsewhere arrives as a created file); a file being written waits until it is quiet (`cp -p` sets the mtime after the
-    close), and so does a renamed file written to again before it was recorded."""
-    from watchdog.events import FileCreatedEvent, FileModifiedEvent, FileMovedEvent
+    is complete and wakes discovery; a file written in place waits for its writer's close (then settles: `cp -p`
+    sets the mtime after the close), however long the writer pauses with it open, and is not recorded at a stop while
+    still open; a renamed file written to again waits for that close too. Where closes are not reported, a written
+    file waits until it has been quiet for quiet_seconds."""
+    from watchdog.events import (
+        FileAttribEvent, FileClosedEvent, FileCreatedEvent, FileModifiedEvent, FileMovedEvent, FileOpenedEvent,
+    )
 
     from fruits.streaming.discovery import _Events
 
-    events = _Events(["jpg"], settle=60.0)
+    events = _Events(["jpg"], settle=0.0, quiet=0.0)
     events.on_any_event(FileCreatedEvent("/landing/Kiwi/written.jpg"))
     events.on_any_event(FileModifiedEvent("/landing/Kiwi/written.jpg"))
+    events.on_any_event(FileOpenedEvent("/landing/Kiwi/written.jpg"))  # a reader: says nothing
+    events.on_any_event(FileAttribEvent("/landing/Kiwi/written.jpg"))  # still open for writing: its close decides
     assert not events.arrived.is_set()
     events.on_any_event(FileMovedEvent("/landing/Kiwi/.tmp-1", "/landing/Kiwi/renamed.jpg"))
     events.on_any_event(FileMovedEvent("/landing/Kiwi/.tmp-2", "/landing/Kiwi/touched.jpg"))
     events.on_any_event(FileModifiedEvent("/landing/Kiwi/touched.jpg"))
     events.on_any_event(FileMovedEvent("/landing/Kiwi/.notes.tmp", "/landing/Kiwi/notes.txt"))  # not an image
     assert events.arrived.is_set()
-    assert events.settled() == ["/landing/Kiwi/renamed.jpg"]
-    assert events.settled() == []
-    assert sorted(events.settled(everything=True)) == ["/landing/Kiwi/touched.jpg", "/landing/Kiwi/written.jpg"]
+    time.sleep(0.01)
+    assert events.settled() == ["/landing/Kiwi/renamed.jpg"]  # the written ones are still open, quiet or not
+    assert events.settled(everything=True) == []  # a stop does not record a file still being written
+    events.on_any_event(FileClosedEvent("/landing/Kiwi/written.jpg"))
+    events.on_any_event(FileAttribEvent("/landing/Kiwi/written.jpg"))  # cp -p: the mtime, after the close
+    time.sleep(0.01)
+    assert events.settled() == ["/landing/Kiwi/written.jpg"]
+    events.on_any_event(FileClosedEvent("/landing/Kiwi/touched.jpg"))
+    assert events.settled(everything=True) == ["/landing/Kiwi/touched.jpg"]
+
+    no_closes = _Events(["jpg"], settle=0.0, quiet=60.0, closes=False)
+    no_closes.on_any_event(FileModifiedEvent("/landing/Kiwi/written.jpg"))
+    assert no_closes.settled() == [] and no_closes.settled(everything=True) == []
+    no_closes.quiet = 0.0
+    no_closes.on_any_event(FileModifiedEvent("/landing/Kiwi/written.jpg"))
+    time.sleep(0.01)
+    assert no_closes.settled() == ["/landing/Kiwi/written.jpg"]
 
 
 def test_a_second_stream_on_the_same_home_stops_at_once(tmp_path):

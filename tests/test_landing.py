@@ -149,3 +149,61 @@ def test_staged_slow_upload_is_featurized_whole_by_the_running_stream(spark, wei
     assert by_name["upload.jpg"]["content_sha256"] == by_name[reference.name]["content_sha256"]
     assert np.array_equal(by_name["upload.jpg"]["features"], by_name[reference.name]["features"])
     assert spark.read.format("delta").load(config.quarantine_table).count() == 0
+
+
+@pytest.mark.fast
+def test_drop_lands_a_255_byte_name_and_a_name_that_is_not_utf8_recorded_exactly(tmp_path):
+    import os
+
+    from fruits.landing import LedgerNote
+    from fruits.ledger import ledger_rows
+
+    config = make_config(tmp_path)
+    source, landing = tmp_path / "photos", tmp_path / "landing"
+    source.mkdir()
+    names = [b"p" * 251 + b".jpg", b"caf\xe9.jpg"]
+    for name, photo in zip(names, shipped_photos("Banana", 2)):
+        (source / os.fsdecode(name)).write_bytes(photo.read_bytes())
+    results = drop([source], landing, EXTENSIONS, note=LedgerNote(config.files_table, landing, "drop"))
+    assert [r.note for r in results] == ["placed", "placed"]
+    assert sorted(os.listdir(os.fsencode(landing))) == sorted(names)  # no temporary copy left
+    rows = ledger_rows(config.files_table).to_pylist()
+    exact = sorted(row["raw_path"] or row["path"].encode() for row in rows)
+    assert exact == sorted(b"file:" + os.fsencode(landing) + b"/" + n for n in names)
+
+
+@pytest.mark.fast
+def test_a_failed_drop_leaves_no_hidden_copies_in_landing(tmp_path):
+    source, landing = tmp_path / "photos", tmp_path / "landing"
+    place(shipped_photos("Banana", 1), source)
+    (source / "unreadable.jpg").symlink_to("/proc/self/mem")  # a file whose read fails (EIO) half-way in a drop
+    with pytest.raises(OSError):
+        drop(sorted(source.iterdir()), landing, EXTENSIONS)
+    assert [p.name for p in landing.rglob("*")] == [], "a hidden temporary copy was left in landing"
+
+
+@pytest.mark.fast
+def test_stage_keeps_an_inbox_file_that_changed_while_it_was_copied(tmp_path):
+    inbox, landing = tmp_path / "inbox", tmp_path / "landing"
+    inbox.mkdir()
+    first, rest = shipped_photos("Banana", 2)
+    slow = inbox / "slow.jpg"
+    slow.write_bytes(first.read_bytes())
+    copies = []
+
+    def place_then_written_to(path: Path, relative) -> Path:
+        target = landing / f"{len(copies)}-{relative}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+        copies.append(target)
+        if len(copies) == 1:
+            with open(path, "ab") as writer:  # its writer was not done: more bytes after our copy
+                writer.write(rest.read_bytes())
+        return target
+
+    stager = InboxStager(inbox, landing, EXTENSIONS, stable_seconds=0, settle_seconds=0, place=place_then_written_to)
+    stager.scan()
+    assert stager.promote_ready() == 1
+    assert slow.exists(), "the inbox file was removed although it changed after it was copied"
+    stager.promote_ready()
+    assert not slow.exists() and copies[1].read_bytes() == first.read_bytes() + rest.read_bytes()

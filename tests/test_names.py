@@ -91,3 +91,43 @@ def test_stage_refuses_an_inbox_that_overlaps_the_landing_folder(tmp_path, capsy
         assert main(["stage", "--home", str(home), "--inbox", str(inbox)]) == 2
         assert "overlap" in capsys.readouterr().err
     assert not (home / "landing").exists()
+
+
+# --- names as bytes ------------------------------------------------------------------------------------------------
+
+
+def test_a_name_that_is_not_utf8_is_recorded_readably_with_its_exact_bytes_and_its_own_id():
+    from fruits.ledger import FileVersion, file_id
+    from fruits.names import exact_bytes, local_bytes, needs_alias, readable, spelled
+
+    raw = FileVersion(os.fsdecode(b"file:/landing/Caf\xe9/caf\xe9.jpg"), 10, 1_700_000_000_000, os.fsdecode(b"Caf\xe9"))
+    literal = FileVersion("file:/landing/Caf\\xe9/caf\\xe9.jpg", 10, 1_700_000_000_000, "Caf\\xe9")  # a real name too
+    assert raw.path == literal.path == "file:/landing/Caf\\xe9/caf\\xe9.jpg" and raw.label == "Caf\\xe9"
+    assert raw.raw == b"file:/landing/Caf\xe9/caf\xe9.jpg" and literal.raw is None
+    assert raw.file_id != literal.file_id  # the same spelling, two files: two ids
+    assert raw.file_id == file_id(raw.raw, 10, 1_700_000_000_000)
+    assert local_bytes({"path": raw.path, "raw_path": raw.raw}) == b"/landing/Caf\xe9/caf\xe9.jpg"
+    assert local_bytes({"path": literal.path}) == b"/landing/Caf\\xe9/caf\\xe9.jpg"
+    assert exact_bytes(literal.path, None) == literal.path.encode()
+    assert spelled("file:/a/b.jpg") == ("file:/a/b.jpg", None)
+    assert needs_alias({"path": raw.path, "raw_path": raw.raw})
+    assert needs_alias({"path": "file:/l/a\nb.jpg"}) and needs_alias({"path": "file:/l/a:b[1].jpg"})
+    assert not needs_alias({"path": "file:/l/caf\u00e9 50%.jpg"}) and not needs_alias({"path": "s3a://b/a:b.jpg"})
+    assert readable("file:/l/a\nb\t\x1b[31m\u202e.jpg") == "file:/l/a\\nb\\t\\x1b[31m\\u202e.jpg"
+    assert readable(b"caf\xe9") == "caf\\xe9" and readable("e\u0301t\u00e9") == "e\u0301t\u00e9"
+
+
+def test_archive_names_fit_in_255_bytes_stay_unique_and_cut_no_character():
+    from fruits.names import alias_file_id, alias_path, fit_name, fit_relative
+
+    longest = "p" * 251 + ".jpg"
+    assert fit_name(longest) == longest  # fits as it is
+    unique = fit_name(longest, "0123456789abcdef" * 2)
+    assert len(unique.encode()) == 255 and unique.endswith("~0123456789ab.jpg")
+    assert fit_name(longest, "ffff" * 8) != unique
+    accents = fit_name("\u00e9" * 127 + ".jpg", "ab" * 16)  # two bytes a character: cut between characters
+    assert len(accents.encode()) <= 255 and accents.encode().decode() == accents
+    escaped = fit_name(os.fsdecode(b"\xe9" * 250 + b".jpg"))  # \xe9 spelled in 4 bytes: 1000 bytes to fit
+    assert len(escaped.encode()) <= 255 and escaped.startswith("\\xe9") and escaped.endswith(".jpg")
+    assert fit_relative("Caf\\xe9/" + longest, "ab" * 16).startswith("Caf\\xe9/")
+    assert alias_file_id(alias_path("file:/l/", "ab" * 16)) == "ab" * 16 and alias_file_id("file:/l/x.jpg") is None
