@@ -22,6 +22,7 @@ import argparse
 import os
 import platform
 import sys
+import time
 from dataclasses import dataclass, field
 
 # Above this 1-minute load average before the run, the machine is not quiet enough for a ratio.
@@ -94,12 +95,29 @@ class Honest:
         """The header; exits with :data:`REFUSED` when the machine is loaded and neither --force nor --smoke is given."""
         honest = cls(force=args.force, smoke=args.smoke, **kwargs)
         honest.header()
-        if honest.loaded and not (honest.force or honest.smoke):
-            print(f"refused: load average {honest.load_before[0]:.2f} > {MAX_LOAD} before the run: other jobs share "
-                  "the cores, so no ratio would mean anything. Run alone, or pass --force (the ratios then say so).",
-                  file=honest.out, flush=True)
-            sys.exit(REFUSED)
+        honest.check()
         return honest
+
+    def check(self, settle: float = 0, poll: float = 5, sleep=time.sleep) -> None:
+        """Exit with :data:`REFUSED` when the machine is loaded and neither --force nor --smoke is given.
+
+        ``settle`` > 0: measure the load again first, waiting up to that many seconds for it to fall to
+        :data:`MAX_LOAD`: for a bench whose own set-up (before what it measures) loaded the cores. That load becomes
+        the run's "before" (said on its own line), so the ratio lines and the JSON judge the measured part."""
+        if settle > 0:
+            deadline = time.monotonic() + settle
+            while not (self.force or self.smoke) and self._load()[0] > MAX_LOAD and time.monotonic() < deadline:
+                sleep(poll)
+            self.load_before = tuple(round(v, 2) for v in self._load())
+            self.loaded = self.load_before[0] > MAX_LOAD
+            print(f"load average before the measured part (after up to {settle:.0f} s for the set-up's load to "
+                  f"settle): {load_text(self.load_before)}" + (" (smoke run: not checked)" if self.smoke else ""),
+                  file=self.out, flush=True)
+        if self.loaded and not (self.force or self.smoke):
+            print(f"refused: load average {self.load_before[0]:.2f} > {MAX_LOAD} before the run: other jobs share "
+                  "the cores, so no ratio would mean anything. Run alone, or pass --force (the ratios then say so).",
+                  file=self.out, flush=True)
+            sys.exit(REFUSED)
 
     def header(self) -> None:
         print(self.cpu.describe(), file=self.out)

@@ -19,14 +19,14 @@
   as it runs. The stream's steady rate comes from its own per-batch lines (bench/ingest_throughput.py). Targets: the
   stream keeps >= 80 % of its rate alone, identify's p95 <= 1 s, and no identify answered 503.
 
-Every mode prints the CPU (model; AVX2, AVX512_VNNI, AMX flags) and the load average before and after, and refuses
-to run when the 1-minute load average before it is above 1.5 (another job's figures would be mixed in) unless
-``--force``. Each mode prints one JSON object. Usage:
+Every mode follows bench/honest.py (docs/performance.md, "Honest figures"): the CPU and the load average before and
+after, a refusal at a 1-minute load average above 1.5 unless ``--force`` (``beside`` checks again after building its
+reference home, once that load has settled), its headline figures on ``ratio`` lines, then one JSON object. Usage:
   python bench/web.py identify [--home H] [--images 200] [--clients 1,8] [--warmup 20]
   python bench/web.py upload [--images 400] [--clients 8] [--upscale 4032]
   python bench/web.py visible [--images 60] [--rate 2] [--trigger 1s]
   python bench/web.py beside [--home H] [--images 3000] [--clients 8] [--reference-per-class N]
-Common: [--weights FILE] [--master local[2]] [--port 8765] [--force]
+Common: [--weights FILE] [--master local[2]] [--port 8765] [--force] [--smoke]
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import shutil
 import random
 import socket
@@ -49,45 +48,12 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from honest import Honest  # noqa: E402
 from ingest_throughput import BATCH_LINE, DEFAULT_WEIGHTS, SAMPLE, fill_landing, run_fruits, steady_rate  # noqa: E402
 from latency import CommitWatcher, batch_summary, percentiles, pick_photos, wait_ready, wait_visible  # noqa: E402
 from proctree import exit_on_sigterm, fruits_process, load_average, log_tail, resolved_stream_config  # noqa: E402
 
 from fruits.landing import drop  # noqa: E402
-
-
-MAX_LOAD = 1.5  # 1-minute load average above which figures of this machine are not worth printing
-
-
-def machine() -> dict:
-    """The CPU this ran on (model, the instruction sets inference speed depends on) and its core count. (Minimal
-    code of its own: the shared helper of issue 25 was not in this tree when this mode was written.)"""
-    model, flags = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model == "unknown":
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
-    return {"cpu_model": model, "cpu_flags": {flag: flag in flags for flag in wanted}, "cpus": os.cpu_count()}
-
-
-def refuse_if_busy(force: bool, settle: float = 0) -> list[float]:
-    """The load average now (after waiting up to ``settle`` seconds for it to fall to MAX_LOAD: the bench's own
-    set-up raised it); exits if the 1-minute figure is above MAX_LOAD (unless ``force``)."""
-    deadline = time.monotonic() + settle
-    while load_average()[0] > MAX_LOAD and time.monotonic() < deadline and not force:
-        time.sleep(5)
-    load = load_average()
-    print(f"{json.dumps(machine())} load average {load}", file=sys.stderr, flush=True)
-    if load[0] > MAX_LOAD and not force:
-        sys.exit(f"load average {load[0]} > {MAX_LOAD}: another job is running, figures would be worthless "
-                 "(--force to run anyway; its ratios are then marked forced)")
-    return load
 
 
 def free_port() -> int:
@@ -155,7 +121,7 @@ def ms(stats: dict) -> dict:
     return {k: (round(v * 1000, 1) if k != "count" else v) for k, v in stats.items()}
 
 
-def bench_identify(args, tmp: Path, env: dict[str, str]) -> dict:
+def bench_identify(args, tmp: Path, env: dict[str, str], honest: Honest) -> dict:
     if args.home:
         home, photos = Path(args.home).resolve(), pick_photos(args.images)
         env = {**env, "FRUITS_HOME": str(home)}
@@ -184,6 +150,9 @@ def bench_identify(args, tmp: Path, env: dict[str, str]) -> dict:
                 "load_avg_before": load_before, "load_avg_after": load_average(),
             }
             print(f"{clients} clients: {report['runs'][f'{clients}_clients']}", file=sys.stderr, flush=True)
+            latency = report["runs"][f"{clients}_clients"]["latency_ms"]
+            honest.ratio(f"identify, {clients} concurrent client(s), {len(jobs)} requests: p50 {latency['p50']} ms, "
+                         f"p95 {latency['p95']} ms, {len(jobs) / wall:.1f} requests/s (target p95 <= 300 ms, 1 client)")
     return report
 
 
@@ -196,7 +165,7 @@ def phone_size(photo: Path, width: int) -> bytes:
     return out.getvalue()
 
 
-def bench_upload(args, tmp: Path, env: dict[str, str]) -> dict:
+def bench_upload(args, tmp: Path, env: dict[str, str], honest: Honest) -> dict:
     home = tmp / "home"
     env = {**env, "FRUITS_HOME": str(home)}
     photos = pick_photos(args.images)
@@ -216,15 +185,19 @@ def bench_upload(args, tmp: Path, env: dict[str, str]) -> dict:
     landed = sum(1 for p in (home / "landing").rglob("*.jpg")) - args.warmup
     if set(codes) != {202}:
         sys.exit(f"not every upload was accepted: {sorted(set(codes))}")
+    latency = ms(percentiles(seconds))
+    mean_kb = statistics.fmean(map(len, contents)) / 1024
+    honest.ratio(f"upload, {clients} concurrent clients, {len(jobs)} photos of {mean_kb:.1f} KB mean: "
+                 f"{len(jobs) / wall:.1f} accepted/s, p50 {latency['p50']} ms, p95 {latency['p95']} ms")
     return {
         "photos": len(jobs), "clients": clients, "accepted_per_s": round(len(jobs) / wall, 1),
         "mean_photo_bytes": round(statistics.fmean(len(data) for data in contents)), "upscale": args.upscale,
-        "latency_ms": ms(percentiles(seconds)), "files_in_landing": landed,
+        "latency_ms": latency, "files_in_landing": landed,
         "load_avg_before": load_before, "load_avg_after": load_average(),
     }
 
 
-def bench_visible(args, tmp: Path, env: dict[str, str]) -> dict:
+def bench_visible(args, tmp: Path, env: dict[str, str], honest: Honest) -> dict:
     home = tmp / "home"
     (home / "landing").mkdir(parents=True)
     env = {**env, "FRUITS_HOME": str(home)}
@@ -265,9 +238,12 @@ def bench_visible(args, tmp: Path, env: dict[str, str]) -> dict:
     missing = sorted(set(landed) - set(seen))
     if missing:
         sys.exit(f"{len(missing)} uploads never visible, e.g. {missing[:3]}\n{log_tail(stream_log)}")
+    trigger, visible = resolved_stream_config(stream_flags)["trigger"], percentiles([seen[p][0] - landed[p] for p in landed])
+    honest.ratio(f"upload 202 to features row, {len(landed)} photos at {args.rate:g}/s, trigger {trigger}: "
+                 f"p50 {visible['p50']} s, p95 {visible['p95']} s, max {visible['max']} s")
     return {
-        "images": len(landed), "rate_per_s": args.rate, "trigger": resolved_stream_config(stream_flags)["trigger"],
-        "upload_202_to_features_row_s": percentiles([seen[p][0] - landed[p] for p in landed]),
+        "images": len(landed), "rate_per_s": args.rate, "trigger": trigger,
+        "upload_202_to_features_row_s": visible,
         # The stream's own lines for the micro-batches that read the counted uploads: where the time goes.
         "stream": batch_summary(stream_log_text, {seen[p][2] for p in landed if seen[p][2] is not None}),
         "load_avg_before": load_before, "load_avg_after": load_average(),
@@ -298,7 +274,7 @@ def stream_rate(source: Path, home: Path, env: dict[str, str]) -> dict:
     return {"steady_images_per_s": round(rate, 2), "steady_batches": used, "whole_command_seconds": round(seconds, 1)}
 
 
-def bench_beside(args, tmp: Path, env: dict[str, str]) -> dict:
+def bench_beside(args, tmp: Path, env: dict[str, str], honest: Honest) -> dict:
     if args.home:
         reference, photos = Path(args.home).resolve(), pick_photos(200)
     else:
@@ -317,7 +293,7 @@ def bench_beside(args, tmp: Path, env: dict[str, str]) -> dict:
         with httpx.Client(base_url=url, timeout=60, headers=headers) as client:
             for name, data in bodies[: args.warmup]:
                 assert client.post("/api/identify", files=[("file", (name, data, "image/jpeg"))]).status_code == 200
-        load_before = refuse_if_busy(args.force, settle=300)  # building the reference home loaded the machine
+        honest.check(settle=300)  # building the reference home loaded the machine
         alone = stream_rate(source, tmp / "alone", env)
         print(f"stream alone: {alone}", file=sys.stderr, flush=True)
 
@@ -347,14 +323,19 @@ def bench_beside(args, tmp: Path, env: dict[str, str]) -> dict:
     ratio = beside["steady_images_per_s"] / alone["steady_images_per_s"] if alone["steady_images_per_s"] else None
     latency = percentiles(seconds)
     refused = codes.count(503)
+    honest.ratio(f"stream beside {args.clients} identify clients / stream alone, {args.images} photos: "
+                 + (f"{ratio:.2f} of its steady rate" if ratio is not None else "no rate alone") + " (target >= 0.80)")
+    honest.ratio(f"identify beside the stream, {len(codes)} requests: "
+                 + (f"p50 {latency['p50'] * 1000:.0f} ms, p95 {latency['p95'] * 1000:.0f} ms" if latency else "none answered")
+                 + f", {refused} answered 503 (target p95 <= 1 s, no 503)")
     return {
-        **machine(), "images": args.images, "clients": args.clients, "reference_home": str(reference),
+        "images": args.images, "clients": args.clients, "reference_home": str(reference),
         "stream_alone": alone, "stream_beside_identify": beside,
         "stream_kept": round(ratio, 3) if ratio is not None else None,
         "identify": {"requests": len(codes), "latency_ms": ms(latency), "codes": {str(c): codes.count(c) for c in set(codes)}},
         "targets_met": {"stream_kept_>=_0.8": ratio is not None and ratio >= 0.8,
                         "identify_p95_<=_1s": bool(latency) and latency["p95"] <= 1.0, "no_503": refused == 0},
-        "forced": load_before[0] > MAX_LOAD, "load_avg_before": load_before, "load_avg_after": load_after,
+        "load_avg_after": load_after,  # right after the measured part ("load_avg_before": bench/honest.py's)
     }
 
 
@@ -373,7 +354,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     parser.add_argument("--reference-per-class", type=int, default=0,
                         help="beside: a small reference home of N photos per class (to check the bench itself)")
-    parser.add_argument("--force", action="store_true", help=f"run even with a load average above {MAX_LOAD}")
+    Honest.add_arguments(parser)
     args = parser.parse_args()
     args.images = args.images or {"identify": 200, "upload": 400, "visible": 60, "beside": 3000}[args.mode]
     clients = args.clients or {"identify": "1,8", "upload": "8", "visible": "1", "beside": "8"}[args.mode]
@@ -382,13 +363,14 @@ def main() -> None:
         args.clients = args.clients[-1]
     args.warmup = {"identify": 20, "upload": 10, "visible": 3, "beside": 8}[args.mode] if args.warmup is None else args.warmup
     args.port = args.port or free_port()
+    honest = Honest.start(args)
     exit_on_sigterm()
-    refuse_if_busy(args.force)
     env = {"FRUITS_WEIGHTS": args.weights, "FRUITS_MASTER": args.master}
     with tempfile.TemporaryDirectory(prefix="fruits-web-bench-") as tmp:
         report = {"identify": bench_identify, "upload": bench_upload, "visible": bench_visible, "beside": bench_beside}[
-            args.mode](args, Path(tmp).resolve(), env)
-    print(json.dumps({"mode": args.mode, **machine(), **report}, indent=2))
+            args.mode](args, Path(tmp).resolve(), env, honest)
+    # The mode's own load averages (around its measured part) stand over honest's (around the whole run).
+    print(json.dumps({"mode": args.mode, **honest.finish(), **report}, indent=2))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ BENCH = ROOT / "bench"
 # Modules of bench/ that are no benchmark: helpers the benches import.
 HELPERS = {"honest.py", "proctree.py"}
 # Benches whose smoke run is somebody else's change in flight (named, so the list can only shrink on purpose).
-PENDING = {"web.py": "rewritten on branch sec22 (issue 22): its smoke run comes with that rewrite"}
+PENDING: dict[str, str] = {}
 
 # Tiny sizes: each run exercises every step of its bench once, with as little data as that step needs.
 SMOKE = {
@@ -46,11 +46,13 @@ SMOKE = {
     "startup.py": ["--rounds", "1", "--master", "local[2]"],
     "discovery_scale.py": ["--files", "60", "--drops", "2", "--rate", "5", "--listings", "1", "--lost", "5",
                            "--idle-seconds", "1", "--skip-file-source", "--workdir", "{tmp}"],
+    # beside: its most code (reference home, serve, identify clients, two streams, the settle re-check), smallest.
+    "web.py": ["beside", "--reference-per-class", "1", "--images", "8", "--clients", "2", "--warmup", "1"],
 }
 # Ratio lines each smoke run prints at least.
 RATIO_LINES = {
     "bare_model.py": 6, "delta_append.py": 3, "int8.py": 4, "notebook_vs_stream.py": 2, "pca_refit.py": 3,
-    "discovery_scale.py": 5, "s3_throughput.py": 2, "startup.py": 2,
+    "discovery_scale.py": 5, "s3_throughput.py": 2, "startup.py": 2, "web.py": 2,
 }
 SMOKE_RATIO = re.compile(r"^ratio \[smoke run, not a figure\]: \S", re.M)
 
@@ -106,6 +108,33 @@ def test_a_loaded_machine_gets_no_ratio_unless_forced():
 
     _, smoke = _start(MAX_LOAD + 3, "--smoke")
     assert "ratio [smoke run, not a figure]: x / y = 2.00x" in smoke and "refused" not in smoke
+
+
+@pytest.mark.fast
+def test_a_settled_check_judges_the_measured_part():
+    """bench/web.py beside: its own set-up loads the cores; the check after it waits for that load to settle."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    Honest.add_arguments(parser)
+    loads = iter([0.3, 2.5, 2.5, 1.2, 1.2])  # quiet at the start, the set-up's load, then settled
+    out = io.StringIO()
+    honest = Honest.start(parser.parse_args([]), out=out, load=lambda: (next(loads), 0.5, 0.4))
+    naps = []
+    honest.check(settle=60, sleep=naps.append)
+    assert len(naps) == 2 and honest.load_before == (1.2, 0.5, 0.4) and not honest.loaded
+    assert re.search(r"^load average before the measured part .*: 1\.20 0\.50 0\.40$", out.getvalue(), re.M)
+
+    busy = Honest.start(parser.parse_args([]), out=io.StringIO(), load=lambda: (0.3, 0.2, 0.1))
+    busy._load = lambda: (2.5, 2.0, 1.0)  # the set-up's load never settles
+    with pytest.raises(SystemExit) as refused:
+        busy.check(settle=0.05, poll=0.01)
+    assert refused.value.code == REFUSED and "refused: load average 2.50" in busy.out.getvalue()
+
+    forced = Honest.start(parser.parse_args(["--force"]), out=io.StringIO(), load=lambda: (2.5, 2.0, 1.0))
+    forced.check(settle=60, sleep=naps.append)  # --force waits for nothing and refuses nothing: it says so
+    forced.ratio("a / b = 1.00x")
+    assert len(naps) == 2 and "ratio [--force: load average 2.50 > 1.5 before the run]" in forced.out.getvalue()
 
 
 @pytest.fixture(scope="module")
