@@ -151,3 +151,22 @@ def test_quarantined_originals_are_kept_and_every_verdict_can_be_undone(spark, w
     # the crashing file's original is still kept there.
     assert not any(p.exists() for p in kept if p.name in too_large)
     assert Path(local_path(crash_rows[-1]["stored_path"])).exists()
+
+
+def test_a_file_left_in_landing_after_its_outcome_was_committed_is_moved_at_the_next_start(spark, weights, tmp_path):
+    """A crash between an outcome's commit and the file's move leaves a decided file in landing: the next listing
+    moves it where its outcome row says, and it is not featurized again."""
+    from fruits.streaming.ingest import run_stream
+
+    config = make_config(tmp_path)
+    landing = tmp_path / "landing"
+    photos = place(sample_files("Kiwi", 2), landing / "Kiwi")
+    assert run_stream(spark, config, weights, available_now=True) == 2
+    features = DeltaTable(config.features_table).to_pyarrow_table(columns=["path", "stored_path"]).to_pylist()
+    stored = {local_path(row["path"]): Path(local_path(row["stored_path"])) for row in features}
+    # As if the stream had died between the commit and the move: the archived photo is back in landing, unmoved.
+    left = photos[0]
+    os.rename(stored[str(left)], left)
+    assert run_stream(spark, config, weights, available_now=True) == 0  # decided already: no new outcome
+    assert not left.exists() and stored[str(left)].exists()
+    assert len(DeltaTable(config.features_table).to_pyarrow_table(columns=["path"])) == 2
