@@ -221,11 +221,14 @@ def rows_to_read(config: Config, last: PcaVersion | None, incremental: bool) -> 
 
 
 def choose_engine(config: Config, last: PcaVersion | None, incremental: bool) -> tuple[str, str]:
-    """``("local" | "spark", why)``: ``[pca] engine``, or for ``auto`` the JVM-free path when the home is a local
-    folder and the rows to read are at most ``[pca] local_max_rows``."""
+    """``("local" | "spark", why)``: ``[pca] engine``, or for ``auto`` the JVM-free path when Spark's master is
+    local (a cluster named by ``--master`` is there to be used), the home is a local folder and the rows to read
+    are at most ``[pca] local_max_rows``."""
     settings = config.pca
     if settings.engine != "auto":
         return settings.engine, f"[pca] engine = {settings.engine}"
+    if not config.spark.master.startswith("local"):
+        return "spark", f"Spark's master is the cluster {config.spark.master}"
     from fruits.uris import local_path
 
     remote = [uri for uri in (config.features_table, config.pca_table, config.pca_models) if local_path(uri) is None]

@@ -182,7 +182,9 @@ def guarantee_costs(spark, config, repeats: int = 7) -> dict:
         record(config.files_table, versions, "backfill")
         commit.append(time.perf_counter() - started)
     sink = OutcomeSink(
-        config.features_table, config.quarantine_table, "", "", "keep", False, 2000, 2, None, 0, 0, Progress(spark)
+        features_table=config.features_table, quarantine_table=config.quarantine_table, landing="", archive="",
+        quarantine="", after_ingest="keep", allow_overwrites=False, chunk_rows=2000, partitions=2, handler=None,
+        max_bytes=0, max_pixels=0, progress=Progress(spark),
     )
     ledger = spark.read.format("delta").load(config.files_table)
     newest = ledger.orderBy(ledger["discovered_at"].desc()).limit(5).select(*LEDGER_COLUMNS).localCheckpoint()
