@@ -288,7 +288,9 @@ class LedgerView:
         return rows.num_rows
 
 
-def read_data_files(uri: str, files: list[str], columns: list[str] | None = None, schema: pa.Schema | None = None) -> pa.Table:
+def read_data_files(
+    uri: str, files: list[str], columns: list[str] | None = None, schema: pa.Schema = LEDGER_SCHEMA
+) -> pa.Table:
     """The rows of some data files of the Delta table at ``uri`` (paths as its add actions spell them); with
     ``schema``, columns a file lacks (written before they were added) are read as nulls."""
     import pyarrow.dataset as ds

@@ -60,7 +60,8 @@ def compose_s3_command(folder, network: str) -> tuple[list[str], dict[str, int]]
         replaced.append(arg)
     assert "-ip.bind=127.0.0.1" in replaced, "master, volume server and filer (no authentication) on loopback only"
     extra = [f"-master.port={ports['master']}", f"-volume.port={ports['volume']}", f"-filer.port={ports['filer']}",
-             *(f"-{role}.port.grpc={_free_port()}" for role in ("master", "volume", "filer")),
+             # every gRPC port too (weed's default, the port + 10000, is past 65535 for a free port above 55535)
+             *(f"-{role}.port.grpc={_free_port()}" for role in ("master", "volume", "filer", "s3")),
              f"-debug.port={_free_port()}"]
     return replaced + extra, ports
 

@@ -79,11 +79,12 @@ def test_any_name_gets_exactly_one_outcome_and_the_cli_shows_it(spark, weights, 
         assert state[exact[b"file:" + root + b"/" + name]["file_id"]] == outcome, name
     assert all(len(row["features"]) == 1280 for row in features)
 
-    # archived under valid names that fit; nothing left in landing but the link out of it
+    # archived (or, quarantined, kept under quarantine/) under valid names that fit; nothing left in landing but the
+    # link out of it
     left = {p.relative_to(landing).as_posix() for p in landing.rglob("*") if not p.is_dir()}
     assert left == {"outside.jpg", f".shared/{shared.name}"}
-    archived = [p for p in Path(config.archive).rglob("*") if p.is_file()]
-    assert len(archived) == len(expected), sorted(os.fsencode(p.relative_to(config.archive)) for p in archived)
+    archived = [p for root in (config.archive, config.quarantine) for p in Path(root).rglob("*") if p.is_file()]
+    assert len(archived) == len(expected), sorted(os.fsencode(p.relative_to(tmp_path)) for p in archived)
     assert all(len(os.fsencode(p.name)) <= 255 for p in archived)
     for row in features + quarantine:
         assert Path(row["stored_path"].removeprefix("file:")).is_file(), row["stored_path"]
