@@ -3,13 +3,10 @@ restart, the page in a real browser (Playwright driving Chromium), and the dashb
 
 from __future__ import annotations
 
-import contextlib
 import io
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,35 +15,13 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from conftest import NOTOP_WEIGHTS, ROOT, make_config, place, sample_files
+from conftest import NOTOP_WEIGHTS, ROOT, make_config, place, sample_files, serving
 
 pytestmark = pytest.mark.slow
 
 # The Host a server without a token accepts (loopback: fruits.web_door), as a local browser sends it.
 LOOPBACK = "http://127.0.0.1:8000"
 SCREENSHOT = ROOT / "docs" / "web.png"
-
-
-@contextlib.contextmanager
-def served(app):
-    """``app`` under a real uvicorn server on a free loopback port, in a thread; yields its base URL."""
-    import uvicorn
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def wait_rows(table: str, rows: int, timeout: float) -> float:
@@ -156,7 +131,7 @@ def test_the_page_identifies_a_real_photo_in_a_real_browser(identify_home, weigh
     config = replace(identify_home["config"], web=replace(identify_home["config"].web, token="page-token"))
     auth = {"Authorization": "Bearer page-token"}
     photo = identify_home["held_out"]["Strawberry"]
-    with served(create_app(config, weights)) as url:
+    with serving(create_app(config, weights)) as url:
         page.goto(url)
         expect(page.locator("#token-box")).to_be_visible(timeout=10_000)
         expect(page.locator("#count-features")).to_have_text("–")  # nothing shown without the token
@@ -215,7 +190,7 @@ def test_dashboard_counters_rise_within_seconds_while_a_real_stream_runs(identif
         stdout=log, stderr=subprocess.STDOUT,
     )
     try:
-        with served(create_app(config, None, warm=False)) as url:
+        with serving(create_app(config, None, warm=False)) as url:
             page.goto(url)
             counter = page.locator("#count-features")
             expect(counter).to_have_text("0", timeout=10_000)

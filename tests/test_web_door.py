@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import make_config, shipped_photos
+from conftest import make_config, serving, shipped_photos
 from fruits.web import create_app
 
 pytestmark = pytest.mark.fast  # no Spark, no TensorFlow, no ../shared
@@ -34,22 +34,8 @@ def free_port() -> int:
 @contextlib.contextmanager
 def served(home: Path, **web):
     """The app of ``home`` (``[web]`` settings ``web``) under a real uvicorn on a free loopback port; yields the port."""
-    import uvicorn
-
-    port = free_port()
-    app = create_app(make_config(home, web=web), None, warm=False)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with serving(create_app(make_config(home, web=web), None, warm=False)) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 def request_head(port: int, method: str, path: str, length: int | None, token: str | None = None, **headers) -> bytes:
