@@ -570,13 +570,12 @@ class OutcomeSink:
         return row["r"]["error"] is None
 
     def _read(self, spark: SparkSession, rows: list[Row], files: LandedFiles) -> DataFrame:
-        """``binaryFile`` over exactly the rows' files (those still there; a file deleted meanwhile is skipped by
-        ``spark.sql.files.ignoreMissingFiles`` and quarantined as disappeared). A file whose name the JVM cannot
-        open is read through its alias (:meth:`LandedFiles.readable`), which the pairing maps back by ``file_id``."""
+        """``binaryFile`` over exactly the rows' files, found there just before (:meth:`_absent`, which looked at
+        each one: not again here); a file deleted since is skipped (``spark.sql.files.ignoreMissingFiles``, or left
+        out after Spark's PATH_NOT_FOUND) and quarantined as disappeared. A file whose name the JVM cannot open is
+        read through its alias (:meth:`LandedFiles.readable`), which the pairing maps back by ``file_id``."""
         files.register(rows)
-        paths = sorted({
-            path for row in rows if files.version(at(row)) is not None and (path := files.readable(at(row), self.landing))
-        })
+        paths = sorted({path for row in rows if (path := files.readable(at(row), self.landing))})
         for _ in range(3):
             if not paths:
                 break
