@@ -183,6 +183,7 @@ class WebConfig:
     identify_workers: int = _at_least(1)
     identify_threads: int = _at_least(0)
     identify_nice: int = _at_least(0)
+    identify_cpu_share: float = _at_least(0)
     max_pixels: int = _at_least(1)
     decode_pixels: int = _at_least(1)
     decode_wait_seconds: Seconds = _duration()

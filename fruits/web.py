@@ -37,6 +37,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from fruits.config import Config
+from fruits.cpu_share import CpuShare
 from fruits.identify import Identifier, IdentifyError
 from fruits.images import BudgetExhausted, PixelBudget, RejectedImage, bomb, open_checked, sniff_format
 from fruits.landing import Dropped, LedgerNote, drop, local_folder
@@ -137,6 +138,8 @@ class WebService:
             config.web.identify_workers, thread_name_prefix="identify", initializer=lower_priority,
             initargs=(config.web.identify_nice,),
         )
+        share = config.web.identify_cpu_share
+        self.identify_share = CpuShare(share) if share else None
         self._identifier: Identifier | None = None
         self._lock = threading.Lock()
 
@@ -171,6 +174,8 @@ class WebService:
             identifier.featurizer()
             identifier.reference()
             log.info("identify ready (model and PCA loaded)")
+            if self.identify_share is not None:
+                self.identify_share.forgive()
         except IdentifyError as exc:
             log.warning("identify not ready yet: %s", exc)
         except Exception:  # never kill the server for this: /api/identify reports the problem per request
@@ -220,6 +225,8 @@ class WebService:
     def identify(self, upload: UploadFile) -> dict[str, Any]:
         """``fruits identify --json``'s object for one upload, neighbours with (signed) thumbnail URLs."""
         checked_upload(upload, self.max_bytes)
+        if self.identify_share is not None:
+            self.identify_share.wait_turn()  # clients asking in a loop get [web] identify_cpu_share between them
         data = upload.file.read()
         name = upload.filename or "photo"
         try:

@@ -422,8 +422,10 @@ def test_identify_runs_on_a_bounded_pool_of_lower_priority_threads(tmp_path):
     import os
     import threading
 
-    client = client_for(tmp_path, identify_workers=3, identify_nice=7)
+    client = client_for(tmp_path, identify_workers=3, identify_nice=7, identify_cpu_share=0.3)
     pool = client.app.state.service.identify_pool
+    assert client.app.state.service.identify_share.share == 0.3  # [web] identify_cpu_share bounds the pool's CPU
+    assert client_for(tmp_path / "unbounded", identify_cpu_share=0).app.state.service.identify_share is None
     base = os.getpriority(os.PRIO_PROCESS, 0)
 
     def who() -> tuple[str, int, int]:
