@@ -21,12 +21,23 @@ DELTA_SETTINGS = {
 }
 
 
+# With a local master and a landing folder on this machine's disks, Spark lists each chunk's files on the driver
+# instead of with a job: the job's tasks would run the same calls in the same JVM, plus their scheduling, between
+# two featurizing jobs (the "list" phase of the stream's progress line, bench/ingest_throughput.py). On object
+# stores or clusters the listing job stays (its tasks list in parallel).
+LOCAL_LISTING = {"spark.sql.sources.parallelPartitionDiscovery.threshold": "1000000"}
+
+
 def spark_settings(config: Config, command_section: str | None = None) -> dict[str, str]:
-    """Every Spark setting of a command: Delta's, S3A's for a home on S3 (:mod:`fruits.s3`), ``[spark.conf]``, then
-    the command's ``[<section>.spark_conf]`` (which holds the ``--conf`` flags too)."""
+    """Every Spark setting of a command: Delta's, S3A's for a home on S3 (:mod:`fruits.s3`), the local listing on a
+    local master and disk (:data:`LOCAL_LISTING`), ``[spark.conf]``, then the command's ``[<section>.spark_conf]``
+    (which holds the ``--conf`` flags too)."""
     command_conf = getattr(config, command_section).spark_conf if command_section else {}
-    s3a = s3.S3Settings.from_config(config).spark_conf() if s3.uses_s3(config) else {}
-    merged = {**DELTA_SETTINGS, "spark.pyspark.python": sys.executable, **s3a, **config.spark.conf, **command_conf}
+    uses_s3 = s3.uses_s3(config)
+    s3a = s3.S3Settings.from_config(config).spark_conf() if uses_s3 else {}
+    on_disk = config.spark.master.startswith("local") and not uses_s3 and "://" not in config.landing.removeprefix("file://")
+    listing = LOCAL_LISTING if on_disk else {}
+    merged = {**DELTA_SETTINGS, "spark.pyspark.python": sys.executable, **s3a, **listing, **config.spark.conf, **command_conf}
     return {key: str(value) for key, value in merged.items()}
 
 

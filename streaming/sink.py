@@ -550,8 +550,10 @@ class OutcomeSink:
         """Read and featurize ``rows`` in one Spark job, collected through Arrow and paired with the ledger rows on the
         driver, then append one commit per table from here (:mod:`fruits.streaming.outcomes`); a ledger row that
         produced no row is quarantined with why."""
+        with self.progress.phases.timed("list"):  # binaryFile looks at each file when the DataFrame is made
+            content = self._read(spark, rows, files)
         with self.progress.phases.timed("featurize"):
-            read = self._featurize(self._read(spark, rows, files)).toArrow()  # the job: every core
+            read = self._featurize(content).toArrow()  # the job: every core
         featurized, unread = featurized_rows(rows, read, places, self.handler.model_id)
         accepted, rejected = split_featurized(featurized)
         with self.progress.phases.timed("append"):

@@ -56,6 +56,22 @@ def test_conf_flags_land_on_top_of_the_command_settings_of_conf_fruits_toml(comm
 
 
 @pytest.mark.fast
+def test_files_on_this_machines_disk_are_listed_on_the_driver_and_elsewhere_by_a_job(tmp_path):
+    from fruits.config import load_config
+    from fruits.session import LOCAL_LISTING, spark_settings
+
+    (key, value), = LOCAL_LISTING.items()
+    local = load_config(environ={"FRUITS_HOME": str(tmp_path)}, overrides={"spark": {"master": "local[2]"}})
+    assert spark_settings(local)[key] == value
+    cluster = load_config(environ={"FRUITS_HOME": str(tmp_path)}, overrides={"spark": {"master": "spark://h:7077"}})
+    on_s3 = load_config(environ={"FRUITS_HOME": str(tmp_path)},
+                        overrides={"spark": {"master": "local[2]"}, "paths": {"landing": "s3a://bucket/landing"}})
+    assert key not in spark_settings(cluster) and key not in spark_settings(on_s3)
+    chosen = load_config(environ={"FRUITS_HOME": str(tmp_path)}, overrides={"spark": {"conf": {key: "64"}}})
+    assert spark_settings(chosen)[key] == "64"  # [spark.conf] still decides
+
+
+@pytest.mark.fast
 @pytest.mark.parametrize("setting", ["spark.sql.shuffle.partitions", "=4", " =4"])
 def test_a_conf_flag_without_key_and_equals_sign_is_rejected(setting, capsys):
     from fruits.cli import build_parser
