@@ -375,11 +375,13 @@ class Discovery:
             return len(unique)
 
     def start(self, continuous: bool = True) -> None:
-        """One listing now (so a run that processes what is there sees it all); with ``continuous``, then the
-        watcher and the periodic listing until :meth:`stop`."""
-        self.view.refresh()
-        self.backfill()
+        """Without ``continuous``: one listing now, so a run that processes what is there sees it all. With it: the
+        watcher first, then the first listing and the periodic ones in the discovery thread until :meth:`stop`. The
+        stream starts meanwhile: a restart on a landing folder of a million files does not wait for their listing
+        (bench/discovery_scale.py), and a file that lands during the listing is seen by the one or the other."""
         if not continuous:
+            self.view.refresh()
+            self.backfill()
             self.await_young(3 * self.quiet)
             return
         if self.watch:
@@ -391,11 +393,13 @@ class Discovery:
         self._thread.start()
 
     def _run(self) -> None:
-        next_backfill = time.monotonic() + self.backfill_seconds
-        next_recheck = time.monotonic()
+        next_backfill = next_recheck = time.monotonic()  # the first listing at once
+        first = True
         while not self._stop.is_set():
             # A renamed-in file wakes the thread at once; the files that arrive during a commit go in the next one.
-            self._events.arrived.wait(self.commit_seconds)
+            if not first:
+                self._events.arrived.wait(self.commit_seconds)
+            first = False
             self._events.arrived.clear()
             if self._stop.is_set():
                 break
