@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from fruits.batch.moments import Moments, moments_of
+from fruits.batch.spark_ml_format import INPUT_COL, OUTPUT_COL
 from fruits.config import Config
 from fruits.pca_store import PcaModelStore, PcaVersion
 
@@ -76,7 +77,7 @@ def pca_model(spark: SparkSession, components: np.ndarray, explained: np.ndarray
     java_model.set(java_model.k(), k)
     model = PCAModel(java_model)
     model._transfer_params_from_java()
-    return model.setInputCol("vector").setOutputCol("pca_vector")
+    return model.setInputCol(INPUT_COL).setOutputCol(OUTPUT_COL)
 
 
 def rows_at(spark: SparkSession, config: Config, version: int) -> DataFrame:

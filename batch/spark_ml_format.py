@@ -27,7 +27,7 @@ from fruits.config import join_uri
 from fruits.pca_store import FileIO
 
 MODEL_CLASS = "org.apache.spark.ml.feature.PCAModel"
-# The same column names the Spark path gives its model (fruits.batch.pca_fit.pca_model).
+# The column names of every PCA model the refit writes, by either engine (fruits.batch.pca_fit.pca_model too).
 INPUT_COL, OUTPUT_COL = "vector", "pca_vector"
 METADATA_FILE = "metadata/part-00000"
 DATA_FILE = "data/part-00000-fruits-c000.snappy.parquet"

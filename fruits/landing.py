@@ -143,12 +143,12 @@ def _publish(placement: _Placement, note: LedgerNote | None) -> Path:
     return placement.final
 
 
-def place_atomically(source: Path, target: Path, move: bool = False, note: LedgerNote | None = None) -> Path | None:
+def place_atomically(source: Path, target: Path, note: LedgerNote | None = None) -> Path | None:
     """Put ``source``'s bytes at ``target`` atomically; returns where they landed, or None if already there.
 
     A different file already at ``target`` is never overwritten (the stream would not read it again): the bytes
     land under ``name-2.ext``, ``name-3.ext``, ... instead. With ``note``, the file is recorded in the ledger before
-    it appears. With ``move``, the source is removed afterwards.
+    it appears.
     """
     placement = _prepare(source, target)
     if placement is not None:
@@ -159,8 +159,6 @@ def place_atomically(source: Path, target: Path, move: bool = False, note: Ledge
             placement.temporary.unlink(missing_ok=True)
             raise
         _publish(placement, note)
-    if move:
-        source.unlink()
     return placement.final if placement else None
 
 

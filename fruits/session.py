@@ -12,6 +12,7 @@ from pyspark.sql import SparkSession
 
 from fruits import s3
 from fruits.config import Config
+from fruits.uris import local_path
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def spark_settings(config: Config, command_section: str | None = None) -> dict[s
     command_conf = getattr(config, command_section).spark_conf if command_section else {}
     uses_s3 = s3.uses_s3(config)
     s3a = s3.S3Settings.from_config(config).spark_conf() if uses_s3 else {}
-    on_disk = config.spark.master.startswith("local") and not uses_s3 and "://" not in config.landing.removeprefix("file://")
+    on_disk = config.spark.master.startswith("local") and not uses_s3 and local_path(config.landing) is not None
     listing = LOCAL_LISTING if on_disk else {}
     merged = {**DELTA_SETTINGS, "spark.pyspark.python": sys.executable, **s3a, **listing, **config.spark.conf, **command_conf}
     return {key: str(value) for key, value in merged.items()}

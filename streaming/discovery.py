@@ -394,15 +394,7 @@ class Discovery:
 
     def _run(self) -> None:
         next_backfill = next_recheck = time.monotonic()  # the first listing at once
-        first = True
         while not self._stop.is_set():
-            # A renamed-in file wakes the thread at once; the files that arrive during a commit go in the next one.
-            if not first:
-                self._events.arrived.wait(self.commit_seconds)
-            first = False
-            self._events.arrived.clear()
-            if self._stop.is_set():
-                break
             try:
                 if self.watch:
                     self.flush_events()
@@ -414,6 +406,9 @@ class Discovery:
                     next_backfill = time.monotonic() + self.backfill_seconds
             except Exception:  # a failed commit or listing is retried on the next tick; never stop discovering
                 log.exception("discovery failed; retrying")
+            # A renamed-in file wakes the thread at once; the files that arrive during a commit go in the next one.
+            self._events.arrived.wait(self.commit_seconds)
+            self._events.arrived.clear()
 
     def stop(self) -> None:
         """Stop the watcher and the timer (recording what has settled first)."""

@@ -44,13 +44,9 @@ def prepare_home(spark: SparkSession, config: Config) -> None:
 
     started = perf_counter()
     storage.mkdirs(spark, config.landing)
-    made = [
-        ensure_table(spark, config.features_table, FEATURES_SCHEMA, "MobileNetV2 features of landed images", change_feed=True),
-        ensure_table(spark, config.quarantine_table, QUARANTINE_SCHEMA, "Landed files that could not be featurized"),
-    ]
-    if all(made):  # a new home has no outcome row to adopt: the ledger first spares the adoption's Spark jobs
-        ensure_ledger(config.files_table)
-    adopt_legacy_rows(spark, config)
+    ensure_table(spark, config.features_table, FEATURES_SCHEMA, "MobileNetV2 features of landed images", change_feed=True)
+    ensure_table(spark, config.quarantine_table, QUARANTINE_SCHEMA, "Landed files that could not be featurized")
+    adopt_legacy_rows(spark, config)  # a Spark job only if an outcome table holds rows without a file_id
     ensure_ledger(config.files_table)
     log.info("home prepared in %.2f s", perf_counter() - started)  # bench/startup.py's phases
 

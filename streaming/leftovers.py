@@ -30,7 +30,6 @@ class Leftovers:
     def __init__(self, config: Config, files) -> None:
         self.config = config
         self.files = files
-        self.moved = 0
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fruits-leftovers")
 
     def submit(self, listed: list[FileVersion]) -> Future | None:
@@ -70,7 +69,6 @@ class Leftovers:
             moved += 1
         if moved:
             log.info("moved %d decided files left in landing", moved)
-        self.moved += moved
         return moved
 
     def stop(self) -> None:

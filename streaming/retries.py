@@ -69,7 +69,6 @@ class Retries:
         self.clock = clock
         self.backoff = config.stream.retry_backoff
         self.ledger = ledger_target(config.files_table)
-        self.recorded = 0
         self._watched: dict[str, Watched] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -125,7 +124,6 @@ class Retries:
             for watched, _ in due:
                 if self._watched.get(watched.row["file_id"]) is watched:
                     del self._watched[watched.row["file_id"]]
-        self.recorded += len(due)
         log.info("asked the stream to try %d quarantined files again (e.g. %s: %s)", len(due),
                  due[0][0].row["path"], due[0][0].cause.value)
         return len(due)
