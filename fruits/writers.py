@@ -19,7 +19,6 @@ import secrets
 import socket
 import threading
 import time
-from typing import Callable
 
 from fruits import s3
 from fruits.config import join_uri
@@ -37,12 +36,10 @@ class WriterLease:
     ...     record(ledger, versions, "drop", writer=lease.id)  # then make the files visible
     """
 
-    def __init__(self, folder: str, timeout: float, *, clock: Callable[[], float] = time.time) -> None:
-        self.folder = folder
+    def __init__(self, folder: str, timeout: float) -> None:
         self.timeout = timeout
         self.id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(8)}"
         self.uri = join_uri(folder, self.id)
-        self._clock = clock
         self._beats = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -66,7 +63,7 @@ class WriterLease:
         """Rewrite the marker now (its modification time is the heartbeat)."""
         self._beats += 1
         body = json.dumps({"id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "beat": self._beats,
-                           "at": self._clock()}).encode()
+                           "at": time.time()}).encode()
         local = local_path(self.uri)
         if local is None:
             if not s3.is_s3(self.uri):
