@@ -80,7 +80,7 @@ class WriterLease:
         while not self._stop.wait(self.timeout / 3):
             try:
                 self.beat()
-            except OSError as exc:  # a missed beat is retried; a writer silent for `timeout` is taken as gone
+            except Exception as exc:  # a missed beat (a disk or an S3 client error) is retried; silent for `timeout`: gone
                 log.warning("writer heartbeat %s failed: %s", self.uri, exc)
 
     def stop(self) -> None:

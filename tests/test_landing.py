@@ -207,3 +207,27 @@ def test_stage_keeps_an_inbox_file_that_changed_while_it_was_copied(tmp_path):
     assert slow.exists(), "the inbox file was removed although it changed after it was copied"
     stager.promote_ready()
     assert not slow.exists() and copies[1].read_bytes() == first.read_bytes() + rest.read_bytes()
+
+
+@pytest.mark.fast
+def test_a_writer_heartbeat_outlives_a_failed_beat_of_any_kind(tmp_path):
+    """A beat that fails (an S3 client raises its own errors, not OSError) is retried at the next one: the marker
+    keeps being rewritten, so the stream never takes a live writer's files for missing."""
+    from fruits.writers import WriterLease
+
+    class Flaky(WriterLease):
+        calls = 0
+
+        def beat(self) -> None:
+            Flaky.calls += 1
+            if Flaky.calls == 2:  # the first beat of the background thread
+                raise RuntimeError("service unavailable")
+            super().beat()
+
+    with Flaky(str(tmp_path / "writers"), timeout=0.06) as lease:
+        lease.start()
+        marker = tmp_path / "writers" / lease.id
+        deadline = time.monotonic() + 5
+        while Flaky.calls < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert Flaky.calls >= 4 and json.loads(marker.read_bytes())["beat"] >= 2
