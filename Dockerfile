@@ -85,7 +85,7 @@ USER fruits
 
 # Resolve Delta's jars, and hadoop-aws with its AWS SDK bundle for s3a:// homes, now (Maven Central through Ivy, into
 # ~fruits/.ivy2*), so containers start without network.
-RUN cd /tmp && python -m fruits.jars warm && python -m fruits.jars warm --s3 \
+RUN cd /tmp && python -m fruits.spark.session warm && python -m fruits.spark.session warm --s3 \
     && rm -rf /tmp/spark-* /tmp/blockmgr-* /tmp/spark-warehouse
 
 WORKDIR /data

@@ -18,20 +18,20 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed $(VENV)/.jars
 
-# Delta's jars: Ivy through delta-spark; if Ivy cannot reach Maven Central, Maven into .cache/jars (see fruits/jars.py).
+# Delta's jars: Ivy through delta-spark; if Ivy cannot reach Maven Central, Maven into .cache/jars (see fruits/spark/jars.py).
 jars: $(VENV)/.jars
 $(VENV)/.jars: $(VENV)/.installed
 	@if [ -d $(JARS_DIR) ]; then echo "using Delta jars in $(JARS_DIR)"; \
-	elif $(PY) -m fruits.jars warm >/dev/null 2>.cache-jars.log; then echo "Delta jars resolved through Ivy"; rm -f .cache-jars.log; \
-	else echo "Ivy could not resolve Delta (see .cache-jars.log); trying Maven"; $(PY) -m fruits.jars maven $(JARS_DIR); fi
+	elif $(PY) -m fruits.spark.session warm >/dev/null 2>.cache-jars.log; then echo "Delta jars resolved through Ivy"; rm -f .cache-jars.log; \
+	else echo "Ivy could not resolve Delta (see .cache-jars.log); trying Maven"; $(PY) -m fruits.spark.jars maven $(JARS_DIR); fi
 	touch $@
 
-# hadoop-aws and its AWS SDK bundle, which sessions add for s3a:// homes only (fruits/jars.py): Ivy, else Maven.
+# hadoop-aws and its AWS SDK bundle, which sessions add for s3a:// homes only (fruits/spark/jars.py): Ivy, else Maven.
 s3-jars: $(VENV)/.s3-jars
 $(VENV)/.s3-jars: $(VENV)/.jars
 	@if [ -d $(JARS_DIR) ] && ls $(JARS_DIR)/hadoop-aws-*.jar >/dev/null 2>&1; then echo "using S3A jars in $(JARS_DIR)"; \
-	elif [ ! -d $(JARS_DIR) ] && $(PY) -m fruits.jars warm --s3 >/dev/null 2>.cache-jars.log; then echo "S3A jars resolved through Ivy"; rm -f .cache-jars.log; \
-	else echo "resolving Delta's and S3A's jars with Maven into $(JARS_DIR)"; $(PY) -m fruits.jars maven $(JARS_DIR); fi
+	elif [ ! -d $(JARS_DIR) ] && $(PY) -m fruits.spark.session warm --s3 >/dev/null 2>.cache-jars.log; then echo "S3A jars resolved through Ivy"; rm -f .cache-jars.log; \
+	else echo "resolving Delta's and S3A's jars with Maven into $(JARS_DIR)"; $(PY) -m fruits.spark.jars maven $(JARS_DIR); fi
 	touch $@
 
 # SeaweedFS (a real S3 server for tests/test_s3.py and bench/s3_throughput.py), built once into ~/.cache/fruits/weed.

@@ -94,7 +94,7 @@ def _files_and_bytes(location: str) -> tuple[int, int] | None:
     from deltalake import DeltaTable
     from deltalake.exceptions import DeltaError, TableNotFoundError
 
-    from fruits.uris import rust_uri
+    from fruits.home.uris import rust_uri
 
     try:
         sizes = pa.table(DeltaTable(rust_uri(location)).get_add_actions()).column("size_bytes").to_pylist()
@@ -129,7 +129,7 @@ def _optimize_rs(location: str, target: int, files: int) -> dict[str, Any]:
     """The same with delta-rs (``optimize.compact``): files smaller than ``target`` merged into files of ``target``."""
     from deltalake import DeltaTable
 
-    from fruits.uris import rust_uri
+    from fruits.home.uris import rust_uri
 
     started = time.perf_counter()
     metrics = DeltaTable(rust_uri(location)).optimize.compact(target_size=target)

@@ -1,17 +1,17 @@
 """The model store's file operations through Hadoop's file systems (the refit's side: same credentials and URIs as
-Spark's own reads and writes); see :class:`fruits.pca_store.FileIO`."""
+Spark's own reads and writes); see :class:`fruits.home.pca_store.FileIO`."""
 
 from __future__ import annotations
 
 from pyspark.sql import SparkSession
 
-from fruits import storage
+from fruits.home import storage
 from fruits.config import Config
-from fruits.pca_store import PcaModelStore
+from fruits.home.pca_store import PcaModelStore
 
 
 class HadoopFiles:
-    """:class:`fruits.pca_store.FileIO` over :mod:`fruits.storage` (driver-side Hadoop ``FileSystem`` calls)."""
+    """:class:`fruits.home.pca_store.FileIO` over :mod:`fruits.home.storage` (driver-side Hadoop ``FileSystem`` calls)."""
 
     def __init__(self, spark: SparkSession) -> None:
         self.spark = spark

@@ -32,8 +32,8 @@ from fruits.batch.moments import Moments
 from fruits.batch.pca_fit import Fit
 from fruits.batch.spark_ml_format import write_pca_model
 from fruits.config import Config
-from fruits.pca_store import PcaModelStore, PcaVersion
-from fruits.uris import rust_uri
+from fruits.home.pca_store import PcaModelStore, PcaVersion
+from fruits.home.uris import rust_uri
 
 log = logging.getLogger("fruits.refit")
 
@@ -43,10 +43,10 @@ ROW_COLUMNS = ["path", "stored_path", "label", "model_id", "features"]
 
 
 def pca_arrow_schema() -> pa.Schema:
-    """tables/pca's columns as Arrow types (those Spark writes, :data:`fruits.tables.PCA_SCHEMA`)."""
+    """tables/pca's columns as Arrow types (those Spark writes, :data:`fruits.home.tables.PCA_SCHEMA`)."""
     from pyspark.sql.pandas.types import to_arrow_schema  # pure Python: no JVM
 
-    from fruits.tables import PCA_SCHEMA
+    from fruits.home.tables import PCA_SCHEMA
 
     return to_arrow_schema(PCA_SCHEMA)
 
@@ -229,7 +229,7 @@ def choose_engine(config: Config, last: PcaVersion | None, incremental: bool) ->
         return settings.engine, f"[pca] engine = {settings.engine}"
     if not config.spark.master.startswith("local"):
         return "spark", f"Spark's master is the cluster {config.spark.master}"
-    from fruits.uris import local_path
+    from fruits.home.uris import local_path
 
     remote = [uri for uri in (config.features_table, config.pca_table, config.pca_models) if local_path(uri) is None]
     if remote:

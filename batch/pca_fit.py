@@ -25,7 +25,7 @@ import numpy as np
 from fruits.batch.moments import Moments, moments_of
 from fruits.batch.spark_ml_format import INPUT_COL, OUTPUT_COL
 from fruits.config import Config
-from fruits.pca_store import PcaModelStore, PcaVersion
+from fruits.home.pca_store import PcaModelStore, PcaVersion
 
 if TYPE_CHECKING:  # pyspark.ml is imported by the Spark path only: the local refit spares its import (~0.5 s)
     from pyspark.ml.feature import PCAModel

@@ -25,9 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
-from fruits.pca_store import PcaVersion
-from fruits.tables import PCA_SCHEMA
-from fruits.uris import rust_uri
+from fruits.home.pca_store import PcaVersion
+from fruits.home.tables import PCA_SCHEMA
+from fruits.home.uris import rust_uri
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame

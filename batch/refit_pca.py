@@ -7,7 +7,7 @@
    appending meanwhile: its blind appends do not conflict with ``OPTIMIZE``.
 3. Fit (:mod:`.pca_fit`): the statistics of the new rows merged with the stored ones (incremental), or of every
    row (full); their exact eigendecomposition; ``k`` as given or from ``--variance``.
-4. Write the model version (:class:`fruits.pca_store.PcaModelStore`): Spark ML model, components, statistics.
+4. Write the model version (:class:`fruits.home.pca_store.PcaModelStore`): Spark ML model, components, statistics.
 5. Write ``tables/pca`` (:mod:`.pca_table`): the new rows appended in the table's coordinates version, or every row
    projected again.
 6. Plots (:mod:`.plots`), then the version's metadata, last: a version without it is an interrupted refit, redone
@@ -30,8 +30,8 @@ from fruits.batch.pca_fit import Fit, choose_k
 from fruits.batch.pca_table import Projection, choose_projection, sample_points
 from fruits.batch.plots import SCATTER_SAMPLE, explained_variance_plot, scatter_plot
 from fruits.config import Config
-from fruits.pca_store import PcaModelStore, PcaVersion
-from fruits.status import open_table
+from fruits.home.pca_store import PcaModelStore, PcaVersion
+from fruits.home.tables import open_table
 from fruits.timing import Phases
 
 if TYPE_CHECKING:  # Spark is imported by the Spark engine only: the local one starts no JVM

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Callable
 from fruits.batch.compaction import describe
 from fruits.batch.refit_pca import RefitOutcome, refit_pca, refit_pca_local
 from fruits.config import Config
-from fruits.pca_store import PcaModelStore
+from fruits.home.pca_store import PcaModelStore
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fruits.config import join_uri
-from fruits.pca_store import FileIO
+from fruits.home.pca_store import FileIO
 
 MODEL_CLASS = "org.apache.spark.ml.feature.PCAModel"
 # The column names of every PCA model the refit writes, by either engine (fruits.batch.pca_fit.pca_model too).

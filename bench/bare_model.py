@@ -38,19 +38,19 @@ IMAGENET_CLASSES = {
 
 
 def decoded(files: list[Path]) -> np.ndarray:
-    from fruits.images import decode_image
+    from fruits.model.images import decode_image
 
     return np.stack([decode_image(p.read_bytes()) for p in files])
 
 
 def decode_speed(photos: list[Path], repeats: int = 3) -> dict:
-    """Milliseconds per image of ``fruits.images.decode_image`` (1 core): the Fruits-360 photos as they are, and one
+    """Milliseconds per image of ``fruits.model.images.decode_image`` (1 core): the Fruits-360 photos as they are, and one
     of them as a 12 MP phone-sized JPEG, decoded at reduced scale (the service) and in full (for comparison)."""
     import io
 
     from PIL import Image
 
-    from fruits.images import decode_image, to_model_input
+    from fruits.model.images import decode_image, to_model_input
 
     def per_image(function, items: list[bytes]) -> float:
         started = time.perf_counter()
@@ -75,10 +75,10 @@ def decode_speed(photos: list[Path], repeats: int = 3) -> dict:
 
 def handler_for(spec: dict, weights, ir_path: str):
     if spec["runtime"] == "tensorflow":
-        from fruits.model import MobileNetV2Handler
+        from fruits.model.keras import MobileNetV2Handler
 
         return MobileNetV2Handler(weights, batch_size=spec["chunk"], intra_op_threads=spec["threads"])
-    from fruits.runtimes import OpenVinoHandler
+    from fruits.model.runtimes import OpenVinoHandler
 
     return OpenVinoHandler(weights, ir_path, spec["precision"], batch_size=spec["chunk"], threads=spec["threads"],
                            cpu_pinning=spec.get("pinned", False))
@@ -148,8 +148,9 @@ def main() -> None:
     args = parser.parse_args()
     honest = Honest.start(args)
 
-    from fruits.model import resolve_weights
-    from fruits.runtimes import convert_once, cpu_supports_bf16
+    from fruits.model.weights import resolve_weights
+    from fruits.model.runtimes import cpu_supports_bf16
+    from fruits.model.ir import convert_once
 
     weights = resolve_weights(args.weights)
     with tempfile.TemporaryDirectory(prefix="fruits-bare-") as cache:

@@ -26,8 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fruits.config import load_config  # noqa: E402
-from fruits.session import build_spark  # noqa: E402
-from fruits.tables import FEATURES_SCHEMA, ensure_table  # noqa: E402
+from fruits.spark.session import build_spark  # noqa: E402
+from fruits.home.tables import FEATURES_SCHEMA, ensure_table  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from honest import Honest  # noqa: E402

@@ -1,9 +1,9 @@
-"""Benchmark: one-row delta-rs appends through a table kept loaded, against :class:`fruits.appends.AppendTarget`
+"""Benchmark: one-row delta-rs appends through a table kept loaded, against :class:`fruits.home.appends.AppendTarget`
 (the same, loaded again every ``RELOAD_EVERY`` commits), as the commit count grows. In one run, interleaved.
 
-Two fresh ledgers (the ledger's schema, :func:`fruits.ledger.record`'s rows) get ``--commits`` one-row appends each,
+Two fresh ledgers (the ledger's schema, :func:`fruits.home.ledger.record`'s rows) get ``--commits`` one-row appends each,
 one to each in turn: ``kept`` through a table loaded once and never again (what the stream did before), and
-``reloaded`` through an :class:`~fruits.appends.AppendTarget`. Prints the ratio line first (kept / reloaded, median
+``reloaded`` through an :class:`~fruits.home.appends.AppendTarget`. Prints the ratio line first (kept / reloaded, median
 seconds of an append over the last ``--window`` commits), then JSON with the medians per window.
 
 Usage: python bench/delta_rs_appends.py [--commits 1000] [--window 100] [--workdir DIR]
@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fruits.appends import AppendTarget  # noqa: E402
-from fruits.ledger import FileVersion, ensure_ledger, record  # noqa: E402
+from fruits.home.appends import AppendTarget  # noqa: E402
+from fruits.home.ledger import FileVersion, ensure_ledger, record  # noqa: E402
 from honest import Honest  # noqa: E402
 
 

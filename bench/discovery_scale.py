@@ -67,8 +67,8 @@ def seed(spark, config, discovery) -> dict:
     """Ledger rows for every file in landing (as a listing records them) and one outcome row each."""
     from pyspark.sql import functions as F
 
-    from fruits.ledger import ledger_target, record
-    from fruits.tables import QUARANTINE_SCHEMA, ensure_table
+    from fruits.home.ledger import ledger_target, record
+    from fruits.home.tables import QUARANTINE_SCHEMA, ensure_table
 
     started = time.perf_counter()
     versions = discovery.list_landing()
@@ -171,7 +171,7 @@ def guarantee_costs(spark, config, repeats: int = 7) -> dict:
       every outcome row (collect only, the usual case), ``replay_check`` when the check job runs (a replay or a
       new checkpoint); it makes replays and new checkpoints safe;
     - the stream lock: one flock at start-up, nothing per micro-batch."""
-    from fruits.ledger import FileVersion, record
+    from fruits.home.ledger import FileVersion, record
     from fruits.streaming.progress import Progress
     from fruits.streaming.sink import LEDGER_COLUMNS, OutcomeSink
 
@@ -236,10 +236,10 @@ def main() -> None:
     honest = Honest.start(args)
 
     from fruits.config import load_config
-    from fruits.files import backlog
-    from fruits.model import resolve_weights
-    from fruits.runtimes import make_handler
-    from fruits.session import build_spark
+    from fruits.home.files import backlog
+    from fruits.model.weights import resolve_weights
+    from fruits.model.runtimes import make_handler
+    from fruits.spark.session import build_spark
     from fruits.streaming.discovery import Discovery
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -2,7 +2,7 @@
 
 Each mutant is decoded, rejected (``RejectedImage``: quarantined with that reason), or escapes with another
 exception (which, before issue 11, failed the whole micro-batch). ``--against REV`` runs the same mutants through
-``fruits/images.py`` as it was at git revision REV too, for a before/after comparison.
+``fruits/model/images.py`` as it was at git revision REV too, for a before/after comparison.
 
 Usage: python bench/fuzz_decode.py [--count 1000] [--seed 11] [--against 7b79d90]
 """
@@ -30,10 +30,10 @@ from honest import Honest  # noqa: E402
 
 def load_images_module(revision: str | None):
     if revision is None:
-        import fruits.images
+        import fruits.model.images
 
-        return fruits.images
-    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{revision}:fruits/images.py"], capture_output=True, text=True, check=True).stdout
+        return fruits.model.images
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{revision}:fruits/model/images.py"], capture_output=True, text=True, check=True).stdout
     path = Path(tempfile.mkdtemp()) / "images_at_revision.py"
     path.write_text(source)
     spec = importlib.util.spec_from_file_location("images_at_revision", path)
@@ -60,7 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--against", help="git revision whose fruits/images.py to run as well")
+    parser.add_argument("--against", help="git revision whose fruits/model/images.py to run as well")
     Honest.add_arguments(parser)
     args = parser.parse_args()
     honest = Honest.start(args)

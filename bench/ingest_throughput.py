@@ -124,8 +124,8 @@ def bare_rates(weights: str, seconds: float, ir_cache: str | None = None) -> dic
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bare_model import decoded, measure
 
-    from fruits.model import resolve_weights
-    from fruits.runtimes import convert_once
+    from fruits.model.weights import resolve_weights
+    from fruits.model.ir import convert_once
 
     photos = sorted(SAMPLE.glob("*/*.jpg"))
     images = decoded(photos[:: len(photos) // 64][:64])

@@ -1,7 +1,7 @@
 """Benchmark: --precision int8 against fp32 (OpenVINO), bare model and end to end, speed and accuracy, in one run.
 
 1. Both IRs: the fp32 conversion and the NNCF int8 quantization (calibrated on the photos shipped in
-   fruits/calibration/), made in the per-user IR cache if not there yet (their seconds are printed when made).
+   fruits/model/calibration/), made in the per-user IR cache if not there yet (their seconds are printed when made).
 2. Bare model on pre-decoded real photos (bench/bare_model.py's `measure`): fp32 and int8 interleaved, ``--rounds``
    times, as the stream runs them (2 processes x 1 thread, chunks of 8) and as `fruits identify` does (1 x 2).
 3. End to end: `fruits stream --available-now` over the same landing folder (the 3,013 photos of the shared sample
@@ -9,7 +9,7 @@
    rate skips the first batch (bench/ingest_throughput.py's `steady_rate`), the whole command includes everything.
 4. Accuracy on the features each stream stored (tables/features): ImageNet top-5 through the with-top weights
    file's Dense head, on the fruits ImageNet knows; and identify's top-1 (PCA k=20 fitted in numpy on a random 80 %
-   per class, the 5 nearest vote as fruits.identify.nearest does) on the other 20 %, the split of
+   per class, the 5 nearest vote as fruits.model.identify.nearest does) on the other 20 %, the split of
    tests/test_identify.py. Photos of the calibration set are left out of both.
 
 Usage: python bench/int8.py [--images 3013] [--rounds 1] [--seconds 8] [--batch 500] [--master local[*]]
@@ -43,9 +43,9 @@ PRECISIONS = ("fp32", "int8")
 def make_irs(weights_path: str) -> tuple[object, dict[str, str], dict[str, float]]:
     """``(weights, {precision: IR path}, {step: seconds})``: the IRs in the per-user cache, made if missing."""
     from fruits.config import load_config
-    from fruits.model import resolve_weights
-    from fruits.quantize import calibration_set, quantize_once
-    from fruits.runtimes import convert_once, ir_cache_dir
+    from fruits.model.weights import resolve_weights
+    from fruits.model.quantize import calibration_set, quantize_once
+    from fruits.model.ir import convert_once, ir_cache_dir
 
     weights = resolve_weights(weights_path)
     config = load_config(overrides={"model": {"weights": weights_path}}, environ={})
@@ -101,7 +101,7 @@ def split_names(seed: int = 2026) -> set[str]:
 
 def accuracy(rows, head: tuple[np.ndarray, np.ndarray], held_out: set[str], calibration: set[str]) -> dict:
     """ImageNet top-5 on the fruits ImageNet knows, and identify's top-1 on the held-out photos (numpy PCA k=20)."""
-    from fruits.identify import Reference, nearest
+    from fruits.model.identify import Reference, nearest
 
     # fill_landing names each copy "<pass>_<original name>": the first pass of the sample is the photo itself.
     rows = rows.assign(name=rows["label"] + "/" + rows["path"].str.rsplit("/", n=1).str[-1].str.split("_", n=1).str[1])
@@ -167,7 +167,7 @@ def main() -> None:
     args = parser.parse_args()
     honest = Honest.start(args)
 
-    from fruits.quantize import SHIPPED_CALIBRATION, CalibrationSet
+    from fruits.model.quantize import SHIPPED_CALIBRATION, CalibrationSet
 
     weights, irs, made_seconds = make_irs(args.weights)
     bare_runs = bare(weights, irs, args.rounds, args.seconds)

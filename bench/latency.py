@@ -51,7 +51,7 @@ from honest import Honest  # noqa: E402
 from ingest_throughput import DEFAULT_WEIGHTS, SAMPLE  # noqa: E402
 from proctree import exit_on_sigterm, fruits_process, log_tail, resolved_stream_config  # noqa: E402
 
-from fruits.landing import LedgerNote, place_atomically  # noqa: E402
+from fruits.landing.drop import LedgerNote, place_atomically  # noqa: E402
 from fruits.streaming.outcomes import MICRO_BATCH_KEY  # noqa: E402
 
 COMMIT = re.compile(r"^(\d{20})\.json$")

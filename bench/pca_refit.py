@@ -139,7 +139,7 @@ def seed_rows(spark, config, real: np.ndarray, labels: list[str], model_id: str,
     """Append ``count`` rows to the features table in bulk: row i is real photo i mod n plus small noise."""
     import pandas as pd
 
-    from fruits.tables import FEATURES_SCHEMA
+    from fruits.home.tables import FEATURES_SCHEMA
 
     shared = spark.sparkContext.broadcast((real, labels, real.std(axis=0) * 0.02))
 
@@ -168,8 +168,8 @@ def million_rows(workdir: Path, rows: int, k: int, compare_reproject: bool, phot
     from deltalake import DeltaTable
 
     from fruits.config import load_config
-    from fruits.session import build_spark
-    from fruits.tables import FEATURES_SCHEMA, ensure_table
+    from fruits.spark.session import build_spark
+    from fruits.home.tables import FEATURES_SCHEMA, ensure_table
 
     real_table = DeltaTable(str(real_features_home(workdir, photos) / "tables" / "features")).to_pandas(
         columns=["label", "features", "model_id"])

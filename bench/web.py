@@ -53,7 +53,7 @@ from ingest_throughput import BATCH_LINE, DEFAULT_WEIGHTS, SAMPLE, fill_landing,
 from latency import CommitWatcher, batch_summary, percentiles, pick_photos, wait_ready, wait_visible  # noqa: E402
 from proctree import exit_on_sigterm, fruits_process, load_average, log_tail, resolved_stream_config  # noqa: E402
 
-from fruits.landing import drop  # noqa: E402
+from fruits.landing.drop import drop  # noqa: E402
 
 
 def free_port() -> int:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Sequence
 
 from fruits.config import Config, ConfigError, load_config
-from fruits.model import WeightsUnavailable
+from fruits.model.weights import WeightsUnavailable
 
 # The demo uses the installed package (`make demo` installs it; so does a plain `pip install .`) and its own photos.
 SAMPLE_IMAGES = Path(__file__).resolve().parent / "sample-images"
@@ -71,7 +71,7 @@ def reset_home(home: Path) -> None:
 def land_samples(source: Path, config: Config) -> int:
     """Land ``source/<Class>/<image>`` as ``landing/<Class>/<image>`` the way users do, with `fruits drop`'s code
     (atomic, recorded in the file ledger); returns the number of files placed."""
-    from fruits.landing import LedgerNote, drop, local_folder
+    from fruits.landing.drop import LedgerNote, drop, local_folder
 
     landing = local_folder(config.landing)
     extensions = list(config.stream.extensions)
@@ -83,7 +83,7 @@ def pca_preview(config: Config, rows: int = 8) -> str:
     """The first ``rows`` rows of the pca table, read with ``deltalake`` into pandas (no Spark)."""
     import pandas as pd
 
-    from fruits.status import open_table, rust_uri
+    from fruits.reports.status import open_table, rust_uri
 
     table = open_table(config.pca_table)
     if table is None:
@@ -102,8 +102,8 @@ def pca_preview(config: Config, rows: int = 8) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fruits.model import resolve_weights
-    from fruits.status import collect_status, format_status
+    from fruits.model.weights import resolve_weights
+    from fruits.reports.status import collect_status, format_status
 
     started = time.monotonic()
     config = load_config(
@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fruits.batch.refit_pca import refit_pca
     from fruits.batch.schedule import log_outcome
-    from fruits.session import build_spark
+    from fruits.spark.session import build_spark
     from fruits.streaming.ingest import run_stream
 
     spark = build_spark(config, "demo")

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from fruits.config import Config, ConfigError, allowed_values, default_value, load_config
-from fruits.files import STATES
-from fruits.identify import IdentifyError
-from fruits.model import WeightsUnavailable
-from fruits.names import UnsafeName
-from fruits.s3 import configure as configure_s3
-from fruits.writers import WriterLease
+from fruits.home.files import STATES
+from fruits.model.identify import IdentifyError
+from fruits.model.weights import WeightsUnavailable
+from fruits.home.names import UnsafeName
+from fruits.home.s3 import configure as configure_s3
+from fruits.landing.writers import WriterLease
 
 log = logging.getLogger("fruits")
 
@@ -174,7 +174,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def cmd_stream(config: Config, args: argparse.Namespace) -> int:
-    from fruits.locks import LockBusy, exclusive
+    from fruits.home.locks import LockBusy, exclusive
 
     try:
         with exclusive(config, "stream"):  # a second stream on this home stops here, before the JVM or the model
@@ -185,17 +185,17 @@ def cmd_stream(config: Config, args: argparse.Namespace) -> int:
 
 
 def _stream(config: Config, args: argparse.Namespace) -> int:
-    from fruits.model import resolve_weights
+    from fruits.model.weights import resolve_weights
 
     # Resolve (and, for "imagenet", download) the weights before the JVM starts: fail fast and clearly.
     weights = resolve_weights(config.model.weights)
     log.info("weights %s (%s)", weights.model_id, weights.path)
-    from fruits.runtimes import make_handler
+    from fruits.model.runtimes import make_handler
 
     # Convert the Keras model for the fast runtime (once per weights file, cached) before the JVM starts, too.
     log.info("featurizer %s", make_handler(config, weights).model_id)
 
-    from fruits.session import build_spark
+    from fruits.spark.session import build_spark
     from fruits.streaming.ingest import StreamFailed, run_stream
 
     spark = build_spark(config, "stream", COMMAND_SECTIONS["stream"])
@@ -209,7 +209,7 @@ def _stream(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_refit(config: Config, args: argparse.Namespace) -> int:
-    from fruits.locks import LockBusy, exclusive
+    from fruits.home.locks import LockBusy, exclusive
 
     try:
         with exclusive(config, "refit-pca"):  # one refit per home: a second one exits at once, before Spark starts
@@ -222,10 +222,10 @@ def cmd_refit(config: Config, args: argparse.Namespace) -> int:
 def _refit(config: Config, args: argparse.Namespace) -> int:
     from fruits.batch.refit_pca import RefitOutcome, nothing_to_fit
     from fruits.batch.schedule import RefitKeepsFailing, Refitter, log_outcome, refit_every
-    from fruits.pca_store import PcaModelStore
+    from fruits.home.pca_store import PcaModelStore
 
     def build_spark():
-        from fruits.session import build_spark
+        from fruits.spark.session import build_spark
 
         return build_spark(config, "refit-pca", COMMAND_SECTIONS["refit-pca"])
 
@@ -252,19 +252,19 @@ def _refit(config: Config, args: argparse.Namespace) -> int:
 
 
 def writer_lease(config: Config) -> WriterLease:
-    """The heartbeat of a process that records files before they appear (drop, stage, serve): fruits.writers."""
+    """The heartbeat of a process that records files before they appear (drop, stage, serve): fruits.landing.writers."""
     return WriterLease(config.writers, config.discovery.writer_timeout)
 
 
 def cmd_drop(config: Config, args: argparse.Namespace) -> int:
-    from fruits.landing import LedgerNote, drop, local_folder
-    from fruits.object_landing import ObjectLanding
-    from fruits.s3 import is_s3
+    from fruits.landing.drop import LedgerNote, drop, local_folder
+    from fruits.landing.stage import ObjectLanding
+    from fruits.home.s3 import is_s3
 
     extensions = list(config.stream.extensions)
     sources = [Path(s) for s in args.sources]
     with writer_lease(config) as lease:  # the stream waits for recorded files while this heartbeats
-        if is_s3(config.landing):  # one conditional PUT per object, no temporary name (fruits/object_landing.py)
+        if is_s3(config.landing):  # one conditional PUT per object, no temporary name (fruits/landing/stage.py)
             landing = ObjectLanding(config.landing, config.files_table, "drop", lease=lease)
             results = landing.drop(sources, extensions, args.label)
         else:
@@ -278,10 +278,10 @@ def cmd_drop(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_stage(config: Config, args: argparse.Namespace) -> int:
-    from fruits.landing import InboxStager, LedgerNote, local_folder
-    from fruits.names import check_inbox
-    from fruits.object_landing import ObjectLanding
-    from fruits.s3 import is_s3
+    from fruits.landing.drop import InboxStager, LedgerNote, local_folder
+    from fruits.home.names import check_inbox
+    from fruits.landing.stage import ObjectLanding
+    from fruits.home.s3 import is_s3
 
     remote = is_s3(config.landing)
     landing = Path(config.landing) if remote else local_folder(config.landing)
@@ -308,8 +308,8 @@ def cmd_stage(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_identify(config: Config, args: argparse.Namespace) -> int:
-    from fruits.identify import identify
-    from fruits.model import resolve_weights
+    from fruits.model.identify import identify
+    from fruits.model.weights import resolve_weights
 
     weights = resolve_weights(config.model.weights)
     for result in identify([Path(p) for p in args.photos], config, weights):
@@ -324,7 +324,7 @@ def cmd_identify(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_files(config: Config, args: argparse.Namespace) -> int:
-    from fruits.files import file_states, format_file
+    from fruits.home.files import file_states, format_file
 
     rows = file_states(config, args.state)
     if args.limit:
@@ -340,7 +340,7 @@ def cmd_files(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_retry(config: Config, args: argparse.Namespace) -> int:
-    from fruits.retry import retry_quarantined
+    from fruits.reports.retry import retry_quarantined
 
     rows = retry_quarantined(config, reason=args.reason, path_glob=args.path_glob, dry_run=args.dry_run)
     for row in rows:
@@ -351,8 +351,8 @@ def cmd_retry(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
-    from fruits.model import resolve_weights
-    from fruits.web import serve
+    from fruits.model.weights import resolve_weights
+    from fruits.web.app import serve
 
     web = config.web
     try:
@@ -366,7 +366,7 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
-    from fruits.status import collect_status, format_status
+    from fruits.reports.status import collect_status, format_status
 
     report = collect_status(config)
     print(json.dumps(report, indent=2, default=str) if args.json else format_status(report))
@@ -401,7 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level)
     try:
         config = config_from_args(args)
-        configure_s3(config)  # an s3a:// home: the [s3] settings reach deltalake and pyarrow too (fruits/s3.py)
+        configure_s3(config)  # an s3a:// home: the [s3] settings reach deltalake and pyarrow too (fruits/home/s3.py)
         return COMMANDS[args.command](config, args)
     except (ConfigError, WeightsUnavailable, IdentifyError, UnsafeName) as exc:
         print(f"fruits {args.command}: error: {exc}", file=sys.stderr)

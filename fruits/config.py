@@ -19,11 +19,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, get_type_hints
 
-from fruits.uris import has_scheme
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 
 
 class ConfigError(ValueError):
     """A configuration value is missing, malformed or unknown."""
+
+
+def has_scheme(text: str) -> bool:
+    """Whether ``text`` is a URI (``file:/x``, ``s3a://b/k``, ``hdfs://nn/x``) rather than a plain path."""
+    return _SCHEME.match(text) is not None
 
 
 def parse_duration(text: str | float) -> float:
@@ -255,7 +260,7 @@ class Config:
     landing = _Location("landing")
     features_table = _Location("features_table")
     quarantine_table = _Location("quarantine_table")
-    files_table = _Location("files_table", "The file ledger: one row per discovered file version (:mod:`fruits.ledger`).")
+    files_table = _Location("files_table", "The file ledger: one row per discovered file version (:mod:`fruits.home.ledger`).")
     archive = _Location("archive")
     quarantine = _Location("quarantine")
     writers = _Location("writers")

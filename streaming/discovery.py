@@ -1,4 +1,4 @@
-"""Discovery: find landed files and record each new file version in the ledger (:mod:`fruits.ledger`).
+"""Discovery: find landed files and record each new file version in the ledger (:mod:`fruits.home.ledger`).
 
 Two ways in, both inside ``fruits stream`` on the driver:
 
@@ -12,7 +12,7 @@ Two ways in, both inside ``fruits stream`` on the driver:
   ``quiet_seconds`` ago may still be written: it is looked at again until it is quiet (an object is always complete).
 
 A file changed after it was recorded is a new version, with its own ledger row. Names are bytes: one that is not UTF-8
-is recorded under a readable spelling plus its exact bytes (:mod:`fruits.names`); a symbolic link is read only if it
+is recorded under a readable spelling plus its exact bytes (:mod:`fruits.home.names`); a symbolic link is read only if it
 leads to a file inside landing (:func:`local_version`).
 
 ``fruits drop`` / ``stage`` record their files themselves before the rename that makes them visible, so by the time
@@ -35,9 +35,9 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from fruits.config import Config
-from fruits.names import is_candidate, local_bytes, readable
-from fruits.ledger import FileVersion, LedgerView, digests, label_of, local_mtime_ms, path_digests, record
-from fruits.uris import hadoop_uri, local_path
+from fruits.home.names import is_candidate, local_bytes, readable
+from fruits.home.ledger import FileVersion, LedgerView, digests, label_of, local_mtime_ms, path_digests, record
+from fruits.home.uris import hadoop_uri, local_path
 
 log = logging.getLogger("fruits.discovery")
 
@@ -135,7 +135,7 @@ def _reports_closes() -> bool:
 
 def _etag(status) -> str | None:
     """An object store's ETag of a listed file (S3A's statuses carry it; HDFS's do not): it, not the mtime the
-    server sets on upload, identifies the object's version (:mod:`fruits.ledger`)."""
+    server sets on upload, identifies the object's version (:mod:`fruits.home.ledger`)."""
     try:
         etag = status.getEtag()
     except Exception:  # py4j: no such method on this file system's status

@@ -18,14 +18,14 @@ from pyspark.sql import SparkSession
 from pyspark.errors import StreamingQueryException
 from pyspark.sql.streaming import StreamingQuery
 
-from fruits import storage
+from fruits.home import storage
 from fruits.config import Config
-from fruits.featurizer import Featurizer
-from fruits.ledger import ensure_ledger
-from fruits.locks import exclusive
-from fruits.model import WeightsRef
-from fruits.runtimes import make_handler
-from fruits.tables import FEATURES_SCHEMA, QUARANTINE_SCHEMA, ensure_table
+from fruits.model.featurizer import Featurizer
+from fruits.home.ledger import ensure_ledger
+from fruits.home.locks import exclusive
+from fruits.model.weights import WeightsRef
+from fruits.model.runtimes import make_handler
+from fruits.home.tables import FEATURES_SCHEMA, QUARANTINE_SCHEMA, ensure_table
 from fruits.streaming.discovery import Discovery
 from fruits.streaming.ledger_source import LedgerSource
 from fruits.streaming.migration import adopt_legacy_rows
@@ -130,7 +130,7 @@ def run_stream(
 ) -> int:
     """Run the stream until it ends (``available_now``: what has landed by now), ``stop`` is set, or SIGTERM /
     SIGINT stops it (between two chunks: see :func:`_await`); returns how many files it gave an outcome. Refuses to
-    start (:class:`fruits.locks.LockBusy`) while another stream runs on the home, unless the caller holds the home's
+    start (:class:`fruits.home.locks.LockBusy`) while another stream runs on the home, unless the caller holds the home's
     stream lock (``lock_held``)."""
     with nullcontext() if lock_held else exclusive(config, "stream"), _stop_on_signals(stop) as stop:
         files = LandedFiles(spark)

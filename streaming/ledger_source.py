@@ -30,8 +30,8 @@ import pyarrow.compute as pc
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 from pyspark.sql.streaming.datasource import ReadLimit, ReadMaxRows, SupportsTriggerAvailableNow
 
-from fruits.ledger import LEDGER_SCHEMA, read_data_files
-from fruits.uris import rust_uri
+from fruits.home.ledger import LEDGER_SCHEMA, read_data_files
+from fruits.home.uris import rust_uri
 
 log = logging.getLogger("fruits.ledger_source")
 

@@ -16,9 +16,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import pyarrow as pa
 
 from fruits.config import Config
-from fruits.files import current_outcomes
-from fruits.ledger import FileVersion
-from fruits.verdicts import Cause
+from fruits.home.files import current_outcomes
+from fruits.home.ledger import FileVersion
+from fruits.home.verdicts import Cause
 
 log = logging.getLogger("fruits.leftovers")
 

@@ -18,14 +18,14 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from fruits.config import Config
-from fruits.ledger import ensure_ledger
-from fruits.uris import rust_uri
+from fruits.home.ledger import ensure_ledger
+from fruits.home.uris import rust_uri
 
 log = logging.getLogger("fruits.stream")
 
 
 def file_id_column(path: Column, size: Column, modified_at: Column) -> Column:
-    """:func:`fruits.ledger.file_id` in Spark SQL: the first 32 hex digits of SHA-256 over path, size and mtime (ms)."""
+    """:func:`fruits.home.ledger.file_id` in Spark SQL: the first 32 hex digits of SHA-256 over path, size and mtime (ms)."""
     text = F.concat_ws("\n", path, size.cast("string"), F.unix_millis(modified_at).cast("string"))
     return F.substring(F.sha2(text, 256), 1, 32)
 

@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from fruits.appends import AppendTarget, append_rows
-from fruits.names import alias_file_id
-from fruits.tables import FEATURES_SCHEMA, QUARANTINE_SCHEMA
-from fruits.verdicts import Cause
+from fruits.home.appends import AppendTarget, append_rows
+from fruits.home.names import alias_file_id
+from fruits.home.tables import FEATURES_SCHEMA, QUARANTINE_SCHEMA
+from fruits.home.verdicts import Cause
 
 FEATURES_ARROW = to_arrow_schema(FEATURES_SCHEMA, timezone="UTC")
 QUARANTINE_ARROW = to_arrow_schema(QUARANTINE_SCHEMA, timezone="UTC")
@@ -32,7 +32,7 @@ MICRO_BATCH_KEY = "fruits.micro_batch"
 
 
 def append(table: str | AppendTarget, rows: pa.Table, micro_batch: int | None = None) -> None:
-    """Append ``rows`` to the Delta table (its location, or an :class:`~fruits.appends.AppendTarget`, which spares
+    """Append ``rows`` to the Delta table (its location, or an :class:`~fruits.home.appends.AppendTarget`, which spares
     reading its log again) in one commit, nothing when there are none; the commit records ``micro_batch`` in its
     commitInfo."""
     if rows.num_rows == 0:
@@ -43,7 +43,7 @@ def append(table: str | AppendTarget, rows: pa.Table, micro_batch: int | None = 
 
 @dataclass(frozen=True)
 class Verdict:
-    """A quarantine verdict on one ledger row: the reason shown to people, its :class:`~fruits.verdicts.Cause`, and
+    """A quarantine verdict on one ledger row: the reason shown to people, its :class:`~fruits.home.verdicts.Cause`, and
     whether the stream tries the file again by itself."""
 
     row: Mapping[str, Any]
@@ -92,7 +92,7 @@ def featurized_rows(
     discovery: its row gets that as its error instead of the features, and its new version has its own ledger row.
     (On an object store the server sets the mtime at upload, after `fruits drop` recorded the row: a version there is
     (path, size, ETag), so only the size is compared.)"""
-    # by path; a file read through an alias (fruits.names.alias_path: a name the JVM cannot open) by its file_id
+    # by path; a file read through an alias (fruits.home.names.alias_path: a name the JVM cannot open) by its file_id
     index = {alias_file_id(path) or path: i for i, path in enumerate(read.column("path").to_pylist())}
     lengths, mtimes = read.column("length").to_pylist(), read.column("mtime_ms").to_pylist()
     errors = pc.struct_field(read.column("result"), "error").to_pylist()

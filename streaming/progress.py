@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 
 from pyspark.sql import SparkSession
 
-from fruits import storage
+from fruits.home import storage
 from fruits.timing import Phases
 
 log = logging.getLogger("fruits.stream")

@@ -2,7 +2,7 @@
 
 The sink hands every retryable quarantine row to :class:`Retries` (:attr:`OutcomeSink.on_retryable`); at start-up
 the current retryable rows of the quarantine table are loaded, so a restart forgets none. A thread then records the
-next attempt of a file version in the ledger (:func:`fruits.ledger.record_retries`) when it is due, and the stream
+next attempt of a file version in the ledger (:func:`fruits.home.ledger.record_retries`) when it is due, and the stream
 reads it like any other ledger row:
 
 - ``transient`` (its job failed with it alone): after ``[stream] retry_backoff``, doubled at each attempt, up to
@@ -29,11 +29,11 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from fruits.config import Config
-from fruits.files import newest_per_file
-from fruits.ledger import ledger_target, record_retries
-from fruits.uris import rust_uri
-from fruits.verdicts import Cause, backoff_seconds
-from fruits.writers import writer_alive
+from fruits.home.files import newest_per_file
+from fruits.home.ledger import ledger_target, record_retries
+from fruits.home.uris import rust_uri
+from fruits.home.verdicts import Cause, backoff_seconds
+from fruits.landing.writers import writer_alive
 
 log = logging.getLogger("fruits.retries")
 
@@ -183,7 +183,7 @@ def current_retryable(config: Config) -> list[dict]:
 
 
 def _tagged(rows: pa.Table, kind: str) -> pa.Table:
-    """(file_id, attempt, kind) of outcome rows, for :func:`fruits.files.newest_per_file`."""
+    """(file_id, attempt, kind) of outcome rows, for :func:`fruits.home.files.newest_per_file`."""
     return pa.table({
         "file_id": rows.column("file_id"), "attempt": rows.column("attempt").cast(pa.int64()),
         "kind": pa.array([kind] * rows.num_rows, pa.string()),
@@ -192,7 +192,7 @@ def _tagged(rows: pa.Table, kind: str) -> pa.Table:
 
 def _ledger_columns_of(config: Config, file_ids: list[str]) -> dict[str, dict]:
     """:data:`FROM_LEDGER_ONLY` of the ledger rows of ``file_ids`` (by file id)."""
-    from fruits.ledger import ledger_rows
+    from fruits.home.ledger import ledger_rows
 
     rows = ledger_rows(config.files_table, ["file_id", *FROM_LEDGER_ONLY])
     rows = rows.filter(pc.is_in(rows.column("file_id"), pa.array(file_ids, pa.string())))

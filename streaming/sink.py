@@ -16,7 +16,7 @@ For each micro-batch of ledger rows:
    version that was read (size, mtime and inode checked right before the move, and again after it).
 
 A ledger row asks for one try (``attempt``) of a file version; the sink gives each (file version, attempt) exactly
-one outcome. Quarantine verdicts that may pass (:mod:`fruits.verdicts`) are handed to the stream's retries
+one outcome. Quarantine verdicts that may pass (:mod:`fruits.home.verdicts`) are handed to the stream's retries
 (:mod:`fruits.streaming.retries`), which record the next attempt when it is due.
 """
 
@@ -44,14 +44,14 @@ from py4j.protocol import Py4JJavaError
 from pyspark.errors import PythonException
 from pyspark.sql.utils import AnalysisException
 
-from fruits import storage
-from fruits.appends import AppendTarget
-from fruits.featurize import featurize_column
-from fruits.featurizer import Featurizer
-from fruits.names import ALIAS_FOLDER, alias_path, fit_relative, local_bytes, needs_alias, temporary_name
-from fruits.uris import glob_escape, local_path, rust_uri
-from fruits.verdicts import Cause, retryable
-from fruits.writers import writer_alive
+from fruits.home import storage
+from fruits.home.appends import AppendTarget
+from fruits.model.udf import featurize_column
+from fruits.model.featurizer import Featurizer
+from fruits.home.names import ALIAS_FOLDER, alias_path, fit_relative, local_bytes, needs_alias, temporary_name
+from fruits.home.uris import glob_escape, local_path, rust_uri
+from fruits.home.verdicts import Cause, retryable
+from fruits.landing.writers import writer_alive
 from fruits.streaming.outcomes import (
     Places, Verdict, append, epoch_ms, featurized_rows, quarantine_rows, source, split_featurized,
 )
@@ -76,7 +76,7 @@ LEDGER_COLUMNS = [
 # on S3, its PUT, one after another for a group of 500). A row of theirs whose file is not there yet is looked at again
 # for this long (usually the milliseconds between the writer's commit and its rename), then, while its writer still
 # heartbeats, quarantined as "waiting" (not blocking the rest of the chunk): the stream's retries take it again when
-# the file appears or the writer stops (fruits.writers).
+# the file appears or the writer stops (fruits.landing.writers).
 RECORDED_FIRST = ("drop", "stage", "upload")
 PUBLISH_WAIT_SECONDS = 1.0
 # A ledger row as the sink handles it: column name -> value (timestamps are aware UTC datetimes).
@@ -109,7 +109,7 @@ class LandedFiles:
 
     A file is given as its ledger row (exact: a name that is not UTF-8 is found by its ``raw_path``) or as a URI. A
     URI that is a ledger ``path`` of a row :meth:`register`-ed here stands for that row's exact file. Files whose
-    name the reader cannot open (:func:`fruits.names.needs_alias`) are read through a hard link named by their
+    name the reader cannot open (:func:`fruits.home.names.needs_alias`) are read through a hard link named by their
     ``file_id`` (:meth:`readable`), removed when the file is moved or removed, or by :meth:`release`."""
 
     def __init__(self, spark: SparkSession) -> None:
@@ -150,7 +150,7 @@ class LandedFiles:
 
     def readable(self, row: Row, landing: str) -> str | None:
         """The path the reader (Spark's ``binaryFile``) is given for ``row``: its own, or for a name it cannot open,
-        a hard link to it at :func:`fruits.names.alias_path` (a copy with the same mtime where links fail); None if
+        a hard link to it at :func:`fruits.home.names.alias_path` (a copy with the same mtime where links fail); None if
         the file is gone."""
         if not needs_alias(row) or local_path(landing) is None:
             return row["path"]
@@ -320,7 +320,7 @@ class OutcomeSink:
     max_pixels: int
     progress: Progress
     max_retries: int = 3  # transient failures tried again this many times ([stream] max_retries)
-    writers: str = ""  # HOME/writers: heartbeats of drop, stage and serve (fruits.writers)
+    writers: str = ""  # HOME/writers: heartbeats of drop, stage and serve (fruits.landing.writers)
     writer_timeout: float = 30.0
     # Told about each retryable quarantine row once it is committed (the stream's retries); None: nobody is.
     on_retryable: Callable[[list[dict]], None] | None = None
@@ -412,7 +412,7 @@ class OutcomeSink:
 
     def _free_target(self, root: str, day: str, row: Row, chosen: set[str], files: LandedFiles) -> str:
         """``root/<day>/<the file's path below landing>`` (each name valid UTF-8 and at most 255 bytes:
-        :func:`fruits.names.fit_relative`), made unique with the file's id if that is taken (the same name stored
+        :func:`fruits.home.names.fit_relative`), made unique with the file's id if that is taken (the same name stored
         before today) or already chosen for another file of the chunk."""
         prefix = self.landing.rstrip("/") + "/"
         relative = row["path"][len(prefix) :] if row["path"].startswith(prefix) else row["path"].rsplit("/", 1)[-1]

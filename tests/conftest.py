@@ -129,7 +129,7 @@ def make_config(home: Path, **sections):
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
     """The one SparkSession (local[2], Delta enabled) every test of the run shares."""
-    from fruits.session import build_spark
+    from fruits.spark.session import build_spark
 
     config = make_config(tmp_path_factory.mktemp("session-home"))
     session = build_spark(config, "tests", "pca")  # the larger driver heap of refit-pca: tests run both jobs
@@ -140,7 +140,7 @@ def spark(tmp_path_factory):
 @pytest.fixture(scope="session")
 def weights():
     """The verified ImageNet weights (no top) from ../shared/models."""
-    from fruits.model import resolve_weights
+    from fruits.model.weights import resolve_weights
 
     return resolve_weights(str(NOTOP_WEIGHTS))
 
@@ -220,7 +220,7 @@ def ingested(spark, weights, tmp_path_factory):
 def features_home(spark, ingested, tmp_path):
     """A home whose features table (change data feed on) holds the first 250 real feature rows of `ingested`, and
     ``append(frame)`` to add rows of ``rows`` (all of `ingested`'s, sorted by path) in one commit (2 small files)."""
-    from fruits.tables import FEATURES_SCHEMA, ensure_table
+    from fruits.home.tables import FEATURES_SCHEMA, ensure_table
 
     config = make_config(tmp_path)
     ensure_table(spark, config.features_table, FEATURES_SCHEMA, "test", change_feed=True)

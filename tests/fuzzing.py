@@ -126,7 +126,7 @@ def mutants(photos: list[Path], count: int, seed: int) -> Iterator[tuple[str, st
 
 def outcome_of(decode: Callable[[bytes], object], data: bytes) -> str:
     """``"decoded"``, or the rejection reason with its details cut (the first words before ':' or '(')."""
-    from fruits.images import RejectedImage
+    from fruits.model.images import RejectedImage
 
     try:
         decode(data)

@@ -146,7 +146,7 @@ def test_a_settled_check_judges_the_measured_part():
 def ir_cache() -> str:
     """The per-user IR cache the service itself uses: the model is converted once for all smoke runs."""
     from fruits.config import load_config
-    from fruits.runtimes import ir_cache_dir
+    from fruits.model.ir import ir_cache_dir
 
     return str(ir_cache_dir(load_config(environ={})))
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from fruits.batch.moments import Moments
-from fruits.verdicts import Cause
+from fruits.home.verdicts import Cause
 from fruits.streaming.outcomes import (
     FEATURES_ARROW, QUARANTINE_ARROW, Places, Verdict, epoch_ms, featurized_rows, quarantine_rows, split_featurized,
 )
@@ -143,8 +143,8 @@ def test_verdicts_from_ledger_rows_alone_become_quarantine_rows_without_a_conten
 def test_an_append_target_reloads_its_table_every_n_commits_and_loses_no_commit_of_another_writer(tmp_path):
     from deltalake import DeltaTable
 
-    from fruits.appends import AppendTarget
-    from fruits.ledger import FileVersion, ensure_ledger, ledger_rows, record
+    from fruits.home.appends import AppendTarget
+    from fruits.home.ledger import FileVersion, ensure_ledger, ledger_rows, record
 
     location = str(tmp_path / "files")
     ensure_ledger(location)
@@ -163,7 +163,7 @@ def test_an_append_target_reloads_its_table_every_n_commits_and_loses_no_commit_
 
 @pytest.mark.fast
 def test_a_ledger_target_makes_a_missing_ledger_at_its_first_append_only(tmp_path):
-    from fruits.ledger import FileVersion, ledger_rows, ledger_target, record
+    from fruits.home.ledger import FileVersion, ledger_rows, ledger_target, record
 
     location = tmp_path / "tables" / "files"
     target = ledger_target(str(location))

@@ -37,7 +37,7 @@ def test_missing_weights_file_is_a_clear_error(tmp_path):
 def test_conf_flags_land_on_top_of_the_command_settings_of_conf_fruits_toml(command, driver_memory, monkeypatch):
     from fruits.cli import COMMAND_SECTIONS, build_parser, config_from_args
     from fruits.config import ENV_OVERRIDES, load_config
-    from fruits.session import spark_settings
+    from fruits.spark.session import spark_settings
 
     for variable in ENV_OVERRIDES:
         monkeypatch.delenv(variable, raising=False)
@@ -58,7 +58,7 @@ def test_conf_flags_land_on_top_of_the_command_settings_of_conf_fruits_toml(comm
 @pytest.mark.fast
 def test_files_on_this_machines_disk_are_listed_on_the_driver_and_elsewhere_by_a_job(tmp_path):
     from fruits.config import load_config
-    from fruits.session import LOCAL_LISTING, spark_settings
+    from fruits.spark.session import LOCAL_LISTING, spark_settings
 
     (key, value), = LOCAL_LISTING.items()
     local = load_config(environ={"FRUITS_HOME": str(tmp_path)}, overrides={"spark": {"master": "local[2]"}})

@@ -3,7 +3,7 @@
 The cluster comes from pyspark's own distribution (``bin/spark-class ...Master`` / ``...Worker``, see
 tests/standalone.py), on 127.0.0.1 and free ports. Workers reach what they need as they would on other machines:
 
-- Python and the project's code: the same interpreter path (``spark.pyspark.python``, set by ``fruits.session``) with
+- Python and the project's code: the same interpreter path (``spark.pyspark.python``, set by ``fruits.spark.session``) with
   the project installed in it, as every node of a real cluster runs the same image or virtualenv;
 - the weights: **not** from the driver's path. The workers run in a private mount namespace where ``../shared``
   (the weights and the source photos) is an empty tmpfs, so the executors can only use the copy the driver ships
@@ -133,8 +133,8 @@ def test_cluster_stream_gives_the_same_rows_and_features_as_local_mode(local_run
 
 
 def test_both_workers_featurized_with_the_model_files_shipped_by_add_file(cluster, cluster_run):
-    from fruits.model import resolve_weights
-    from fruits.runtimes import make_handler
+    from fruits.model.weights import resolve_weights
+    from fruits.model.runtimes import make_handler
 
     # The files the stream's featurizer needs on executors: the weights (TensorFlow) or the converted IR (OpenVINO,
     # the default), already converted and cached in the cluster home by the stream.
@@ -145,7 +145,7 @@ def test_both_workers_featurized_with_the_model_files_shipped_by_add_file(cluste
         for needed in map(Path, handler.files):
             assert (stream_executor / needed.name).is_file(), needed.name
             assert (stream_executor / needed.name).stat().st_size == needed.stat().st_size
-        # ... and used by the executor's Python worker to build the model (fruits.featurizer.shared_model logs this).
+        # ... and used by the executor's Python worker to build the model (fruits.model.featurizer.shared_model logs this).
         log = (stream_executor / "stderr").read_text(errors="replace")
         assert "fruits: worker pid" in log and f"built {handler.model_id}" in log, log[-3000:]
     names = [app["name"] for app in cluster_run["state"]["completedapps"]]

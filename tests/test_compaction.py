@@ -41,8 +41,8 @@ def operations(spark, location: str) -> dict[int, str]:
 @pytest.mark.slow
 def test_compaction_merges_many_small_appends_into_one_file_with_the_same_rows(spark, features_home):
     from fruits.batch.compaction import compact_table
-    from fruits.status import collect_status, format_status
-    from fruits.tables import latest_version
+    from fruits.reports.status import collect_status, format_status
+    from fruits.home.tables import latest_version
 
     config, rows, append = features_home
     end = append_in_slices(append, rows, 250, slices=6)

@@ -275,7 +275,7 @@ def test_the_master_rest_submission_port_is_off(compose):
 
 def test_every_service_has_a_memory_limit_above_what_it_is_given(compose):
     from fruits.config import load_config
-    from fruits.session import spark_settings
+    from fruits.spark.session import spark_settings
 
     services = compose["services"]
     for name, service in services.items():
@@ -340,7 +340,7 @@ SECRET_FILES = [
     "weights/my.weights.h5", ".venv/bin/python", ".git/config",
 ]
 # What the Dockerfile needs from the context (COPY . ., pip install -e ., the entrypoint, the sample photos).
-NEEDED_FILES = ["pyproject.toml", "fruits/web.py", "fruits/web_door.py", "conf/fruits.toml",
+NEEDED_FILES = ["pyproject.toml", "fruits/web/app.py", "fruits/web/door.py", "conf/fruits.toml",
                 "deploy/docker-entrypoint.sh", "README.md", "examples/sample-images/Banana/README.md"]
 SECRET_CONTENT = re.compile(
     rb"-----BEGIN [A-Z ]*PRIVATE KEY-----|aws_secret_access_key\s*=\s*[\"']?[A-Za-z0-9/+]{30,}|AKIA[0-9A-Z]{16}"
@@ -389,7 +389,7 @@ def test_spark_rpc_is_authenticated_and_encrypted_in_compose(compose, tmp_path):
 
 def test_the_web_service_cannot_start_without_its_token(compose, tmp_path):
     from fruits.config import ConfigError, load_config
-    from fruits.web_door import check_exposure
+    from fruits.web.door import check_exposure
 
     web = compose["services"]["web"]
     with pytest.raises(LookupError):  # compose refuses to start it without FRUITS_TOKEN
@@ -399,7 +399,7 @@ def test_the_web_service_cannot_start_without_its_token(compose, tmp_path):
     check_exposure(load_config(environ=environ).web, argv.host)  # with it, serve listens on all interfaces
     with pytest.raises(ConfigError):  # and fruits serve itself would refuse without it
         check_exposure(load_config(environ={}).web, argv.host)
-    assert "501" not in COMPOSE_FILE.read_text()  # uploads land on S3 (fruits/web.py), no stale comment
+    assert "501" not in COMPOSE_FILE.read_text()  # uploads land on S3 (fruits/web/app.py), no stale comment
 
 
 def test_the_image_build_fails_if_a_secret_file_got_into_the_context_anyway(tmp_path):

@@ -1,9 +1,9 @@
-"""The CPU share that keeps identify clients asking in a loop from starving a stream (fruits/cpu_share.py): on
+"""The CPU share that keeps identify clients asking in a loop from starving a stream (fruits/web/cpu_share.py): on
 clocks the test moves itself, so the figures are exact."""
 
 import pytest
 
-from fruits.cpu_share import CpuShare
+from fruits.web.cpu_share import CpuShare
 
 pytestmark = pytest.mark.fast
 

@@ -43,8 +43,8 @@ def uri(path: Path) -> str:
 
 def test_listing_records_each_version_once_and_skips_hidden_names(tmp_path):
     """No Spark: repeated listings, and files `fruits drop` recorded itself, never give a second ledger row."""
-    from fruits.landing import LedgerNote, drop
-    from fruits.ledger import ledger_rows
+    from fruits.landing.drop import LedgerNote, drop
+    from fruits.home.ledger import ledger_rows
     from fruits.streaming.discovery import Discovery
 
     config = make_config(tmp_path, discovery={"after_ingest": "keep"})
@@ -117,7 +117,7 @@ def test_a_previous_versions_checkpoint_is_continued_and_a_file_recorded_before_
     reads its offsets (the last version again, found decided), so nothing is lost and nothing doubled. And `fruits
     drop`, `stage` and uploads record a file, then rename it into place: a stream that reads the row in between
     waits for the file instead of quarantining it as gone."""
-    from fruits.landing import LedgerNote, _prepare
+    from fruits.landing.drop import LedgerNote, _prepare
     from fruits.streaming.ingest import run_stream
 
     config = make_config(tmp_path)
@@ -164,7 +164,7 @@ def test_a_previous_versions_checkpoint_is_continued_and_a_file_recorded_before_
 def test_watcher_events_and_listing_backfill_each_find_new_photos(spark, weights, tmp_path):
     """With the watcher on, photos moved in are recorded from events, within seconds. With it off (or its events
     lost), the periodic listing finds every photo landed meanwhile."""
-    from fruits.ledger import ledger_rows
+    from fruits.home.ledger import ledger_rows
     from fruits.streaming.ingest import run_stream
 
     landing = tmp_path / "landing"
@@ -248,7 +248,7 @@ def test_a_file_is_recorded_when_renamed_in_or_closed_after_writing_never_while_
 
 
 def test_a_second_stream_on_the_same_home_stops_at_once(tmp_path):
-    from fruits.locks import exclusive
+    from fruits.home.locks import exclusive
 
     config = make_config(tmp_path)
     env = {**os.environ, "FRUITS_WEIGHTS": str(NOTOP_WEIGHTS), "FRUITS_MASTER": "local[2]"}
@@ -273,9 +273,9 @@ def test_a_home_made_before_the_ledger_is_adopted_once_even_after_drop_made_the_
     adopts every old row, each exactly once, and only featurizes the photo that is really new."""
     from pyspark.sql import functions as F
 
-    from fruits.landing import LedgerNote, drop
-    from fruits.ledger import ledger_rows
-    from fruits.tables import FEATURES_SCHEMA, LEDGER_LINK, QUARANTINE_SCHEMA, ensure_table
+    from fruits.landing.drop import LedgerNote, drop
+    from fruits.home.ledger import ledger_rows
+    from fruits.home.tables import FEATURES_SCHEMA, LEDGER_LINK, QUARANTINE_SCHEMA, ensure_table
     from fruits.streaming.ingest import run_stream
     from fruits.streaming.migration import ADOPTION_STEPS, adopt_legacy_rows
 
@@ -317,7 +317,7 @@ def test_delete_after_ingest_and_a_file_changed_between_discovery_and_reading(sp
     """With after_ingest = "delete" the landed file is removed once its row is committed. A file rewritten after its
     discovery keeps the ledger row of its first version, which gets a quarantine row saying so; its new version
     (found by the start-up listing) is featurized."""
-    from fruits.landing import LedgerNote, drop
+    from fruits.landing.drop import LedgerNote, drop
     from fruits.streaming.ingest import run_stream
 
     config = make_config(tmp_path, discovery={"after_ingest": "delete"})

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE, make_config
-from fruits.images import RejectedImage, decode_image
+from fruits.model.images import RejectedImage, decode_image
 from fuzzing import KINDS, mutants, outcome_of, reason_class
 
 PHOTOS = sorted(SAMPLE.glob("*/*.jpg"))[::25]  # real photos of many classes
@@ -41,8 +41,8 @@ def test_the_stream_puts_each_of_240_mutated_photos_exactly_once_in_features_or_
     import os
     import random
 
-    from fruits.ledger import ledger_rows
-    from fruits.names import local_bytes
+    from fruits.home.ledger import ledger_rows
+    from fruits.home.names import local_bytes
     from fruits.streaming.ingest import run_stream
     from fuzzing import random_name
 
@@ -87,8 +87,8 @@ def test_2000_random_names_are_recorded_exactly_listed_back_and_shown_on_one_lin
     import os
     import random
 
-    from fruits.ledger import ledger_rows, ledger_target, record
-    from fruits.names import fit_name, local_bytes, readable, temporary_name
+    from fruits.home.ledger import ledger_rows, ledger_target, record
+    from fruits.home.names import fit_name, local_bytes, readable, temporary_name
     from fruits.streaming.discovery import list_local
     from fuzzing import random_name
 

@@ -57,7 +57,7 @@ def top1(results: list[dict], held_out: list[tuple[Path, str]]) -> float:
 
 
 def test_held_out_photos_are_identified_with_top1_accuracy_of_at_least_0_9(identified_home, weights):
-    from fruits.identify import identify
+    from fruits.model.identify import identify
 
     config, held_out = identified_home
     results = identify([photo for photo, _ in held_out], config, weights)
@@ -87,8 +87,8 @@ def test_identify_command_prints_one_json_object_per_photo(identified_home, tmp_
 
 
 def test_identify_refuses_other_weights(identified_home):
-    from fruits.identify import IdentifyError, identify
-    from fruits.model import resolve_weights
+    from fruits.model.identify import IdentifyError, identify
+    from fruits.model.weights import resolve_weights
     from conftest import TOP_WEIGHTS
 
     config, held_out = identified_home
@@ -102,8 +102,8 @@ def test_int8_features_identify_within_a_point_of_fp32_and_never_mix_with_them(
     """The same 80/20 split streamed with --precision int8: every stored row and the PCA say int8, identify's top-1
     on the held-out photos is within 1 point of fp32's, and identify refuses to compare one precision's photo with
     the other's features, both ways."""
-    from fruits.identify import IdentifyError, identify
-    from fruits.status import last_refit
+    from fruits.model.identify import IdentifyError, identify
+    from fruits.reports.status import last_refit
 
     fp32_config, held_out = identified_home
     int8_home = tmp_path_factory.mktemp("identify-int8-home")

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import shipped_photos
-from fruits.images import RejectedImage, decode_image
+from fruits.model.images import RejectedImage, decode_image
 
 pytestmark = pytest.mark.fast  # no Spark, no TensorFlow, no ../shared (make test-fast)
 

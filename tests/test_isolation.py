@@ -14,10 +14,10 @@ import pytest
 from PIL import Image
 
 from conftest import local_path, make_config, place, sample_files
-from fruits.featurize import ModelFailure, featurize_contents
-from fruits.images import RejectedImage, decode_image
-from fruits.featurizer import shared_model
-from fruits.model import MobileNetV2Handler
+from fruits.model.udf import ModelFailure, featurize_contents
+from fruits.model.images import RejectedImage, decode_image
+from fruits.model.featurizer import shared_model
+from fruits.model.keras import MobileNetV2Handler
 
 POISON = 13  # grey level of the image FaultyModel fails on
 

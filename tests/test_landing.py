@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import local_path, make_config, place, sample_files, shipped_photos
-from fruits.landing import InboxStager, drop
+from fruits.landing.drop import InboxStager, drop
 
 EXTENSIONS = ["jpg", "jpeg", "png"]
 FRUITS = str(Path(sys.executable).with_name("fruits"))
@@ -112,8 +112,8 @@ def test_staged_slow_upload_is_featurized_whole_by_the_running_stream(spark, wei
     the stream reads it once, whole; its features equal those of the same bytes landed at once."""
     from delta.tables import DeltaTable
 
-    from fruits.files import file_states
-    from fruits.landing import LedgerNote
+    from fruits.home.files import file_states
+    from fruits.landing.drop import LedgerNote
     from fruits.streaming.ingest import run_stream
 
     config = make_config(tmp_path, stream={"trigger": "200ms"})
@@ -155,8 +155,8 @@ def test_staged_slow_upload_is_featurized_whole_by_the_running_stream(spark, wei
 def test_drop_lands_a_255_byte_name_and_a_name_that_is_not_utf8_recorded_exactly(tmp_path):
     import os
 
-    from fruits.landing import LedgerNote
-    from fruits.ledger import ledger_rows
+    from fruits.landing.drop import LedgerNote
+    from fruits.home.ledger import ledger_rows
 
     config = make_config(tmp_path)
     source, landing = tmp_path / "photos", tmp_path / "landing"
@@ -213,7 +213,7 @@ def test_stage_keeps_an_inbox_file_that_changed_while_it_was_copied(tmp_path):
 def test_a_writer_heartbeat_outlives_a_failed_beat_of_any_kind(tmp_path):
     """A beat that fails (an S3 client raises its own errors, not OSError) is retried at the next one: the marker
     keeps being rewritten, so the stream never takes a live writer's files for missing."""
-    from fruits.writers import WriterLease
+    from fruits.landing.writers import WriterLease
 
     class Flaky(WriterLease):
         calls = 0

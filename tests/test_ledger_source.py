@@ -10,7 +10,7 @@ import pytest
 from deltalake import DeltaTable
 from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadMaxRows
 
-from fruits.ledger import FileVersion, ensure_ledger, record
+from fruits.home.ledger import FileVersion, ensure_ledger, record
 from fruits.streaming.ledger_source import LedgerReader, LedgerUnreadable, position
 
 pytestmark = pytest.mark.fast

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from conftest import NOTOP_WEIGHTS, TOP_WEIGHTS, sample_files
-from fruits.images import decode_image
-from fruits.model import MobileNetV2Handler, resolve_weights, weights_have_top
+from fruits.model.images import decode_image
+from fruits.model.keras import MobileNetV2Handler
+from fruits.model.weights import resolve_weights, weights_have_top
 
 
 def test_weights_files_are_told_apart_and_identified_by_content():

@@ -10,8 +10,8 @@ import pytest
 
 from conftest import place, shipped_photos
 from fruits.cli import main
-from fruits.landing import InboxStager
-from fruits.names import UnsafeName, check_relative
+from fruits.landing.drop import InboxStager
+from fruits.home.names import UnsafeName, check_relative
 
 pytestmark = pytest.mark.fast  # no Spark, no TensorFlow, no ../shared (make test-fast)
 
@@ -97,8 +97,8 @@ def test_stage_refuses_an_inbox_that_overlaps_the_landing_folder(tmp_path, capsy
 
 
 def test_a_name_that_is_not_utf8_is_recorded_readably_with_its_exact_bytes_and_its_own_id():
-    from fruits.ledger import FileVersion, file_id
-    from fruits.names import exact_bytes, local_bytes, needs_alias, readable, spelled
+    from fruits.home.ledger import FileVersion, file_id
+    from fruits.home.names import exact_bytes, local_bytes, needs_alias, readable, spelled
 
     raw = FileVersion(os.fsdecode(b"file:/landing/Caf\xe9/caf\xe9.jpg"), 10, 1_700_000_000_000, os.fsdecode(b"Caf\xe9"))
     literal = FileVersion("file:/landing/Caf\\xe9/caf\\xe9.jpg", 10, 1_700_000_000_000, "Caf\\xe9")  # a real name too
@@ -118,7 +118,7 @@ def test_a_name_that_is_not_utf8_is_recorded_readably_with_its_exact_bytes_and_i
 
 
 def test_archive_names_fit_in_255_bytes_stay_unique_and_cut_no_character():
-    from fruits.names import alias_file_id, alias_path, fit_name, fit_relative
+    from fruits.home.names import alias_file_id, alias_path, fit_name, fit_relative
 
     longest = "p" * 251 + ".jpg"
     assert fit_name(longest) == longest  # fits as it is

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import NOTOP_WEIGHTS, make_config, sample_files
-from fruits.locks import LockBusy, exclusive
+from fruits.home.locks import LockBusy, exclusive
 
 FRUITS = str(Path(sys.executable).with_name("fruits"))
 
@@ -35,7 +35,7 @@ def test_the_refit_lock_is_exclusive_names_its_holder_and_dies_with_it(tmp_path)
         pass
     # A holder killed with SIGKILL leaves no stale lock: the kernel releases flock with the process.
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from conftest import make_config; from fruits.locks import exclusive\n"
+        [sys.executable, "-c", "import sys, time; from conftest import make_config; from fruits.home.locks import exclusive\n"
          f"with exclusive(make_config({str(tmp_path)!r}), 'refit-pca'):\n    print('held', flush=True); time.sleep(60)"],
         cwd=Path(__file__).parent, stdout=subprocess.PIPE, text=True,
     )
@@ -56,9 +56,9 @@ def test_a_second_refit_exits_while_identify_and_status_keep_answering(spark, we
     """One refit holds the home's lock (as `fruits refit-pca` does) and refits; a second `fruits refit-pca` exits 3 at
     once with a clear message; `identify` and `status` run in a loop meanwhile, without one failure."""
     from fruits.batch.refit_pca import refit_pca
-    from fruits.pca_store import PcaModelStore
-    from fruits.identify import identify
-    from fruits.status import collect_status
+    from fruits.home.pca_store import PcaModelStore
+    from fruits.model.identify import identify
+    from fruits.reports.status import collect_status
 
     config, rows, append = features_home
     assert refit_pca(spark, config, k=10).refitted.version == 1
@@ -127,12 +127,12 @@ def test_an_incremental_refit_after_30_small_commits_merges_on_the_executors(spa
     would only make the test slower."""
     import pyarrow as pa
 
-    from fruits.appends import AppendTarget
+    from fruits.home.appends import AppendTarget
     from fruits.batch.moments import Moments
     from fruits.batch.refit_pca import refit_pca
-    from fruits.pca_store import PcaModelStore
+    from fruits.home.pca_store import PcaModelStore
     from fruits.streaming.outcomes import FEATURES_ARROW, append as commit
-    from fruits.tables import latest_version
+    from fruits.home.tables import latest_version
 
     config, rows, _ = features_home
     commits = 30

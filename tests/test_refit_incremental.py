@@ -90,8 +90,8 @@ def test_small_growth_appends_new_rows_in_the_table_coordinates_and_large_growth
     """+4 %: the new rows are appended, projected with v1 (the version the table is in); a refit killed after its
     append is redone without doubling rows; +75 %: every row is projected again, in the new version."""
     from fruits.batch.refit_pca import refit_pca
-    from fruits.identify import Reference
-    from fruits.pca_store import PcaModelStore
+    from fruits.model.identify import Reference
+    from fruits.home.pca_store import PcaModelStore
 
     config, rows, append = features_home
     store = PcaModelStore(config.pca_models)

@@ -21,7 +21,7 @@ FRUITS = str(Path(sys.executable).with_name("fruits"))
 
 def _statistics(config, version):
     from fruits.batch.moments import Moments
-    from fruits.pca_store import PcaModelStore
+    from fruits.home.pca_store import PcaModelStore
 
     return Moments.from_bytes(PcaModelStore(config.pca_models).statistics(version))
 
@@ -38,7 +38,7 @@ def _assert_same_refit(spark, local, reference, local_config, reference_config):
     from pyspark.ml.feature import PCAModel
     from pyspark.ml.linalg import Vectors
 
-    from fruits.pca_store import PcaModelStore
+    from fruits.home.pca_store import PcaModelStore
 
     assert (local.engine, reference.engine) == ("local", "spark")
     assert (local.method, local.rows, local.new_rows, local.k) == (reference.method, reference.rows, reference.new_rows, reference.k)
@@ -154,7 +154,7 @@ def _synthetic_features(location: str, rows: int, start: int = 0) -> None:
 def test_the_engine_follows_the_pca_settings(tmp_path):
     from fruits.batch.local_fit import choose_engine
     from fruits.config import load_config
-    from fruits.pca_store import PcaVersion
+    from fruits.home.pca_store import PcaVersion
 
     def config(**pca):
         return load_config(overrides={"paths": {"home": str(tmp_path)}, "pca": pca}, environ={})

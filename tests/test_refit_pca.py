@@ -15,8 +15,8 @@ def test_refit_writes_a_versioned_model_and_one_pca_row_per_feature_row(spark, i
     from pyspark.ml.feature import PCAModel
 
     from fruits.batch.refit_pca import refit_pca
-    from fruits.pca_store import PcaModelStore
-    from fruits.tables import latest_version
+    from fruits.home.pca_store import PcaModelStore
+    from fruits.home.tables import latest_version
 
     config = ingested["config"]
     source_version = latest_version(spark, config.features_table)

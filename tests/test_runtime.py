@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from conftest import NOTOP_WEIGHTS, ROOT, SAMPLE, TOP_WEIGHTS, IMAGENET_CLASSES, make_config, place, sample_files
-from fruits.images import decode_image
-from fruits.model import MobileNetV2Handler, resolve_weights
-from fruits.runtimes import OpenVinoHandler, convert_once, cpu_supports_bf16, make_handler, same_features
+from fruits.model.images import decode_image
+from fruits.model.keras import MobileNetV2Handler
+from fruits.model.weights import resolve_weights
+from fruits.model.runtimes import OpenVinoHandler, cpu_supports_bf16, make_handler, same_features
+from fruits.model.ir import convert_once
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +95,8 @@ def test_worker_side_openvino_never_imports_tensorflow(tmp_path):
         import pickle, sys
         import pandas as pd
         handler = pickle.loads({pickle_bytes(handler)!r})
-        from fruits.featurize import featurize_contents
-        from fruits.featurizer import shared_model
+        from fruits.model.udf import featurize_contents
+        from fruits.model.featurizer import shared_model
         contents = pd.Series([open(p, "rb").read() for p in {photos!r}] + [b"not an image"])
         out = featurize_contents(contents, handler, shared_model(handler), 50_000_000)
         assert [len(v) for v in out["features"][:3]] == [1280] * 3 and out["error"][3], out
@@ -170,7 +172,7 @@ def test_runtime_and_precision_flags_reach_the_config(monkeypatch):
 
 
 def test_ir_cache_is_per_user_not_per_home(tmp_path, monkeypatch):
-    from fruits.runtimes import ir_cache_dir
+    from fruits.model.ir import ir_cache_dir
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert ir_cache_dir(make_config(tmp_path / "a")) == tmp_path / "xdg" / "fruits" == ir_cache_dir(make_config(tmp_path / "b"))
@@ -183,7 +185,7 @@ def test_ir_cache_is_per_user_not_per_home(tmp_path, monkeypatch):
 
 def test_calibration_folder_is_checked_and_hashed_by_names_and_bytes(tmp_path):
     from fruits.config import ConfigError
-    from fruits.quantize import SHIPPED_CALIBRATION, CalibrationSet, calibration_set
+    from fruits.model.quantize import SHIPPED_CALIBRATION, CalibrationSet, calibration_set
 
     shipped = calibration_set(make_config(tmp_path))
     assert shipped.folder == str(SHIPPED_CALIBRATION) and len(shipped.files) == 131  # one photo per Fruits-360 class
@@ -207,7 +209,7 @@ def test_int8_quantized_on_real_photos_is_cached_and_keeps_fp32_accuracy(tmp_pat
     """Real NNCF quantization of the converted Keras model on the photos shipped in the package: cached per user
     (a second home reuses it), named by weights + calibration set + NNCF version, and within 1 point of fp32's
     ImageNet top-5 on the photos of the fruits ImageNet knows that it was not calibrated on."""
-    from fruits.quantize import calibration_set, int8_basename, nncf_version
+    from fruits.model.quantize import calibration_set, int8_basename, nncf_version
 
     model = {"precision": "int8", "ir_cache": str(tmp_path / "ir")}
     handler = _handler_for(tmp_path / "home", **model)
@@ -242,7 +244,7 @@ def test_a_converter_that_dies_raises_instead_of_hanging():
     would restart its worker and wait forever."""
     from concurrent.futures.process import BrokenProcessPool
 
-    from fruits.runtimes import run_in_child
+    from fruits.model.ir import run_in_child
 
     with pytest.raises(BrokenProcessPool):
         run_in_child(os._exit, 70)

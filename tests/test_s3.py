@@ -42,7 +42,7 @@ def s3_server(tmp_path_factory):
 def s3_env(s3_server: S3Server, monkeypatch):
     """This process set up for the server (as ``fruits`` commands set themselves up), and a fresh bucket whose
     ``fruits`` folder is the home."""
-    from fruits import s3
+    from fruits.home import s3
 
     bucket = "fruits-" + secrets.token_hex(4)
     s3_server.create_bucket(bucket)
@@ -79,7 +79,7 @@ def table(home: str, name: str):
     """A Delta table of the home, read by deltalake (delta-rs) with the server's settings from the environment."""
     from deltalake import DeltaTable
 
-    from fruits.uris import rust_uri
+    from fruits.home.uris import rust_uri
 
     return DeltaTable(rust_uri(f"{home}/tables/{name}"))
 
@@ -160,7 +160,7 @@ def test_the_whole_service_on_an_s3a_home(s3_env, tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_on_s3_then_restart_ingests_every_photo_once_and_a_second_stream_is_refused(s3_env, tmp_path):
-    from fruits import s3
+    from fruits.home import s3
 
     home, bucket, server = s3_env["home"], s3_env["bucket"], s3_env["server"]
     photo_folders(tmp_path / "photos", ["Apple Granny Smith", "Fig", "Pineapple", "Pomegranate"], 40)
@@ -196,8 +196,8 @@ def test_sigkill_on_s3_then_restart_ingests_every_photo_once_and_a_second_stream
 def test_a_lease_is_keyed_by_its_owner_not_by_host_and_pid_and_only_a_silent_holder_is_taken_over(s3_env):
     """Two leases of one process (the same host name and pid, as two containers of one service have) never take each
     other's, even after longer than the lease; a holder is taken over only once it stopped renewing for the lease."""
-    from fruits import s3
-    from fruits.locks import LockBusy, S3Lease
+    from fruits.home import s3
+    from fruits.home.locks import LockBusy, S3Lease
 
     uri = f"{s3_env['home']}/locks/test.lock"
     first = S3Lease(uri, "test", lease_seconds=3)  # renewed every second
@@ -227,7 +227,7 @@ def test_a_lease_is_keyed_by_its_owner_not_by_host_and_pid_and_only_a_silent_hol
 
 
 def test_conditional_put_never_replaces_an_object(s3_env):
-    from fruits import s3
+    from fruits.home import s3
 
     uri = f"{s3_env['home']}/x/photo.jpg"
     first = s3.put_new(uri, b"first")
@@ -239,8 +239,8 @@ def test_conditional_put_never_replaces_an_object(s3_env):
 
 
 def test_drop_to_s3_keeps_both_names_and_records_the_listed_version(s3_env, tmp_path):
-    from fruits.ledger import file_id, ledger_rows
-    from fruits.object_landing import ObjectLanding
+    from fruits.home.ledger import file_id, ledger_rows
+    from fruits.landing.stage import ObjectLanding
 
     home, bucket, server = s3_env["home"], s3_env["bucket"], s3_env["server"]
     one, other = sample_files("Lemon", 2)
@@ -263,8 +263,8 @@ def test_web_uploads_land_on_s3_recorded_in_the_ledger_and_never_over_another_ph
     from fastapi.testclient import TestClient
 
     from conftest import make_config
-    from fruits.ledger import ledger_rows
-    from fruits.web import create_app
+    from fruits.home.ledger import ledger_rows
+    from fruits.web.app import create_app
 
     home, bucket, server = s3_env["home"], s3_env["bucket"], s3_env["server"]
     # addressed to the loopback, as the front door wants from a server without a token
@@ -288,10 +288,10 @@ def test_a_drop_of_500_photos_uploaded_over_3_minutes_is_all_featurized(s3_env, 
     """A large drop over a slow link: its 500 ledger rows are committed first, then the photos arrive one by one
     over 3 minutes. The stream waits for them while the drop's writer heartbeats (without blocking the photos that
     are there) and featurizes every one, once."""
-    from fruits import s3
+    from fruits.home import s3
     from fruits.config import load_config
-    from fruits.object_landing import ObjectLanding
-    from fruits.writers import WriterLease
+    from fruits.landing.stage import ObjectLanding
+    from fruits.landing.writers import WriterLease
 
     from conftest import SAMPLE
 

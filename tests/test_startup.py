@@ -13,7 +13,7 @@ def test_tables_are_made_with_delta_rs_as_spark_made_them(tmp_path):
     from pyspark.sql.types import StructType
 
     from fruits.streaming.outcomes import FEATURES_ARROW
-    from fruits.tables import FEATURES_SCHEMA, ensure_table
+    from fruits.home.tables import FEATURES_SCHEMA, ensure_table
 
     location = str(tmp_path / "features")
     assert ensure_table(None, location, FEATURES_SCHEMA, "MobileNetV2 features of landed images", change_feed=True)
@@ -34,7 +34,7 @@ def test_tables_are_made_with_delta_rs_as_spark_made_them(tmp_path):
 
 @pytest.mark.fast
 def test_jars_ivy_resolved_once_are_reused_while_they_are_all_there(tmp_path, monkeypatch):
-    from fruits.jars import remember_resolved, resolved_jars
+    from fruits.spark.jars import remember_resolved, resolved_jars
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     jars = [tmp_path / "ivy" / "jars" / name for name in ("io.delta_delta-spark.jar", "io.delta_delta-storage.jar")]

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_status_reports_duplicates_and_files_overwritten_in_place(spark, weights, tmp_path):
-    from fruits.status import collect_status, format_status
+    from fruits.reports.status import collect_status, format_status
     from fruits.streaming.ingest import run_stream
 
     config = make_config(tmp_path, discovery={"after_ingest": "keep"})  # overwrites in place need files kept

@@ -61,7 +61,7 @@ def test_features_equal_keras_full_model_penultimate_layer(ingested):
     """The stored vector is the full Keras MobileNetV2's layers[-2] output for the same decoded image."""
     import tensorflow as tf
 
-    from fruits.images import decode_image
+    from fruits.model.images import decode_image
 
     features = ingested["features"].sort_values("path").iloc[::20]
     images = np.stack([decode_image(Path(local_path(p)).read_bytes()) for p in features["stored_path"]])
@@ -114,12 +114,12 @@ def test_model_is_built_once_per_python_worker(spark, weights):
     """Many tasks and Arrow batches on two worker processes build two models, not one per batch."""
     import pandas as pd
 
-    from fruits.model import MobileNetV2Handler
+    from fruits.model.keras import MobileNetV2Handler
 
     handler = MobileNetV2Handler(weights)
 
     def probe(batches):
-        from fruits.featurizer import shared_model
+        from fruits.model.featurizer import shared_model
 
         for batch in batches:
             model = shared_model(handler)

@@ -31,7 +31,7 @@ def outcome_rows(config) -> list[dict]:
 
 
 def states(config) -> dict[str, dict]:
-    from fruits.files import file_states
+    from fruits.home.files import file_states
 
     return {Path(local_path(row["path"])).name: row for row in file_states(config)}
 
@@ -56,10 +56,10 @@ def wait_until(predicate, timeout: float, what: str) -> None:
 
 
 def test_quarantined_originals_are_kept_and_every_verdict_can_be_undone(spark, weights, tmp_path):
-    from fruits.ledger import FileVersion, local_mtime_ms, record
-    from fruits.retry import retry_quarantined
+    from fruits.home.ledger import FileVersion, local_mtime_ms, record
+    from fruits.reports.retry import retry_quarantined
     from fruits.streaming.ingest import run_stream
-    from fruits.writers import WriterLease
+    from fruits.landing.writers import WriterLease
 
     landing = tmp_path / "landing"
     photos = place(sample_files("Banana", 6), landing / "Banana")

@@ -19,14 +19,14 @@ from conftest import NOTOP_WEIGHTS, ROOT, make_config, place, sample_files, serv
 
 pytestmark = pytest.mark.slow
 
-# The Host a server without a token accepts (loopback: fruits.web_door), as a local browser sends it.
+# The Host a server without a token accepts (loopback: fruits.web.door), as a local browser sends it.
 LOOPBACK = "http://127.0.0.1:8000"
 SCREENSHOT = ROOT / "docs" / "web.png"
 
 
 def wait_rows(table: str, rows: int, timeout: float) -> float:
     """Poll a Delta table (deltalake) until it holds ``rows`` rows; returns time.monotonic() then."""
-    from fruits.status import open_table
+    from fruits.reports.status import open_table
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -44,14 +44,14 @@ def photo_file(path: Path) -> list[tuple]:
 @pytest.fixture(scope="module")
 def client(identify_home, weights):
     """One app (one model) for the module's API tests, as one server process would be."""
-    from fruits.web import create_app
+    from fruits.web.app import create_app
 
     with TestClient(create_app(identify_home["config"], weights), base_url=LOOPBACK) as client:
         yield client
 
 
 def test_identify_answers_the_object_of_fruits_identify_json_with_thumbnails(identify_home, weights, client):
-    from fruits.identify import identify
+    from fruits.model.identify import identify
 
     config = identify_home["config"]
     photos = [identify_home["held_out"][label] for label in ("Banana", "Lemon", "Kiwi")]
@@ -89,7 +89,7 @@ def test_status_is_what_fruits_status_json_prints(identify_home, client):
 
 
 def test_identify_error_codes(identify_home, client, tmp_path):
-    from fruits.web import create_app
+    from fruits.web.app import create_app
 
     banana = identify_home["held_out"]["Banana"]
     text = client.post("/api/identify", files=[("file", ("banana.jpg", b"plain text, not a photo", "image/jpeg"))])
@@ -126,7 +126,7 @@ def test_the_page_identifies_a_real_photo_in_a_real_browser(identify_home, weigh
 
     from playwright.sync_api import expect
 
-    from fruits.web import create_app
+    from fruits.web.app import create_app
 
     config = replace(identify_home["config"], web=replace(identify_home["config"].web, token="page-token"))
     auth = {"Authorization": "Bearer page-token"}
@@ -179,7 +179,7 @@ def test_dashboard_counters_rise_within_seconds_while_a_real_stream_runs(identif
     features table (the stream's micro-batch), then the page's counters within 4 s of that commit."""
     from playwright.sync_api import expect
 
-    from fruits.web import create_app
+    from fruits.web.app import create_app
 
     home = tmp_path / "home"  # the OpenVINO IR converted for identify_home is reused: the IR cache is per user
     config = make_config(home)

@@ -16,13 +16,13 @@ from PIL import Image
 from conftest import make_config, shipped_photos
 from fruits.cli import build_parser, config_from_args
 from fruits.config import load_config
-from fruits.landing import drop
-from fruits.names import UnsafeName
-from fruits.web import create_app
+from fruits.landing.drop import drop
+from fruits.home.names import UnsafeName
+from fruits.web.app import create_app
 
 pytestmark = pytest.mark.fast  # no Spark, no TensorFlow, no ../shared (make test-fast)
 
-# The Host a server without a token accepts (loopback: fruits.web_door), as a local browser sends it.
+# The Host a server without a token accepts (loopback: fruits.web.door), as a local browser sends it.
 LOOPBACK = "http://127.0.0.1:8000"
 FRUITS = str(Path(sys.executable).with_name("fruits"))
 BANANA = shipped_photos("Banana", 2)
@@ -100,7 +100,7 @@ def test_the_format_comes_from_the_bytes_not_the_name(tmp_path):
 
 
 def test_heif_magic_bytes_are_accepted():
-    from fruits.images import sniff_format
+    from fruits.model.images import sniff_format
 
     assert sniff_format(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00") == "heic"
     assert sniff_format(b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00") == "heic"
@@ -237,7 +237,7 @@ def test_with_a_token_every_endpoint_needs_it_but_the_page_its_static_files_and_
 
 
 def test_thumbnails_and_plots_by_short_lived_signed_urls_the_api_hands_out(tmp_path):
-    from fruits.web_door import UrlSigner
+    from fruits.web.door import UrlSigner
 
     client = client_for(tmp_path, token="s3cret", signed_url_seconds="10m")
     client.post("/api/photos", files=[upload(BANANA[0])], data={"label": "Banana"}, headers=BEARER)
@@ -298,7 +298,7 @@ def test_without_a_token_only_a_loopback_host_is_served_against_dns_rebinding(tm
 
 def test_serve_refuses_a_non_loopback_address_without_a_token_unless_told(tmp_path):
     from fruits.config import ConfigError
-    from fruits.web_door import check_exposure
+    from fruits.web.door import check_exposure
 
     result = subprocess.run([FRUITS, "serve", "--home", str(tmp_path), "--host", "0.0.0.0"],
                             capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin"})
@@ -340,7 +340,7 @@ def test_cors_allow_list_is_empty_by_default(tmp_path):
 
 
 def test_status_is_the_fruits_status_json_object_and_the_page_is_served(tmp_path):
-    from fruits.status import collect_status
+    from fruits.reports.status import collect_status
 
     client = client_for(tmp_path)
     client.post("/api/photos", files=[upload(BANANA[0])], data={"label": "Banana"})
@@ -362,7 +362,7 @@ def test_images_per_second_come_from_the_streams_cumulative_counter(tmp_path):
     micro-batches the sampler never saw, and a restarted stream (counter back down) does not go negative."""
     import json
 
-    from fruits.web_dashboard import ProgressSampler
+    from fruits.web.dashboard import ProgressSampler
 
     config = make_config(tmp_path)
     progress = tmp_path / "status" / "stream-progress.json"

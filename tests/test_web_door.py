@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from conftest import make_config, serving, shipped_photos
-from fruits.web import create_app
+from fruits.web.app import create_app
 
 pytestmark = pytest.mark.fast  # no Spark, no TensorFlow, no ../shared
 

@@ -1,0 +1,150 @@
+"""``fruits files``: each file version of the ledger with its current state, like Auto Loader's
+``cloud_files_state``; the backlog figures of ``fruits status``; and the current outcomes that ``fruits retry`` and
+the stream's retries start from. Read with delta-rs and pyarrow: no JVM.
+
+A file version (``file_id``) may have several outcome rows, one per ``attempt`` (:mod:`fruits.home.verdicts`): its
+*current* outcome is the one of its highest attempt; the others are superseded (history). Its state:
+
+- ``pending``: its newest ledger row has no outcome yet (being featurized, or waiting for the stream);
+- ``ingested``: a features row;
+- ``quarantined``: a quarantine row the stream will not try again by itself (``fruits retry`` can);
+- ``retrying``: a quarantine row the stream will try again (a transient failure, a writer still uploading, a file
+  that may come back), with its ``cause``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
+
+from fruits.config import Config
+from fruits.home.ledger import ledger_rows
+from fruits.home.names import readable
+from fruits.home.uris import rust_uri
+
+STATES = ("pending", "ingested", "quarantined", "retrying")
+# Columns of an outcome row as readers of current outcomes see them (missing ones are null: older rows).
+OUTCOME_COLUMNS = {
+    "file_id": pa.string(), "attempt": pa.int64(), "stored_path": pa.string(), "reason": pa.string(),
+    "cause": pa.string(), "retryable": pa.bool_(), "ingested_at": pa.timestamp("us", tz="UTC"),
+}
+
+
+def outcome_rows(uri: str, kind: str, *, file_ids: pa.Array | None = None) -> pa.Table:
+    """The outcome rows of one table (only those of ``file_ids``, if given) with :data:`OUTCOME_COLUMNS` and
+    ``kind`` ("features" | "quarantine"); ``attempt`` 0 where null (rows written before attempts existed)."""
+    try:
+        table = DeltaTable(rust_uri(uri))
+    except TableNotFoundError:
+        table = None
+    present = set(table.schema().to_arrow().names) if table is not None else set()
+    wanted = [name for name in OUTCOME_COLUMNS if name in present]
+    only = None if file_ids is None else pc.field("file_id").isin(file_ids)
+    rows = table.to_pyarrow_dataset().to_table(columns=wanted, filter=only) if table is not None else pa.table({})
+    columns = {
+        name: rows.column(name).cast(kind_type) if name in wanted else pa.nulls(rows.num_rows, kind_type)
+        for name, kind_type in OUTCOME_COLUMNS.items()
+    }
+    columns["attempt"] = pc.fill_null(columns["attempt"], 0)
+    result = pa.table(columns).append_column("kind", pa.array([kind] * rows.num_rows, pa.string()))
+    return result.filter(pc.is_valid(result.column("file_id")))
+
+
+def all_outcomes(config: Config, *, file_ids: pa.Array | None = None) -> pa.Table:
+    """Every outcome row of the home (features and quarantine; only those of ``file_ids``, if given), superseded
+    ones included."""
+    return pa.concat_tables([
+        outcome_rows(config.features_table, "features", file_ids=file_ids),
+        outcome_rows(config.quarantine_table, "quarantine", file_ids=file_ids),
+    ])
+
+
+def newest_per_file(rows: pa.Table) -> pa.Table:
+    """The row of the highest ``attempt`` of each ``file_id`` (features before quarantine on a tie, which a
+    stream never writes)."""
+    if rows.num_rows == 0:
+        return rows
+    rank = pc.if_else(pc.equal(rows.column("kind"), "features"), 1, 0)
+    ordered = rows.append_column("_rank", rank).sort_by(
+        [("file_id", "ascending"), ("attempt", "descending"), ("_rank", "descending")]
+    )
+    ids = ordered.column("file_id")
+    first = pc.invert(pc.equal(ids.slice(1), ids.slice(0, len(ids) - 1)))
+    keep = pa.concat_arrays([pa.array([True]), first.combine_chunks()]) if len(ids) > 1 else pa.array([True])
+    return ordered.filter(keep).drop_columns(["_rank"])
+
+
+def current_outcomes(config: Config, *, file_ids: pa.Array | None = None) -> pa.Table:
+    """The current outcome row of each decided file version (only those of ``file_ids``, if given; see the module
+    docstring)."""
+    return newest_per_file(all_outcomes(config, file_ids=file_ids))
+
+
+def _state(current: pa.Table) -> pa.Array:
+    features = pc.equal(current.column("kind"), "features")
+    retrying = pc.fill_null(current.column("retryable"), False)
+    return pc.if_else(features, "ingested", pc.if_else(retrying, "retrying", "quarantined"))
+
+
+def ledger_states(config: Config) -> pa.Table:
+    """One row per file version: its newest ledger row with ``state``, and ``reason``, ``cause``, ``attempt`` and
+    ``stored_path`` from its current outcome when that is for the newest attempt asked for."""
+    ledger = ledger_rows(config.files_table)
+    if "attempt" not in ledger.column_names:
+        ledger = ledger.append_column("attempt", pa.nulls(ledger.num_rows, pa.int64()))
+    ledger = ledger.set_column(
+        ledger.schema.get_field_index("attempt"), "attempt", pc.fill_null(ledger.column("attempt").cast(pa.int64()), 0)
+    )
+    newest = newest_per_file(ledger.append_column("kind", pa.array(["ledger"] * ledger.num_rows, pa.string())))
+    newest = newest.drop_columns(["kind"])
+    current = current_outcomes(config)
+    current = current.append_column("state", _state(current)).select(
+        ["file_id", "attempt", "state", "reason", "cause", "stored_path"]
+    ).rename_columns(["file_id", "outcome_attempt", "state", "reason", "cause", "stored_path"])
+    joined = newest.join(current, "file_id", join_type="left outer")
+    # A retry asked for but not decided yet: pending again (its older verdict is what is being undone).
+    asked_again = pc.greater(joined.column("attempt"), pc.fill_null(joined.column("outcome_attempt"), -1))
+    state = pc.if_else(pc.or_kleene(pc.is_null(joined.column("state")), asked_again), "pending", joined.column("state"))
+    joined = joined.set_column(joined.schema.get_field_index("state"), "state", state).drop_columns(["outcome_attempt"])
+    return joined.sort_by("discovered_at")
+
+
+def file_states(config: Config, state: str | None = None) -> list[dict[str, Any]]:
+    """File versions (oldest discovery first) as dicts, optionally only those in ``state``. ``path`` is valid UTF-8
+    (a name that is not UTF-8 spelled readably); ``raw_path``, its exact bytes when it is not the exact name, is
+    given as hex digits (JSON has no bytes)."""
+    table = ledger_states(config)
+    if state is not None:
+        if state not in STATES:
+            raise ValueError(f"state {state!r}: expected one of {STATES}")
+        table = table.filter(pc.equal(table.column("state"), state))
+    rows = table.to_pylist()
+    for row in rows:
+        if row.get("raw_path") is not None:
+            row["raw_path"] = row["raw_path"].hex()
+    return rows
+
+
+def format_file(row: dict[str, Any]) -> str:
+    """One line of ``fruits files`` for a row of :func:`file_states`: a newline, an escape sequence or a byte that is
+    not UTF-8 in a name (or a reason) is shown escaped, never written to the terminal."""
+    detail = f"  ({readable(row['reason'])})" if row.get("reason") else ""
+    return f"{row['state']:<11} {row['discovered_at']}  {readable(row['path'])}{detail}"
+
+
+def backlog(config: Config) -> dict[str, Any]:
+    """How many discovered files wait for an outcome, and how long the oldest one has waited."""
+    table = ledger_states(config)
+    pending = table.filter(pc.equal(table.column("state"), "pending"))
+    counts = {s: int(pc.sum(pc.equal(table.column("state"), s)).as_py() or 0) for s in STATES}
+    oldest = pc.min(pending.column("discovered_at")).as_py() if pending.num_rows else None
+    return {
+        "discovered": table.num_rows,
+        **counts,
+        "oldest_pending_age_seconds": round((datetime.now(timezone.utc) - oldest).total_seconds(), 1) if oldest else None,
+    }

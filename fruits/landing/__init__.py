@@ -1,0 +1,1 @@
+"""Placing files into the landing folder: drop, stage, writers' heartbeats."""

@@ -1,0 +1,117 @@
+"""Heartbeats of the processes that record files in the ledger before the files appear.
+
+``fruits drop``, ``fruits stage`` and ``fruits serve`` commit a file's ledger row first, then make the file visible
+(a rename; on S3 a PUT, one after another for a large group). The stream must tell "not there yet" from "never
+coming": each such process holds a :class:`WriterLease` while it runs, a small marker ``HOME/writers/<id>`` that it
+rewrites every ``timeout / 3`` seconds, and its ledger rows carry the lease's id (``writer``). A row whose file is
+missing waits while its writer's marker is fresh (:func:`writer_alive`), on any machine that sees the home; once
+the marker is gone or stale, the row is quarantined as missing, and ingested whenever its file appears after all.
+
+The lease id is random: two containers of one service share a hostname and a pid, never an id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+
+from fruits.home import s3
+from fruits.config import join_uri
+from fruits.home.uris import local_path
+
+log = logging.getLogger("fruits.landing.writers")
+
+
+class WriterLease:
+    """A heartbeat marker at ``folder/<id>`` rewritten every ``timeout / 3`` seconds from :meth:`start` to
+    :meth:`stop` (a context manager stops it at the end).
+
+    >>> with WriterLease("/data/fruits/writers", timeout=30.0) as lease:
+    ...     lease.start()
+    ...     record(ledger, versions, "drop", writer=lease.id)  # then make the files visible
+    """
+
+    def __init__(self, folder: str, timeout: float) -> None:
+        self.timeout = timeout
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(8)}"
+        self.uri = join_uri(folder, self.id)
+        self._beats = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "WriterLease":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Write the marker and keep it fresh (once: later calls do nothing). Writers call it just before they record
+        their first row, so that a command that lands nothing leaves nothing behind."""
+        if self._thread is not None:
+            return
+        self.beat()
+        self._thread = threading.Thread(target=self._run, name="fruits-writer-lease", daemon=True)
+        self._thread.start()
+
+    def beat(self) -> None:
+        """Rewrite the marker now (its modification time is the heartbeat)."""
+        self._beats += 1
+        body = json.dumps({"id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "beat": self._beats,
+                           "at": time.time()}).encode()
+        local = local_path(self.uri)
+        if local is None:
+            if not s3.is_s3(self.uri):
+                raise ValueError(f"{self.uri}: writers' heartbeats live on a local (or mounted) folder or on S3")
+            s3.put(self.uri, body)
+            return
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        temporary = f"{local}.{self._beats}.tmp"
+        with open(temporary, "wb") as handle:
+            handle.write(body)
+        os.replace(temporary, local)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.timeout / 3):
+            try:
+                self.beat()
+            except Exception as exc:  # a missed beat (a disk or an S3 client error) is retried; silent for `timeout`: gone
+                log.warning("writer heartbeat %s failed: %s", self.uri, exc)
+
+    def stop(self) -> None:
+        """Stop beating and remove the marker: the rows of this writer whose file never appeared are missing now."""
+        self._stop.set()
+        if self._thread is None:
+            return
+        self._thread.join()
+        local = local_path(self.uri)
+        try:
+            if local is None:
+                s3.delete(self.uri)
+            else:
+                os.unlink(local)
+        except (FileNotFoundError, OSError) as exc:
+            log.debug("writer marker %s: %s", self.uri, exc)
+
+
+def writer_alive(folder: str, writer: str | None, timeout: float, now: float | None = None) -> bool:
+    """Whether the writer ``writer`` (a lease id; None: no writer) has beaten within ``timeout`` seconds."""
+    if not writer:
+        return False
+    uri = join_uri(folder, writer)
+    local = local_path(uri)
+    now = time.time() if now is None else now
+    if local is None:
+        if not s3.is_s3(uri):
+            return False
+        found = s3.head(uri)
+        return found is not None and now - found["mtime_ms"] / 1000 < timeout
+    try:
+        return now - os.stat(local).st_mtime < timeout
+    except (FileNotFoundError, NotADirectoryError):
+        return False

@@ -1,0 +1,194 @@
+"""``fruits identify PHOTO...``: what fruit is this? No Spark: a handful of photos is answered in-process.
+
+Each photo goes through the stream's own decoding and model (same weights, checked against the model id of the
+features the PCA was fitted on), is projected with the components of the version tables/pca is in (the newest
+model's ``projection_version``) exactly as Spark's ``PCAModel.transform`` does (x · components, no centring), and is
+compared with the labelled rows of ``tables/pca``: the 5 nearest vote, weighted by 1/distance.
+:class:`Identifier` keeps the model loaded between calls and takes bytes (``fruits serve`` uses it);
+:func:`identify` is the command's one-shot use of it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from fruits.config import Config
+from fruits.model.featurizer import Featurizer
+from fruits.model.images import RejectedImage, decode_image
+from fruits.model.weights import WeightsRef
+from fruits.home.pca_store import PcaModelStore, latest_record
+from fruits.home.tables import open_table
+from fruits.model.runtimes import make_handler, same_features
+
+
+class IdentifyError(RuntimeError):
+    """Nothing to identify against yet, or the weights differ from those of the stored features."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The latest PCA version and the labelled rows of ``tables/pca``, loaded once for many photos."""
+
+    version: int
+    components: np.ndarray  # (1280, k)
+    labels: np.ndarray  # (n,)
+    points: np.ndarray  # (n, k) float32
+    model_ids: list[str]
+    paths: np.ndarray  # (n,) where each row's photo is now (``stored_path``: archived, or still in landing)
+    model_version: int  # the newest model version when loaded (its coordinates version is ``version``)
+
+    @classmethod
+    def load(cls, config: Config, refit: dict | None = None) -> "Reference":
+        """The rows of ``refit`` (a :func:`fruits.home.pca_store.latest_record`; by default the newest version), in the
+        coordinates tables/pca is in as of that version (its ``projection_version``, see fruits.batch.pca_table)."""
+        refit = refit or latest_record(config.pca_models)
+        if refit is None:
+            raise IdentifyError(f"no PCA model under {config.pca_models}: run `fruits refit-pca` first")
+        coordinates = int(refit.get("projection_version") or refit["version"])
+        components = PcaModelStore(config.pca_models).components(coordinates)
+        table = open_table(config.pca_table)
+        if table is None:
+            raise IdentifyError(f"no pca table at {config.pca_table}")
+        rows = rows_of_version(table, coordinates)
+        rows = rows[rows["label"].notna()]
+        if rows.empty:
+            raise IdentifyError(f"the pca table has no labelled rows of PCA version {coordinates}")
+        return cls(
+            coordinates, components, rows["label"].to_numpy(), np.stack(rows["pca"].to_numpy()), refit["model_ids"],
+            rows["shown_path"].to_numpy(), refit["version"],
+        )
+
+
+def rows_of_version(table, version: int):
+    """The rows of PCA ``version`` in the pca table: its current snapshot's, or, while a refit is replacing the
+    table (it overwrites the table before it writes the new version's metadata, so readers still see the previous
+    version as the latest), those of the newest earlier snapshot that holds them."""
+    snapshot = table.version()
+    while True:
+        dataset = table.to_pyarrow_dataset()
+        # where each row's photo is now (archived after ingestion), for thumbnails; tables of older refits: its path
+        where = "stored_path" if "stored_path" in dataset.schema.names else "path"
+        rows = dataset.to_table(columns=list(dict.fromkeys(["path", where, "label", "pca", "pca_version"]))).to_pandas()
+        rows["shown_path"] = rows[where].fillna(rows["path"])
+        held = set(rows["pca_version"].unique())
+        if version in held or snapshot == 0 or (held and max(held) < version):
+            return rows[rows["pca_version"] == version]
+        snapshot -= 1
+        table.load_as_version(snapshot)
+
+
+def nearest(reference: Reference, projected: np.ndarray, neighbours: int = 5, with_paths: bool = False) -> dict:
+    """Top-``neighbours`` labelled rows by Euclidean distance, and their vote weighted by 1/distance: the
+    confidence is the winning label's share of the weights. ``with_paths`` adds each neighbour's ``path``."""
+    distances = np.linalg.norm(reference.points - projected.astype(np.float32), axis=1)
+    order = np.argsort(distances, kind="stable")[:neighbours]
+    found = [{"label": str(reference.labels[i]), "distance": round(float(distances[i]), 4)} for i in order]
+    if with_paths:
+        for neighbour, i in zip(found, order):
+            neighbour["path"] = str(reference.paths[i])
+    weights: dict[str, float] = {}
+    for i in order:
+        weights[str(reference.labels[i])] = weights.get(str(reference.labels[i]), 0.0) + 1.0 / (float(distances[i]) + 1e-6)
+    predicted = max(weights, key=weights.get)
+    return {"predicted": predicted, "confidence": round(weights[predicted] / sum(weights.values()), 3), "neighbors": found}
+
+
+class Identifier:
+    """Identifies photos given as bytes; keeps its model loaded (once per process) and follows the PCA versions.
+
+    ``fruits identify`` makes one per run; ``fruits serve`` keeps one for its whole life: each call looks at the
+    newest PCA version and reloads the reference rows only when a refit made a new one, so no restart is needed.
+    Thread-safe: concurrent calls share the compiled model, each with its own inference request, and the reference
+    rows: after a new PCA version, one call reloads them while the others wait for that one load. ``threads``:
+    inference threads (0: the runtime's choice, every core; ``fruits serve`` bounds it).
+    """
+
+    def __init__(self, config: Config, weights: WeightsRef, threads: int = 0) -> None:
+        self.config, self.weights, self.threads = config, weights, threads
+        self.max_pixels = config.model.max_pixels
+        self._lock = threading.Lock()
+        self._reload = threading.Lock()
+        self._reference: Reference | None = None
+        self._handler: Featurizer | None = None
+        self._model: Any = None
+
+    def featurizer(self) -> tuple[Featurizer, Any]:
+        """The stream's own featurizer (same runtime, same model id) and its model, built on the first call."""
+        with self._lock:
+            if self._model is None:
+                handler = make_handler(self.config, self.weights, threads=self.threads)
+                self._model, self._handler = handler.load_model(), handler
+            assert self._handler is not None
+            return self._handler, self._model
+
+    def reference(self) -> Reference:
+        """The newest PCA version's reference rows, checked against the weights and runtime in use."""
+        refit = latest_record(self.config.pca_models)
+        if refit is None:
+            raise IdentifyError(f"no PCA model under {self.config.pca_models}: run `fruits refit-pca` first")
+        current = self._reference
+        if current is not None and current.model_version == refit["version"]:
+            return current
+        with self._reload:
+            return self._load_reference(refit)
+
+    def _load_reference(self, refit: dict) -> Reference:
+        current = self._reference  # loaded by another call while this one waited for the lock?
+        if current is not None and current.model_version == refit["version"]:
+            return current
+        reference = Reference.load(self.config, refit)
+        if not any(stored == self.weights.model_id or stored.startswith(self.weights.model_id + "/") for stored in reference.model_ids):
+            raise IdentifyError(
+                f"--weights give model id {self.weights.model_id}, but PCA v{reference.version} was fitted on features "
+                f"of {', '.join(reference.model_ids)}: pass the weights the stream used"
+            )
+        handler, _ = self.featurizer()
+        if not any(same_features(handler.model_id, stored) for stored in reference.model_ids):
+            raise IdentifyError(
+                f"--runtime/--precision give model id {handler.model_id}, but PCA v{reference.version} was fitted on "
+                f"features of {', '.join(reference.model_ids)}: pass the precision the stream used"
+            )
+        self._reference = reference
+        return reference
+
+    def identify(
+        self, photos: Sequence[tuple[str, bytes | Exception]], neighbours: int = 5, with_paths: bool = False
+    ) -> list[dict]:
+        """One result per ``(name, bytes)``: ``photo``, ``predicted``, ``confidence``, ``neighbors``,
+        ``pca_version``, or ``photo`` and ``error`` (undecodable bytes, or the exception given instead of bytes)."""
+        reference = self.reference()
+        handler, model = self.featurizer()
+        results, images, good = [], [], []
+        for name, data in photos:
+            try:
+                if isinstance(data, Exception):
+                    raise data
+                images.append(decode_image(data, handler.image_size, self.max_pixels))
+                good.append(len(results))
+                results.append({"photo": name})
+            except (OSError, RejectedImage) as exc:
+                results.append({"photo": name, "error": str(exc)})
+        if images:
+            features = handler.run_inference(np.stack(images), model)
+            projected = (features.astype(np.float64) @ reference.components).astype(np.float32)
+            for index, vector in zip(good, projected):
+                results[index].update(nearest(reference, vector, neighbours, with_paths), pca_version=reference.version)
+        return results
+
+
+def identify(photos: list[Path], config: Config, weights: WeightsRef, neighbours: int = 5) -> list[dict]:
+    """One result per photo file: ``photo``, ``predicted``, ``confidence``, ``neighbors``, or ``error``."""
+    identifier = Identifier(config, weights)
+    identifier.reference()  # no model, or other weights: IdentifyError before any photo is read
+    contents: list[tuple[str, bytes | Exception]] = []
+    for photo in photos:
+        try:
+            contents.append((str(photo), photo.read_bytes()))
+        except OSError as exc:
+            contents.append((str(photo), exc))
+    return identifier.identify(contents, neighbours)

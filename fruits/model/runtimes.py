@@ -1,0 +1,145 @@
+"""Fast CPU runtimes for the MobileNetV2 featurizer, converted from the Keras model (which stays the source of truth).
+
+The default runtime is OpenVINO: on this project's 2-core machine it runs MobileNetV2 faster than TensorFlow in fp32
+with features equal to Keras' within 1e-4 (``bench/bare_model.py``), imports in a fraction of a second, holds a
+fraction of TensorFlow's memory, and offers opt-in precisions: bf16 on CPUs that have bf16 instructions, and int8
+(the IR quantized with NNCF, :mod:`fruits.model.quantize`; ``bench/int8.py``).
+
+- :func:`fruits.model.ir.convert_once` (driver side) converts the Keras model to OpenVINO IR once per weights file
+  and caches it per user (so a new home does not convert again). Only its child process imports TensorFlow.
+- :class:`OpenVinoHandler` is a :class:`~fruits.model.featurizer.Featurizer` like :class:`fruits.model.keras.MobileNetV2Handler`
+  and never imports TensorFlow: Python workers of the stream load only OpenVINO.
+- :func:`make_handler` is the one factory the stream and ``fruits identify`` use, so both make the same model id.
+
+Every row's ``model_id`` is ``<weights id>/<runtime>-<precision>``, e.g.
+``mobilenet_v2_1.0_224/file/sha256:0c307d1bb5e7222e/openvino-fp32``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fruits.config import Config, ConfigError, allowed_values
+from fruits.model.featurizer import ChunkedFeaturizer, Featurizer, local_file, mobilenet_v2_preprocess
+from fruits.model.ir import convert_once, ir_cache_dir
+from fruits.model.keras import MobileNetV2Handler
+from fruits.model.weights import WeightsRef
+
+log = logging.getLogger("fruits.model.runtimes")
+
+RUNTIMES = allowed_values("model", "runtime")
+PRECISIONS = allowed_values("model", "precision")
+# OpenVINO's INFERENCE_PRECISION_HINT for each precision. int8 is in the quantized IR itself (fruits.model.quantize): its
+# quantized operations run in int8, the others in fp32.
+_OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin can run bf16 here (AVX512_BF16 or AMX)."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+@dataclass(frozen=True)
+class OpenVinoHandler(ChunkedFeaturizer):
+    """MobileNetV2 features with OpenVINO from a cached IR: a :class:`~fruits.model.featurizer.Featurizer`; picklable and
+    hashable (see :func:`fruits.model.featurizer.shared_model`)."""
+
+    weights: WeightsRef
+    ir_path: str  # the .xml on the driver; its .bin sits beside it
+    precision: str = "fp32"
+    image_size: int = 224
+    batch_size: int = 8
+    threads: int = 1  # inference threads per Python worker (Spark runs one worker per task slot); 0: OpenVINO's choice
+    cpu_pinning: bool = False  # OpenVINO's default (True) puts every worker's thread on the same core: see load_model
+
+    runtime = "openvino"
+
+    @property
+    def files(self) -> list[str]:
+        """Driver-side files the executors need (shipped with ``SparkContext.addFile``): the IR's .xml and .bin."""
+        return [self.ir_path, str(Path(self.ir_path).with_suffix(".bin"))]
+
+    def load_model(self) -> Any:
+        """The compiled OpenVINO model. Imports OpenVINO only, never TensorFlow."""
+        import openvino as ov
+
+        core = ov.Core()
+        if self.precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            raise RuntimeError("--precision bf16: this CPU has no bf16 support (AVX512_BF16 or AMX); use fp32")
+        settings: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": _OV_PRECISION[self.precision],
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+            # OpenVINO pins its threads to cores by default. Spark runs one Python worker per task slot, each with
+            # its own 1-thread model: pinned, they all landed on the same core and ran at half the speed
+            # (bench/bare_model.py, 2 processes x 1 thread on 2 cores, pinned against unpinned).
+            "ENABLE_CPU_PINNING": self.cpu_pinning,
+        }
+        if self.threads:
+            settings["INFERENCE_NUM_THREADS"] = int(self.threads)
+        # On an executor, SparkFiles holds the .bin beside the .xml (addFile puts both in the same flat folder).
+        return core.compile_model(core.read_model(local_file(self.ir_path)), "CPU", settings)
+
+    def runner(self, model: Any) -> Any:
+        """One inference request per :meth:`run_inference` call (cheap; thread-safe use of a shared model)."""
+        return model.create_infer_request()
+
+    def infer_chunk(self, runner: Any, images: np.ndarray) -> np.ndarray:
+        """Features of one chunk: Keras' MobileNetV2 preprocessing, then the compiled model (outputs are copies)."""
+        return np.asarray(runner.infer([mobilenet_v2_preprocess(images)])[0], dtype=np.float32)
+
+
+def make_handler(config: Config, weights: WeightsRef, threads: int | None = None) -> Featurizer:
+    """The featurizer ``config`` asks for (``[model] runtime`` and ``precision``): the one factory of the stream and
+    ``fruits identify``, so both give the same model id. Converts (and, for int8, quantizes) once on the driver when
+    the runtime needs it; the IR is cached per user (:func:`ir_cache_dir`)."""
+    model_cfg = config.model
+    runtime, precision = check_runtime(model_cfg.runtime, model_cfg.precision)
+    image_size, batch_size = model_cfg.image_size, model_cfg.inference_batch_size
+    threads = model_cfg.intra_op_threads if threads is None else threads
+    if runtime == "tensorflow":
+        return MobileNetV2Handler(weights, image_size=image_size, batch_size=batch_size, intra_op_threads=threads)
+    if precision == "int8":
+        from fruits.model.quantize import calibration_set, quantize_once
+
+        ir_path = quantize_once(weights, calibration_set(config), ir_cache_dir(config), image_size)
+    else:
+        ir_path = convert_once(weights, ir_cache_dir(config), image_size)
+    return OpenVinoHandler(weights, ir_path, precision, image_size=image_size, batch_size=batch_size, threads=threads)
+
+
+def check_runtime(runtime: str, precision: str) -> tuple[str, str]:
+    """``(runtime, precision)`` if this machine can run them, else a :class:`ConfigError` saying what to use."""
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"--runtime {runtime}: unknown runtime; use one of {', '.join(RUNTIMES)}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"--precision {precision}: unknown precision; use one of {', '.join(PRECISIONS)}")
+    if runtime == "tensorflow" and precision != "fp32":
+        raise ConfigError(f"--precision {precision} needs --runtime openvino; the TensorFlow runtime runs fp32 only")
+    if precision == "bf16" and not cpu_supports_bf16():
+        raise ConfigError("--precision bf16: this CPU has no bf16 support (AVX512_BF16 or AMX); use --precision fp32")
+    if precision == "int8":
+        from fruits.model.quantize import nncf_version
+
+        nncf_version()  # NNCF installed, or a ConfigError saying how to install it
+    return runtime, precision
+
+
+def same_features(model_id: str, other: str) -> bool:
+    """Whether features of two model ids can be compared: same weights and same precision. fp32 runtimes are
+    interchangeable (OpenVINO's features equal TensorFlow's within 1e-4, a tested property); ids without a
+    runtime suffix (rows written before runtimes were recorded) are TensorFlow fp32."""
+
+    def split(identifier: str) -> tuple[str, str]:
+        match = re.fullmatch(r"(.*)/(?:[a-z]+)-(fp32|bf16|int8)", identifier)
+        return (match.group(1), match.group(2)) if match else (identifier, "fp32")
+
+    return split(model_id) == split(other)

@@ -1,0 +1,151 @@
+"""The featurizing pandas UDF: image bytes -> (features, error). Bad images become an error, never an exception.
+
+Isolation, image by image: a failure to decode or convert one image quarantines that image (its reason names the
+exception); if the model fails on a chunk, each image of it is run alone and only the culprit is quarantined.
+Failures that say nothing about an image (out of memory, a model that cannot load or fails on a blank probe image)
+are raised: the task fails and is retried, and no image gets a verdict from them.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import Column
+from pyspark.sql.functions import pandas_udf
+
+from fruits.model.images import DEFAULT_MAX_PIXELS, TRANSIENT, RejectedImage, decode_image
+from fruits.model.featurizer import Featurizer, shared_model
+
+RESULT_SCHEMA = "features array<float>, error string"
+
+
+class ModelFailure(RuntimeError):
+    """The model fails on a blank image too: the fault is the model's or the worker's, not the images'."""
+
+
+def decode_isolated(data: bytes | None, size: int, max_pixels: int) -> np.ndarray:
+    """:func:`decode_image`, tried once more after freeing memory if it ran out (a transient failure is never the
+    image's verdict; a second one is raised)."""
+    try:
+        return decode_image(data, size, max_pixels)
+    except TRANSIENT:
+        gc.collect()
+        return decode_image(data, size, max_pixels)
+
+
+def _model_works(handler: Featurizer, model: Any) -> bool:
+    """Whether the model still runs on a blank image (then a failure on a given image is that image's fault)."""
+    try:
+        handler.run_inference(np.zeros((1, handler.image_size, handler.image_size, 3), dtype=np.uint8), model)
+        return True
+    except Exception:
+        return False
+
+
+def infer_isolated(handler: Featurizer, model: Any, images: list[np.ndarray]) -> list[np.ndarray | str]:
+    """Features of each image, or the reason its inference failed.
+
+    The images run as one batch; if that fails, each runs alone. An image that fails alone, while the model still
+    runs on a blank image, gets ``"inference failed: <type>: <message>"``. Raises :class:`ModelFailure` if the model
+    fails on the blank image too, and any :data:`~fruits.model.images.TRANSIENT` error of a single image.
+    """
+    try:
+        return list(handler.run_inference(np.stack(images), model))
+    except Exception:  # includes MemoryError: one image at a time needs far less memory
+        pass
+    results: list[np.ndarray | str] = []
+    model_ok: bool | None = None
+    for image in images:
+        try:
+            results.append(handler.run_inference(image[None], model)[0])
+        except TRANSIENT:
+            raise
+        except Exception as exc:
+            if model_ok is None:
+                model_ok = _model_works(handler, model)
+            if not model_ok:
+                raise ModelFailure(f"the model fails on a blank image too: {type(exc).__name__}: {exc}") from exc
+            results.append(f"inference failed: {type(exc).__name__}: {exc}")
+    return results
+
+
+@dataclass
+class DecodedBatch:
+    """One Arrow batch after decoding: the images that decoded, their rows, and each row's error so far."""
+
+    images: list[np.ndarray]
+    rows: list[int]
+    errors: list[str | None]
+
+
+def decode_contents(contents: pd.Series, image_size: int, max_pixels: int, crash_marker: bytes = b"") -> DecodedBatch:
+    """Decode one Arrow batch of image bytes; a row that cannot be decoded gets its ``error``. ``crash_marker``
+    (tests only, ``[testing] crash_worker_on_bytes``): the worker process exits at once on a file holding these
+    bytes, as a crash in a native decoder would."""
+    decoded = DecodedBatch([], [], [None] * len(contents))
+    for row, data in enumerate(contents):
+        if crash_marker and data is not None and crash_marker in data:
+            os._exit(70)
+        try:
+            decoded.images.append(decode_isolated(data, image_size, max_pixels))
+            decoded.rows.append(row)
+        except RejectedImage as exc:
+            decoded.errors[row] = str(exc)
+    return decoded
+
+
+def infer_decoded(decoded: DecodedBatch, handler: Featurizer, model: Any) -> pd.DataFrame:
+    """The UDF's output for one decoded batch: features, or the reason a row has none."""
+    errors = list(decoded.errors)
+    features: list[np.ndarray | None] = [None] * len(errors)
+    if decoded.images:
+        for row, outcome in zip(decoded.rows, infer_isolated(handler, model, decoded.images)):
+            if isinstance(outcome, str):
+                errors[row] = outcome
+            else:
+                features[row] = outcome
+    return pd.DataFrame({"features": features, "error": errors})
+
+
+def featurize_contents(
+    contents: pd.Series, handler: Featurizer, model: Any, max_pixels: int, crash_marker: bytes = b""
+) -> pd.DataFrame:
+    """Featurize one Arrow batch of image bytes; rows that cannot be decoded or inferred get ``error`` and null
+    features (``crash_marker``: see :func:`decode_contents`)."""
+    return infer_decoded(decode_contents(contents, handler.image_size, max_pixels, crash_marker), handler, model)
+
+
+def featurize_batches(
+    batches: Iterator[pd.Series], handler: Featurizer, model: Any, max_pixels: int, crash_marker: bytes = b""
+) -> Iterator[pd.DataFrame]:
+    """:func:`featurize_contents` over Arrow batches, in order, with the next batch's decoding (Pillow, which
+    releases the GIL) in a thread while this one's inference runs: the two overlap instead of taking turns
+    (``bench/ingest_throughput.py``)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="fruits-decode") as decoder:
+        ahead: Future[DecodedBatch] | None = None
+        for contents in batches:
+            following = decoder.submit(decode_contents, contents, handler.image_size, max_pixels, crash_marker)
+            if ahead is not None:
+                yield infer_decoded(ahead.result(), handler, model)
+            ahead = following
+        if ahead is not None:
+            yield infer_decoded(ahead.result(), handler, model)
+
+
+def featurize_column(
+    content: Column, handler: Featurizer, max_pixels: int = DEFAULT_MAX_PIXELS, crash_marker: bytes = b""
+) -> Column:
+    """A struct column ``(features array<float>, error string)`` computed from a binary ``content`` column."""
+
+    @pandas_udf(RESULT_SCHEMA)
+    def featurize(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        model = shared_model(handler)  # built once per Python worker, reused across batches and micro-batches
+        yield from featurize_batches(batches, handler, model, max_pixels, crash_marker)
+
+    return featurize(content)

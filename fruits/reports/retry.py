@@ -1,0 +1,70 @@
+"""``fruits retry``: send quarantined files through the stream again (no JVM).
+
+Every quarantine verdict can be undone. For each file version whose current outcome is a quarantine row that
+matches, one ledger row asks for its next attempt, read from where its original is kept (``HOME/quarantine/...``,
+or landing): the running stream (or the next one) gives that attempt exactly one outcome, which supersedes the
+quarantine row. A retry asked twice (two commands at once) is still one attempt, decided once.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from typing import Any
+
+import pyarrow.compute as pc
+
+from fruits.home import s3
+from fruits.config import Config
+from fruits.home.files import current_outcomes
+from fruits.home.ledger import ledger_rows, record_retries
+from fruits.home.uris import local_path
+
+
+def _there(uri: str | None) -> bool:
+    if not uri:
+        return False
+    local = local_path(uri)
+    if local is not None:
+        return os.path.lexists(local)
+    return s3.head(uri) is not None if s3.is_s3(uri) else True
+
+
+def _matches(row: dict[str, Any], reason: str | None, path_glob: str | None, landing: str) -> bool:
+    if reason and reason.lower() not in (row["reason"] or "").lower() and reason != row["cause"]:
+        return False
+    if path_glob:
+        relative = row["path"][len(landing.rstrip("/")) + 1 :] if row["path"].startswith(landing.rstrip("/") + "/") else None
+        return any(fnmatch.fnmatchcase(text, path_glob) for text in (row["path"], local_path(row["path"]) or "", relative or ""))
+    return True
+
+
+def retry_quarantined(
+    config: Config, *, reason: str | None = None, path_glob: str | None = None, dry_run: bool = False
+) -> list[dict[str, Any]]:
+    """Ask for one more try of every currently quarantined file version whose reason contains ``reason`` (or whose
+    cause is ``reason``) and whose path (full, local, or below landing) matches ``path_glob``; returns their rows
+    (``path``, ``reason``, ``read_from``). ``dry_run``: only say which."""
+    current = current_outcomes(config)
+    quarantined = current.filter(pc.equal(current.column("kind"), "quarantine"))
+    if quarantined.num_rows == 0:
+        return []
+    ledger = ledger_rows(config.files_table)
+    ids = quarantined.column("file_id")
+    ledger = ledger.filter(pc.is_in(ledger.column("file_id"), ids)).to_pylist()
+    by_id = {row["file_id"]: row for row in ledger}
+    landing = config.landing
+    chosen = []
+    for outcome in quarantined.to_pylist():
+        row = by_id.get(outcome["file_id"])
+        if row is None:
+            continue
+        row = {**row, "attempt": outcome["attempt"], "reason": outcome["reason"], "cause": outcome["cause"]}
+        if not _matches(row, reason, path_glob, landing):
+            continue
+        stored = outcome["stored_path"]
+        row["read_from"] = stored if stored and stored != row["path"] and _there(stored) else None
+        chosen.append(row)
+    if chosen and not dry_run:
+        record_retries(config.files_table, chosen, [row["read_from"] for row in chosen])
+    return chosen

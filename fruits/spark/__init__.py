@@ -1,0 +1,1 @@
+"""The SparkSession and the jars it needs."""

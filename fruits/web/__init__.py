@@ -1,0 +1,1 @@
+"""Fruits serve: the front door, the API, the dashboard, the page."""
