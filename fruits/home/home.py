@@ -1,0 +1,98 @@
+"""The home: every location of one Fruits! home, and how to reach them.
+
+A :class:`Home` is built once from the configuration and handed to whatever reads or writes the home. It owns the
+locations (landing folder, tables, model store, status, checkpoints, locks), and the storage options that reach them
+(S3 endpoint, region, addressing), passed per call to the readers and writers rather than exported to the process
+(delta-rs's ``DeltaTable(uri, storage_options=...)`` style), so two homes on two S3 servers can live in one process.
+
+Example::
+
+    home = Home.from_config(load_config())
+    home.features_table          # '/data/fruits/tables/features' or 's3a://bucket/fruits/tables/features'
+    home.storage_options         # {} for a local home; the S3 server's options for an s3a:// home
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from fruits.config import Config, join_uri
+from fruits.home import s3
+
+
+@dataclass(frozen=True)
+class Home:
+    """One home's locations (Hadoop spelling: ``/x``, ``file:/x``, ``s3a://b/k``) and its storage options."""
+
+    config: Config
+
+    @classmethod
+    def from_config(cls, config: Config) -> "Home":
+        return cls(config)
+
+    @property
+    def root(self) -> str:
+        return self.config.home
+
+    @property
+    def landing(self) -> str:
+        return self.config.landing
+
+    @property
+    def archive(self) -> str:
+        return self.config.archive
+
+    @property
+    def quarantine_folder(self) -> str:
+        """Where quarantined originals are moved (the quarantine *table* is :attr:`quarantine_table`)."""
+        return self.config.quarantine
+
+    @property
+    def features_table(self) -> str:
+        return self.config.features_table
+
+    @property
+    def quarantine_table(self) -> str:
+        return self.config.quarantine_table
+
+    @property
+    def ledger_table(self) -> str:
+        """The file ledger: one row per discovered file version (:mod:`fruits.home.ledger`)."""
+        return self.config.files_table
+
+    @property
+    def pca_table(self) -> str:
+        return self.config.pca_table
+
+    @property
+    def pca_models(self) -> str:
+        return self.config.pca_models
+
+    @property
+    def writers(self) -> str:
+        return self.config.writers
+
+    @property
+    def locks(self) -> str:
+        return self.config.locks
+
+    @property
+    def stream_progress(self) -> str:
+        return self.config.stream_progress
+
+    def checkpoint(self, name: str) -> str:
+        return self.config.checkpoint(name)
+
+    def status_file(self, name: str) -> str:
+        return join_uri(self.config.location("status"), name)
+
+    @cached_property
+    def s3(self) -> s3.S3Settings | None:
+        """The S3 server's settings when any location of this home is on S3, else None."""
+        return s3.S3Settings.from_config(self.config) if s3.uses_s3(self.config) else None
+
+    @property
+    def storage_options(self) -> dict[str, str]:
+        """Options for delta-rs and pyarrow (object_store's ``AWS_*`` keys); empty for a home without S3."""
+        return self.s3.environment() if self.s3 else {}
