@@ -99,3 +99,22 @@ def test_no_folder_holds_more_than_twelve_modules() -> None:
     folders = [ROOT / "streaming", ROOT / "batch", *(p for p in (ROOT / "fruits").iterdir() if (p / "__init__.py").is_file())]
     crowded = {f.name: n for f in folders if (n := len([m for m in f.glob("*.py") if m.name != "__init__.py"])) > 12}
     assert crowded == {}
+
+
+@pytest.mark.fast
+def test_commits_since_the_redesign_have_short_subjects_and_a_body() -> None:
+    """A subject of at most 72 characters that ``git log --oneline`` shows whole, and a body that says why."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    first = "2c4fd10"  # "Move modules into folders by job": the first commit held to this rule
+    log = subprocess.run(["git", "-C", str(ROOT), "log", "--format=%h%x00%s%x00%b%x1e", f"{first}~1..HEAD"],
+                         capture_output=True, text=True)
+    if log.returncode != 0:
+        pytest.skip(f"history before {first} is not in this clone")
+    commits = [entry.strip("\n").split("\0") for entry in log.stdout.split("\x1e") if entry.strip()]
+    long_subjects = [f"{sha} {subject}" for sha, subject, _ in commits if len(subject) > 72]
+    no_body = [f"{sha} {subject}" for sha, subject, body in commits if not body.strip() and not subject.startswith("Merge")]
+    assert long_subjects == [] and no_body == []
