@@ -150,11 +150,6 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class TestingConfig:
-    crash_worker_on_bytes: str
-
-
-@dataclass(frozen=True)
 class PcaConfig:
     k: int = _at_least(1)
     variance: float = _at_least(0)
@@ -201,7 +196,7 @@ class WebConfig:
 
 SECTIONS: dict[str, type] = {
     "paths": PathsConfig, "s3": S3Config, "spark": SparkConfig, "stream": StreamConfig, "discovery": DiscoveryConfig,
-    "stage": StageConfig, "model": ModelConfig, "testing": TestingConfig, "pca": PcaConfig,
+    "stage": StageConfig, "model": ModelConfig, "pca": PcaConfig,
     "compaction": CompactionConfig, "web": WebConfig,
 }
 
@@ -242,7 +237,6 @@ class Config:
     discovery: DiscoveryConfig
     stage: StageConfig
     model: ModelConfig
-    testing: TestingConfig
     pca: PcaConfig
     compaction: CompactionConfig
     web: WebConfig

@@ -59,11 +59,15 @@ def start_stream(
     available_now: bool = False,
     stop: threading.Event | None = None,
     retries: Retries | None = None,
+    *,
+    featurizer: Featurizer | None = None,
 ) -> StreamingQuery:
     """Start the featurizing query over the ledger (discovery must be running); returns the :class:`StreamingQuery`:
     the ledger as a streaming source (:mod:`fruits.streaming.ledger_source`) -> the sink (featurize, append the
-    outcomes, archive)."""
-    handler = make_handler(config, weights)  # [model] runtime/precision; converts the Keras model once if needed
+    outcomes, archive). ``featurizer``: the model runtime the UDF runs (None: the one ``[model]`` and ``weights``
+    make), as Beam's ``RunInference`` takes its ``ModelHandler``."""
+    # [model] runtime/precision; converts the Keras model once if needed
+    handler = featurizer if featurizer is not None else make_handler(config, weights)
     log.info("featurizer %s", handler.model_id)
     ship_model_files(spark, handler)
     spark.dataSource.register(LedgerSource)
@@ -115,7 +119,6 @@ def build_sink(
         writers=config.writers,
         writer_timeout=config.discovery.writer_timeout,
         on_retryable=retries.watch if retries is not None else None,
-        crash_marker=config.testing.crash_worker_on_bytes.encode(),
         stop_requested=stop,
     )
 
@@ -127,11 +130,13 @@ def run_stream(
     available_now: bool = False,
     stop: threading.Event | None = None,
     lock_held: bool = False,
+    *,
+    featurizer: Featurizer | None = None,
 ) -> int:
     """Run the stream until it ends (``available_now``: what has landed by now), ``stop`` is set, or SIGTERM /
     SIGINT stops it (between two chunks: see :func:`_await`); returns how many files it gave an outcome. Refuses to
     start (:class:`fruits.home.locks.LockBusy`) while another stream runs on the home, unless the caller holds the home's
-    stream lock (``lock_held``)."""
+    stream lock (``lock_held``). ``featurizer``: see :func:`start_stream`."""
     with nullcontext() if lock_held else exclusive(config, "stream"), _stop_on_signals(stop) as stop:
         files = LandedFiles(spark)
         leftovers = Leftovers(config, files)
@@ -147,7 +152,7 @@ def run_stream(
                 retries.tick()  # those due now (e.g. files that appeared while no stream ran): this run takes them
             if not available_now:
                 retries.start()
-            query = start_stream(spark, config, weights, progress, available_now, stop, retries)
+            query = start_stream(spark, config, weights, progress, available_now, stop, retries, featurizer=featurizer)
             log.info("stream %s watching %s (checkpoint %s)", query.name, config.landing, config.checkpoint("ingest"))
             _await(spark, query, stop, progress)
             return progress.files

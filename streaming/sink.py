@@ -324,7 +324,6 @@ class OutcomeSink:
     writer_timeout: float = 30.0
     # Told about each retryable quarantine row once it is committed (the stream's retries); None: nobody is.
     on_retryable: Callable[[list[dict]], None] | None = None
-    crash_marker: bytes = b""  # tests only: [testing] crash_worker_on_bytes
     stop_requested: threading.Event | None = None  # set by SIGTERM / Ctrl-C: stop between chunks
     # Seconds since the epoch: no outcome row was discovered later than this (read once, then kept up to date).
     _decided_until: float | None = None
@@ -598,7 +597,7 @@ class OutcomeSink:
             "length",
             F.unix_millis("modificationTime").alias("mtime_ms"),
             F.sha2("content", 256).alias("content_sha256"),
-            featurize_column(F.col("content"), self.handler, self.max_pixels, self.crash_marker).alias("result"),
+            featurize_column(F.col("content"), self.handler, self.max_pixels).alias("result"),
         )
 
     def _unread_verdict(self, row: Row, files: LandedFiles) -> Verdict:

@@ -10,31 +10,29 @@ import pytest
 from deltalake import DeltaTable
 
 from conftest import make_config, place, sample_files
+from faults import CrashingFeaturizer, crash_png
 
 pytestmark = pytest.mark.slow
 
-MARKER = "FRUITS-TEST-CRASH-THE-WORKER"
-
 
 def test_a_worker_crash_and_a_file_over_2_gib_are_quarantined_and_the_rest_ingested(spark, weights, tmp_path):
+    from fruits.model.runtimes import make_handler
     from fruits.streaming.ingest import run_stream
 
     # A byte cap above 2 GiB, so that the big file reaches Spark's reader (which cannot read it) instead of being
     # quarantined from its ledger size before any read.
-    config = make_config(
-        tmp_path, testing={"crash_worker_on_bytes": MARKER}, model={"max_bytes": 3 << 30},
-        stream={"max_files_per_trigger": 20},
-    )
+    config = make_config(tmp_path, model={"max_bytes": 3 << 30}, stream={"max_files_per_trigger": 20})
+    featurizer = CrashingFeaturizer(make_handler(config, weights))
     landing = tmp_path / "landing"
     good = place(sample_files("Banana", 9), landing / "Banana") + place(sample_files("Lemon", 9), landing / "Lemon")
-    crashing = landing / "Lemon" / "crashes-the-worker.jpg"
-    crashing.write_bytes(sample_files("Lemon", 1, skip=9)[0].read_bytes() + MARKER.encode())  # a valid JPEG all the same
+    crashing = landing / "Lemon" / "crashes-the-worker.png"
+    crashing.write_bytes(crash_png())  # a valid PNG all the same: only the worker's crash stops it
     huge = landing / "Banana" / "over-2-GiB.jpg"
     with open(huge, "wb") as handle:
         handle.truncate((2 << 30) + 4096)  # sparse: no disk space used
 
     started = time.perf_counter()
-    assert run_stream(spark, config, weights, available_now=True) == len(good) + 2
+    assert run_stream(spark, config, weights, available_now=True, featurizer=featurizer) == len(good) + 2
     print(f"poison batch recovery: {time.perf_counter() - started:.1f} s for {len(good) + 2} files, 2 poison")
 
     features = DeltaTable(config.features_table).to_pandas(columns=["path"])
@@ -45,4 +43,4 @@ def test_a_worker_crash_and_a_file_over_2_gib_are_quarantined_and_the_rest_inges
     assert reasons[f"file:{crashing}"].startswith("featurizing this file failed 2 times, alone:")
     assert "worker" in reasons[f"file:{crashing}"].lower(), reasons
     assert "exceeds the max length allowed" in reasons[f"file:{huge}"], reasons
-    assert run_stream(spark, config, weights, available_now=True) == 0  # nothing is replayed
+    assert run_stream(spark, config, weights, available_now=True, featurizer=featurizer) == 0  # nothing is replayed

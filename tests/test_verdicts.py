@@ -15,10 +15,9 @@ import pytest
 from deltalake import DeltaTable
 
 from conftest import local_path, make_config, place, sample_files
+from faults import CrashingFeaturizer, crash_png
 
 pytestmark = pytest.mark.slow
-
-MARKER = "FRUITS-CRASH-THE-WORKER"
 
 
 def outcome_rows(config) -> list[dict]:
@@ -36,16 +35,6 @@ def states(config) -> dict[str, dict]:
     return {Path(local_path(row["path"])).name: row for row in file_states(config)}
 
 
-def small_png() -> bytes:
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (16, 16), (250, 220, 40)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
 def wait_until(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -57,6 +46,7 @@ def wait_until(predicate, timeout: float, what: str) -> None:
 
 def test_quarantined_originals_are_kept_and_every_verdict_can_be_undone(spark, weights, tmp_path):
     from fruits.home.ledger import FileVersion, local_mtime_ms, record
+    from fruits.model.runtimes import make_handler
     from fruits.reports.retry import retry_quarantined
     from fruits.streaming.ingest import run_stream
     from fruits.landing.writers import WriterLease
@@ -69,9 +59,8 @@ def test_quarantined_originals_are_kept_and_every_verdict_can_be_undone(spark, w
     assert len(too_large) >= 2
     crashing = landing / "Lemon" / "crashes-the-worker.jpg"
     crashing.parent.mkdir(parents=True)
-    crashing.write_bytes(small_png() + MARKER.encode())  # below the byte cap: it reaches the worker
+    crashing.write_bytes(crash_png())  # below the byte cap: it reaches the worker
     sections = dict(
-        testing={"crash_worker_on_bytes": MARKER},
         discovery={"after_ingest": "delete", "writer_timeout": "3s"},
         stream={"max_files_per_trigger": 4, "max_retries": 1, "retry_backoff": "1s", "trigger": "200ms"},
     )
@@ -79,7 +68,8 @@ def test_quarantined_originals_are_kept_and_every_verdict_can_be_undone(spark, w
     # 1. A byte cap too low, and a file that kills its worker. after_ingest = "delete" deletes featurized originals
     #    only: quarantined ones are moved to HOME/quarantine and kept.
     config = make_config(tmp_path, model={"max_bytes": cap}, **sections)
-    run_stream(spark, config, weights, available_now=True)
+    featurizer = CrashingFeaturizer(make_handler(config, weights))  # the stream's own, which dies on crash_png()
+    run_stream(spark, config, weights, available_now=True, featurizer=featurizer)
     first = states(config)
     assert {name for name, row in first.items() if row["state"] == "quarantined"} == too_large
     assert first[crashing.name]["state"] == "retrying" and first[crashing.name]["cause"] == "transient"
@@ -97,7 +87,9 @@ def test_quarantined_originals_are_kept_and_every_verdict_can_be_undone(spark, w
     # Asked twice (two operators at once): the same attempt, which gets one outcome (checked at the end).
     assert len(retry_quarantined(config, reason="too_large")) == len(too_large)
     stop = threading.Event()
-    stream = threading.Thread(target=run_stream, args=(spark, config, weights), kwargs={"stop": stop})
+    stream = threading.Thread(
+        target=run_stream, args=(spark, config, weights), kwargs={"stop": stop, "featurizer": featurizer}
+    )
     stream.start()
     try:
         def settled() -> bool:

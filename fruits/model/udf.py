@@ -9,7 +9,6 @@ are raised: the task fails and is retried, and no image gets a verdict from them
 from __future__ import annotations
 
 import gc
-import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -84,14 +83,10 @@ class DecodedBatch:
     errors: list[str | None]
 
 
-def decode_contents(contents: pd.Series, image_size: int, max_pixels: int, crash_marker: bytes = b"") -> DecodedBatch:
-    """Decode one Arrow batch of image bytes; a row that cannot be decoded gets its ``error``. ``crash_marker``
-    (tests only, ``[testing] crash_worker_on_bytes``): the worker process exits at once on a file holding these
-    bytes, as a crash in a native decoder would."""
+def decode_contents(contents: pd.Series, image_size: int, max_pixels: int) -> DecodedBatch:
+    """Decode one Arrow batch of image bytes; a row that cannot be decoded gets its ``error``."""
     decoded = DecodedBatch([], [], [None] * len(contents))
     for row, data in enumerate(contents):
-        if crash_marker and data is not None and crash_marker in data:
-            os._exit(70)
         try:
             decoded.images.append(decode_isolated(data, image_size, max_pixels))
             decoded.rows.append(row)
@@ -113,16 +108,14 @@ def infer_decoded(decoded: DecodedBatch, handler: Featurizer, model: Any) -> pd.
     return pd.DataFrame({"features": features, "error": errors})
 
 
-def featurize_contents(
-    contents: pd.Series, handler: Featurizer, model: Any, max_pixels: int, crash_marker: bytes = b""
-) -> pd.DataFrame:
+def featurize_contents(contents: pd.Series, handler: Featurizer, model: Any, max_pixels: int) -> pd.DataFrame:
     """Featurize one Arrow batch of image bytes; rows that cannot be decoded or inferred get ``error`` and null
-    features (``crash_marker``: see :func:`decode_contents`)."""
-    return infer_decoded(decode_contents(contents, handler.image_size, max_pixels, crash_marker), handler, model)
+    features."""
+    return infer_decoded(decode_contents(contents, handler.image_size, max_pixels), handler, model)
 
 
 def featurize_batches(
-    batches: Iterator[pd.Series], handler: Featurizer, model: Any, max_pixels: int, crash_marker: bytes = b""
+    batches: Iterator[pd.Series], handler: Featurizer, model: Any, max_pixels: int
 ) -> Iterator[pd.DataFrame]:
     """:func:`featurize_contents` over Arrow batches, in order, with the next batch's decoding (Pillow, which
     releases the GIL) in a thread while this one's inference runs: the two overlap instead of taking turns
@@ -130,7 +123,7 @@ def featurize_batches(
     with ThreadPoolExecutor(1, thread_name_prefix="fruits-decode") as decoder:
         ahead: Future[DecodedBatch] | None = None
         for contents in batches:
-            following = decoder.submit(decode_contents, contents, handler.image_size, max_pixels, crash_marker)
+            following = decoder.submit(decode_contents, contents, handler.image_size, max_pixels)
             if ahead is not None:
                 yield infer_decoded(ahead.result(), handler, model)
             ahead = following
@@ -138,14 +131,12 @@ def featurize_batches(
             yield infer_decoded(ahead.result(), handler, model)
 
 
-def featurize_column(
-    content: Column, handler: Featurizer, max_pixels: int = DEFAULT_MAX_PIXELS, crash_marker: bytes = b""
-) -> Column:
+def featurize_column(content: Column, handler: Featurizer, max_pixels: int = DEFAULT_MAX_PIXELS) -> Column:
     """A struct column ``(features array<float>, error string)`` computed from a binary ``content`` column."""
 
     @pandas_udf(RESULT_SCHEMA)
     def featurize(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         model = shared_model(handler)  # built once per Python worker, reused across batches and micro-batches
-        yield from featurize_batches(batches, handler, model, max_pixels, crash_marker)
+        yield from featurize_batches(batches, handler, model, max_pixels)
 
     return featurize(content)
