@@ -73,27 +73,27 @@ def decode_speed(photos: list[Path], repeats: int = 3) -> dict:
     }
 
 
-def handler_for(spec: dict, weights, ir_path: str):
+def featurizer_for(spec: dict, weights, ir_path: str):
     if spec["runtime"] == "tensorflow":
-        from fruits.model.keras import MobileNetV2Handler
+        from fruits.model.keras import KerasFeaturizer
 
-        return MobileNetV2Handler(weights, batch_size=spec["chunk"], intra_op_threads=spec["threads"])
-    from fruits.model.runtimes import OpenVinoHandler
+        return KerasFeaturizer(weights, batch_size=spec["chunk"], intra_op_threads=spec["threads"])
+    from fruits.model.runtimes import OpenVinoFeaturizer
 
-    return OpenVinoHandler(weights, ir_path, spec["precision"], batch_size=spec["chunk"], threads=spec["threads"],
+    return OpenVinoFeaturizer(weights, ir_path, spec["precision"], batch_size=spec["chunk"], threads=spec["threads"],
                            cpu_pinning=spec.get("pinned", False))
 
 
 def worker(spec: dict, weights, ir_path: str, images: np.ndarray, seconds: float, barrier, results) -> None:
     started = time.perf_counter()
-    handler = handler_for(spec, weights, ir_path)
-    model = handler.load_model()
-    handler.run_inference(images[:16], model)  # warm-up
+    featurizer = featurizer_for(spec, weights, ir_path)
+    model = featurizer.load_model()
+    featurizer.run_inference(images[:16], model)  # warm-up
     ready = time.perf_counter() - started
     barrier.wait()
     count, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
-        handler.run_inference(images, model)
+        featurizer.run_inference(images, model)
         count += len(images)
     elapsed = time.perf_counter() - t0
     results.put({"rate": count / elapsed, "load_seconds": ready, "rss_mib": _rss_mib(),
@@ -106,8 +106,8 @@ def _rss_mib() -> float:
 
 
 def features_worker(spec: dict, weights, ir_path: str, images: np.ndarray, results) -> None:
-    handler = handler_for(spec, weights, ir_path)
-    results.put(handler.run_inference(images, handler.load_model()))
+    featurizer = featurizer_for(spec, weights, ir_path)
+    results.put(featurizer.run_inference(images, featurizer.load_model()))
 
 
 def measure(spec: dict, weights, ir_path: str, images: np.ndarray, seconds: float) -> dict:

@@ -183,7 +183,7 @@ def guarantee_costs(spark, config, repeats: int = 7) -> dict:
         commit.append(time.perf_counter() - started)
     sink = OutcomeSink(
         features_table=config.features_table, quarantine_table=config.quarantine_table, landing="", archive="",
-        quarantine="", after_ingest="keep", allow_overwrites=False, chunk_rows=2000, partitions=2, handler=None,
+        quarantine="", after_ingest="keep", allow_overwrites=False, chunk_rows=2000, partitions=2, featurizer=None,
         max_bytes=0, max_pixels=0, progress=Progress(spark),
     )
     ledger = spark.read.format("delta").load(config.files_table)
@@ -238,7 +238,7 @@ def main() -> None:
     from fruits.config import load_config
     from fruits.home.files import backlog
     from fruits.model.weights import resolve_weights
-    from fruits.model.runtimes import make_handler
+    from fruits.model.runtimes import make_featurizer
     from fruits.spark.session import build_spark
     from fruits.streaming.discovery import Discovery
 
@@ -261,7 +261,7 @@ def main() -> None:
 
     spark = build_spark(config, "bench-discovery", "stream")
     weights = resolve_weights(str(WEIGHTS))
-    make_handler(config, weights)  # converts the model to OpenVINO IR now (cached), not inside the timed starts
+    make_featurizer(config, weights)  # converts the model to OpenVINO IR now (cached), not inside the timed starts
     if not args.existing_home:
         result["seed"] = seed(spark, config, Discovery(config, f"file:{landing}"))
         say(f"seeded: {result['seed']}")

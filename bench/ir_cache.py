@@ -5,7 +5,7 @@ cached per user ([model] ir_cache, else $XDG_CACHE_HOME/fruits or ~/.cache/fruit
 alternating, on fresh homes: an empty IR cache (what every new home paid before: ``[model] ir_cache`` inside that
 home) and a warm per-user cache (what a new home pays now).
 
-By default the featurizer set-up is timed (``fruits.model.runtimes.make_handler``, which `fruits stream` runs before the
+By default the featurizer set-up is timed (``fruits.model.runtimes.make_featurizer``, which `fruits stream` runs before the
 JVM starts: the only step the cache changes). ``--stream`` times the whole `fruits stream --available-now` over
 ``--photos`` real photos instead, and its first micro-batch (the stream's ``batch 0`` line).
 
@@ -29,14 +29,14 @@ from ingest_throughput import BATCH_LINE, DEFAULT_WEIGHTS, fill_landing, run_fru
 
 
 def first_setup(home: Path, ir_cache: Path) -> dict:
-    """Seconds of ``make_handler`` (weights resolved, IR converted or found) for the fresh ``home``."""
+    """Seconds of ``make_featurizer`` (weights resolved, IR converted or found) for the fresh ``home``."""
     from fruits.config import load_config
     from fruits.model.weights import resolve_weights
-    from fruits.model.runtimes import make_handler
+    from fruits.model.runtimes import make_featurizer
 
     overrides = {"paths": {"home": str(home)}, "model": {"weights": str(DEFAULT_WEIGHTS), "ir_cache": str(ir_cache)}}
     started = time.perf_counter()
-    make_handler(load_config(overrides=overrides, environ={}), resolve_weights(str(DEFAULT_WEIGHTS)))
+    make_featurizer(load_config(overrides=overrides, environ={}), resolve_weights(str(DEFAULT_WEIGHTS)))
     return {"setup_seconds": round(time.perf_counter() - started, 2)}
 
 

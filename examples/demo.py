@@ -71,11 +71,11 @@ def reset_home(home: Path) -> None:
 def land_samples(source: Path, config: Config) -> int:
     """Land ``source/<Class>/<image>`` as ``landing/<Class>/<image>`` the way users do, with `fruits drop`'s code
     (atomic, recorded in the file ledger); returns the number of files placed."""
-    from fruits.landing.drop import LedgerNote, drop, local_folder
+    from fruits.landing.drop import LedgerRecorder, drop, local_folder
 
     landing = local_folder(config.landing)
     extensions = list(config.stream.extensions)
-    results = drop([source], landing, extensions, note=LedgerNote(config.files_table, landing, "drop"))
+    results = drop([source], landing, extensions, recorder=LedgerRecorder(config.files_table, landing, "drop"))
     return sum(result.note == "placed" for result in results)
 
 

@@ -190,10 +190,10 @@ def _stream(config: Config, args: argparse.Namespace) -> int:
     # Resolve (and, for "imagenet", download) the weights before the JVM starts: fail fast and clearly.
     weights = resolve_weights(config.model.weights)
     log.info("weights %s (%s)", weights.model_id, weights.path)
-    from fruits.model.runtimes import make_handler
+    from fruits.model.runtimes import make_featurizer
 
     # Convert the Keras model for the fast runtime (once per weights file, cached) before the JVM starts, too.
-    log.info("featurizer %s", make_handler(config, weights).model_id)
+    log.info("featurizer %s", make_featurizer(config, weights).model_id)
 
     from fruits.spark.session import build_spark
     from fruits.streaming.ingest import StreamFailed, run_stream
@@ -257,7 +257,7 @@ def writer_lease(config: Config) -> WriterLease:
 
 
 def cmd_drop(config: Config, args: argparse.Namespace) -> int:
-    from fruits.landing.drop import LedgerNote, drop, local_folder
+    from fruits.landing.drop import LedgerRecorder, drop, local_folder
     from fruits.landing.stage import ObjectLanding
     from fruits.home.s3 import is_s3
 
@@ -269,7 +269,8 @@ def cmd_drop(config: Config, args: argparse.Namespace) -> int:
             results = landing.drop(sources, extensions, args.label)
         else:
             landing = local_folder(config.landing)
-            results = drop(sources, landing, extensions, args.label, LedgerNote(config.files_table, landing, "drop", lease))
+            recorder = LedgerRecorder(config.files_table, landing, "drop", lease)
+            results = drop(sources, landing, extensions, args.label, recorder)
     for result in results:
         print(f"{result.note}: {result.source}" + (f" -> {result.target}" if result.target else ""))
     placed = sum(r.note == "placed" for r in results)
@@ -278,7 +279,7 @@ def cmd_drop(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_stage(config: Config, args: argparse.Namespace) -> int:
-    from fruits.landing.drop import InboxStager, LedgerNote, local_folder
+    from fruits.landing.drop import InboxStager, LedgerRecorder, local_folder
     from fruits.home.names import check_inbox
     from fruits.landing.stage import ObjectLanding
     from fruits.home.s3 import is_s3
@@ -291,7 +292,7 @@ def cmd_stage(config: Config, args: argparse.Namespace) -> int:
     stager = InboxStager(
         inbox=Path(args.inbox).resolve(),
         landing=landing,
-        note=None if remote else LedgerNote(config.files_table, landing, "stage", lease),
+        recorder=None if remote else LedgerRecorder(config.files_table, landing, "stage", lease),
         place=ObjectLanding(config.landing, config.files_table, "stage", lease=lease).place if remote else None,
         extensions=list(config.stream.extensions),
         stable_seconds=config.stage.stable_seconds,

@@ -24,7 +24,7 @@ from fruits.model.featurizer import Featurizer
 from fruits.home.ledger import ensure_ledger
 from fruits.home.locks import exclusive
 from fruits.model.weights import WeightsRef
-from fruits.model.runtimes import make_handler
+from fruits.model.runtimes import make_featurizer
 from fruits.home.tables import FEATURES_SCHEMA, QUARANTINE_SCHEMA, ensure_table
 from fruits.streaming.discovery import Discovery
 from fruits.streaming.ledger_source import LedgerSource
@@ -66,16 +66,16 @@ def start_stream(
     the ledger as a streaming source (:mod:`fruits.streaming.ledger_source`) -> the sink (featurize, append the
     outcomes, archive). ``featurizer``: the model runtime the UDF runs (None: the one ``[model]`` and ``weights``
     make), as Beam's ``RunInference`` takes its ``ModelHandler``."""
-    # [model] runtime/precision; converts the Keras model once if needed
-    handler = featurizer if featurizer is not None else make_handler(config, weights)
-    log.info("featurizer %s", handler.model_id)
-    ship_model_files(spark, handler)
+    if featurizer is None:  # [model] runtime/precision; converts the Keras model once if needed
+        featurizer = make_featurizer(config, weights)
+    log.info("featurizer %s", featurizer.model_id)
+    ship_model_files(spark, featurizer)
     spark.dataSource.register(LedgerSource)
     ledger = spark.readStream.format(LedgerSource.name()).option("path", config.files_table).load()
     writer = (
         ledger.writeStream.queryName(config.stream.query_name)
         .option("checkpointLocation", config.checkpoint("ingest"))
-        .foreachBatch(build_sink(spark, config, handler, progress, stop, retries))
+        .foreachBatch(build_sink(spark, config, featurizer, progress, stop, retries))
     )
     if available_now:
         writer = writer.trigger(availableNow=True)
@@ -84,10 +84,10 @@ def start_stream(
     return writer.start()
 
 
-def ship_model_files(spark: SparkSession, handler: Featurizer) -> None:
-    """Weights or IR files of ``handler`` to the executors (``SparkContext.addFile``, once per application):
+def ship_model_files(spark: SparkSession, featurizer: Featurizer) -> None:
+    """Weights or IR files of ``featurizer`` to the executors (``SparkContext.addFile``, once per application):
     executors on other machines read their copy through SparkFiles."""
-    for path in handler.files:
+    for path in featurizer.files:
         if not any(added.endswith("/" + os.path.basename(path)) for added in spark.sparkContext.listFiles):
             spark.sparkContext.addFile(path)
 
@@ -95,7 +95,7 @@ def ship_model_files(spark: SparkSession, handler: Featurizer) -> None:
 def build_sink(
     spark: SparkSession,
     config: Config,
-    handler: Featurizer,
+    featurizer: Featurizer,
     progress: Progress,
     stop: threading.Event | None,
     retries: Retries | None = None,
@@ -111,7 +111,7 @@ def build_sink(
         allow_overwrites=config.discovery.allow_overwrites,
         chunk_rows=config.stream.max_files_per_trigger,
         partitions=config.stream.partitions or spark.sparkContext.defaultParallelism,
-        handler=handler,
+        featurizer=featurizer,
         max_bytes=config.model.max_bytes,
         max_pixels=config.model.max_pixels,
         progress=progress,

@@ -315,7 +315,7 @@ class OutcomeSink:
     allow_overwrites: bool
     chunk_rows: int
     partitions: int
-    handler: Featurizer
+    featurizer: Featurizer
     max_bytes: int
     max_pixels: int
     progress: Progress
@@ -438,7 +438,7 @@ class OutcomeSink:
     def _quarantine(self, verdicts: list[Verdict], places: dict[str, Places], rows: pa.Table | None = None) -> None:
         """Append the quarantine rows of ``verdicts`` (and the ready-made ``rows``) in one commit, then hand the
         retryable ones to :attr:`on_retryable`."""
-        made = quarantine_rows(verdicts, places, self.handler.model_id)
+        made = quarantine_rows(verdicts, places, self.featurizer.model_id)
         table = made if rows is None else pa.concat_tables([rows, made])
         append(self._table(self.quarantine_table), table, self._micro_batch)
         for row in table.select(["file_id", "attempt", "cause"]).to_pylist():
@@ -553,7 +553,7 @@ class OutcomeSink:
             content = self._read(spark, rows, files)
         with self.progress.phases.timed("featurize"):
             read = self._featurize(content).toArrow()  # the job: every core
-        featurized, unread = featurized_rows(rows, read, places, self.handler.model_id)
+        featurized, unread = featurized_rows(rows, read, places, self.featurizer.model_id)
         accepted, rejected = split_featurized(featurized)
         with self.progress.phases.timed("append"):
             append(self._table(self.features_table), accepted, self._micro_batch)
@@ -565,7 +565,7 @@ class OutcomeSink:
         """Whether the featurizing job works at all: one small image made here, through the same UDF."""
         probe = spark.createDataFrame([(PROBE_IMAGE,)], "content binary")
         try:
-            row = probe.select(featurize_column(F.col("content"), self.handler, self.max_pixels).alias("r")).head()
+            row = probe.select(featurize_column(F.col("content"), self.featurizer, self.max_pixels).alias("r")).head()
         except JOB_FAILURES:
             return False
         return row["r"]["error"] is None
@@ -597,7 +597,7 @@ class OutcomeSink:
             "length",
             F.unix_millis("modificationTime").alias("mtime_ms"),
             F.sha2("content", 256).alias("content_sha256"),
-            featurize_column(F.col("content"), self.handler, self.max_pixels).alias("result"),
+            featurize_column(F.col("content"), self.featurizer, self.max_pixels).alias("result"),
         )
 
     def _unread_verdict(self, row: Row, files: LandedFiles) -> Verdict:

@@ -134,20 +134,20 @@ def test_cluster_stream_gives_the_same_rows_and_features_as_local_mode(local_run
 
 def test_both_workers_featurized_with_the_model_files_shipped_by_add_file(cluster, cluster_run):
     from fruits.model.weights import resolve_weights
-    from fruits.model.runtimes import make_handler
+    from fruits.model.runtimes import make_featurizer
 
     # The files the stream's featurizer needs on executors: the weights (TensorFlow) or the converted IR (OpenVINO,
     # the default), already converted and cached in the cluster home by the stream.
-    handler = make_handler(make_config(cluster_run["home"]), resolve_weights(str(NOTOP_WEIGHTS)))
+    featurizer = make_featurizer(make_config(cluster_run["home"]), resolve_weights(str(NOTOP_WEIGHTS)))
     for worker in (1, 2):
         stream_executor = cluster.executor_dirs(worker)[0]  # the first application is the stream
         # Fetched from the driver's file server into the executor's folder (SparkFiles) ...
-        for needed in map(Path, handler.files):
+        for needed in map(Path, featurizer.files):
             assert (stream_executor / needed.name).is_file(), needed.name
             assert (stream_executor / needed.name).stat().st_size == needed.stat().st_size
         # ... and used by the executor's Python worker to build the model (fruits.model.featurizer.shared_model logs this).
         log = (stream_executor / "stderr").read_text(errors="replace")
-        assert "fruits: worker pid" in log and f"built {handler.model_id}" in log, log[-3000:]
+        assert "fruits: worker pid" in log and f"built {featurizer.model_id}" in log, log[-3000:]
     names = [app["name"] for app in cluster_run["state"]["completedapps"]]
     assert sorted(names) == ["fruits-refit-pca", "fruits-stream"]
 

@@ -43,7 +43,7 @@ def uri(path: Path) -> str:
 
 def test_listing_records_each_version_once_and_skips_hidden_names(tmp_path):
     """No Spark: repeated listings, and files `fruits drop` recorded itself, never give a second ledger row."""
-    from fruits.landing.drop import LedgerNote, drop
+    from fruits.landing.drop import LedgerRecorder, drop
     from fruits.home.ledger import ledger_rows
     from fruits.streaming.discovery import Discovery
 
@@ -61,7 +61,7 @@ def test_listing_records_each_version_once_and_skips_hidden_names(tmp_path):
     discovery.start(continuous=False)
     assert discovery.recorded == {"backfill": 5}
     assert discovery.backfill() == 0  # nothing new
-    drop([sample_files("Lemon", 1)[0]], landing, ["jpg"], "Lemon", LedgerNote(config.files_table, landing, "drop"))
+    drop([sample_files("Lemon", 1)[0]], landing, ["jpg"], "Lemon", LedgerRecorder(config.files_table, landing, "drop"))
     assert discovery.backfill() == 0  # drop recorded it before it appeared
     (landing / "Kiwi" / sample_files("Kiwi", 1)[0].name).write_bytes(sample_files("Fig", 1)[0].read_bytes())
     assert discovery.backfill() == 1  # overwritten in place: a new version
@@ -117,7 +117,7 @@ def test_a_previous_versions_checkpoint_is_continued_and_a_file_recorded_before_
     reads its offsets (the last version again, found decided), so nothing is lost and nothing doubled. And `fruits
     drop`, `stage` and uploads record a file, then rename it into place: a stream that reads the row in between
     waits for the file instead of quarantining it as gone."""
-    from fruits.landing.drop import LedgerNote, _prepare
+    from fruits.landing.drop import LedgerRecorder, _prepare
     from fruits.streaming.ingest import run_stream
 
     config = make_config(tmp_path)
@@ -138,7 +138,7 @@ def test_a_previous_versions_checkpoint_is_continued_and_a_file_recorded_before_
     (photo,) = sample_files("Fig", 1)
     (landing / "Fig").mkdir()
     placement = _prepare(photo, landing / "Fig" / photo.name)
-    LedgerNote(config.files_table, landing, "drop")([placement])  # recorded; still under its hidden name
+    LedgerRecorder(config.files_table, landing, "drop")([placement])  # recorded; still under its hidden name
 
     class PublishWhenWaitedFor(logging.Handler):  # the writer's rename comes while the stream has the row
         def emit(self, record: logging.LogRecord) -> None:
@@ -273,7 +273,7 @@ def test_a_home_made_before_the_ledger_is_adopted_once_even_after_drop_made_the_
     adopts every old row, each exactly once, and only featurizes the photo that is really new."""
     from pyspark.sql import functions as F
 
-    from fruits.landing.drop import LedgerNote, drop
+    from fruits.landing.drop import LedgerRecorder, drop
     from fruits.home.ledger import ledger_rows
     from fruits.home.tables import FEATURES_SCHEMA, LEDGER_LINK, QUARANTINE_SCHEMA, ensure_table
     from fruits.streaming.ingest import run_stream
@@ -292,7 +292,7 @@ def test_a_home_made_before_the_ledger_is_adopted_once_even_after_drop_made_the_
     shutil.rmtree(config.files_table)
     shutil.rmtree(config.checkpoint("ingest"))
     # The new version's first command is a drop: it makes the ledger, with its photo's row only.
-    (new,) = (r.target for r in drop(sample_files("Mango", 1), landing, ["jpg"], "Mango", LedgerNote(config.files_table, landing, "drop")))
+    (new,) = (r.target for r in drop(sample_files("Mango", 1), landing, ["jpg"], "Mango", LedgerRecorder(config.files_table, landing, "drop")))
     assert Counter(ledger_rows(config.files_table).to_pandas()["discovered_by"]) == {"drop": 1}
     # The stream's start crashes after the adoption's first step (prepare_home has added the columns by then).
     ensure_table(spark, config.features_table, FEATURES_SCHEMA, "features")
@@ -317,13 +317,13 @@ def test_delete_after_ingest_and_a_file_changed_between_discovery_and_reading(sp
     """With after_ingest = "delete" the landed file is removed once its row is committed. A file rewritten after its
     discovery keeps the ledger row of its first version, which gets a quarantine row saying so; its new version
     (found by the start-up listing) is featurized."""
-    from fruits.landing.drop import LedgerNote, drop
+    from fruits.landing.drop import LedgerRecorder, drop
     from fruits.streaming.ingest import run_stream
 
     config = make_config(tmp_path, discovery={"after_ingest": "delete"})
     landing = tmp_path / "landing"
-    note = LedgerNote(config.files_table, landing, "drop")
-    kept, changed = (r.target for r in drop(sample_files("Kiwi", 2), landing, ["jpg"], "Kiwi", note))
+    recorder = LedgerRecorder(config.files_table, landing, "drop")
+    kept, changed = (r.target for r in drop(sample_files("Kiwi", 2), landing, ["jpg"], "Kiwi", recorder))
     changed.write_bytes(sample_files("Fig", 1)[0].read_bytes())  # rewritten after drop recorded it
     assert run_stream(spark, config, weights, available_now=True) == 3
 

@@ -17,7 +17,7 @@ from conftest import local_path, make_config, place, sample_files
 from fruits.model.udf import ModelFailure, featurize_contents
 from fruits.model.images import RejectedImage, decode_image
 from fruits.model.featurizer import shared_model
-from fruits.model.keras import MobileNetV2Handler
+from fruits.model.keras import KerasFeaturizer
 
 POISON = 13  # grey level of the image FaultyModel fails on
 
@@ -36,13 +36,13 @@ def solid_png(level: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def handler(weights):
-    return MobileNetV2Handler(weights, batch_size=4)
+def featurizer(weights):
+    return KerasFeaturizer(weights, batch_size=4)
 
 
 @pytest.fixture(scope="module")
-def model(handler):
-    return handler.load_model()
+def model(featurizer):
+    return featurizer.load_model()
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +51,11 @@ def photos() -> list[bytes]:
 
 
 @dataclass(frozen=True)
-class FaultyHandler:
-    """Fault injection around the real handler: the real model, except that a batch holding an image of uniform
+class FaultyFeaturizer:
+    """Fault injection around the real featurizer: the real model, except that a batch holding an image of uniform
     grey ``POISON`` raises (``broken``: every batch raises ``error``)."""
 
-    inner: MobileNetV2Handler
+    inner: KerasFeaturizer
     error: type[BaseException] = ValueError
     broken: bool = False
 
@@ -74,36 +74,36 @@ def test_exif_transpose_failure_is_a_rejection_with_the_exception_type():
         decode_image(png_with_zero_exif())
 
 
-def test_a_bad_png_among_real_photos_is_quarantined_alone(handler, model, photos):
-    frame = featurize_contents(pd.Series(photos + [png_with_zero_exif()]), handler, model, 50_000_000)
+def test_a_bad_png_among_real_photos_is_quarantined_alone(featurizer, model, photos):
+    frame = featurize_contents(pd.Series(photos + [png_with_zero_exif()]), featurizer, model, 50_000_000)
     assert frame["error"][:12].isna().all() and frame["error"][12].startswith("cannot decode image: SyntaxError")
-    expected = handler.run_inference(np.stack([decode_image(p) for p in photos]), model)
+    expected = featurizer.run_inference(np.stack([decode_image(p) for p in photos]), model)
     assert np.abs(np.stack(frame["features"][:12]) - expected).max() <= 1e-4
     assert frame["features"][12] is None
 
 
-def test_an_inference_failure_quarantines_only_the_culprit_of_the_chunk(handler, model, photos):
-    faulty = FaultyHandler(handler)
+def test_an_inference_failure_quarantines_only_the_culprit_of_the_chunk(featurizer, model, photos):
+    faulty = FaultyFeaturizer(featurizer)
     contents = photos[:5] + [solid_png(POISON)] + photos[5:8]
     frame = featurize_contents(pd.Series(contents), faulty, model, 50_000_000)
     assert list(frame["error"].isna()) == [True] * 5 + [False] + [True] * 3
     assert frame["error"][5] == "inference failed: ValueError: injected inference failure"
-    expected = handler.run_inference(np.stack([decode_image(p) for p in photos[:8]]), model)
+    expected = featurizer.run_inference(np.stack([decode_image(p) for p in photos[:8]]), model)
     got = np.stack([v for v in frame["features"] if v is not None])
     assert np.abs(got - expected).max() <= 1e-4
 
 
 @pytest.mark.parametrize("error,raised", [(RuntimeError, ModelFailure), (MemoryError, MemoryError)])
-def test_failures_that_are_not_the_images_are_raised_never_quarantined(handler, model, photos, error, raised):
+def test_failures_that_are_not_the_images_are_raised_never_quarantined(featurizer, model, photos, error, raised):
     with pytest.raises(raised):
-        featurize_contents(pd.Series(photos[:3]), FaultyHandler(handler, error, broken=True), model, 50_000_000)
+        featurize_contents(pd.Series(photos[:3]), FaultyFeaturizer(featurizer, error, broken=True), model, 50_000_000)
 
 
 @dataclass(frozen=True)
 class FlakyLoader:
-    """The real handler, whose ``load_model`` fails the first ``failures`` calls (counted in ``calls``)."""
+    """The real featurizer, whose ``load_model`` fails the first ``failures`` calls (counted in ``calls``)."""
 
-    inner: MobileNetV2Handler
+    inner: KerasFeaturizer
     failures: int
     calls: list = None  # type: ignore[assignment]
 
@@ -121,11 +121,11 @@ class FlakyLoader:
         return self.inner.load_model()
 
 
-def test_a_model_that_fails_to_load_is_retried_and_a_lasting_failure_is_raised_uncached(handler):
-    flaky = FlakyLoader(handler, failures=2, calls=[])
+def test_a_model_that_fails_to_load_is_retried_and_a_lasting_failure_is_raised_uncached(featurizer):
+    flaky = FlakyLoader(featurizer, failures=2, calls=[])
     model = shared_model(flaky, attempts=3, backoff_seconds=0)
     assert len(flaky.calls) == 3 and shared_model(flaky) is model  # loaded on the third try, then cached
-    broken = FlakyLoader(handler, failures=99, calls=[])
+    broken = FlakyLoader(featurizer, failures=99, calls=[])
     for _ in range(2):
         with pytest.raises(OSError, match="weights not there yet"):
             shared_model(broken, attempts=2, backoff_seconds=0)

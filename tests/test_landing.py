@@ -113,14 +113,14 @@ def test_staged_slow_upload_is_featurized_whole_by_the_running_stream(spark, wei
     from delta.tables import DeltaTable
 
     from fruits.home.files import file_states
-    from fruits.landing.drop import LedgerNote
+    from fruits.landing.drop import LedgerRecorder
     from fruits.streaming.ingest import run_stream
 
     config = make_config(tmp_path, stream={"trigger": "200ms"})
     landing = tmp_path / "landing"
     reference = place(sample_files("Pineapple", 1), landing / "reference")[0]
-    note = LedgerNote(config.files_table, landing, "stage")
-    stager = InboxStager(tmp_path / "inbox", landing, EXTENSIONS, stable_seconds=30, settle_seconds=0.3, note=note)
+    recorder = LedgerRecorder(config.files_table, landing, "stage")
+    stager = InboxStager(tmp_path / "inbox", landing, EXTENSIONS, stable_seconds=30, settle_seconds=0.3, recorder=recorder)
     stop, stop_stream = threading.Event(), threading.Event()
     staging = threading.Thread(target=stager.run, args=(stop, 0.05))
     streaming = threading.Thread(target=run_stream, args=(spark, config, weights), kwargs={"stop": stop_stream})
@@ -155,7 +155,7 @@ def test_staged_slow_upload_is_featurized_whole_by_the_running_stream(spark, wei
 def test_drop_lands_a_255_byte_name_and_a_name_that_is_not_utf8_recorded_exactly(tmp_path):
     import os
 
-    from fruits.landing.drop import LedgerNote
+    from fruits.landing.drop import LedgerRecorder
     from fruits.home.ledger import ledger_rows
 
     config = make_config(tmp_path)
@@ -164,7 +164,7 @@ def test_drop_lands_a_255_byte_name_and_a_name_that_is_not_utf8_recorded_exactly
     names = [b"p" * 251 + b".jpg", b"caf\xe9.jpg"]
     for name, photo in zip(names, shipped_photos("Banana", 2)):
         (source / os.fsdecode(name)).write_bytes(photo.read_bytes())
-    results = drop([source], landing, EXTENSIONS, note=LedgerNote(config.files_table, landing, "drop"))
+    results = drop([source], landing, EXTENSIONS, recorder=LedgerRecorder(config.files_table, landing, "drop"))
     assert [r.note for r in results] == ["placed", "placed"]
     assert sorted(os.listdir(os.fsencode(landing))) == sorted(names)  # no temporary copy left
     rows = ledger_rows(config.files_table).to_pylist()

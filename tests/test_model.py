@@ -6,7 +6,7 @@ import numpy as np
 
 from conftest import NOTOP_WEIGHTS, TOP_WEIGHTS, sample_files
 from fruits.model.images import decode_image
-from fruits.model.keras import MobileNetV2Handler
+from fruits.model.keras import KerasFeaturizer
 from fruits.model.weights import resolve_weights, weights_have_top
 
 
@@ -22,7 +22,7 @@ def test_with_and_without_top_weights_give_the_same_features():
     images = np.stack([decode_image(p.read_bytes()) for p in sample_files("Strawberry", 5)])
     results = []
     for path in (NOTOP_WEIGHTS, TOP_WEIGHTS):
-        handler = MobileNetV2Handler(resolve_weights(str(path)), batch_size=2)  # 5 images: chunks of 2, 2, 1
-        results.append(handler.run_inference(images, handler.load_model()))
+        featurizer = KerasFeaturizer(resolve_weights(str(path)), batch_size=2)  # 5 images: chunks of 2, 2, 1
+        results.append(featurizer.run_inference(images, featurizer.load_model()))
     assert results[0].shape == (5, 1280) and results[0].dtype == np.float32
     assert np.abs(results[0] - results[1]).max() <= 1e-5

@@ -16,13 +16,13 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_worker_crash_and_a_file_over_2_gib_are_quarantined_and_the_rest_ingested(spark, weights, tmp_path):
-    from fruits.model.runtimes import make_handler
+    from fruits.model.runtimes import make_featurizer
     from fruits.streaming.ingest import run_stream
 
     # A byte cap above 2 GiB, so that the big file reaches Spark's reader (which cannot read it) instead of being
     # quarantined from its ledger size before any read.
     config = make_config(tmp_path, model={"max_bytes": 3 << 30}, stream={"max_files_per_trigger": 20})
-    featurizer = CrashingFeaturizer(make_handler(config, weights))
+    featurizer = CrashingFeaturizer(make_featurizer(config, weights))
     landing = tmp_path / "landing"
     good = place(sample_files("Banana", 9), landing / "Banana") + place(sample_files("Lemon", 9), landing / "Lemon")
     crashing = landing / "Lemon" / "crashes-the-worker.png"

@@ -13,9 +13,9 @@ import pytest
 
 from conftest import NOTOP_WEIGHTS, ROOT, SAMPLE, TOP_WEIGHTS, IMAGENET_CLASSES, make_config, place, sample_files
 from fruits.model.images import decode_image
-from fruits.model.keras import MobileNetV2Handler
+from fruits.model.keras import KerasFeaturizer
 from fruits.model.weights import resolve_weights
-from fruits.model.runtimes import OpenVinoHandler, cpu_supports_bf16, make_handler, same_features
+from fruits.model.runtimes import OpenVinoFeaturizer, cpu_supports_bf16, make_featurizer, same_features
 from fruits.model.ir import convert_once
 
 
@@ -35,23 +35,23 @@ def images():
 
 @pytest.fixture(scope="module")
 def tf_features(weights, images):
-    handler = MobileNetV2Handler(weights, batch_size=32)
-    return handler.run_inference(images, handler.load_model())
+    featurizer = KerasFeaturizer(weights, batch_size=32)
+    return featurizer.run_inference(images, featurizer.load_model())
 
 
-def _handler(config_home, precision="fp32"):
+def _featurizer(config_home, precision="fp32"):
     config = make_config(config_home, model={"runtime": "openvino", "precision": precision})
-    return make_handler(config, resolve_weights(str(NOTOP_WEIGHTS)))
+    return make_featurizer(config, resolve_weights(str(NOTOP_WEIGHTS)))
 
 
 def test_openvino_features_equal_tensorflow(tmp_path, images, tf_features):
-    handler = _handler(tmp_path)
-    assert isinstance(handler, OpenVinoHandler) and handler.batch_size == 8
-    features = handler.run_inference(images, handler.load_model())  # 16 images: chunks of 8
+    featurizer = _featurizer(tmp_path)
+    assert isinstance(featurizer, OpenVinoFeaturizer) and featurizer.batch_size == 8
+    features = featurizer.run_inference(images, featurizer.load_model())  # 16 images: chunks of 8
     assert features.shape == (16, 1280) and features.dtype == np.float32
     assert np.abs(features - tf_features).max() <= 1e-4
     # Odd sizes (dynamic batch: chunks of 5, 5, 1) give the same rows.
-    odd = OpenVinoHandler(handler.weights, handler.ir_path, batch_size=5)
+    odd = OpenVinoFeaturizer(featurizer.weights, featurizer.ir_path, batch_size=5)
     assert np.abs(odd.run_inference(images[:11], odd.load_model()) - tf_features[:11]).max() <= 1e-4
 
 
@@ -70,9 +70,9 @@ def test_conversion_is_cached_by_weights_hash(tmp_path):
 
 def test_model_id_names_runtime_and_precision(tmp_path, weights):
     prefix = weights.model_id
-    assert _handler(tmp_path).model_id == prefix + "/openvino-fp32"
+    assert _featurizer(tmp_path).model_id == prefix + "/openvino-fp32"
     config = make_config(tmp_path, model={"runtime": "tensorflow"})
-    assert make_handler(config, weights).model_id == prefix + "/tensorflow-fp32"
+    assert make_featurizer(config, weights).model_id == prefix + "/tensorflow-fp32"
     assert same_features(prefix + "/openvino-fp32", prefix + "/tensorflow-fp32")
     assert same_features(prefix + "/openvino-fp32", prefix)  # rows written before runtimes were recorded
     assert not same_features(prefix + "/openvino-bf16", prefix + "/openvino-fp32")
@@ -81,24 +81,24 @@ def test_model_id_names_runtime_and_precision(tmp_path, weights):
     from fruits.config import ConfigError
 
     with pytest.raises(ConfigError, match="bf16 needs --runtime openvino"):
-        make_handler(make_config(tmp_path, model={"runtime": "tensorflow", "precision": "bf16"}), weights)
+        make_featurizer(make_config(tmp_path, model={"runtime": "tensorflow", "precision": "bf16"}), weights)
     with pytest.raises(ConfigError, match="int8 needs --runtime openvino"):
-        make_handler(make_config(tmp_path, model={"runtime": "tensorflow", "precision": "int8"}), weights)
+        make_featurizer(make_config(tmp_path, model={"runtime": "tensorflow", "precision": "int8"}), weights)
 
 
 def test_worker_side_openvino_never_imports_tensorflow(tmp_path):
-    """A fresh process (like a Python worker) loads the handler and featurizes bytes without importing TensorFlow."""
-    handler = _handler(tmp_path)  # converts on this (driver) side
+    """A fresh process (like a Python worker) loads the featurizer and featurizes bytes without importing TensorFlow."""
+    featurizer = _featurizer(tmp_path)  # converts on this (driver) side
     photos = [str(p) for p in sample_files("Banana", 3)]
     script = textwrap.dedent(
         f"""
         import pickle, sys
         import pandas as pd
-        handler = pickle.loads({pickle_bytes(handler)!r})
+        featurizer = pickle.loads({pickle_bytes(featurizer)!r})
         from fruits.model.udf import featurize_contents
         from fruits.model.featurizer import shared_model
         contents = pd.Series([open(p, "rb").read() for p in {photos!r}] + [b"not an image"])
-        out = featurize_contents(contents, handler, shared_model(handler), 50_000_000)
+        out = featurize_contents(contents, featurizer, shared_model(featurizer), 50_000_000)
         assert [len(v) for v in out["features"][:3]] == [1280] * 3 and out["error"][3], out
         print("tensorflow" in sys.modules, "keras" in sys.modules)
         """
@@ -128,15 +128,15 @@ def imagenet_head():
         return dense["0"][()], dense["1"][()]
 
 
-def imagenet_top5_rate(handler, head, per_class: int | None = None, exclude: frozenset[str] = frozenset()) -> float:
+def imagenet_top5_rate(featurizer, head, per_class: int | None = None, exclude: frozenset[str] = frozenset()) -> float:
     """Share of the photos of the fruits ImageNet knows (``per_class`` of each class, all by default, less
-    ``exclude``) whose ImageNet class is in the top 5 of ``handler``'s features through the ImageNet head."""
+    ``exclude``) whose ImageNet class is in the top 5 of ``featurizer``'s features through the ImageNet head."""
     kernel, bias = head
-    model, hits = handler.load_model(), []
+    model, hits = featurizer.load_model(), []
     for label, index in IMAGENET_CLASSES.items():
         files = [p for p in sample_files(label, per_class) if f"{label}/{p.name}" not in exclude]
         batch = np.stack([decode_image(p.read_bytes()) for p in files])
-        top5 = np.argsort(-(handler.run_inference(batch, model) @ kernel + bias), axis=1)[:, :5]
+        top5 = np.argsort(-(featurizer.run_inference(batch, model) @ kernel + bias), axis=1)[:, :5]
         hits += list((top5 == index).any(axis=1))
     return float(np.mean(hits))
 
@@ -144,14 +144,14 @@ def imagenet_top5_rate(handler, head, per_class: int | None = None, exclude: fro
 def test_bf16_fidelity_cosine_and_imagenet_top5(tmp_path, images, tf_features, imagenet_head):
     if not cpu_supports_bf16():
         pytest.skip("this CPU has no bf16 support (AVX512_BF16 or AMX): --precision bf16 is refused here")
-    handler = _handler(tmp_path, "bf16")
-    assert handler.model_id.endswith("/openvino-bf16")
-    features = handler.run_inference(images, handler.load_model())
+    featurizer = _featurizer(tmp_path, "bf16")
+    assert featurizer.model_id.endswith("/openvino-bf16")
+    features = featurizer.run_inference(images, featurizer.load_model())
     cosine = _cosine(features, tf_features)
     assert cosine.mean() >= 0.99 and cosine.min() >= 0.98, cosine
 
     # ImageNet top-5 of the fruits ImageNet knows, with the with-top file's head: bf16 keeps fp32's hit rate (±5 %).
-    rates = {precision: imagenet_top5_rate(_handler(tmp_path, precision), imagenet_head, 12) for precision in ("fp32", "bf16")}
+    rates = {precision: imagenet_top5_rate(_featurizer(tmp_path, precision), imagenet_head, 12) for precision in ("fp32", "bf16")}
     assert rates["fp32"] >= 0.9 and rates["bf16"] >= rates["fp32"] - 0.05, rates
 
 
@@ -212,31 +212,31 @@ def test_int8_quantized_on_real_photos_is_cached_and_keeps_fp32_accuracy(tmp_pat
     from fruits.model.quantize import calibration_set, int8_basename, nncf_version
 
     model = {"precision": "int8", "ir_cache": str(tmp_path / "ir")}
-    handler = _handler_for(tmp_path / "home", **model)
-    assert isinstance(handler, OpenVinoHandler) and handler.model_id == weights.model_id + "/openvino-int8"
+    featurizer = _featurizer_for(tmp_path / "home", **model)
+    assert isinstance(featurizer, OpenVinoFeaturizer) and featurizer.model_id == weights.model_id + "/openvino-int8"
     shipped = calibration_set(make_config(tmp_path))
     name = int8_basename(weights, shipped)
-    assert handler.ir_path == str(tmp_path / "ir" / "openvino" / name / f"{name}.xml")
-    assert f"-cal{shipped.sha256[:16]}-nncf{nncf_version()}" in name and all(os.path.isfile(f) for f in handler.files)
-    assert 'element_type="i8"' in Path(handler.ir_path).read_text()  # int8 weights: really quantized
-    mtime = os.stat(handler.ir_path).st_mtime_ns
-    again = _handler_for(tmp_path / "another-home", **model)
-    assert again.ir_path == handler.ir_path and os.stat(again.ir_path).st_mtime_ns == mtime  # cached, not redone
+    assert featurizer.ir_path == str(tmp_path / "ir" / "openvino" / name / f"{name}.xml")
+    assert f"-cal{shipped.sha256[:16]}-nncf{nncf_version()}" in name and all(os.path.isfile(f) for f in featurizer.files)
+    assert 'element_type="i8"' in Path(featurizer.ir_path).read_text()  # int8 weights: really quantized
+    mtime = os.stat(featurizer.ir_path).st_mtime_ns
+    again = _featurizer_for(tmp_path / "another-home", **model)
+    assert again.ir_path == featurizer.ir_path and os.stat(again.ir_path).st_mtime_ns == mtime  # cached, not redone
     assert sorted(p.name for p in (tmp_path / "ir" / "openvino").iterdir()) == sorted(
-        [name, Path(_handler_for(tmp_path / "home", ir_cache=model["ir_cache"]).ir_path).parent.name]
+        [name, Path(_featurizer_for(tmp_path / "home", ir_cache=model["ir_cache"]).ir_path).parent.name]
     )  # the fp32 IR it was made from beside it, no temporary folder left behind
 
-    fp32 = _handler_for(tmp_path / "home", ir_cache=model["ir_cache"])
-    cosine = _cosine(handler.run_inference(images, handler.load_model()), fp32.run_inference(images, fp32.load_model()))
+    fp32 = _featurizer_for(tmp_path / "home", ir_cache=model["ir_cache"])
+    cosine = _cosine(featurizer.run_inference(images, featurizer.load_model()), fp32.run_inference(images, fp32.load_model()))
     assert cosine.mean() >= 0.95, cosine
     calibrated = frozenset(f"{Path(f).parent.name}/{Path(f).name}" for f in shipped.files)
-    rates = {h.precision: imagenet_top5_rate(h, imagenet_head, exclude=calibrated) for h in (fp32, handler)}
+    rates = {h.precision: imagenet_top5_rate(h, imagenet_head, exclude=calibrated) for h in (fp32, featurizer)}
     print(f"ImageNet top-5 on the fruits it knows: {rates}")
     assert rates["fp32"] >= 0.9 and rates["int8"] >= rates["fp32"] - 0.01, rates
 
 
-def _handler_for(home: Path, **model):
-    return make_handler(make_config(home, model={"runtime": "openvino", **model}), resolve_weights(str(NOTOP_WEIGHTS)))
+def _featurizer_for(home: Path, **model):
+    return make_featurizer(make_config(home, model={"runtime": "openvino", **model}), resolve_weights(str(NOTOP_WEIGHTS)))
 
 
 def test_a_converter_that_dies_raises_instead_of_hanging():

@@ -114,15 +114,15 @@ def test_model_is_built_once_per_python_worker(spark, weights):
     """Many tasks and Arrow batches on two worker processes build two models, not one per batch."""
     import pandas as pd
 
-    from fruits.model.keras import MobileNetV2Handler
+    from fruits.model.keras import KerasFeaturizer
 
-    handler = MobileNetV2Handler(weights)
+    featurizer = KerasFeaturizer(weights)
 
     def probe(batches):
         from fruits.model.featurizer import shared_model
 
         for batch in batches:
-            model = shared_model(handler)
+            model = shared_model(featurizer)
             yield pd.DataFrame({"pid": [os.getpid()] * len(batch), "model": [id(model)] * len(batch)})
 
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "5")

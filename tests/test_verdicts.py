@@ -46,7 +46,7 @@ def wait_until(predicate, timeout: float, what: str) -> None:
 
 def test_quarantined_originals_are_kept_and_every_verdict_can_be_undone(spark, weights, tmp_path):
     from fruits.home.ledger import FileVersion, local_mtime_ms, record
-    from fruits.model.runtimes import make_handler
+    from fruits.model.runtimes import make_featurizer
     from fruits.reports.retry import retry_quarantined
     from fruits.streaming.ingest import run_stream
     from fruits.landing.writers import WriterLease
@@ -68,7 +68,7 @@ def test_quarantined_originals_are_kept_and_every_verdict_can_be_undone(spark, w
     # 1. A byte cap too low, and a file that kills its worker. after_ingest = "delete" deletes featurized originals
     #    only: quarantined ones are moved to HOME/quarantine and kept.
     config = make_config(tmp_path, model={"max_bytes": cap}, **sections)
-    featurizer = CrashingFeaturizer(make_handler(config, weights))  # the stream's own, which dies on crash_png()
+    featurizer = CrashingFeaturizer(make_featurizer(config, weights))  # the stream's own, which dies on crash_png()
     run_stream(spark, config, weights, available_now=True, featurizer=featurizer)
     first = states(config)
     assert {name for name, row in first.items() if row["state"] == "quarantined"} == too_large

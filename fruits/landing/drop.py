@@ -2,8 +2,9 @@
 
 The stream records each file version it finds in landing once, so a file must appear there whole: it is written
 under a hidden temporary name in the destination folder (which the stream never reads), flushed to disk, then linked
-under its final name (a link, unlike a rename, never replaces a file already there). With a :class:`LedgerNote`, the
-file is recorded in the ledger just before, so the stream's discovery has nothing left to do for it.
+under its final name (a link, unlike a rename, never replaces a file already there). With a
+:class:`LedgerRecorder`, the file is recorded in the ledger just before, so the stream's discovery has nothing left
+to do for it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from fruits.home.names import check_label, check_sources, is_candidate, stage_re
 log = logging.getLogger("fruits.landing.drop")
 
 # Files recorded in the ledger per commit by `fruits drop` (then made visible in landing).
-NOTE_GROUP = 500
+RECORD_GROUP = 500
 
 
 def local_folder(uri: str) -> Path:
@@ -47,7 +48,7 @@ def _sha256(path: Path) -> str:
 
 
 @dataclass(frozen=True)
-class LedgerNote:
+class LedgerRecorder:
     """Records files in the ledger (:mod:`fruits.home.ledger`) just before they appear in the landing folder, so the
     stream's discovery finds them already recorded and the stream does not wait for an event or a listing."""
 
@@ -56,8 +57,8 @@ class LedgerNote:
     method: str  # "drop", "stage" or "upload"
     # The heartbeat of this process while it lands files (fruits.landing.writers): started before the first row is recorded.
     lease: WriterLease | None = None
-    # The ledger kept loaded from the first note on (`fruits stage` and the web server note for as long as they run:
-    # each note then writes its commit without reading the ledger's log again).
+    # The ledger kept loaded from the first record on (`fruits stage` and the web server record for as long as they
+    # run: each record then writes its commit without reading the ledger's log again).
     _target: AppendTarget = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -119,7 +120,7 @@ def _prepare(source: Path, target: Path, chosen: set[Path] = frozenset()) -> _Pl
     return _Placement(source, temporary, final)
 
 
-def _publish(placement: _Placement, note: LedgerNote | None) -> Path:
+def _publish(placement: _Placement, recorder: LedgerRecorder | None) -> Path:
     """Make a prepared file visible under its final name, never replacing a file (a hard link fails if the name is
     taken; then the next free name is used, and recorded)."""
     try:
@@ -131,8 +132,8 @@ def _publish(placement: _Placement, note: LedgerNote | None) -> Path:
                 placement.final = _free_name(placement.source, placement.final) or placement.final
                 if placement.final.exists():
                     break  # the same bytes landed meanwhile
-                if note is not None:
-                    note([placement])
+                if recorder is not None:
+                    recorder([placement])
     finally:
         placement.temporary.unlink(missing_ok=True)
     directory = os.open(placement.final.parent, os.O_RDONLY)
@@ -143,22 +144,22 @@ def _publish(placement: _Placement, note: LedgerNote | None) -> Path:
     return placement.final
 
 
-def place_atomically(source: Path, target: Path, note: LedgerNote | None = None) -> Path | None:
+def place_atomically(source: Path, target: Path, recorder: LedgerRecorder | None = None) -> Path | None:
     """Put ``source``'s bytes at ``target`` atomically; returns where they landed, or None if already there.
 
     A different file already at ``target`` is never overwritten (the stream would not read it again): the bytes
-    land under ``name-2.ext``, ``name-3.ext``, ... instead. With ``note``, the file is recorded in the ledger before
+    land under ``name-2.ext``, ``name-3.ext``, ... instead. With ``recorder``, the file is recorded in the ledger before
     it appears.
     """
     placement = _prepare(source, target)
     if placement is not None:
         try:
-            if note is not None:
-                note([placement])
+            if recorder is not None:
+                recorder([placement])
         except BaseException:
             placement.temporary.unlink(missing_ok=True)
             raise
-        _publish(placement, note)
+        _publish(placement, recorder)
     return placement.final if placement else None
 
 
@@ -202,16 +203,20 @@ def drop_plan(
 
 
 def drop(
-    sources: list[Path], landing: Path, extensions: list[str], label: str | None = None, note: LedgerNote | None = None
+    sources: list[Path],
+    landing: Path,
+    extensions: list[str],
+    label: str | None = None,
+    recorder: LedgerRecorder | None = None,
 ) -> list[Dropped]:
     """Copy image files, and the images under folders (keeping their sub-folders), into ``landing`` atomically
-    (where each lands: :func:`drop_plan`). With ``note``, they are recorded in the ledger before they appear."""
+    (where each lands: :func:`drop_plan`). With ``recorder``, they are recorded in the ledger before they appear."""
     pairs, results = drop_plan(sources, extensions, label)
     return results + land_in_groups(
         pairs,
         prepare=lambda path, relative, done: _prepare(path, landing / relative, {p.final for p in done}),
-        note=note or (lambda group: None),
-        publish=lambda placement: _publish(placement, note),
+        record=recorder or (lambda group: None),
+        publish=lambda placement: _publish(placement, recorder),
         discard=lambda placement: placement.temporary.unlink(missing_ok=True),
     )
 
@@ -219,13 +224,13 @@ def drop(
 def land_in_groups(
     pairs: list[tuple[Path, PurePosixPath]],
     prepare: Callable[[Path, PurePosixPath, list[Any]], Any | None],
-    note: Callable[[list[Any]], None],
+    record: Callable[[list[Any]], None],
     publish: Callable[[Any], Path | str],
     discard: Callable[[Any], None] = lambda item: None,
 ) -> list[Dropped]:
     """The drop loop of every landing folder (local here, S3 in :mod:`fruits.landing.stage`): ``prepare`` each file
-    (None: its bytes are there already; it sees the files prepared before it), then, a group of ``NOTE_GROUP`` at a
-    time, ``note`` the group in the ledger (one commit) before ``publish`` makes each file visible. If a ledger
+    (None: its bytes are there already; it sees the files prepared before it), then, a group of ``RECORD_GROUP`` at a
+    time, ``record`` the group in the ledger (one commit) before ``publish`` makes each file visible. If a ledger
     commit fails, the files not yet published are ``discard``-ed and the error goes on."""
     results: list[Dropped] = []
     prepared: list[Any] = []
@@ -240,10 +245,10 @@ def land_in_groups(
         for item in prepared:
             discard(item)
         raise
-    for start in range(0, len(prepared), NOTE_GROUP):
-        group = prepared[start : start + NOTE_GROUP]
+    for start in range(0, len(prepared), RECORD_GROUP):
+        group = prepared[start : start + RECORD_GROUP]
         try:
-            note(group)  # one ledger commit for many photos
+            record(group)  # one ledger commit for many photos
         except BaseException:
             for item in prepared[start:]:
                 discard(item)
@@ -281,7 +286,7 @@ class InboxStager(FileSystemEventHandler):
     extensions: list[str]
     stable_seconds: float = 5.0
     settle_seconds: float = 0.5
-    note: LedgerNote | None = None
+    recorder: LedgerRecorder | None = None
     # How a complete file is promoted: (inbox file, its path below landing) -> where it landed or None. Default: an
     # atomic local copy into ``landing`` (:func:`place_atomically`); fruits.landing.stage gives one for S3.
     place: Callable[[Path, PurePosixPath], object] | None = None
@@ -356,7 +361,7 @@ class InboxStager(FileSystemEventHandler):
         relative = PurePosixPath(path.relative_to(self.inbox).as_posix())
         before = path.stat()
         if self.place is None:
-            placed = place_atomically(path, self.landing / relative, note=self.note)
+            placed = place_atomically(path, self.landing / relative, recorder=self.recorder)
         else:
             placed = self.place(path, relative)
         try:

@@ -70,7 +70,7 @@ class ObjectLanding:
         target = self._free_name(len(data), etag, relative, chosen)
         return None if target is None else _Upload(source, len(data), target, etag)
 
-    def _note(self, uploads: list[_Upload]) -> None:
+    def _record(self, uploads: list[_Upload]) -> None:
         """Record ``uploads`` in the ledger in one commit (before any of them is visible)."""
         now_ms = int(time.time() * 1000)  # informational: the server sets the object's own mtime
         versions = [FileVersion(u.target, u.size, now_ms, label_of(u.target, self.landing), u.etag) for u in uploads]
@@ -90,7 +90,7 @@ class ObjectLanding:
             if target is None:
                 break  # the same bytes landed meanwhile
             upload.target = target
-            self._note([upload])
+            self._record([upload])
         return upload.target
 
     def place(self, source: Path, relative: PurePosixPath) -> str | None:
@@ -98,7 +98,7 @@ class ObjectLanding:
         upload = self._prepare(source, relative, set())
         if upload is None:
             return None
-        self._note([upload])
+        self._record([upload])
         return self._publish(upload)
 
     def drop(self, sources: list[Path], extensions: list[str], label: str | None = None) -> list[Dropped]:
@@ -107,6 +107,6 @@ class ObjectLanding:
         return results + land_in_groups(
             pairs,
             prepare=lambda path, relative, done: self._prepare(path, relative, {u.target for u in done}),
-            note=self._note,
+            record=self._record,
             publish=self._publish,
         )

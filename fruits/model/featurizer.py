@@ -127,33 +127,35 @@ LOAD_ATTEMPTS = 3
 LOAD_BACKOFF_SECONDS = 1.0
 
 
-def shared_model(handler: Featurizer, attempts: int = LOAD_ATTEMPTS, backoff_seconds: float = LOAD_BACKOFF_SECONDS) -> Any:
-    """The model for ``handler``, loaded once per process and reused by every later batch and micro-batch.
+def shared_model(
+    featurizer: Featurizer, attempts: int = LOAD_ATTEMPTS, backoff_seconds: float = LOAD_BACKOFF_SECONDS
+) -> Any:
+    """The model for ``featurizer``, loaded once per process and reused by every later batch and micro-batch.
 
     A load that raises is tried up to ``attempts`` times (waiting ``backoff_seconds`` x attempt in between); the last
     error is raised, and nothing is cached, so a later call tries again."""
     with _MODELS_LOCK:
-        if handler not in _MODELS:
+        if featurizer not in _MODELS:
             started = time.perf_counter()
             for attempt in range(1, attempts + 1):
                 try:
-                    model = handler.load_model()
+                    model = featurizer.load_model()
                     break
                 except Exception as exc:
                     if attempt == attempts:
                         raise
                     print(
-                        f"fruits: worker pid {os.getpid()} could not build {handler.model_id} "
+                        f"fruits: worker pid {os.getpid()} could not build {featurizer.model_id} "
                         f"(attempt {attempt} of {attempts}: {type(exc).__name__}: {exc}); retrying",
                         file=sys.stderr,
                         flush=True,
                     )
                     time.sleep(backoff_seconds * attempt)
-            _MODELS[handler] = model
+            _MODELS[featurizer] = model
             # Python workers have no logging set up; stderr reaches the executor's log.
             print(
-                f"fruits: worker pid {os.getpid()} built {handler.model_id} in {time.perf_counter() - started:.1f} s",
+                f"fruits: worker pid {os.getpid()} built {featurizer.model_id} in {time.perf_counter() - started:.1f} s",
                 file=sys.stderr,
                 flush=True,
             )
-        return _MODELS[handler]
+        return _MODELS[featurizer]

@@ -23,7 +23,7 @@ from fruits.model.images import RejectedImage, decode_image
 from fruits.model.weights import WeightsRef
 from fruits.home.pca_store import PcaModelStore, latest_record
 from fruits.home.tables import open_table
-from fruits.model.runtimes import make_handler, same_features
+from fruits.model.runtimes import make_featurizer, same_features
 
 
 class IdentifyError(RuntimeError):
@@ -114,17 +114,17 @@ class Identifier:
         self._lock = threading.Lock()
         self._reload = threading.Lock()
         self._reference: Reference | None = None
-        self._handler: Featurizer | None = None
+        self._featurizer: Featurizer | None = None
         self._model: Any = None
 
     def featurizer(self) -> tuple[Featurizer, Any]:
         """The stream's own featurizer (same runtime, same model id) and its model, built on the first call."""
         with self._lock:
             if self._model is None:
-                handler = make_handler(self.config, self.weights, threads=self.threads)
-                self._model, self._handler = handler.load_model(), handler
-            assert self._handler is not None
-            return self._handler, self._model
+                featurizer = make_featurizer(self.config, self.weights, threads=self.threads)
+                self._model, self._featurizer = featurizer.load_model(), featurizer
+            assert self._featurizer is not None
+            return self._featurizer, self._model
 
     def reference(self) -> Reference:
         """The newest PCA version's reference rows, checked against the weights and runtime in use."""
@@ -147,10 +147,10 @@ class Identifier:
                 f"--weights give model id {self.weights.model_id}, but PCA v{reference.version} was fitted on features "
                 f"of {', '.join(reference.model_ids)}: pass the weights the stream used"
             )
-        handler, _ = self.featurizer()
-        if not any(same_features(handler.model_id, stored) for stored in reference.model_ids):
+        featurizer, _ = self.featurizer()
+        if not any(same_features(featurizer.model_id, stored) for stored in reference.model_ids):
             raise IdentifyError(
-                f"--runtime/--precision give model id {handler.model_id}, but PCA v{reference.version} was fitted on "
+                f"--runtime/--precision give model id {featurizer.model_id}, but PCA v{reference.version} was fitted on "
                 f"features of {', '.join(reference.model_ids)}: pass the precision the stream used"
             )
         self._reference = reference
@@ -162,19 +162,19 @@ class Identifier:
         """One result per ``(name, bytes)``: ``photo``, ``predicted``, ``confidence``, ``neighbors``,
         ``pca_version``, or ``photo`` and ``error`` (undecodable bytes, or the exception given instead of bytes)."""
         reference = self.reference()
-        handler, model = self.featurizer()
+        featurizer, model = self.featurizer()
         results, images, good = [], [], []
         for name, data in photos:
             try:
                 if isinstance(data, Exception):
                     raise data
-                images.append(decode_image(data, handler.image_size, self.max_pixels))
+                images.append(decode_image(data, featurizer.image_size, self.max_pixels))
                 good.append(len(results))
                 results.append({"photo": name})
             except (OSError, RejectedImage) as exc:
                 results.append({"photo": name, "error": str(exc)})
         if images:
-            features = handler.run_inference(np.stack(images), model)
+            features = featurizer.run_inference(np.stack(images), model)
             projected = (features.astype(np.float64) @ reference.components).astype(np.float32)
             for index, vector in zip(good, projected):
                 results[index].update(nearest(reference, vector, neighbours, with_paths), pca_version=reference.version)

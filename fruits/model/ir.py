@@ -30,7 +30,7 @@ def ir_cache_dir(config: Config) -> Path:
     """Where converted (and quantized) IR is cached, per user rather than per home, so a new home does not pay the
     conversion again: ``[model] ir_cache`` if set, else ``$XDG_CACHE_HOME/fruits``, else ``~/.cache/fruits``.
     Always a local folder on the driver: OpenVINO reads IR from local files, and executors get their copy through
-    ``SparkContext.addFile`` (the handler's ``files``)."""
+    ``SparkContext.addFile`` (the featurizer's ``files``)."""
     configured = config.model.ir_cache
     if configured:
         folder = local_path(configured)

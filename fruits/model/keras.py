@@ -1,6 +1,6 @@
 """MobileNetV2 feature extraction with TensorFlow: the Keras model, source of truth of every runtime.
 
-:class:`MobileNetV2Handler` is the TensorFlow :class:`~fruits.model.featurizer.Featurizer`: ``load_model`` builds the model
+:class:`KerasFeaturizer` is the TensorFlow :class:`~fruits.model.featurizer.Featurizer`: ``load_model`` builds the model
 (once per Python worker, see :func:`shared_model`) and ``run_inference`` turns a batch of decoded images into 1280-d
 features. Which weights made a feature is recorded as :attr:`WeightsRef.model_id` on every row.
 
@@ -34,7 +34,7 @@ def build_keras_model(weights_file: str, has_top: bool, image_size: int = 224) -
 
 
 @dataclass(frozen=True)
-class MobileNetV2Handler(ChunkedFeaturizer):
+class KerasFeaturizer(ChunkedFeaturizer):
     """Builds MobileNetV2 feature extractors with TensorFlow and runs them: a :class:`~fruits.model.featurizer.Featurizer`;
     picklable, so Spark ships it to Python workers."""
 

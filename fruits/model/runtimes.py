@@ -7,9 +7,10 @@ fraction of TensorFlow's memory, and offers opt-in precisions: bf16 on CPUs that
 
 - :func:`fruits.model.ir.convert_once` (driver side) converts the Keras model to OpenVINO IR once per weights file
   and caches it per user (so a new home does not convert again). Only its child process imports TensorFlow.
-- :class:`OpenVinoHandler` is a :class:`~fruits.model.featurizer.Featurizer` like :class:`fruits.model.keras.MobileNetV2Handler`
-  and never imports TensorFlow: Python workers of the stream load only OpenVINO.
-- :func:`make_handler` is the one factory the stream and ``fruits identify`` use, so both make the same model id.
+- :class:`OpenVinoFeaturizer` is a :class:`~fruits.model.featurizer.Featurizer` like
+  :class:`fruits.model.keras.KerasFeaturizer` and never imports TensorFlow: Python workers of the stream load only
+  OpenVINO.
+- :func:`make_featurizer` is the one factory the stream and ``fruits identify`` use, so both make the same model id.
 
 Every row's ``model_id`` is ``<weights id>/<runtime>-<precision>``, e.g.
 ``mobilenet_v2_1.0_224/file/sha256:0c307d1bb5e7222e/openvino-fp32``.
@@ -28,7 +29,7 @@ import numpy as np
 from fruits.config import Config, ConfigError, allowed_values
 from fruits.model.featurizer import ChunkedFeaturizer, Featurizer, local_file, mobilenet_v2_preprocess
 from fruits.model.ir import convert_once, ir_cache_dir
-from fruits.model.keras import MobileNetV2Handler
+from fruits.model.keras import KerasFeaturizer
 from fruits.model.weights import WeightsRef
 
 log = logging.getLogger("fruits.model.runtimes")
@@ -48,7 +49,7 @@ def cpu_supports_bf16() -> bool:
 
 
 @dataclass(frozen=True)
-class OpenVinoHandler(ChunkedFeaturizer):
+class OpenVinoFeaturizer(ChunkedFeaturizer):
     """MobileNetV2 features with OpenVINO from a cached IR: a :class:`~fruits.model.featurizer.Featurizer`; picklable and
     hashable (see :func:`fruits.model.featurizer.shared_model`)."""
 
@@ -97,7 +98,7 @@ class OpenVinoHandler(ChunkedFeaturizer):
         return np.asarray(runner.infer([mobilenet_v2_preprocess(images)])[0], dtype=np.float32)
 
 
-def make_handler(config: Config, weights: WeightsRef, threads: int | None = None) -> Featurizer:
+def make_featurizer(config: Config, weights: WeightsRef, threads: int | None = None) -> Featurizer:
     """The featurizer ``config`` asks for (``[model] runtime`` and ``precision``): the one factory of the stream and
     ``fruits identify``, so both give the same model id. Converts (and, for int8, quantizes) once on the driver when
     the runtime needs it; the IR is cached per user (:func:`ir_cache_dir`)."""
@@ -106,14 +107,14 @@ def make_handler(config: Config, weights: WeightsRef, threads: int | None = None
     image_size, batch_size = model_cfg.image_size, model_cfg.inference_batch_size
     threads = model_cfg.intra_op_threads if threads is None else threads
     if runtime == "tensorflow":
-        return MobileNetV2Handler(weights, image_size=image_size, batch_size=batch_size, intra_op_threads=threads)
+        return KerasFeaturizer(weights, image_size=image_size, batch_size=batch_size, intra_op_threads=threads)
     if precision == "int8":
         from fruits.model.quantize import calibration_set, quantize_once
 
         ir_path = quantize_once(weights, calibration_set(config), ir_cache_dir(config), image_size)
     else:
         ir_path = convert_once(weights, ir_cache_dir(config), image_size)
-    return OpenVinoHandler(weights, ir_path, precision, image_size=image_size, batch_size=batch_size, threads=threads)
+    return OpenVinoFeaturizer(weights, ir_path, precision, image_size=image_size, batch_size=batch_size, threads=threads)
 
 
 def check_runtime(runtime: str, precision: str) -> tuple[str, str]:

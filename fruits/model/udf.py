@@ -38,16 +38,16 @@ def decode_isolated(data: bytes | None, size: int, max_pixels: int) -> np.ndarra
         return decode_image(data, size, max_pixels)
 
 
-def _model_works(handler: Featurizer, model: Any) -> bool:
+def _model_works(featurizer: Featurizer, model: Any) -> bool:
     """Whether the model still runs on a blank image (then a failure on a given image is that image's fault)."""
     try:
-        handler.run_inference(np.zeros((1, handler.image_size, handler.image_size, 3), dtype=np.uint8), model)
+        featurizer.run_inference(np.zeros((1, featurizer.image_size, featurizer.image_size, 3), dtype=np.uint8), model)
         return True
     except Exception:
         return False
 
 
-def infer_isolated(handler: Featurizer, model: Any, images: list[np.ndarray]) -> list[np.ndarray | str]:
+def infer_isolated(featurizer: Featurizer, model: Any, images: list[np.ndarray]) -> list[np.ndarray | str]:
     """Features of each image, or the reason its inference failed.
 
     The images run as one batch; if that fails, each runs alone. An image that fails alone, while the model still
@@ -55,19 +55,19 @@ def infer_isolated(handler: Featurizer, model: Any, images: list[np.ndarray]) ->
     fails on the blank image too, and any :data:`~fruits.model.images.TRANSIENT` error of a single image.
     """
     try:
-        return list(handler.run_inference(np.stack(images), model))
+        return list(featurizer.run_inference(np.stack(images), model))
     except Exception:  # includes MemoryError: one image at a time needs far less memory
         pass
     results: list[np.ndarray | str] = []
     model_ok: bool | None = None
     for image in images:
         try:
-            results.append(handler.run_inference(image[None], model)[0])
+            results.append(featurizer.run_inference(image[None], model)[0])
         except TRANSIENT:
             raise
         except Exception as exc:
             if model_ok is None:
-                model_ok = _model_works(handler, model)
+                model_ok = _model_works(featurizer, model)
             if not model_ok:
                 raise ModelFailure(f"the model fails on a blank image too: {type(exc).__name__}: {exc}") from exc
             results.append(f"inference failed: {type(exc).__name__}: {exc}")
@@ -95,12 +95,12 @@ def decode_contents(contents: pd.Series, image_size: int, max_pixels: int) -> De
     return decoded
 
 
-def infer_decoded(decoded: DecodedBatch, handler: Featurizer, model: Any) -> pd.DataFrame:
+def infer_decoded(decoded: DecodedBatch, featurizer: Featurizer, model: Any) -> pd.DataFrame:
     """The UDF's output for one decoded batch: features, or the reason a row has none."""
     errors = list(decoded.errors)
     features: list[np.ndarray | None] = [None] * len(errors)
     if decoded.images:
-        for row, outcome in zip(decoded.rows, infer_isolated(handler, model, decoded.images)):
+        for row, outcome in zip(decoded.rows, infer_isolated(featurizer, model, decoded.images)):
             if isinstance(outcome, str):
                 errors[row] = outcome
             else:
@@ -108,14 +108,14 @@ def infer_decoded(decoded: DecodedBatch, handler: Featurizer, model: Any) -> pd.
     return pd.DataFrame({"features": features, "error": errors})
 
 
-def featurize_contents(contents: pd.Series, handler: Featurizer, model: Any, max_pixels: int) -> pd.DataFrame:
+def featurize_contents(contents: pd.Series, featurizer: Featurizer, model: Any, max_pixels: int) -> pd.DataFrame:
     """Featurize one Arrow batch of image bytes; rows that cannot be decoded or inferred get ``error`` and null
     features."""
-    return infer_decoded(decode_contents(contents, handler.image_size, max_pixels), handler, model)
+    return infer_decoded(decode_contents(contents, featurizer.image_size, max_pixels), featurizer, model)
 
 
 def featurize_batches(
-    batches: Iterator[pd.Series], handler: Featurizer, model: Any, max_pixels: int
+    batches: Iterator[pd.Series], featurizer: Featurizer, model: Any, max_pixels: int
 ) -> Iterator[pd.DataFrame]:
     """:func:`featurize_contents` over Arrow batches, in order, with the next batch's decoding (Pillow, which
     releases the GIL) in a thread while this one's inference runs: the two overlap instead of taking turns
@@ -123,20 +123,20 @@ def featurize_batches(
     with ThreadPoolExecutor(1, thread_name_prefix="fruits-decode") as decoder:
         ahead: Future[DecodedBatch] | None = None
         for contents in batches:
-            following = decoder.submit(decode_contents, contents, handler.image_size, max_pixels)
+            following = decoder.submit(decode_contents, contents, featurizer.image_size, max_pixels)
             if ahead is not None:
-                yield infer_decoded(ahead.result(), handler, model)
+                yield infer_decoded(ahead.result(), featurizer, model)
             ahead = following
         if ahead is not None:
-            yield infer_decoded(ahead.result(), handler, model)
+            yield infer_decoded(ahead.result(), featurizer, model)
 
 
-def featurize_column(content: Column, handler: Featurizer, max_pixels: int = DEFAULT_MAX_PIXELS) -> Column:
+def featurize_column(content: Column, featurizer: Featurizer, max_pixels: int = DEFAULT_MAX_PIXELS) -> Column:
     """A struct column ``(features array<float>, error string)`` computed from a binary ``content`` column."""
 
     @pandas_udf(RESULT_SCHEMA)
     def featurize(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        model = shared_model(handler)  # built once per Python worker, reused across batches and micro-batches
-        yield from featurize_batches(batches, handler, model, max_pixels)
+        model = shared_model(featurizer)  # built once per Python worker, reused across batches and micro-batches
+        yield from featurize_batches(batches, featurizer, model, max_pixels)
 
     return featurize(content)

@@ -40,7 +40,7 @@ from fruits.config import Config
 from fruits.web.cpu_share import CpuShare
 from fruits.model.identify import Identifier, IdentifyError
 from fruits.model.images import BudgetExhausted, PixelBudget, RejectedImage, bomb, open_checked, sniff_format
-from fruits.landing.drop import Dropped, LedgerNote, drop, local_folder
+from fruits.landing.drop import Dropped, LedgerRecorder, drop, local_folder
 from fruits.landing.writers import WriterLease
 from fruits.landing.stage import ObjectLanding
 from fruits.home.s3 import is_s3
@@ -121,7 +121,7 @@ class WebService:
             self.landing = None
         # The stream waits for an upload recorded but not visible yet while this heartbeats (from the first upload on).
         self.lease = WriterLease(config.writers, config.discovery.writer_timeout)
-        self.note = LedgerNote(config.files_table, self.landing, "upload", self.lease) if self.landing else None
+        self.recorder = LedgerRecorder(config.files_table, self.landing, "upload", self.lease) if self.landing else None
         self.objects = (
             ObjectLanding(config.landing, config.files_table, "upload", lease=self.lease) if is_s3(config.landing) else None
         )
@@ -213,7 +213,7 @@ class WebService:
         if self.objects is not None:
             (result,) = self.objects.drop([source], list(self.extensions), label)
         else:
-            (result,) = drop([source], self.landing, list(self.extensions), label, self.note)
+            (result,) = drop([source], self.landing, list(self.extensions), label, self.recorder)
         return result
 
     def _below_landing(self, target: Path | str) -> str:
