@@ -27,7 +27,7 @@ from fruits.batch.spark_ml_format import INPUT_COL, OUTPUT_COL
 from fruits.config import Config
 from fruits.home.pca_store import PcaModelStore, PcaVersion
 
-if TYPE_CHECKING:  # pyspark.ml is imported by the Spark path only: the local refit spares its import (~0.5 s)
+if TYPE_CHECKING:  # pyspark.ml is imported by the Spark path only: the local refit spares its import time
     from pyspark.ml.feature import PCAModel
     from pyspark.sql import DataFrame, SparkSession
 

@@ -1,7 +1,7 @@
 """Fuzz figures: mutated real photos (tests/fuzzing.py, fixed seed) through ``decode_image``, counted by outcome.
 
 Each mutant is decoded, rejected (``RejectedImage``: quarantined with that reason), or escapes with another
-exception (which, before issue 11, failed the whole micro-batch). ``--against REV`` runs the same mutants through
+exception (which would fail the whole micro-batch, not one photo). ``--against REV`` runs the same mutants through
 ``fruits/model/images.py`` as it was at git revision REV too, for a before/after comparison.
 
 Usage: python bench/fuzz_decode.py [--count 1000] [--seed 11] [--against 7b79d90]

@@ -13,7 +13,7 @@
   is in the landing folder) to its row in the features table (bench/latency.py's commit watcher: the first listing
   of the Delta commit that adds it). The dashboard shows it at its next poll (``[web] refresh_seconds``) after that.
 
-- ``beside``: does identify starve a stream on the same machine (issue 22)? A ``fruits serve`` holds the reference
+- ``beside``: does identify starve a stream on the same machine? A ``fruits serve`` holds the reference
   home (as in ``identify``); ``fruits stream --available-now`` ingests a fresh landing folder of ``--images`` photos
   twice: alone (the server idle), then with ``--clients`` (default 8) identify clients asking in a loop for as long
   as it runs. The stream's steady rate comes from its own per-batch lines (bench/ingest_throughput.py). Targets: the

@@ -215,7 +215,7 @@ class LedgerReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def _rows_between(self, begin: int, last: int) -> pa.Table:
         """The rows the commits ``begin + 1 .. last`` added (inserts only: a compaction adds no rows). Raises
-        :class:`LedgerUnreadable` if they can no longer be read; any other error after a second try."""
+        :class:`LedgerUnreadable` if they can no longer be read; any other error after the third try."""
         from deltalake.exceptions import DeltaError
 
         for attempt in range(3):

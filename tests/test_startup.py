@@ -1,4 +1,4 @@
-"""What a stream's start-up no longer pays for: the tables made with delta-rs (not Spark jobs), and Ivy's resolution
+"""What a stream's start-up does not pay for: the tables made with delta-rs (not Spark jobs), and Ivy's resolution
 of the Delta jars at every session start (the jars an earlier resolution found are reused)."""
 
 from __future__ import annotations

@@ -371,7 +371,7 @@ def test_images_per_second_come_from_the_streams_cumulative_counter(tmp_path):
 
     def write(batch: int, files: int, since_start: int) -> None:
         figures = {"batch": batch, "files": files, "seconds": 1.0, "images_per_s": files, "files_since_start": since_start,
-                   "at": f"2026-12-03T09:00:{batch:02d}.000Z", "query_id": "q"}
+                   "at": f"2026-12-03T09:00:{batch:02d}.000Z"}
         progress.write_text(json.dumps(figures))
 
     t0 = 1_000_000.0  # a multiple of the 5 s buckets

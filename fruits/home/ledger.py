@@ -210,7 +210,7 @@ def record_retries(ledger: str | AppendTarget, rows: list[dict], read_from: list
 
 
 def digests(hex_ids: pa.Array | list[str]) -> np.ndarray:
-    """32-hex-digit ids as a numpy array of 16-byte values (what :class:`KnownFiles` stores)."""
+    """32-hex-digit ids as a numpy array of 16-byte values (what :class:`SortedDigests` stores)."""
     ids = pa.array(hex_ids, pa.string()) if not isinstance(hex_ids, pa.Array) else hex_ids
     if len(ids) == 0:
         return np.zeros(0, dtype="S16")

@@ -157,11 +157,6 @@ class PcaModelStore:
                 return record
         return None
 
-    def next_version(self) -> int:
-        """The number the next refit takes: one past the newest complete version (an unfinished one is redone)."""
-        latest = self.latest()
-        return latest.version + 1 if latest else 1
-
     def _record(self, version: int) -> PcaVersion | None:
         data = self.files.read(join_uri(self.folder(version), METADATA))
         return PcaVersion.from_json(data.decode("utf-8")) if data is not None else None

@@ -55,7 +55,7 @@ def convert_once(weights: WeightsRef, cache_dir: str | os.PathLike[str], image_s
         return str(xml)
     folder.mkdir(parents=True, exist_ok=True)
     log.info("converting %s to OpenVINO IR under %s (once per weights file)", weights.model_id, folder)
-    # In a child process: TensorFlow (~0.7 GB) must not stay resident in the long-running stream's driver.
+    # In a child process: TensorFlow's memory must not stay resident in the long-running stream's driver.
     run_in_child(_convert, weights, str(folder), name, image_size)
     return str(xml)
 

@@ -50,17 +50,17 @@ def aged(report: dict[str, Any], elapsed: float) -> dict[str, Any]:
 
 
 # The figures of one micro-batch, as the stream writes them to its progress file.
-BATCH_FIELDS = ("batch", "files", "seconds", "images_per_s", "at", "query_id")
+BATCH_FIELDS = ("batch", "files", "seconds", "images_per_s", "at")
 
 
 class ProgressSampler:
-    """Ring buffer of ``(time, files_since_start, run)`` samples of the stream's progress file, and of the distinct
+    """Ring buffer of ``(time, files_since_start)`` samples of the stream's progress file, and of the distinct
     micro-batches it recorded."""
 
     def __init__(self, config: Config, window_seconds: float, sample_seconds: float, batches: int = 12) -> None:
         self.config = config
         self.window = float(window_seconds)
-        self.samples: deque[tuple[float, int, str]] = deque(maxlen=int(self.window / max(sample_seconds, 0.1)) + 2)
+        self.samples: deque[tuple[float, int]] = deque(maxlen=int(self.window / max(sample_seconds, 0.1)) + 2)
         self.batches: deque[dict[str, Any]] = deque(maxlen=batches)
         self._lock = threading.Lock()
 
@@ -73,10 +73,10 @@ class ProgressSampler:
         now = time.time() if now is None else now
         with self._lock:
             if progress is None:  # nothing new: the counter stays where it was
-                _, files, run = self.samples[-1] if self.samples else (now, 0, "")
-                self.samples.append((now, files, run))
+                _, files = self.samples[-1] if self.samples else (now, 0)
+                self.samples.append((now, files))
                 return
-            self.samples.append((now, int(progress.get("files_since_start") or 0), str(progress.get("query_id"))))
+            self.samples.append((now, int(progress.get("files_since_start") or 0)))
             batch = {key: progress.get(key) for key in BATCH_FIELDS}
             if not self.batches or self.batches[-1] != batch:
                 self.batches.append(batch)
@@ -88,8 +88,8 @@ class ProgressSampler:
         with self._lock:
             samples = [s for s in self.samples if s[0] >= now - self.window - bucket_seconds]
         files: dict[int, int] = {}
-        for (_, before, run_before), (t, after, run) in zip(samples, samples[1:]):
-            read = after - before if after >= before and run == run_before else after
+        for (_, before), (t, after) in zip(samples, samples[1:]):
+            read = after - before if after >= before else after
             bucket = int(t // bucket_seconds)
             files[bucket] = files.get(bucket, 0) + read
         if not samples:
