@@ -192,7 +192,7 @@ class _Events(FileSystemEventHandler):
     def _walk(self, folder: str | bytes, complete: bool) -> None:
         """The files of a folder created or moved in (their own events may have come before the watch did)."""
         for version in list_local(os.fsdecode(folder), self.extensions):
-            path = os.fsdecode(local_bytes({"path": version.path, "raw_path": version.raw}))
+            path = os.fsdecode(local_bytes(version.row))
             if complete:
                 self._touch(path, "moved")
             else:
@@ -295,7 +295,7 @@ class Discovery:
         now_ms, now = time.time() * 1000, time.monotonic()
         complete = []
         for version in listed:
-            path = os.fsdecode(local_bytes({"path": version.path, "raw_path": version.raw}))
+            path = os.fsdecode(local_bytes(version.row))
             young = self.young.get(path)
             if young is None or (young.size, young.mtime_ms) != (version.size, version.mtime_ms):
                 young = _Young(version.size, version.mtime_ms, now)

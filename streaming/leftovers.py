@@ -58,12 +58,12 @@ class Leftovers:
             target = outcome["stored_path"]
             if target == version.path or (target is None and not featurized):
                 continue
-            now = self.files.identity(version.path)
+            now = self.files.identity(version.row)  # the exact name: ``path`` is only its readable spelling
             if now is None or now[0] != version.size or now[1] not in (-1, version.mtime_ms):
                 continue
             if target is None:
-                self.files.remove(version.path)
-            elif not self.files.move_unchanged(version.path, target, now):
+                self.files.remove(version.row)
+            elif not self.files.move_unchanged(version.row, target, now):
                 log.warning("%s: decided, but %s is taken or the file changed; it stays in landing", version.path, target)
                 continue
             moved += 1

@@ -147,18 +147,24 @@ def test_quarantined_originals_are_kept_and_every_verdict_can_be_undone(spark, w
 
 def test_a_file_left_in_landing_after_its_outcome_was_committed_is_moved_at_the_next_start(spark, weights, tmp_path):
     """A crash between an outcome's commit and the file's move leaves a decided file in landing: the next listing
-    moves it where its outcome row says, and it is not featurized again."""
+    moves it where its outcome row says, and it is not featurized again; so does a file whose name is not UTF-8
+    (found by its exact bytes, not by the ledger's readable spelling of its name)."""
     from fruits.streaming.ingest import run_stream
 
     config = make_config(tmp_path)
     landing = tmp_path / "landing"
     photos = place(sample_files("Kiwi", 2), landing / "Kiwi")
-    assert run_stream(spark, config, weights, available_now=True) == 2
+    odd = os.fsencode(landing / "Kiwi") + b"/caf\xe9.jpg"  # Latin-1: the ledger spells it caf\xe9.jpg
+    with open(odd, "wb") as handle:
+        handle.write(sample_files("Kiwi", 1, skip=2)[0].read_bytes())
+    assert run_stream(spark, config, weights, available_now=True) == 3
     features = DeltaTable(config.features_table).to_pyarrow_table(columns=["path", "stored_path"]).to_pylist()
-    stored = {local_path(row["path"]): Path(local_path(row["stored_path"])) for row in features}
-    # As if the stream had died between the commit and the move: the archived photo is back in landing, unmoved.
-    left = photos[0]
-    os.rename(stored[str(left)], left)
+    stored = {row["path"]: Path(local_path(row["stored_path"])) for row in features}
+    # As if the stream had died between the commits and the moves: archived photos back in landing, unmoved.
+    left = {f"file:{photos[0]}": os.fsencode(photos[0]), f"file:{landing}/Kiwi/caf\\xe9.jpg": odd}
+    for path, exact in left.items():
+        os.rename(stored[path], exact)
     assert run_stream(spark, config, weights, available_now=True) == 0  # decided already: no new outcome
-    assert not left.exists() and stored[str(left)].exists()
-    assert len(DeltaTable(config.features_table).to_pyarrow_table(columns=["path"])) == 2
+    for path, exact in left.items():
+        assert not os.path.lexists(exact) and stored[path].exists(), path
+    assert len(DeltaTable(config.features_table).to_pyarrow_table(columns=["path"])) == 3

@@ -19,7 +19,7 @@ import logging
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -106,6 +106,13 @@ class FileVersion:
     @property
     def file_id(self) -> str:
         return file_id(self.exact, self.size, self.mtime_ms, self.etag)
+
+    @property
+    def row(self) -> dict[str, Any]:
+        """The version's ledger columns ``path`` and ``raw_path``: what finds its exact file (a name that is not
+        UTF-8 by its bytes, not by its readable ``path``), for :func:`fruits.home.names.local_bytes` and the stream's
+        moves."""
+        return {"path": self.path, "raw_path": self.raw}
 
 
 def ensure_ledger(uri: str) -> None:
