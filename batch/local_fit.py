@@ -31,7 +31,7 @@ from fruits.batch.compaction import compact_tables_local
 from fruits.batch.moments import Moments
 from fruits.batch.pca_fit import Fit
 from fruits.batch.spark_ml_format import write_pca_model
-from fruits.config import Config
+from fruits.config import Config, RefitEngine
 from fruits.home.pca_store import PcaModelStore, PcaVersion
 from fruits.home.uris import rust_uri
 
@@ -220,7 +220,7 @@ def rows_to_read(config: Config, last: PcaVersion | None, incremental: bool) -> 
     return total
 
 
-def choose_engine(config: Config, last: PcaVersion | None, incremental: bool) -> tuple[str, str]:
+def choose_engine(config: Config, last: PcaVersion | None, incremental: bool) -> tuple[RefitEngine, str]:
     """``("local" | "spark", why)``: ``[pca] engine``, or for ``auto`` the JVM-free path when Spark's master is
     local (a cluster named by ``--master`` is there to be used), the home is a local folder and the rows to read
     are at most ``[pca] local_max_rows``."""

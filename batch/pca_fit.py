@@ -25,7 +25,7 @@ import numpy as np
 from fruits.batch.moments import Moments, moments_of
 from fruits.batch.spark_ml_format import INPUT_COL, OUTPUT_COL
 from fruits.config import Config
-from fruits.home.pca_store import PcaModelStore, PcaVersion
+from fruits.home.pca_store import FitMethod, PcaModelStore, PcaVersion
 
 if TYPE_CHECKING:  # pyspark.ml is imported by the Spark path only: the local refit spares its import time
     from pyspark.ml.feature import PCAModel
@@ -40,7 +40,7 @@ class Fit:
 
     moments: Moments
     model_ids: list[str]
-    method: str  # "full" or "incremental"
+    method: FitMethod
     new_rows: int
     rows: Any  # a Spark DataFrame, or fruits.batch.local_fit.ArrowRows
     fallback_reason: str | None = None

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
-from fruits.home.pca_store import PcaVersion
+from fruits.home.pca_store import FitMethod, PcaVersion
 from fruits.home.tables import PCA_SCHEMA
 from fruits.home.uris import rust_uri
 
@@ -58,7 +58,7 @@ def project(rows: DataFrame, components: np.ndarray, pca_version: int, source_ve
     return rows.select("path", "stored_path", "label", "features").mapInPandas(per_batch, PCA_SCHEMA)
 
 
-def choose_projection(location: str, version: int, basis: PcaVersion | None, method: str, rows: int,
+def choose_projection(location: str, version: int, basis: PcaVersion | None, method: FitMethod, rows: int,
                       growth: float) -> Projection:
     """Whether refit ``version`` (``rows`` rows, fitted by ``method``) appends its new rows in the coordinates of
     ``basis`` (the last version's coordinates version, None if there is none) or projects every row again."""

@@ -29,7 +29,7 @@ import numpy as np
 from fruits.batch.pca_fit import Fit, choose_k
 from fruits.batch.pca_table import Projection, choose_projection, sample_points
 from fruits.batch.plots import SCATTER_SAMPLE, explained_variance_plot, scatter_plot
-from fruits.config import Config
+from fruits.config import Config, RefitEngine
 from fruits.home.pca_store import PcaModelStore, PcaVersion
 from fruits.home.tables import open_table
 from fruits.timing import Phases
@@ -61,7 +61,7 @@ def nothing_to_fit(config: Config, last: PcaVersion | None) -> str | None:
 class Engine(Protocol):
     """Where a refit's steps 2 to 5 run; both engines write the same files and tables."""
 
-    name: str
+    name: RefitEngine
     store: PcaModelStore
 
     def compact(self) -> dict: ...

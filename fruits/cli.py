@@ -56,7 +56,8 @@ def _runtime_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``fruits`` argument parser: one sub-command per job; defaults and choices come from conf/fruits.toml."""
+    """The ``fruits`` argument parser: one sub-command per job; defaults come from conf/fruits.toml, choices from
+    the modes of :mod:`fruits.config`."""
     parser = argparse.ArgumentParser(prog="fruits", description="Fruits! image ingestion service")
     commands = parser.add_subparsers(dest="command", required=True)
     for add in (_stream_parser, _refit_parser, _landing_parsers, _reader_parsers):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, get_type_hints
+from typing import Any, Literal, Mapping, get_args, get_origin, get_type_hints
 
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 
@@ -54,14 +54,20 @@ def _absolute(home: str) -> str:
     return str(Path(home).expanduser().resolve())
 
 
-# --- the sections: field types are checked at load; ``choices`` and ``minimum`` restrict values further ----------
+# --- the modes: each setting that takes one of a few words, declared once here -----------------------------------
+# A ``Literal`` field accepts exactly its words at load; the flags' ``choices`` and the code's signatures use the same
+# alias, so a new word is added in one place.
+
+Runtime = Literal["openvino", "tensorflow"]  # [model] runtime: what runs MobileNetV2 (fruits.model.runtimes)
+Precision = Literal["fp32", "bf16", "int8"]  # [model] precision: bf16 and int8 need the OpenVINO runtime
+AfterIngest = Literal["archive", "delete", "keep"]  # [discovery] after_ingest: what becomes of a featurized original
+RefitEngine = Literal["local", "spark"]  # where one refit runs: this process (delta-rs + numpy) or Spark
+PcaEngine = Literal["auto", RefitEngine]  # [pca] engine (auto: chosen per refit, fruits.batch.local_fit)
+
+# --- the sections: field types are checked at load; ``minimum`` restricts values further --------------------------
 
 Seconds = float  # a duration: "500ms", "2s", "10m", "1h" or a number of seconds in TOML, seconds once loaded
 SparkConf = dict[str, str]  # Spark settings, passed as they are
-
-
-def _choice(*allowed: str) -> Any:
-    return field(metadata={"choices": allowed})
 
 
 def _at_least(minimum: float) -> Any:
@@ -124,7 +130,7 @@ class DiscoveryConfig:
     commit_interval: Seconds = _duration()
     quiet_seconds: Seconds = _duration()
     max_rows_per_commit: int = _at_least(1)
-    after_ingest: str = _choice("archive", "delete", "keep")
+    after_ingest: AfterIngest
     allow_overwrites: bool
     writer_timeout: Seconds = _duration()
 
@@ -139,8 +145,8 @@ class StageConfig:
 class ModelConfig:
     weights: str
     image_size: int = _at_least(32)
-    runtime: str = _choice("openvino", "tensorflow")
-    precision: str = _choice("fp32", "bf16", "int8")
+    runtime: Runtime
+    precision: Precision
     ir_cache: str
     calibration: str
     inference_batch_size: int = _at_least(1)
@@ -156,7 +162,7 @@ class PcaConfig:
     every: Seconds | None = _duration(optional=True)
     max_consecutive_failures: int = _at_least(1)
     reproject_growth: float = _at_least(0)
-    engine: str = _choice("auto", "local", "spark")
+    engine: PcaEngine
     local_max_rows: int = _at_least(0)
     spark_conf: SparkConf
 
@@ -272,9 +278,12 @@ class Config:
 
 
 def allowed_values(section: str, key: str) -> tuple[str, ...]:
-    """The values ``[section] key`` accepts (for the command-line flags' ``choices``)."""
-    spec = next(f for f in fields(SECTIONS[section]) if f.name == key)
-    return tuple(spec.metadata["choices"])
+    """The words ``[section] key`` accepts (for the command-line flags' ``choices``): its ``Literal`` type's.
+
+    >>> allowed_values("model", "precision")
+    ('fp32', 'bf16', 'int8')
+    """
+    return get_args(get_type_hints(SECTIONS[section])[key])
 
 
 def default_value(section: str, key: str) -> Any:
@@ -342,14 +351,17 @@ def _checked(raw: Any, kind: Any, meta: Mapping[str, Any], where: str) -> Any:
         except ConfigError:
             raise ConfigError(f"{where}: expected a duration such as 500ms, 2s, 10m or 1h") from None
     value = _typed(raw, kind, where)
-    if "choices" in meta and value not in meta["choices"]:
-        raise ConfigError(f"{where}: expected one of {', '.join(meta['choices'])}")
     if "minimum" in meta and value < meta["minimum"]:
         raise ConfigError(f"{where}: expected a number >= {meta['minimum']:g}")
     return value
 
 
 def _typed(raw: Any, kind: Any, where: str) -> Any:
+    if get_origin(kind) is Literal:  # a mode: one of its words
+        value = _typed(raw, str, where)
+        if value not in get_args(kind):
+            raise ConfigError(f"{where}: expected one of {', '.join(get_args(kind))}")
+        return value
     if kind == SparkConf:
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{where}: expected a table of Spark settings")

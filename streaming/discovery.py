@@ -36,7 +36,7 @@ from watchdog.observers import Observer
 
 from fruits.config import Config
 from fruits.home.names import is_candidate, local_bytes, readable
-from fruits.home.ledger import FileVersion, LedgerView, digests, label_of, local_mtime_ms, path_digests, record
+from fruits.home.ledger import DiscoveredBy, FileVersion, LedgerView, digests, label_of, local_mtime_ms, path_digests, record
 from fruits.home.uris import hadoop_uri, local_path
 
 log = logging.getLogger("fruits.discovery")
@@ -351,7 +351,7 @@ class Discovery:
                 versions.append(version)
         return self._record_new(versions, "watch") if versions else 0
 
-    def _record_new(self, versions: list[FileVersion], method: str, listed: bool = False) -> int:
+    def _record_new(self, versions: list[FileVersion], method: DiscoveredBy, listed: bool = False) -> int:
         """Record the versions the ledger does not hold yet (after reading its newest rows); returns how many.
         ``listed``: they come from a listing, and those not quiet yet wait (:meth:`_quiet_ones`)."""
         with self._write_lock:

@@ -29,7 +29,7 @@ from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
 from fruits.config import Config
-from fruits.home.files import newest_per_file
+from fruits.home.files import OutcomeKind, newest_per_file
 from fruits.home.ledger import ledger_target, record_retries
 from fruits.home.uris import rust_uri
 from fruits.home.verdicts import Cause, backoff_seconds
@@ -182,7 +182,7 @@ def current_retryable(config: Config) -> list[dict]:
     ]
 
 
-def _tagged(rows: pa.Table, kind: str) -> pa.Table:
+def _tagged(rows: pa.Table, kind: OutcomeKind) -> pa.Table:
     """(file_id, attempt, kind) of outcome rows, for :func:`fruits.home.files.newest_per_file`."""
     return pa.table({
         "file_id": rows.column("file_id"), "attempt": rows.column("attempt").cast(pa.int64()),

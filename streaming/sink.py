@@ -44,6 +44,7 @@ from py4j.protocol import Py4JJavaError
 from pyspark.errors import PythonException
 from pyspark.sql.utils import AnalysisException
 
+from fruits.config import AfterIngest
 from fruits.home import storage
 from fruits.home.appends import AppendTarget
 from fruits.model.udf import featurize_column
@@ -311,7 +312,7 @@ class OutcomeSink:
     landing: str  # as Spark spells it
     archive: str
     quarantine: str  # where quarantined originals are kept (HOME/quarantine)
-    after_ingest: str  # "archive" | "delete" | "keep"
+    after_ingest: AfterIngest
     allow_overwrites: bool
     chunk_rows: int
     partitions: int

@@ -15,7 +15,7 @@ A file version (``file_id``) may have several outcome rows, one per ``attempt`` 
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal, get_args
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -27,7 +27,12 @@ from fruits.home.ledger import ledger_rows
 from fruits.home.names import readable
 from fruits.home.uris import rust_uri
 
-STATES = ("pending", "ingested", "quarantined", "retrying")
+# A file version's current state (``fruits files --state``): no outcome yet (or a retry asked for), featurized,
+# quarantined for good, or quarantined with a retry the stream will make by itself.
+FileState = Literal["pending", "ingested", "quarantined", "retrying"]
+STATES: tuple[FileState, ...] = get_args(FileState)
+# Which outcome table a row comes from.
+OutcomeKind = Literal["features", "quarantine"]
 # Columns of an outcome row as readers of current outcomes see them (missing ones are null: older rows).
 OUTCOME_COLUMNS = {
     "file_id": pa.string(), "attempt": pa.int64(), "stored_path": pa.string(), "reason": pa.string(),
@@ -35,7 +40,7 @@ OUTCOME_COLUMNS = {
 }
 
 
-def outcome_rows(uri: str, kind: str, *, file_ids: pa.Array | None = None) -> pa.Table:
+def outcome_rows(uri: str, kind: OutcomeKind, *, file_ids: pa.Array | None = None) -> pa.Table:
     """The outcome rows of one table (only those of ``file_ids``, if given) with :data:`OUTCOME_COLUMNS` and
     ``kind`` ("features" | "quarantine"); ``attempt`` 0 where null (rows written before attempts existed)."""
     try:
@@ -114,7 +119,7 @@ def ledger_states(config: Config) -> pa.Table:
     return joined.sort_by("discovered_at")
 
 
-def file_states(config: Config, state: str | None = None) -> list[dict[str, Any]]:
+def file_states(config: Config, state: FileState | None = None) -> list[dict[str, Any]]:
     """File versions (oldest discovery first) as dicts, optionally only those in ``state``. ``path`` is valid UTF-8
     (a name that is not UTF-8 spelled readably); ``raw_path``, its exact bytes when it is not the exact name, is
     given as hex digits (JSON has no bytes)."""

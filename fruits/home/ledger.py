@@ -19,7 +19,7 @@ import logging
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -57,7 +57,12 @@ LEDGER_SCHEMA = pa.schema(
         pa.field("raw_path", pa.binary()),
     ]
 )
-DISCOVERY_METHODS = ("watch", "backfill", "drop", "stage", "upload", "migration", "retry")
+# How a ledger row came to be (its ``discovered_by``): a file event, a listing, a process that records the files it
+# lands (drop, stage, a web upload), the adoption of a home made before the ledger, or `fruits retry` / the stream's
+# own retries.
+DiscoveredBy = Literal["watch", "backfill", "drop", "stage", "upload", "migration", "retry"]
+LandedBy = Literal["drop", "stage", "upload"]  # the writers that record their files before those appear
+DISCOVERY_METHODS: tuple[DiscoveredBy, ...] = get_args(DiscoveredBy)
 
 
 def file_id(path: str | bytes, size: int, mtime_ms: int, etag: str | None = None) -> str:
@@ -153,7 +158,7 @@ def ledger_target(uri: str) -> AppendTarget:
 def record(
     ledger: str | AppendTarget,
     versions: Iterable[FileVersion],
-    discovered_by: str,
+    discovered_by: DiscoveredBy,
     overwrites: Iterable[bool] | None = None,
     *,
     writer: str | None = None,

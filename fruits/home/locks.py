@@ -29,7 +29,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 from fruits.home import s3
 from fruits.config import Config
@@ -42,7 +42,11 @@ class LockBusy(RuntimeError):
     """Another process holds the lock; the message names it."""
 
 
-def lock_path(config: Config, name: str) -> Path:
+# The home's locks: one `fruits stream` and one `fruits refit-pca` at a time.
+LockName = Literal["stream", "refit-pca"]
+
+
+def lock_path(config: Config, name: LockName) -> Path:
     """Where the lock ``name`` of ``config``'s home lives (local file; see the module's docstring)."""
     folder = local_path(config.locks)
     if folder is not None:
@@ -52,7 +56,7 @@ def lock_path(config: Config, name: str) -> Path:
 
 
 @contextmanager
-def exclusive(config: Config, name: str) -> Iterator[Path]:
+def exclusive(config: Config, name: LockName) -> Iterator[Path]:
     """Hold the lock ``name`` of the home for the ``with`` block, or raise :class:`LockBusy` at once if another
     process holds it. The lock records the holder (host, pid, since) for the message."""
     if s3.is_s3(config.locks):

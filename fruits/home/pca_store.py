@@ -16,12 +16,12 @@ import io
 import json
 import re
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import pyarrow.fs as pafs
 
-from fruits.config import join_uri
+from fruits.config import RefitEngine, join_uri
 from fruits.home.uris import rust_uri
 
 METADATA = "metadata.json"
@@ -30,6 +30,8 @@ COMPONENTS = "components.npy"
 SPARK_MODEL = "spark-model"
 PLOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\.png")
 VERSION_FOLDER = re.compile(r"v(\d+)")
+# How a refit got its statistics: from every row, or the last version's merged with the new rows'.
+FitMethod = Literal["full", "incremental"]
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class PcaVersion:
     fitted_at: str
     model_path: str
     model_ids: list[str]
-    method: str = "full"  # "full" or "incremental"
+    method: FitMethod = "full"
     k_rule: str = ""
     new_rows: int = 0
     fallback_reason: str | None = None
@@ -56,13 +58,13 @@ class PcaVersion:
     # version after a full projection, an earlier one when the refit only appended its new rows. None in metadata
     # written before the field existed: then every row was projected with this version.
     projection_version: int | None = None
-    # How the refit wrote tables/pca: "all rows" (overwritten) or "new rows" (appended), and the rows written.
+    # How the refit wrote tables/pca, "all rows" (overwritten) or "new rows" (appended), and why; the rows written.
     projection: str = "all rows"
     projected_rows: int = 0
     # Seconds per step of the refit (compaction, read, statistics, write, projection, plots), for docs/refit.md.
     timings: dict = field(default_factory=dict)
     # Where the refit ran: "spark", or "local" (delta-rs + numpy, no JVM); "spark" before the field existed.
-    engine: str = "spark"
+    engine: RefitEngine = "spark"
 
     @property
     def coordinates_version(self) -> int:

@@ -17,13 +17,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from fruits.home.appends import AppendTarget
-from fruits.home.ledger import FileVersion, label_of, ledger_target, local_mtime_ms, record
+from fruits.home.ledger import FileVersion, LandedBy, label_of, ledger_target, local_mtime_ms, record
 from fruits.home.uris import hadoop_uri
 from fruits.landing.writers import WriterLease
 from fruits.home.names import check_label, check_sources, is_candidate, stage_refusal, temporary_name
@@ -54,7 +54,7 @@ class LedgerRecorder:
 
     ledger: str  # the ledger's location (config.files_table)
     landing: Path
-    method: str  # "drop", "stage" or "upload"
+    method: LandedBy
     # The heartbeat of this process while it lands files (fruits.landing.writers): started before the first row is recorded.
     lease: WriterLease | None = None
     # The ledger kept loaded from the first record on (`fruits stage` and the web server record for as long as they
@@ -163,13 +163,17 @@ def place_atomically(source: Path, target: Path, recorder: LedgerRecorder | None
     return placement.final if placement else None
 
 
+# What became of one source file of a drop (`fruits drop` prints it; the web API answers it as "note").
+DropNote = Literal["placed", "already there", "no such file or folder", "skipped: not an image name the stream reads"]
+
+
 @dataclass(frozen=True)
 class Dropped:
     """One source file and what became of it (``target``: a local path, or an ``s3a://`` URI)."""
 
     source: Path
     target: Path | str | None
-    note: str
+    note: DropNote
 
 
 def drop_plan(

@@ -17,7 +17,7 @@ from typing import Callable
 from fruits.home import s3
 from fruits.landing.drop import Dropped, drop_plan, land_in_groups
 from fruits.home.appends import AppendTarget
-from fruits.home.ledger import FileVersion, label_of, ledger_target, record
+from fruits.home.ledger import FileVersion, LandedBy, label_of, ledger_target, record
 from fruits.landing.writers import WriterLease
 
 log = logging.getLogger("fruits.landing.stage")
@@ -34,11 +34,11 @@ class _Upload:
 @dataclass(frozen=True)
 class ObjectLanding:
     """Lands files in the S3 landing folder ``landing`` (as Spark spells it, ``s3a://``), recording them in the
-    ledger at ``ledger`` with discovery method ``method`` ("drop", "stage")."""
+    ledger at ``ledger`` as landed by ``method``."""
 
     landing: str
     ledger: str
-    method: str
+    method: LandedBy
     # The heartbeat of this process while it lands files (fruits.landing.writers): started before the first row is recorded.
     lease: WriterLease | None = field(default=None, compare=False)
     # The conditional PUT (a parameter so that a test can slow the uploads down, as a slow link would).

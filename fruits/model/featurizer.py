@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:
+    from fruits.config import Precision, Runtime
     from fruits.model.weights import WeightsRef
 
 FEATURE_DIM = 1280
@@ -82,8 +83,8 @@ class ChunkedFeaturizer:
     weights: "WeightsRef"
     image_size: int
     batch_size: int
-    precision: str
-    runtime: str = ""
+    precision: "Precision"
+    runtime: "Runtime"
 
     @property
     def model_id(self) -> str:

@@ -22,11 +22,11 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast, get_args
 
 import numpy as np
 
-from fruits.config import Config, ConfigError, allowed_values
+from fruits.config import Config, ConfigError, Precision, Runtime
 from fruits.model.featurizer import ChunkedFeaturizer, Featurizer, local_file, mobilenet_v2_preprocess
 from fruits.model.ir import convert_once, ir_cache_dir
 from fruits.model.keras import KerasFeaturizer
@@ -34,11 +34,11 @@ from fruits.model.weights import WeightsRef
 
 log = logging.getLogger("fruits.model.runtimes")
 
-RUNTIMES = allowed_values("model", "runtime")
-PRECISIONS = allowed_values("model", "precision")
+RUNTIMES: tuple[Runtime, ...] = get_args(Runtime)
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 # OpenVINO's INFERENCE_PRECISION_HINT for each precision. int8 is in the quantized IR itself (fruits.model.quantize): its
 # quantized operations run in int8, the others in fp32.
-_OV_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
+_OV_PRECISION: dict[Precision, str] = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
 
 def cpu_supports_bf16() -> bool:
@@ -55,7 +55,7 @@ class OpenVinoFeaturizer(ChunkedFeaturizer):
 
     weights: WeightsRef
     ir_path: str  # the .xml on the driver; its .bin sits beside it
-    precision: str = "fp32"
+    precision: Precision = "fp32"
     image_size: int = 224
     batch_size: int = 8
     threads: int = 1  # inference threads per Python worker (Spark runs one worker per task slot); 0: OpenVINO's choice
@@ -117,7 +117,7 @@ def make_featurizer(config: Config, weights: WeightsRef, threads: int | None = N
     return OpenVinoFeaturizer(weights, ir_path, precision, image_size=image_size, batch_size=batch_size, threads=threads)
 
 
-def check_runtime(runtime: str, precision: str) -> tuple[str, str]:
+def check_runtime(runtime: str, precision: str) -> tuple[Runtime, Precision]:
     """``(runtime, precision)`` if this machine can run them, else a :class:`ConfigError` saying what to use."""
     if runtime not in RUNTIMES:
         raise ConfigError(f"--runtime {runtime}: unknown runtime; use one of {', '.join(RUNTIMES)}")
@@ -131,7 +131,7 @@ def check_runtime(runtime: str, precision: str) -> tuple[str, str]:
         from fruits.model.quantize import nncf_version
 
         nncf_version()  # NNCF installed, or a ConfigError saying how to install it
-    return runtime, precision
+    return cast(Runtime, runtime), cast(Precision, precision)
 
 
 def same_features(model_id: str, other: str) -> bool:
