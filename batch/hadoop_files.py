@@ -22,7 +22,7 @@ class HadoopFiles:
     def read(self, uri: str) -> bytes | None:
         return storage.read_bytes(self.spark, uri) if storage.exists(self.spark, uri) else None
 
-    def write(self, uri: str, data: bytes, atomic: bool = False) -> None:
+    def write(self, uri: str, data: bytes, *, atomic: bool = False) -> None:
         if atomic:  # the store writes only its (UTF-8 JSON) metadata atomically: a temporary file, then a rename
             storage.write_text(self.spark, uri, data.decode("utf-8"))
         else:

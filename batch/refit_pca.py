@@ -117,7 +117,7 @@ class SparkEngine:
 
 
 def refit_pca(
-    spark: SparkSession | None, config: Config, k: int | None = 20, variance: float | None = None,
+    spark: SparkSession | None, config: Config, k: int | None = 20, variance: float | None = None, *,
     incremental: bool = True, engine: Engine | None = None,
 ) -> RefitOutcome:
     """Fit PCA on the features table's current version; write the model version, ``tables/pca`` and the plots. On
@@ -143,11 +143,13 @@ def refit_pca(
     return RefitOutcome(record, compaction=compaction)
 
 
-def refit_pca_local(config: Config, k: int | None = 20, variance: float | None = None, incremental: bool = True) -> RefitOutcome:
+def refit_pca_local(
+    config: Config, k: int | None = 20, variance: float | None = None, *, incremental: bool = True
+) -> RefitOutcome:
     """:func:`refit_pca` without a JVM (:class:`fruits.batch.local_fit.LocalEngine`)."""
     from fruits.batch.local_fit import LocalEngine
 
-    return refit_pca(None, config, k, variance, incremental, engine=LocalEngine(config))
+    return refit_pca(None, config, k, variance, incremental=incremental, engine=LocalEngine(config))
 
 
 def _write_version(

@@ -33,14 +33,14 @@ class Refitter:
             self._spark = self._build()
         return self._spark
 
-    def __call__(self, k: int | None, variance: float | None, incremental: bool = True) -> RefitOutcome:
+    def __call__(self, k: int | None, variance: float | None, *, incremental: bool = True) -> RefitOutcome:
         from fruits.batch.local_fit import choose_engine
 
         engine, why = choose_engine(self.config, PcaModelStore(self.config.pca_models).latest(), incremental)
         log.info("refit on %s: %s", "this process (delta-rs + numpy, no JVM)" if engine == "local" else "Spark", why)
         if engine == "local":
-            return refit_pca_local(self.config, k, variance, incremental)
-        return refit_pca(self.spark(), self.config, k, variance, incremental)
+            return refit_pca_local(self.config, k, variance, incremental=incremental)
+        return refit_pca(self.spark(), self.config, k, variance, incremental=incremental)
 
 
 def log_outcome(outcome: RefitOutcome) -> None:

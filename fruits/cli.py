@@ -171,7 +171,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     }
     if getattr(args, "conf", None):  # --conf: on top of [spark.conf] and of the command's own [X.spark_conf]
         overrides[COMMAND_SECTIONS[args.command]]["spark_conf"] = dict(args.conf)
-    return load_config(args.config, overrides)
+    return load_config(args.config, overrides=overrides)
 
 
 def cmd_stream(config: Config, args: argparse.Namespace) -> int:
@@ -267,11 +267,11 @@ def cmd_drop(config: Config, args: argparse.Namespace) -> int:
     with writer_lease(config) as lease:  # the stream waits for recorded files while this heartbeats
         if is_s3(config.landing):  # one conditional PUT per object, no temporary name (fruits/landing/stage.py)
             landing = ObjectLanding(config.landing, config.files_table, "drop", lease=lease)
-            results = landing.drop(sources, extensions, args.label)
+            results = landing.drop(sources, extensions, label=args.label)
         else:
             landing = local_folder(config.landing)
             recorder = LedgerRecorder(config.files_table, landing, "drop", lease)
-            results = drop(sources, landing, extensions, args.label, recorder)
+            results = drop(sources, landing, extensions, label=args.label, recorder=recorder)
     for result in results:
         print(f"{result.note}: {result.source}" + (f" -> {result.target}" if result.target else ""))
     placed = sum(r.note == "placed" for r in results)
@@ -328,7 +328,7 @@ def cmd_identify(config: Config, args: argparse.Namespace) -> int:
 def cmd_files(config: Config, args: argparse.Namespace) -> int:
     from fruits.home.files import file_states, format_file
 
-    rows = file_states(config, args.state)
+    rows = file_states(config, state=args.state)
     if args.limit:
         rows = rows[: args.limit]
     for row in rows:

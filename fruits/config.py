@@ -399,6 +399,7 @@ def _read_toml(path: Path, what: str) -> dict[str, Any]:
 
 def load_config(
     config_file: str | os.PathLike[str] | None = None,
+    *,
     overrides: Mapping[str, Mapping[str, Any]] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Config:

@@ -211,7 +211,7 @@ class _Events(FileSystemEventHandler):
         else:
             self._touch(target, {"moved": "moved", "closed": "closed", "attrib": "attrib", "created": "created"}.get(kind, "written"))
 
-    def settled(self, everything: bool = False) -> list[str]:
+    def settled(self, *, everything: bool = False) -> list[str]:
         """Paths that may be recorded now (``everything``: all of them), removed from the pending set."""
         now = time.monotonic()
         with self.lock:
@@ -334,11 +334,11 @@ class Discovery:
                         len(self.young), limit, readable(next(iter(self.young))))
         return recorded
 
-    def flush_events(self, everything: bool = False) -> int:
+    def flush_events(self, *, everything: bool = False) -> int:
         """Record the settled paths of file events (``everything``: all pending ones); returns how many new versions
         were recorded."""
         versions = []
-        for path in self._events.settled(everything):
+        for path in self._events.settled(everything=everything):
             if any(_hidden(p) for p in os.path.relpath(path, self.local).split(os.sep)):
                 continue
             try:
@@ -367,14 +367,14 @@ class Discovery:
                 chunk = unique[start : start + self.max_rows]
                 paths = path_digests([v.exact for v in chunk]) if self.keep else None
                 overwrites = self.view.paths.contains(paths).tolist() if self.keep else None
-                record(self.view.target, chunk, method, overwrites)  # the view's table: its log is read already
+                record(self.view.target, chunk, method, overwrites=overwrites)  # the view's table: its log is read already
                 self.view.ids.add(ids[start : start + self.max_rows])
                 if self.keep:
                     self.view.paths.add(paths)
             self.recorded[method] += len(unique)
             return len(unique)
 
-    def start(self, continuous: bool = True) -> None:
+    def start(self, *, continuous: bool = True) -> None:
         """Without ``continuous``: one listing now, so a run that processes what is there sees it all. With it: the
         watcher first, then the first listing and the periodic ones in the discovery thread until :meth:`stop`. The
         stream starts meanwhile: a restart on a landing folder of a million files does not wait for their listing

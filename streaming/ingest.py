@@ -56,10 +56,10 @@ def start_stream(
     config: Config,
     weights: WeightsRef,
     progress: Progress,
+    *,
     available_now: bool = False,
     stop: threading.Event | None = None,
     retries: Retries | None = None,
-    *,
     featurizer: Featurizer | None = None,
 ) -> StreamingQuery:
     """Start the featurizing query over the ledger (discovery must be running); returns the :class:`StreamingQuery`:
@@ -127,10 +127,10 @@ def run_stream(
     spark: SparkSession,
     config: Config,
     weights: WeightsRef,
+    *,
     available_now: bool = False,
     stop: threading.Event | None = None,
     lock_held: bool = False,
-    *,
     featurizer: Featurizer | None = None,
 ) -> int:
     """Run the stream until it ends (``available_now``: what has landed by now), ``stop`` is set, or SIGTERM /
@@ -152,7 +152,9 @@ def run_stream(
                 retries.tick()  # those due now (e.g. files that appeared while no stream ran): this run takes them
             if not available_now:
                 retries.start()
-            query = start_stream(spark, config, weights, progress, available_now, stop, retries, featurizer=featurizer)
+            query = start_stream(
+                spark, config, weights, progress, available_now=available_now, stop=stop, retries=retries, featurizer=featurizer
+            )
             log.info("stream %s watching %s (checkpoint %s)", query.name, config.landing, config.checkpoint("ingest"))
             _await(spark, query, stop, progress)
             return progress.files

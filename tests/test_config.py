@@ -22,7 +22,7 @@ def test_precedence_defaults_then_file_then_env_then_flags(tmp_path):
     from_env = load_config(override, environ={"FRUITS_HOME": "/srv/b", "FRUITS_WEIGHTS": "imagenet"})
     assert from_env.home == "/srv/b" and from_env.model.weights == "imagenet"
 
-    from_flags = load_config(override, {"paths": {"home": "/srv/c"}, "pca": {"k": None}}, environ={"FRUITS_HOME": "/srv/b"})
+    from_flags = load_config(override, overrides={"paths": {"home": "/srv/c"}, "pca": {"k": None}}, environ={"FRUITS_HOME": "/srv/b"})
     assert from_flags.home == "/srv/c" and from_flags.pca.k == 7  # None flags do not override
 
 

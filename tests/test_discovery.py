@@ -61,7 +61,7 @@ def test_listing_records_each_version_once_and_skips_hidden_names(tmp_path):
     discovery.start(continuous=False)
     assert discovery.recorded == {"backfill": 5}
     assert discovery.backfill() == 0  # nothing new
-    drop([sample_files("Lemon", 1)[0]], landing, ["jpg"], "Lemon", LedgerRecorder(config.files_table, landing, "drop"))
+    drop([sample_files("Lemon", 1)[0]], landing, ["jpg"], label="Lemon", recorder=LedgerRecorder(config.files_table, landing, "drop"))
     assert discovery.backfill() == 0  # drop recorded it before it appeared
     (landing / "Kiwi" / sample_files("Kiwi", 1)[0].name).write_bytes(sample_files("Fig", 1)[0].read_bytes())
     assert discovery.backfill() == 1  # overwritten in place: a new version
@@ -292,7 +292,8 @@ def test_a_home_made_before_the_ledger_is_adopted_once_even_after_drop_made_the_
     shutil.rmtree(config.files_table)
     shutil.rmtree(config.checkpoint("ingest"))
     # The new version's first command is a drop: it makes the ledger, with its photo's row only.
-    (new,) = (r.target for r in drop(sample_files("Mango", 1), landing, ["jpg"], "Mango", LedgerRecorder(config.files_table, landing, "drop")))
+    recorder = LedgerRecorder(config.files_table, landing, "drop")
+    (new,) = (r.target for r in drop(sample_files("Mango", 1), landing, ["jpg"], label="Mango", recorder=recorder))
     assert Counter(ledger_rows(config.files_table).to_pandas()["discovered_by"]) == {"drop": 1}
     # The stream's start crashes after the adoption's first step (prepare_home has added the columns by then).
     ensure_table(spark, config.features_table, FEATURES_SCHEMA, "features")
@@ -323,7 +324,7 @@ def test_delete_after_ingest_and_a_file_changed_between_discovery_and_reading(sp
     config = make_config(tmp_path, discovery={"after_ingest": "delete"})
     landing = tmp_path / "landing"
     recorder = LedgerRecorder(config.files_table, landing, "drop")
-    kept, changed = (r.target for r in drop(sample_files("Kiwi", 2), landing, ["jpg"], "Kiwi", recorder))
+    kept, changed = (r.target for r in drop(sample_files("Kiwi", 2), landing, ["jpg"], label="Kiwi", recorder=recorder))
     changed.write_bytes(sample_files("Fig", 1)[0].read_bytes())  # rewritten after drop recorded it
     assert run_stream(spark, config, weights, available_now=True) == 3
 

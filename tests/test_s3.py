@@ -250,9 +250,9 @@ def test_drop_to_s3_keeps_both_names_and_records_the_listed_version(s3_env, tmp_
     (tmp_path / "b" / "lemon.jpg").write_bytes(other.read_bytes())
     landing = ObjectLanding(f"{home}/landing", f"{home}/tables/files", "drop")
     extensions = ["jpg"]
-    assert [d.note for d in landing.drop([tmp_path / "a" / "lemon.jpg"], extensions, "Lemon")] == ["placed"]
-    assert [d.note for d in landing.drop([tmp_path / "a" / "lemon.jpg"], extensions, "Lemon")] == ["already there"]
-    (again,) = landing.drop([tmp_path / "b" / "lemon.jpg"], extensions, "Lemon")
+    assert [d.note for d in landing.drop([tmp_path / "a" / "lemon.jpg"], extensions, label="Lemon")] == ["placed"]
+    assert [d.note for d in landing.drop([tmp_path / "a" / "lemon.jpg"], extensions, label="Lemon")] == ["already there"]
+    (again,) = landing.drop([tmp_path / "b" / "lemon.jpg"], extensions, label="Lemon")
     assert again.target == f"{home}/landing/Lemon/lemon-2.jpg"
     listed = server.client().list_objects_v2(Bucket=bucket, Prefix="fruits/landing/")["Contents"]
     ids = {file_id(f"s3a://{bucket}/{o['Key']}", o["Size"], 0, o["ETag"].strip('"')) for o in listed}

@@ -150,7 +150,7 @@ def test_422_for_a_bad_label_the_same_rule_as_fruits_drop(tmp_path, label):
     assert response.status_code == 422 and "bad label" in response.json()["detail"]
     assert not (tmp_path / "landing").exists() or landed(tmp_path) == []
     with pytest.raises(UnsafeName):
-        drop([BANANA[0]], tmp_path / "landing", ["jpg"], label)
+        drop([BANANA[0]], tmp_path / "landing", ["jpg"], label=label)
     assert not (tmp_path / "outside").exists()
 
 

@@ -119,10 +119,14 @@ def ledger_states(config: Config) -> pa.Table:
     return joined.sort_by("discovered_at")
 
 
-def file_states(config: Config, state: FileState | None = None) -> list[dict[str, Any]]:
+def file_states(config: Config, *, state: FileState | None = None) -> list[dict[str, Any]]:
     """File versions (oldest discovery first) as dicts, optionally only those in ``state``. ``path`` is valid UTF-8
     (a name that is not UTF-8 spelled readably); ``raw_path``, its exact bytes when it is not the exact name, is
-    given as hex digits (JSON has no bytes)."""
+    given as hex digits (JSON has no bytes).
+
+    >>> [(row["path"], row["reason"]) for row in file_states(config, state="quarantined")]
+    [('file:/data/fruits/landing/Banana/broken.jpg', 'cannot decode image: ...')]
+    """
     table = ledger_states(config)
     if state is not None:
         if state not in STATES:

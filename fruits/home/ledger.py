@@ -159,8 +159,8 @@ def record(
     ledger: str | AppendTarget,
     versions: Iterable[FileVersion],
     discovered_by: DiscoveredBy,
-    overwrites: Iterable[bool] | None = None,
     *,
+    overwrites: Iterable[bool] | None = None,
     writer: str | None = None,
 ) -> int:
     """Append ``versions`` to the ledger (its location; or, from a long-running process, an

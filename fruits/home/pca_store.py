@@ -90,7 +90,7 @@ class FileIO(Protocol):
     def read(self, uri: str) -> bytes | None:
         """The bytes of the file at ``uri``, or None if there is none."""
 
-    def write(self, uri: str, data: bytes, atomic: bool = False) -> None:
+    def write(self, uri: str, data: bytes, *, atomic: bool = False) -> None:
         """Write ``data`` to ``uri`` (replacing it); ``atomic``: readers see the whole file or none."""
 
 
@@ -109,7 +109,7 @@ class ArrowFiles:
         with fs.open_input_stream(path) as handle:
             return handle.read()
 
-    def write(self, uri: str, data: bytes, atomic: bool = False) -> None:
+    def write(self, uri: str, data: bytes, *, atomic: bool = False) -> None:
         fs, path = pafs.FileSystem.from_uri(rust_uri(uri))
         fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         target = path.rsplit("/", 1)[0] + "/." + path.rsplit("/", 1)[1] + ".tmp" if atomic else path

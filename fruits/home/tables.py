@@ -84,7 +84,7 @@ CHANGE_FEED = {"delta.enableChangeDataFeed": "true"}
 
 
 def ensure_table(
-    spark: SparkSession | None, location: str, schema: StructType, description: str, change_feed: bool = False
+    spark: SparkSession | None, location: str, schema: StructType, description: str, *, change_feed: bool = False
 ) -> bool:
     """Create an empty Delta table with ``schema`` at ``location`` unless one is already there; ``change_feed``
     turns on Delta's change data feed (the PCA refit reads the rows added since its last model from it).

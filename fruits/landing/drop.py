@@ -144,7 +144,7 @@ def _publish(placement: _Placement, recorder: LedgerRecorder | None) -> Path:
     return placement.final
 
 
-def place_atomically(source: Path, target: Path, recorder: LedgerRecorder | None = None) -> Path | None:
+def place_atomically(source: Path, target: Path, *, recorder: LedgerRecorder | None = None) -> Path | None:
     """Put ``source``'s bytes at ``target`` atomically; returns where they landed, or None if already there.
 
     A different file already at ``target`` is never overwritten (the stream would not read it again): the bytes
@@ -177,7 +177,7 @@ class Dropped:
 
 
 def drop_plan(
-    sources: list[Path], extensions: list[str], label: str | None = None
+    sources: list[Path], extensions: list[str], *, label: str | None = None
 ) -> tuple[list[tuple[Path, PurePosixPath]], list[Dropped]]:
     """Which files of ``sources`` land where, relative to the landing folder, and the sources that do not land.
 
@@ -210,12 +210,18 @@ def drop(
     sources: list[Path],
     landing: Path,
     extensions: list[str],
+    *,
     label: str | None = None,
     recorder: LedgerRecorder | None = None,
 ) -> list[Dropped]:
     """Copy image files, and the images under folders (keeping their sub-folders), into ``landing`` atomically
-    (where each lands: :func:`drop_plan`). With ``recorder``, they are recorded in the ledger before they appear."""
-    pairs, results = drop_plan(sources, extensions, label)
+    (where each lands: :func:`drop_plan`). With ``recorder``, they are recorded in the ledger before they appear.
+
+    >>> recorder = LedgerRecorder(config.files_table, landing, "drop")
+    >>> [d.note for d in drop([Path("a.jpg")], landing, ["jpg"], label="Banana", recorder=recorder)]
+    ['placed']
+    """
+    pairs, results = drop_plan(sources, extensions, label=label)
     return results + land_in_groups(
         pairs,
         prepare=lambda path, relative, done: _prepare(path, landing / relative, {p.final for p in done}),

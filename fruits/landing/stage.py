@@ -101,9 +101,9 @@ class ObjectLanding:
         self._record([upload])
         return self._publish(upload)
 
-    def drop(self, sources: list[Path], extensions: list[str], label: str | None = None) -> list[Dropped]:
+    def drop(self, sources: list[Path], extensions: list[str], *, label: str | None = None) -> list[Dropped]:
         """:func:`fruits.landing.drop` into this S3 landing folder (one ledger commit per group of files)."""
-        pairs, results = drop_plan(sources, extensions, label)
+        pairs, results = drop_plan(sources, extensions, label=label)
         return results + land_in_groups(
             pairs,
             prepare=lambda path, relative, done: self._prepare(path, relative, {u.target for u in done}),

@@ -129,7 +129,7 @@ LOAD_BACKOFF_SECONDS = 1.0
 
 
 def shared_model(
-    featurizer: Featurizer, attempts: int = LOAD_ATTEMPTS, backoff_seconds: float = LOAD_BACKOFF_SECONDS
+    featurizer: Featurizer, *, attempts: int = LOAD_ATTEMPTS, backoff_seconds: float = LOAD_BACKOFF_SECONDS
 ) -> Any:
     """The model for ``featurizer``, loaded once per process and reused by every later batch and micro-batch.
 

@@ -82,7 +82,7 @@ def rows_of_version(table, version: int):
         table.load_as_version(snapshot)
 
 
-def nearest(reference: Reference, projected: np.ndarray, neighbours: int = 5, with_paths: bool = False) -> dict:
+def nearest(reference: Reference, projected: np.ndarray, *, neighbours: int = 5, with_paths: bool = False) -> dict:
     """Top-``neighbours`` labelled rows by Euclidean distance, and their vote weighted by 1/distance: the
     confidence is the winning label's share of the weights. ``with_paths`` adds each neighbour's ``path``."""
     distances = np.linalg.norm(reference.points - projected.astype(np.float32), axis=1)
@@ -157,7 +157,7 @@ class Identifier:
         return reference
 
     def identify(
-        self, photos: Sequence[tuple[str, bytes | Exception]], neighbours: int = 5, with_paths: bool = False
+        self, photos: Sequence[tuple[str, bytes | Exception]], *, neighbours: int = 5, with_paths: bool = False
     ) -> list[dict]:
         """One result per ``(name, bytes)``: ``photo``, ``predicted``, ``confidence``, ``neighbors``,
         ``pca_version``, or ``photo`` and ``error`` (undecodable bytes, or the exception given instead of bytes)."""
@@ -177,11 +177,11 @@ class Identifier:
             features = featurizer.run_inference(np.stack(images), model)
             projected = (features.astype(np.float64) @ reference.components).astype(np.float32)
             for index, vector in zip(good, projected):
-                results[index].update(nearest(reference, vector, neighbours, with_paths), pca_version=reference.version)
+                results[index].update(nearest(reference, vector, neighbours=neighbours, with_paths=with_paths), pca_version=reference.version)
         return results
 
 
-def identify(photos: list[Path], config: Config, weights: WeightsRef, neighbours: int = 5) -> list[dict]:
+def identify(photos: list[Path], config: Config, weights: WeightsRef, *, neighbours: int = 5) -> list[dict]:
     """One result per photo file: ``photo``, ``predicted``, ``confidence``, ``neighbors``, or ``error``."""
     identifier = Identifier(config, weights)
     identifier.reference()  # no model, or other weights: IdentifyError before any photo is read
@@ -191,4 +191,4 @@ def identify(photos: list[Path], config: Config, weights: WeightsRef, neighbours
             contents.append((str(photo), photo.read_bytes()))
         except OSError as exc:
             contents.append((str(photo), exc))
-    return identifier.identify(contents, neighbours)
+    return identifier.identify(contents, neighbours=neighbours)

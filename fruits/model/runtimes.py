@@ -98,10 +98,16 @@ class OpenVinoFeaturizer(ChunkedFeaturizer):
         return np.asarray(runner.infer([mobilenet_v2_preprocess(images)])[0], dtype=np.float32)
 
 
-def make_featurizer(config: Config, weights: WeightsRef, threads: int | None = None) -> Featurizer:
+def make_featurizer(config: Config, weights: WeightsRef, *, threads: int | None = None) -> Featurizer:
     """The featurizer ``config`` asks for (``[model] runtime`` and ``precision``): the one factory of the stream and
     ``fruits identify``, so both give the same model id. Converts (and, for int8, quantizes) once on the driver when
-    the runtime needs it; the IR is cached per user (:func:`ir_cache_dir`)."""
+    the runtime needs it; the IR is cached per user (:func:`ir_cache_dir`).
+
+    >>> featurizer = make_featurizer(load_config(environ={}), resolve_weights("imagenet"))
+    >>> featurizer.model_id
+    'mobilenet_v2_1.0_224/imagenet/sha256:.../openvino-fp32'
+    >>> features = featurizer.run_inference(images, featurizer.load_model())  # (n, 224, 224, 3) uint8 -> (n, 1280)
+    """
     model_cfg = config.model
     runtime, precision = check_runtime(model_cfg.runtime, model_cfg.precision)
     image_size, batch_size = model_cfg.image_size, model_cfg.inference_batch_size

@@ -7,10 +7,13 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 ARCHITECTURE = "mobilenet_v2_1.0_224"
 # Keras' own cache file for MobileNetV2(weights="imagenet", include_top=False, alpha=1.0, 224x224).
 KERAS_IMAGENET_NOTOP = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+# Where the weights came from (part of every model id): Keras' ImageNet download, or a local file.
+WeightsSource = Literal["imagenet", "file"]
 
 
 class WeightsUnavailable(RuntimeError):
@@ -24,7 +27,7 @@ class WeightsRef:
     path: str
     sha256: str
     has_top: bool
-    source: str  # "imagenet" or "file"
+    source: WeightsSource
 
     @property
     def model_id(self) -> str:

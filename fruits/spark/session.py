@@ -119,7 +119,7 @@ def start_jvm(builder: SparkSession.Builder) -> None:
     SparkContext(conf=conf, gateway=launch_gateway(conf, popen_kwargs={"start_new_session": True}))
 
 
-def warm(s3: bool = False) -> None:
+def warm(*, s3: bool = False) -> None:
     """Start one SparkSession with the default configuration so its jars are resolved and cached; with ``s3``, as
     for an ``s3a://`` home (nothing is read from S3)."""
     overrides = {"spark": {"master": "local[1]"}, "paths": {"home": "s3a://warm/fruits" if s3 else None}}

@@ -211,9 +211,9 @@ class WebService:
 
     def _drop(self, source: Path, label: str | None) -> Dropped:
         if self.objects is not None:
-            (result,) = self.objects.drop([source], list(self.extensions), label)
+            (result,) = self.objects.drop([source], list(self.extensions), label=label)
         else:
-            (result,) = drop([source], self.landing, list(self.extensions), label, self.recorder)
+            (result,) = drop([source], self.landing, list(self.extensions), label=label, recorder=self.recorder)
         return result
 
     def _below_landing(self, target: Path | str) -> str:
@@ -245,7 +245,7 @@ class WebService:
         return result
 
 
-def create_app(config: Config, weights: WeightsRef | None = None, warm: bool = True) -> FastAPI:
+def create_app(config: Config, weights: WeightsRef | None = None, *, warm: bool = True) -> FastAPI:
     """The FastAPI app of ``fruits serve`` for one home. ``[web] token`` and ``cors_origins`` set its security;
     with ``warm``, the model loads (in the background) when the server starts, and the dashboard samples the stream."""
     web = config.web
