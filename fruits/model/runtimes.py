@@ -80,8 +80,8 @@ class OpenVinoFeaturizer(ChunkedFeaturizer):
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": 1,
             # OpenVINO pins its threads to cores by default. Spark runs one Python worker per task slot, each with
-            # its own 1-thread model: pinned, they all landed on the same core and ran at half the speed
-            # (bench/bare_model.py, 2 processes x 1 thread on 2 cores, pinned against unpinned).
+            # its own 1-thread model: pinned, they all land on the same core and share it while the other cores idle
+            # (bench/bare_model.py: 2 processes x 1 thread on 2 cores, pinned against unpinned; docs/performance.md).
             "ENABLE_CPU_PINNING": self.cpu_pinning,
         }
         if self.threads:
