@@ -32,7 +32,8 @@ from fruits.batch.moments import Moments
 from fruits.batch.pca_fit import Fit
 from fruits.batch.spark_ml_format import write_pca_model
 from fruits.config import Config, RefitEngine
-from fruits.home.pca_store import PcaModelStore, PcaVersion
+from fruits.home.home import Home
+from fruits.home.pca_store import PcaVersion
 from fruits.home.uris import rust_uri
 
 log = logging.getLogger("fruits.refit")
@@ -130,7 +131,7 @@ class LocalEngine:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.store = PcaModelStore(config.pca_models)
+        self.store = Home.from_config(config).pca_store
 
     def compact(self) -> dict:
         return compact_tables_local(self.config)

@@ -30,6 +30,7 @@ from fruits.batch.pca_fit import Fit, choose_k
 from fruits.batch.pca_table import Projection, choose_projection, sample_points
 from fruits.batch.plots import SCATTER_SAMPLE, explained_variance_plot, scatter_plot
 from fruits.config import Config, RefitEngine
+from fruits.home.home import Home
 from fruits.home.pca_store import PcaModelStore, PcaVersion
 from fruits.home.tables import open_table
 from fruits.timing import Phases
@@ -79,10 +80,9 @@ class SparkEngine:
     name = "spark"
 
     def __init__(self, spark: SparkSession, config: Config) -> None:
-        from fruits.batch.hadoop_files import model_store
-
         self.spark, self.config = spark, config
-        self.store = model_store(spark, config)
+        # written through Hadoop, as Spark writes the model itself: the cluster's credentials
+        self.store = PcaModelStore(config.pca_models, Home.from_config(config).spark_files(spark))
 
     def compact(self) -> dict:
         from fruits.batch.compaction import compact_tables

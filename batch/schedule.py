@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Callable
 from fruits.batch.compaction import describe
 from fruits.batch.refit_pca import RefitOutcome, refit_pca, refit_pca_local
 from fruits.config import Config
-from fruits.home.pca_store import PcaModelStore
+from fruits.home.home import Home
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -36,7 +36,7 @@ class Refitter:
     def __call__(self, k: int | None, variance: float | None, *, incremental: bool = True) -> RefitOutcome:
         from fruits.batch.local_fit import choose_engine
 
-        engine, why = choose_engine(self.config, PcaModelStore(self.config.pca_models).latest(), incremental)
+        engine, why = choose_engine(self.config, Home.from_config(self.config).pca_store.latest(), incremental)
         log.info("refit on %s: %s", "this process (delta-rs + numpy, no JVM)" if engine == "local" else "Spark", why)
         if engine == "local":
             return refit_pca_local(self.config, k, variance, incremental=incremental)

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fruits.config import join_uri
-from fruits.home.pca_store import FileIO
+from fruits.home.filesystem import FileSystem
 
 MODEL_CLASS = "org.apache.spark.ml.feature.PCAModel"
 # The column names of every PCA model the refit writes, by either engine (fruits.batch.pca_fit.pca_model too).
@@ -109,12 +109,10 @@ def model_data(components: np.ndarray, explained: np.ndarray) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def write_pca_model(files: FileIO, uri: str, components: np.ndarray, explained: np.ndarray) -> None:
+def write_pca_model(files: FileSystem, uri: str, components: np.ndarray, explained: np.ndarray) -> None:
     """Save a ``PCAModel`` of (d, k) ``components`` and k explained-variance ratios at ``uri`` (replacing what an
     interrupted refit left there)."""
-    delete = getattr(files, "delete_dir", None)
-    if delete is not None:
-        delete(uri)
+    files.delete(uri, recursive=True)
     now_ms = int(time.time() * 1000)
     uid = f"PCAModel_fruits_{now_ms // 1000}"
     files.write(join_uri(uri, DATA_FILE), model_data(components, explained))

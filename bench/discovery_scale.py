@@ -184,7 +184,7 @@ def guarantee_costs(spark, config, repeats: int = 7) -> dict:
     sink = OutcomeSink(
         features_table=config.features_table, quarantine_table=config.quarantine_table, landing="", archive="",
         quarantine="", after_ingest="keep", allow_overwrites=False, chunk_rows=2000, partitions=2, featurizer=None,
-        max_bytes=0, max_pixels=0, progress=Progress(spark),
+        max_bytes=0, max_pixels=0, progress=Progress(),
     )
     ledger = spark.read.format("delta").load(config.files_table)
     newest = ledger.orderBy(ledger["discovered_at"].desc()).limit(5).select(*LEDGER_COLUMNS).localCheckpoint()

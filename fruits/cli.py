@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from fruits.config import Config, ConfigError, allowed_values, default_value, load_config
 from fruits.home.files import STATES
+from fruits.home.home import Home
 from fruits.model.identify import IdentifyError
 from fruits.model.weights import WeightsUnavailable
 from fruits.home.names import UnsafeName
@@ -223,7 +224,6 @@ def cmd_refit(config: Config, args: argparse.Namespace) -> int:
 def _refit(config: Config, args: argparse.Namespace) -> int:
     from fruits.batch.refit_pca import RefitOutcome, nothing_to_fit
     from fruits.batch.schedule import RefitKeepsFailing, Refitter, log_outcome, refit_every
-    from fruits.home.pca_store import PcaModelStore
 
     def build_spark():
         from fruits.spark.session import build_spark
@@ -232,7 +232,7 @@ def _refit(config: Config, args: argparse.Namespace) -> int:
 
     pca = config.pca
     k, variance, every = pca.k, (pca.variance or None), pca.every
-    skipped = None if every else nothing_to_fit(config, PcaModelStore(config.pca_models).latest())
+    skipped = None if every else nothing_to_fit(config, Home.from_config(config).pca_store.latest())
     if skipped:  # nothing new: said from the Delta log, without starting a JVM
         log_outcome(RefitOutcome(None, skipped))
         return 0

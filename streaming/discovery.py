@@ -7,7 +7,7 @@ Two ways in, both inside ``fruits stream`` on the driver:
   file, then sets its mtime: both are one version, not two). A writer that pauses with the file open is waited for;
   where the watcher reports no closes (not Linux), a file is recorded once quiet for ``[discovery] quiet_seconds``;
 - **listing** (backfill): the whole landing folder at start-up and every ``[discovery] backfill_interval``. It is the
-  only way on ``s3a://`` / ``hdfs://`` and catches whatever events were lost (a watcher that was not running, a full
+  only way on ``s3a://`` / ``hdfs://`` (the home's file system lists them) and catches whatever events were lost (a watcher that was not running, a full
   inotify queue). An old photo moved in is new to the ledger all the same; but a local file modified less than
   ``quiet_seconds`` ago may still be written: it is looked at again until it is quiet (an object is always complete).
 
@@ -35,6 +35,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from fruits.config import Config
+from fruits.home.filesystem import FileSystem
 from fruits.home.names import is_candidate, local_bytes, readable
 from fruits.home.ledger import DiscoveredBy, FileVersion, LedgerView, digests, label_of, local_mtime_ms, path_digests, record
 from fruits.home.uris import hadoop_uri, local_path
@@ -103,25 +104,17 @@ def local_version(path: str, root: str, landing: str) -> FileVersion | None:
     return FileVersion(uri, stat.st_size, local_mtime_ms(stat), label_of(uri, landing))
 
 
-def list_hadoop(spark, root: str, extensions: list[str]) -> list[FileVersion]:
-    """Every candidate image below ``root`` on any Hadoop file system (s3a://, hdfs://), through the JVM."""
-    jvm = spark.sparkContext._jvm
-    path = jvm.org.apache.hadoop.fs.Path(root)
-    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    if not fs.exists(path):
-        return []
-    landing = fs.makeQualified(path).toString().rstrip("/")
+def list_remote(files: FileSystem, root: str, extensions: list[str]) -> list[FileVersion]:
+    """Every candidate image below ``root`` (as Spark spells it) on a remote store (s3a://, hdfs://): one recursive
+    listing, with each object's ETag where the store has one (it, not the mtime the server sets on upload, identifies
+    an object's version: :mod:`fruits.home.ledger`)."""
+    landing = root.rstrip("/")
     found = []
-    files = fs.listFiles(path, True)
-    while files.hasNext():
-        status = files.next()
-        uri = status.getPath().toString()
-        relative = uri[len(landing) + 1 :].split("/")
+    for listed in files.list(root, recursive=True):
+        relative = listed.uri[len(landing) + 1 :].split("/")
         if any(_hidden(part) for part in relative) or not is_candidate(relative[-1], extensions):
             continue
-        found.append(
-            FileVersion(uri, int(status.getLen()), int(status.getModificationTime()), label_of(uri, landing), _etag(status))
-        )
+        found.append(FileVersion(listed.uri, listed.size, listed.mtime_ms, label_of(listed.uri, landing), listed.etag))
     return found
 
 
@@ -131,16 +124,6 @@ def _reports_closes() -> bool:
     from watchdog.observers.inotify import InotifyObserver
 
     return Observer is InotifyObserver
-
-
-def _etag(status) -> str | None:
-    """An object store's ETag of a listed file (S3A's statuses carry it; HDFS's do not): it, not the mtime the
-    server sets on upload, identifies the object's version (:mod:`fruits.home.ledger`)."""
-    try:
-        etag = status.getEtag()
-    except Exception:  # py4j: no such method on this file system's status
-        return None
-    return str(etag).strip('"') if etag else None
 
 
 @dataclass(eq=False)  # watchdog keeps handlers in a set: identity hashing
@@ -236,13 +219,14 @@ class Discovery:
     """Records every new file version of the landing folder in the ledger; see the module docstring."""
 
     def __init__(
-        self, config: Config, landing: str, spark=None, after_listing: Callable[[list[FileVersion]], object] | None = None
+        self, config: Config, landing: str, files: FileSystem | None = None,
+        after_listing: Callable[[list[FileVersion]], object] | None = None,
     ) -> None:
         settings = config.discovery
         self.ledger = config.files_table
         self.landing = landing  # as Spark spells it: file:/x or s3a://b/k
         self.local = local_path(landing)
-        self.spark = spark
+        self.files = files  # lists a remote landing folder (a local one is walked here: links and names as bytes)
         self.extensions = config.stream.extensions
         self.keep = settings.after_ingest == "keep"
         self.watch = settings.watch and self.local is not None
@@ -266,7 +250,7 @@ class Discovery:
         """Every candidate file in landing now."""
         if self.local is not None:
             return list_local(self.local, self.extensions)
-        return list_hadoop(self.spark, self.landing, self.extensions)
+        return list_remote(self.files, self.landing, self.extensions)
 
     def backfill(self) -> int:
         """List the whole landing folder and record the versions the ledger lacks; returns how many. A local file

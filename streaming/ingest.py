@@ -18,8 +18,9 @@ from pyspark.sql import SparkSession
 from pyspark.errors import StreamingQueryException
 from pyspark.sql.streaming import StreamingQuery
 
-from fruits.home import storage
 from fruits.config import Config
+from fruits.home.filesystem import HadoopFiles
+from fruits.home.home import Home
 from fruits.model.featurizer import Featurizer
 from fruits.home.ledger import ensure_ledger
 from fruits.home.locks import exclusive
@@ -43,7 +44,7 @@ def prepare_home(spark: SparkSession, config: Config) -> None:
     from time import perf_counter
 
     started = perf_counter()
-    storage.mkdirs(spark, config.landing)
+    Home.from_config(config).spark_files(spark).mkdirs(config.landing)
     ensure_table(spark, config.features_table, FEATURES_SCHEMA, "MobileNetV2 features of landed images", change_feed=True)
     ensure_table(spark, config.quarantine_table, QUARANTINE_SCHEMA, "Landed files that could not be featurized")
     adopt_legacy_rows(spark, config)  # a Spark job only if an outcome table holds rows without a file_id
@@ -101,12 +102,13 @@ def build_sink(
     retries: Retries | None = None,
 ) -> OutcomeSink:
     """The ``foreachBatch`` sink for ``config``'s home and settings; it hands retryable verdicts to ``retries``."""
+    qualify = HadoopFiles(spark).qualify
     return OutcomeSink(
         features_table=config.features_table,
         quarantine_table=config.quarantine_table,
-        landing=storage.qualify(spark, config.landing),
-        archive=storage.qualify(spark, config.archive),
-        quarantine=storage.qualify(spark, config.quarantine),
+        landing=qualify(config.landing),
+        archive=qualify(config.archive),
+        quarantine=qualify(config.quarantine),
         after_ingest=config.discovery.after_ingest,
         allow_overwrites=config.discovery.allow_overwrites,
         chunk_rows=config.stream.max_files_per_trigger,
@@ -120,6 +122,7 @@ def build_sink(
         writer_timeout=config.discovery.writer_timeout,
         on_retryable=retries.watch if retries is not None else None,
         stop_requested=stop,
+        files=Home.from_config(config).spark_files(spark),
     )
 
 
@@ -138,14 +141,16 @@ def run_stream(
     start (:class:`fruits.home.locks.LockBusy`) while another stream runs on the home, unless the caller holds the home's
     stream lock (``lock_held``). ``featurizer``: see :func:`start_stream`."""
     with nullcontext() if lock_held else exclusive(config, "stream"), _stop_on_signals(stop) as stop:
-        files = LandedFiles(spark)
+        home_files = Home.from_config(config).spark_files(spark)
+        landing = HadoopFiles(spark).qualify(config.landing)  # as Spark spells it (its default file system decides)
+        files = LandedFiles(home_files)
         leftovers = Leftovers(config, files)
-        discovery = Discovery(config, storage.qualify(spark, config.landing), spark, after_listing=leftovers.submit)
-        progress = Progress(spark, config.stream_progress)
+        discovery = Discovery(config, landing, home_files, after_listing=leftovers.submit)
+        progress = Progress(home_files, config.stream_progress)
         retries = Retries(config, files.present)
         try:
             prepare_home(spark, config)
-            LandedFiles.sweep(storage.qualify(spark, config.landing))  # read aliases a stopped stream left
+            files.sweep(landing)  # read aliases a stopped stream left
             discovery.start(continuous=not available_now)  # one listing first: an available-now run sees it all
             if retries.load():
                 log.info("%d quarantined files will be tried again", len(retries))

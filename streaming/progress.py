@@ -8,9 +8,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from pyspark.sql import SparkSession
-
-from fruits.home import storage
+from fruits.home.filesystem import FileSystem
 from fruits.timing import Phases
 
 log = logging.getLogger("fruits.stream")
@@ -21,7 +19,7 @@ class Progress:
     """Counts the files given an outcome since the stream started, and reports each chunk: a "batch" here is one
     featurized chunk (numbered from 0 at each start), part of Spark's micro-batch ``micro_batch``."""
 
-    spark: SparkSession
+    store: FileSystem | None = None  # where ``progress_file`` is written (the home's file system)
     progress_file: str | None = None
     files: int = 0
     batches: int = 0
@@ -44,9 +42,9 @@ class Progress:
             "phases_seconds": phases,
         }
         self.batches += 1
-        if not self.progress_file:
+        if not self.progress_file or self.store is None:
             return
         try:
-            storage.write_text(self.spark, self.progress_file, json.dumps(figures))
+            self.store.write(self.progress_file, json.dumps(figures).encode("utf-8"))
         except Exception as exc:  # status figures are a convenience: never let them disturb the stream
             log.warning("could not write %s: %s", self.progress_file, exc)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,11 +44,11 @@ from pyspark.errors import PythonException
 from pyspark.sql.utils import AnalysisException
 
 from fruits.config import AfterIngest
-from fruits.home import storage
 from fruits.home.appends import AppendTarget
+from fruits.home.filesystem import Files, HadoopFiles
 from fruits.model.udf import featurize_column
 from fruits.model.featurizer import Featurizer
-from fruits.home.names import ALIAS_FOLDER, alias_path, fit_relative, local_bytes, needs_alias, temporary_name
+from fruits.home.names import ALIAS_FOLDER, alias_path, fit_relative, local_bytes, needs_alias
 from fruits.home.uris import glob_escape, local_path, rust_uri
 from fruits.home.verdicts import Cause, retryable
 from fruits.landing.writers import writer_alive
@@ -106,15 +105,16 @@ OVERWRITE_REASON = "overwritten in place after its ingestion; not featurized aga
 
 
 class LandedFiles:
-    """Size/mtime checks and moves of landed files: the local file system directly, any other through Hadoop.
+    """Size/mtime checks and moves of landed files, through the home's file system (:mod:`fruits.home.filesystem`:
+    a local disk directly, any other store through Hadoop).
 
     A file is given as its ledger row (exact: a name that is not UTF-8 is found by its ``raw_path``) or as a URI. A
     URI that is a ledger ``path`` of a row :meth:`register`-ed here stands for that row's exact file. Files whose
     name the reader cannot open (:func:`fruits.home.names.needs_alias`) are read through a hard link named by their
     ``file_id`` (:meth:`readable`), removed when the file is moved or removed, or by :meth:`release`."""
 
-    def __init__(self, spark: SparkSession) -> None:
-        self.spark = spark
+    def __init__(self, files: Files) -> None:
+        self.files = files
         self._exact: dict[str, bytes] = {}  # ledger path -> exact local path, for rows whose path is not exact
         self._aliases: dict[bytes, bytes] = {}  # exact local path -> its alias
 
@@ -130,24 +130,19 @@ class LandedFiles:
             return local_bytes(file)
         return self._exact.get(file) or local_path(file)
 
-    def _uri(self, file: str | Row) -> str:
-        return file if isinstance(file, str) else file["path"]
+    def _name(self, file: str | Row) -> bytes | str:
+        """How the file system is given the file: its exact local path, or its URI."""
+        local = self._local(file)
+        return local if local is not None else file if isinstance(file, str) else file["path"]
 
     def version(self, file: str | Row) -> tuple[int, int] | None:
-        """(size, mtime in ms) of the file (a ledger row or a URI), or None if there is none."""
-        local = self._local(file)
-        if local is not None:
-            try:
-                stat = os.stat(local)
-            except (FileNotFoundError, NotADirectoryError):
-                return None
-            return stat.st_size, stat.st_mtime_ns // 1_000_000
-        size = storage.file_length(self.spark, self._uri(file))
-        return None if size is None else (size, -1)  # object stores: the size is the check
+        """(size, mtime in ms) of the file (a ledger row or a URI), or None if there is none; object stores: (size,
+        -1) (the size is the check)."""
+        identity = self.identity(file)
+        return None if identity is None else identity[:2]
 
     def taken(self, uri: str) -> bool:
-        local = local_path(uri)
-        return os.path.lexists(local) if local is not None else storage.exists(self.spark, uri)
+        return self.files.exists(uri)
 
     def readable(self, row: Row, landing: str) -> str | None:
         """The path the reader (Spark's ``binaryFile``) is given for ``row``: its own, or for a name it cannot open,
@@ -157,16 +152,7 @@ class LandedFiles:
             return row["path"]
         exact, alias = local_bytes(row), alias_path(landing, row["file_id"])
         target = os.fsencode(local_path(alias))
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        try:
-            if not os.path.lexists(target):
-                try:
-                    os.link(exact, target, follow_symlinks=True)
-                except FileNotFoundError:
-                    return None
-                except OSError:  # a file system without hard links
-                    shutil.copy2(exact, target)
-        except FileNotFoundError:
+        if not self.files.local.alias(exact, target):
             return None
         self._aliases[exact] = target
         return alias
@@ -181,68 +167,31 @@ class LandedFiles:
     def _unalias(self, exact: bytes | str) -> None:
         alias = self._aliases.pop(os.fsencode(exact), None)
         if alias is not None:
-            try:
-                os.unlink(alias)
-            except FileNotFoundError:
-                pass
+            self.files.local.delete(alias)
 
-    @staticmethod
-    def sweep(landing: str) -> int:
+    def sweep(self, landing: str) -> int:
         """Remove every read alias left in ``landing`` (by a stream that stopped between a read and its outcome's
         commit); only while no other stream reads this landing folder (at start-up, under the stream's lock).
         Returns how many were removed."""
-        local = local_path(landing)
-        folder = os.path.join(local, ALIAS_FOLDER) if local is not None else None
-        if folder is None or not os.path.isdir(folder):
+        if local_path(landing) is None:
             return 0
-        removed = 0
-        for entry in os.scandir(folder):
-            try:
-                os.unlink(entry.path)
-                removed += 1
-            except FileNotFoundError:
-                pass
-        return removed
-
-    def move(self, file: str | Row, target: str) -> bool:
-        local, local_target = self._local(file), local_path(target)
-        if local is not None and local_target is not None:
-            os.makedirs(os.path.dirname(local_target), exist_ok=True)
-            # a link within landing: its target's bytes (what was read) are stored, and the link removed; the
-            # target, if it is itself landed, has its own row
-            source = local
-            if os.path.islink(local):
-                source = os.path.join(os.path.dirname(local_target), temporary_name(os.path.basename(local_target)))
-                shutil.copy2(local, source)
-            try:
-                os.link(source, local_target)  # never replaces an existing file, unlike rename
-            except FileExistsError:
-                return False
-            finally:
-                if source is not local:
-                    os.unlink(source)
-            os.unlink(local)
-            self._unalias(local)
-            return True
-        return storage.rename(self.spark, self._uri(file), target)
+        left = [entry for entry in self.files.local.list(f"{landing.rstrip('/')}/{ALIAS_FOLDER}") if not entry.is_dir]
+        for entry in left:
+            self.files.local.delete(entry.uri)
+        return len(left)
 
     def remove(self, file: str | Row) -> None:
+        self.files.delete(self._name(file))
         local = self._local(file)
         if local is not None:
-            try:
-                os.unlink(local)
-            except FileNotFoundError:
-                pass
             self._unalias(local)
-        else:
-            storage.delete(self.spark, self._uri(file))
 
     def present(self, files: list[Row]) -> set[str]:
         """The ``path`` of those of ``files`` (ledger rows) that are there now: a stat each on the local file system,
         else one listing per folder (a large drop still uploading to S3 is looked at in a few requests, not one per
         photo)."""
         if all(self._local(row) is not None for row in files):
-            return {row["path"] for row in files if os.path.isfile(self._local(row))}
+            return {row["path"] for row in files if (found := self.files.stat(self._name(row))) and not found.is_dir}
         folders: dict[str, list[str]] = {}
         for uri in (row["path"] for row in files):
             folders.setdefault(uri.rsplit("/", 1)[0], []).append(uri)
@@ -251,44 +200,26 @@ class LandedFiles:
             if len(members) == 1:
                 found.update(uri for uri in members if self.version(uri) is not None)
             else:
-                names = storage.file_names(self.spark, folder)
+                names = {entry.name for entry in self.files.list(folder) if not entry.is_dir}
                 found.update(uri for uri in members if uri.rsplit("/", 1)[1] in names)
         return found
 
     def identity(self, file: str | Row) -> tuple[int, int, int] | None:
         """(size, mtime in ms, inode) of the file (a ledger row or a URI; object stores: (size, -1, -1)), or None if
-        there is none: what must not change between a file's reading and its move."""
-        local = self._local(file)
-        if local is None:
-            version = self.version(file)
-            return None if version is None else (version[0], -1, -1)
-        try:
-            stat = os.stat(local)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        return stat.st_size, stat.st_mtime_ns // 1_000_000, stat.st_ino
+        there is none: what must not change between a file's reading and its move (:attr:`FileStat.identity`)."""
+        found = self.files.stat(self._name(file))
+        return None if found is None else found.identity
 
     def move_unchanged(self, file: str | Row, target: str, expected: tuple[int, int, int]) -> bool:
         """Move the file (a ledger row or a URI) to ``target`` if it is still ``expected`` (:meth:`identity`) and
-        ``target`` is free; a local move that a writer raced (the file changed during the move) is undone. Whether
-        it moved."""
-        if self.identity(file) != expected:
-            return False
-        uri = self._uri(file)
-        local, local_target = self._local(file), local_path(target)
-        if local is not None and os.path.islink(local):  # a link within landing: its target's bytes are stored
-            return self.move(file, target)
-        if not self.move(file, target):
-            return False
-        if local is not None and local_target is not None and self.identity(target) != expected:
-            try:  # a writer still had it open: put it back where the writer and discovery expect it
-                os.link(local_target, local)
-                os.unlink(local_target)
-                log.warning("%s changed while it was moved to %s: put back", uri, target)
-            except OSError as exc:
-                log.error("%s changed while it was moved to %s and could not be put back (%s): it is there", uri, target, exc)
-            return False
-        return True
+        ``target`` is free; a local move that a writer raced (the file changed during the move) is undone, and a
+        symbolic link within landing is stored as the bytes it leads to (:meth:`LocalFiles.move`). Whether it
+        moved."""
+        moved = self.files.move(self._name(file), target, unchanged=expected)
+        local = self._local(file)
+        if moved and local is not None:
+            self._unalias(local)
+        return moved
 
 
 class StopRequested(RuntimeError):
@@ -326,6 +257,8 @@ class OutcomeSink:
     # Told about each retryable quarantine row once it is committed (the stream's retries); None: nobody is.
     on_retryable: Callable[[list[dict]], None] | None = None
     stop_requested: threading.Event | None = None  # set by SIGTERM / Ctrl-C: stop between chunks
+    # The home's files (local paths through the OS, others through Hadoop); None: the batch's session's Hadoop.
+    files: Files | None = None
     # Seconds since the epoch: no outcome row was discovered later than this (read once, then kept up to date).
     _decided_until: float | None = None
     _micro_batch: int | None = None  # the one being written (recorded in each commit)
@@ -335,7 +268,7 @@ class OutcomeSink:
     _seen: dict[tuple[str, int], tuple[int, int, int] | None] = field(default_factory=dict)
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
-        files = LandedFiles(batch.sparkSession)
+        files = LandedFiles(self.files or Files(remote=HadoopFiles(batch.sparkSession)))
         started = time.perf_counter()
         self._micro_batch = batch_id
         for chunk in self._undecided_chunks(batch):

@@ -10,6 +10,7 @@ Example::
     home = Home.from_config(load_config())
     home.features_table          # '/data/fruits/tables/features' or 's3a://bucket/fruits/tables/features'
     home.storage_options         # {} for a local home; the S3 server's options for an s3a:// home
+    home.files.read(home.stream_progress)   # the home's file system (fruits.home.filesystem)
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from functools import cached_property
 
 from fruits.config import Config, join_uri
 from fruits.home import s3
+from fruits.home.filesystem import Files, HadoopFiles, S3Files
+from fruits.home.pca_store import PcaModelStore
 
 
 @dataclass(frozen=True)
@@ -96,3 +99,19 @@ class Home:
     def storage_options(self) -> dict[str, str]:
         """Options for delta-rs and pyarrow (object_store's ``AWS_*`` keys); empty for a home without S3."""
         return self.s3.environment() if self.s3 else {}
+
+    @cached_property
+    def files(self) -> Files:
+        """The home's files outside its tables, for code without Spark: local paths through the OS, ``s3a://``
+        through boto3 with :attr:`s3` (:mod:`fruits.home.filesystem`)."""
+        return Files(remote=S3Files(self.s3) if self.s3 else None)
+
+    def spark_files(self, spark) -> Files:
+        """The home's files for a Spark job (the stream, the refit): local paths through the OS, any other location
+        through Hadoop's FileSystem in ``spark``'s JVM, with the session's settings and credentials."""
+        return Files(remote=HadoopFiles(spark))
+
+    @cached_property
+    def pca_store(self) -> PcaModelStore:
+        """The PCA model store (``models/pca/vN/``), read and written through :attr:`files`."""
+        return PcaModelStore(self.pca_models, self.files)

@@ -5,9 +5,9 @@ ML's format without a JVM), ``components.npy`` (the same (d, k) matrix, for read
 incremental refit merges new rows into), the PNG plots, and ``metadata.json``, written last and atomically: a
 version without it is an interrupted refit, invisible to readers and redone by the next refit.
 
-No Spark here: ``fruits status``, ``fruits identify`` and ``fruits serve`` read the store with pyarrow's file
-systems (:class:`ArrowFiles`); the refit writes it through Hadoop's (``fruits.batch.hadoop_files``), which knows the
-cluster's credentials, by passing its own :class:`FileIO`.
+No Spark here: the store is given the home's file system (:mod:`fruits.home.filesystem`): ``fruits status``,
+``fruits identify`` and ``fruits serve`` read it without a JVM (:attr:`fruits.home.home.Home.files`); the refit on
+Spark writes it through Hadoop's (:meth:`fruits.home.home.Home.spark_files`), which knows the cluster's credentials.
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ import io
 import json
 import re
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
-import pyarrow.fs as pafs
 
 from fruits.config import RefitEngine, join_uri
-from fruits.home.uris import rust_uri
+from fruits.home.filesystem import Files, FileSystem
 
 METADATA = "metadata.json"
 MOMENTS = "moments.npz"
@@ -81,56 +80,12 @@ class PcaVersion:
         return json.dumps(asdict(self), indent=2)
 
 
-class FileIO(Protocol):
-    """The file operations the store needs, on any file system."""
-
-    def list_dirs(self, uri: str) -> list[str]:
-        """Names of the folders directly under ``uri`` (none if it does not exist)."""
-
-    def read(self, uri: str) -> bytes | None:
-        """The bytes of the file at ``uri``, or None if there is none."""
-
-    def write(self, uri: str, data: bytes, *, atomic: bool = False) -> None:
-        """Write ``data`` to ``uri`` (replacing it); ``atomic``: readers see the whole file or none."""
-
-
-class ArrowFiles:
-    """:class:`FileIO` through pyarrow's file systems (local, s3://): no JVM."""
-
-    def list_dirs(self, uri: str) -> list[str]:
-        fs, root = pafs.FileSystem.from_uri(rust_uri(uri))
-        infos = fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
-        return [info.base_name for info in infos if info.type == pafs.FileType.Directory]
-
-    def read(self, uri: str) -> bytes | None:
-        fs, path = pafs.FileSystem.from_uri(rust_uri(uri))
-        if fs.get_file_info(path).type != pafs.FileType.File:
-            return None
-        with fs.open_input_stream(path) as handle:
-            return handle.read()
-
-    def write(self, uri: str, data: bytes, *, atomic: bool = False) -> None:
-        fs, path = pafs.FileSystem.from_uri(rust_uri(uri))
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        target = path.rsplit("/", 1)[0] + "/." + path.rsplit("/", 1)[1] + ".tmp" if atomic else path
-        with fs.open_output_stream(target) as handle:
-            handle.write(data)
-        if atomic:
-            fs.move(target, path)
-
-    def delete_dir(self, uri: str) -> None:
-        """Remove the folder at ``uri`` and everything in it, if it exists."""
-        fs, path = pafs.FileSystem.from_uri(rust_uri(uri))
-        if fs.get_file_info(path).type == pafs.FileType.Directory:
-            fs.delete_dir(path)
-
-
 class PcaModelStore:
     """The versions under ``root`` (``[paths] pca_models``): list them, read them, write a new one."""
 
-    def __init__(self, root: str, files: FileIO | None = None) -> None:
+    def __init__(self, root: str, files: FileSystem | None = None) -> None:
         self.root = root
-        self.files: FileIO = files or ArrowFiles()
+        self.files: FileSystem = files or Files()  # (the default reaches local paths only)
 
     def folder(self, version: int) -> str:
         return join_uri(self.root, f"v{int(version)}")
@@ -141,7 +96,8 @@ class PcaModelStore:
 
     def _numbers(self) -> list[int]:
         """The numbers of the ``vN`` folders, complete or not, ascending."""
-        return sorted(int(m.group(1)) for m in map(VERSION_FOLDER.fullmatch, self.files.list_dirs(self.root)) if m)
+        folders = [entry.name for entry in self.files.list(self.root) if entry.is_dir]
+        return sorted(int(m.group(1)) for m in map(VERSION_FOLDER.fullmatch, folders) if m)
 
     def versions(self) -> list[PcaVersion]:
         """The complete versions (those with their metadata), oldest first."""
@@ -194,10 +150,10 @@ class PcaModelStore:
 
     def commit(self, record: PcaVersion) -> None:
         """Write ``record`` as its version's metadata, last and atomically: the version is then complete."""
-        self.files.write(join_uri(self.folder(record.version), METADATA), record.to_json().encode("utf-8"), atomic=True)
+        self.files.write(join_uri(self.folder(record.version), METADATA), record.to_json().encode("utf-8"))
 
 
-def latest_record(root: str) -> dict[str, Any] | None:
+def latest_record(store: PcaModelStore) -> dict[str, Any] | None:
     """The newest complete version's metadata as a JSON-able dict (for ``fruits status`` and the web page), or None."""
-    latest = PcaModelStore(root).latest()
+    latest = store.latest()
     return asdict(latest) if latest else None

@@ -3,11 +3,7 @@ pyarrow (``/x``, ``s3://b/k``), and the local file system (``/x``, or None for a
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Any
-
-import pyarrow.fs as pafs
 
 from fruits.config import has_scheme
 
@@ -33,11 +29,3 @@ def glob_escape(uri: str) -> str:
     """``uri`` with Hadoop glob characters escaped, so a reader given it reads that one file whatever its name."""
     return re.sub(r"([\\*?\[\]{}])", r"\\\1", uri)
 
-
-def read_json(uri: str) -> dict[str, Any] | None:
-    """The JSON document at ``uri`` (local or object store), or None if there is no such file."""
-    fs, path = pafs.FileSystem.from_uri(rust_uri(uri))
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        return None
-    with fs.open_input_stream(path) as handle:
-        return json.loads(handle.read().decode("utf-8"))

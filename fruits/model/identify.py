@@ -21,7 +21,8 @@ from fruits.config import Config
 from fruits.model.featurizer import Featurizer
 from fruits.model.images import RejectedImage, decode_image
 from fruits.model.weights import WeightsRef
-from fruits.home.pca_store import PcaModelStore, latest_record
+from fruits.home.home import Home
+from fruits.home.pca_store import latest_record
 from fruits.home.tables import open_table
 from fruits.model.runtimes import make_featurizer, same_features
 
@@ -46,11 +47,12 @@ class Reference:
     def load(cls, config: Config, refit: dict | None = None) -> "Reference":
         """The rows of ``refit`` (a :func:`fruits.home.pca_store.latest_record`; by default the newest version), in the
         coordinates tables/pca is in as of that version (its ``projection_version``, see fruits.batch.pca_table)."""
-        refit = refit or latest_record(config.pca_models)
+        store = Home.from_config(config).pca_store
+        refit = refit or latest_record(store)
         if refit is None:
             raise IdentifyError(f"no PCA model under {config.pca_models}: run `fruits refit-pca` first")
         coordinates = int(refit.get("projection_version") or refit["version"])
-        components = PcaModelStore(config.pca_models).components(coordinates)
+        components = store.components(coordinates)
         table = open_table(config.pca_table)
         if table is None:
             raise IdentifyError(f"no pca table at {config.pca_table}")
@@ -128,7 +130,7 @@ class Identifier:
 
     def reference(self) -> Reference:
         """The newest PCA version's reference rows, checked against the weights and runtime in use."""
-        refit = latest_record(self.config.pca_models)
+        refit = latest_record(Home.from_config(self.config).pca_store)
         if refit is None:
             raise IdentifyError(f"no PCA model under {self.config.pca_models}: run `fruits refit-pca` first")
         current = self._reference

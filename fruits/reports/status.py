@@ -16,7 +16,9 @@ from fruits.home.ledger import ledger_rows
 from fruits.home.names import readable
 from fruits.home.pca_store import latest_record
 from fruits.home.tables import open_table
-from fruits.home.uris import local_path, read_json
+from fruits.home.filesystem import read_json
+from fruits.home.home import Home
+from fruits.home.uris import local_path
 
 
 def _table_summary(uri: str, label_counts: bool = False) -> dict[str, Any]:
@@ -52,7 +54,7 @@ def _size(n: float) -> str:
 
 def last_refit(config: Config) -> dict[str, Any] | None:
     """The metadata of the newest complete PCA model version, if any."""
-    return latest_record(config.pca_models)
+    return latest_record(Home.from_config(config).pca_store)
 
 
 def duplicates(uri: str) -> dict[str, int]:
@@ -91,7 +93,7 @@ def collect_status(config: Config) -> dict[str, Any]:
         "quarantine": _table_summary(config.quarantine_table),
         "pca": _table_summary(config.pca_table),
         "last_refit": last_refit(config),
-        "stream": read_json(config.stream_progress),
+        "stream": read_json(Home.from_config(config).files, config.stream_progress),
     }
     if report["last_refit"]:
         report["last_refit"]["age_seconds"] = age_seconds(report["last_refit"]["fitted_at"])

@@ -22,7 +22,8 @@ from typing import Any
 from fruits.config import Config
 from fruits.home.pca_store import latest_record
 from fruits.home.tables import open_table
-from fruits.home.uris import read_json
+from fruits.home.filesystem import read_json
+from fruits.home.home import Home
 from fruits.reports.status import age_seconds, collect_status
 from fruits.web.home_files import HomeFiles
 
@@ -67,7 +68,7 @@ class ProgressSampler:
     def sample(self, now: float | None = None) -> None:
         """Read the progress file once and record what it says."""
         try:
-            progress = read_json(self.config.stream_progress)
+            progress = read_json(Home.from_config(self.config).files, self.config.stream_progress)
         except (OSError, ValueError):  # being rewritten, or not there yet
             progress = None
         now = time.time() if now is None else now
@@ -152,9 +153,10 @@ class Dashboard:
 
     def state(self) -> tuple:
         """What the report depends on: the tables' versions, the newest PCA model, the stream's last progress."""
-        refit = latest_record(self.config.pca_models) or {}
+        home = Home.from_config(self.config)
+        refit = latest_record(home.pca_store) or {}
         try:
-            progress = read_json(self.config.stream_progress) or {}
+            progress = read_json(home.files, self.config.stream_progress) or {}
         except (OSError, ValueError):  # being rewritten: count it as changed
             progress = {"unreadable": time.monotonic()}
         return self.versions.current(), refit.get("version"), progress.get("at"), progress.get("batch")

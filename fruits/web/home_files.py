@@ -23,7 +23,7 @@ from fruits.config import Config
 from fruits.model.images import BudgetExhausted, RejectedImage, open_checked
 from fruits.landing.drop import local_folder
 from fruits.home.names import is_candidate
-from fruits.home.pca_store import PcaModelStore
+from fruits.home.home import Home
 from fruits.web.door import UrlSigner
 
 # A context to decode image bytes in (fruits.web.app.WebService.decoding: room in the server's decode budget).
@@ -68,7 +68,7 @@ class HomeFiles:
         cache_entries: int = 512,
     ) -> None:
         self.config, self.signer, self.decoding = config, signer, decoding
-        self.pca_models = PcaModelStore(config.pca_models)
+        self.pca_models = Home.from_config(config).pca_store
         self.roots = local_roots(config)
         self.extensions = config.stream.extensions
         self.size = config.web.thumbnail_px
