@@ -32,6 +32,7 @@ from fruits.batch.moments import Moments
 from fruits.batch.pca_fit import Fit
 from fruits.batch.spark_ml_format import write_pca_model
 from fruits.config import Config, RefitEngine
+from fruits.errors import Unavailable
 from fruits.home.home import Home
 from fruits.home.pca_store import PcaVersion
 from fruits.home.uris import rust_uri
@@ -62,8 +63,9 @@ def feature_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return flat.reshape(len(column), -1).astype(np.float64, copy=False)
 
 
-class ChangedRows(Exception):
-    """The change data feed holds rows other than inserts (updates, deletes) in the versions read."""
+class ChangedRows(Unavailable):
+    """The change data feed holds rows other than inserts (updates, deletes) in the versions read: an incremental
+    refit is not possible, the caller fits every row."""
 
 
 @dataclass

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Callable
 from fruits.batch.compaction import describe
 from fruits.batch.refit_pca import RefitOutcome, refit_pca, refit_pca_local
 from fruits.config import Config
+from fruits.errors import Failed
 from fruits.home.home import Home
 
 if TYPE_CHECKING:
@@ -59,8 +60,12 @@ def log_outcome(outcome: RefitOutcome) -> None:
     )
 
 
-class RefitKeepsFailing(RuntimeError):
-    """``refit_every`` gave up after too many failed refits in a row."""
+class RefitKeepsFailing(Failed):
+    """``refit_every`` gave up after ``failures`` failed refits in a row."""
+
+    def __init__(self, message: str, *, failures: int = 0) -> None:
+        super().__init__(message)
+        self.failures = failures
 
 
 def refit_every(
@@ -88,7 +93,8 @@ def refit_every(
             if failures >= max_consecutive_failures:
                 raise RefitKeepsFailing(
                     f"{failures} refits failed in a row, the last with {type(exc).__name__}: "
-                    f"{str(exc).splitlines()[0][:300] if str(exc) else 'no detail'}"
+                    f"{str(exc).splitlines()[0][:300] if str(exc) else 'no detail'}",
+                    failures=failures,
                 ) from exc
             log.exception("refit failed (%d of %d in a row); retrying in %.0f s", failures, max_consecutive_failures, every_seconds)
         stop.wait(every_seconds)

@@ -11,12 +11,10 @@ import threading
 from pathlib import Path
 from typing import Any, Sequence
 
-from fruits.config import Config, ConfigError, allowed_values, default_value, load_config
+from fruits.config import Config, allowed_values, default_value, load_config
+from fruits.errors import Busy, Failed, FruitsError, Refused, Stopped, Unavailable
 from fruits.home.files import STATES
 from fruits.home.home import Home
-from fruits.model.identify import IdentifyError
-from fruits.model.weights import WeightsUnavailable
-from fruits.home.names import UnsafeName
 from fruits.home.s3 import configure as configure_s3
 from fruits.landing.writers import WriterLease
 
@@ -176,14 +174,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def cmd_stream(config: Config, args: argparse.Namespace) -> int:
-    from fruits.home.locks import LockBusy, exclusive
+    from fruits.home.locks import exclusive
 
-    try:
-        with exclusive(config, "stream"):  # a second stream on this home stops here, before the JVM or the model
-            return _stream(config, args)
-    except LockBusy as exc:
-        print(f"fruits stream: {exc}", file=sys.stderr)
-        return 3
+    with exclusive(config, "stream"):  # a second stream on this home stops here (LockBusy), before the JVM or the model
+        return _stream(config, args)
 
 
 def _stream(config: Config, args: argparse.Namespace) -> int:
@@ -198,32 +192,26 @@ def _stream(config: Config, args: argparse.Namespace) -> int:
     log.info("featurizer %s", make_featurizer(config, weights).model_id)
 
     from fruits.spark.session import build_spark
-    from fruits.streaming.ingest import StreamFailed, run_stream
+    from fruits.streaming.ingest import run_stream
 
     spark = build_spark(config, "stream", COMMAND_SECTIONS["stream"])
-    try:  # a requested stop (SIGTERM, Ctrl-C) returns normally: exit 0
-        files = run_stream(spark, config, weights, available_now=args.available_now, lock_held=True)
-    except StreamFailed as exc:  # the query's own error, Python traceback included, then exit 1
-        print(f"fruits stream: {exc}", file=sys.stderr)
-        return 1
+    # A requested stop (SIGTERM, Ctrl-C) returns normally; the query's own error is StreamFailed (with the Python
+    # traceback in its message).
+    files = run_stream(spark, config, weights, available_now=args.available_now, lock_held=True)
     log.info("stream stopped after %d files", files)
     return 0
 
 
 def cmd_refit(config: Config, args: argparse.Namespace) -> int:
-    from fruits.home.locks import LockBusy, exclusive
+    from fruits.home.locks import exclusive
 
-    try:
-        with exclusive(config, "refit-pca"):  # one refit per home: a second one exits at once, before Spark starts
-            return _refit(config, args)
-    except LockBusy as exc:
-        print(f"fruits refit-pca: {exc}", file=sys.stderr)
-        return 3
+    with exclusive(config, "refit-pca"):  # one refit per home: a second one stops at once, before Spark starts
+        return _refit(config, args)
 
 
 def _refit(config: Config, args: argparse.Namespace) -> int:
     from fruits.batch.refit_pca import RefitOutcome, nothing_to_fit
-    from fruits.batch.schedule import RefitKeepsFailing, Refitter, log_outcome, refit_every
+    from fruits.batch.schedule import Refitter, log_outcome, refit_every
 
     def build_spark():
         from fruits.spark.session import build_spark
@@ -244,11 +232,8 @@ def _refit(config: Config, args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    try:
-        refit_every(refit, config, k, variance, every, stop, pca.max_consecutive_failures)
-    except RefitKeepsFailing as exc:  # exit non-zero: the orchestrator restarts the service (and alerts)
-        print(f"fruits refit-pca: {exc}", file=sys.stderr)
-        return 1
+    # RefitKeepsFailing ends the command with a failure: the orchestrator restarts the service (and alerts).
+    refit_every(refit, config, k, variance, every, stop, pca.max_consecutive_failures)
     return 0
 
 
@@ -258,7 +243,7 @@ def writer_lease(config: Config) -> WriterLease:
 
 
 def cmd_drop(config: Config, args: argparse.Namespace) -> int:
-    from fruits.landing.drop import LedgerRecorder, drop, local_folder
+    from fruits.landing.drop import LedgerRecorder, SourcesMissing, drop, local_folder
     from fruits.landing.stage import ObjectLanding
     from fruits.home.s3 import is_s3
 
@@ -276,7 +261,10 @@ def cmd_drop(config: Config, args: argparse.Namespace) -> int:
         print(f"{result.note}: {result.source}" + (f" -> {result.target}" if result.target else ""))
     placed = sum(r.note == "placed" for r in results)
     print(f"{placed} placed, {len(results) - placed} not", file=sys.stderr)
-    return 0 if all(r.note != "no such file or folder" for r in results) else 1
+    missing = [r.source for r in results if r.note == "no such file or folder"]
+    if missing:  # the others were placed: a failure of part of the work
+        raise SourcesMissing(missing)
+    return 0
 
 
 def cmd_stage(config: Config, args: argparse.Namespace) -> int:
@@ -353,7 +341,7 @@ def cmd_retry(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
-    from fruits.model.weights import resolve_weights
+    from fruits.model.weights import WeightsUnavailable, resolve_weights
     from fruits.web.app import serve
 
     web = config.web
@@ -398,6 +386,23 @@ def configure_logging(level: str) -> None:
     logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
+# The exit code of each kind of error (fruits/errors.py): the one table of them, shown in the README's "Exit codes".
+# A command that returns exits 0; argparse exits 2 for a command line it cannot parse, as for any refused input.
+EXIT_CODES: dict[type[FruitsError], int] = {
+    Stopped: 0,  # a stop asked for by a signal is a clean end
+    Failed: 1,
+    Refused: 2,
+    Unavailable: 2,
+    Busy: 3,
+    FruitsError: 1,  # an error of the family outside the kinds is a failure too
+}
+
+
+def exit_code(error: type[FruitsError]) -> int:
+    """The exit code of an ``error`` class: that of the nearest of its classes in :data:`EXIT_CODES`."""
+    return next(EXIT_CODES[kind] for kind in error.__mro__ if kind in EXIT_CODES)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level)
@@ -405,9 +410,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(args)
         configure_s3(config)  # an s3a:// home: the [s3] settings reach deltalake and pyarrow too (fruits/home/s3.py)
         return COMMANDS[args.command](config, args)
-    except (ConfigError, WeightsUnavailable, IdentifyError, UnsafeName) as exc:
-        print(f"fruits {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except FruitsError as exc:
+        code = exit_code(type(exc))
+        if code:
+            print(f"fruits {args.command}: error: {exc}", file=sys.stderr)
+        else:
+            log.info("%s", exc)
+        return code
 
 
 if __name__ == "__main__":

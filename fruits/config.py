@@ -19,10 +19,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Mapping, get_args, get_origin, get_type_hints
 
+from fruits.errors import Refused
+
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
 
 
-class ConfigError(ValueError):
+class ConfigError(Refused):
     """A configuration value is missing, malformed or unknown."""
 
 

@@ -19,6 +19,7 @@ from pyspark.errors import StreamingQueryException
 from pyspark.sql.streaming import StreamingQuery
 
 from fruits.config import Config
+from fruits.errors import Failed
 from fruits.home.filesystem import HadoopFiles
 from fruits.home.home import Home
 from fruits.model.featurizer import Featurizer
@@ -169,7 +170,7 @@ def run_stream(
             leftovers.stop()
 
 
-class StreamFailed(RuntimeError):
+class StreamFailed(Failed):
     """The query ended with an error that is not a requested stop."""
 
 

@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
 from pyspark.sql.streaming.datasource import ReadLimit, ReadMaxRows, SupportsTriggerAvailableNow
 
+from fruits.errors import Failed
 from fruits.home.ledger import LEDGER_SCHEMA, read_data_files
 from fruits.home.uris import rust_uri
 
@@ -90,7 +91,7 @@ def _take(counts: list[int], done: int, max_rows: int | None) -> int:
     return end
 
 
-class LedgerUnreadable(RuntimeError):
+class LedgerUnreadable(Failed):
     """Commits the checkpoint still has to read are gone (their files vacuumed, their log entries expired)."""
 
 

@@ -44,6 +44,7 @@ from pyspark.errors import PythonException
 from pyspark.sql.utils import AnalysisException
 
 from fruits.config import AfterIngest
+from fruits.errors import Stopped
 from fruits.home.appends import AppendTarget
 from fruits.home.filesystem import Files, HadoopFiles
 from fruits.model.udf import featurize_column
@@ -222,16 +223,21 @@ class LandedFiles:
         return moved
 
 
-class StopRequested(RuntimeError):
+class StopRequested(Stopped):
     """Raised when the sink ends a micro-batch early because a stop was requested (between two chunks, or when a job
     failed meanwhile): the micro-batch is not marked done, and is finished at the next start. It crosses the JVM as
     text only, so :meth:`ending` records it in the stream's :class:`Progress` first: the stream tells this end from a
     failure by that record, not by the text."""
 
+    def __init__(self, message: str, *, micro_batch: int | None = None) -> None:
+        super().__init__(message)
+        self.micro_batch = micro_batch
+
     @classmethod
     def ending(cls, progress: Progress, micro_batch: int) -> "StopRequested":
         progress.stopped_in = micro_batch
-        return cls(f"stopped during micro-batch {micro_batch}; it is finished at the next start")
+        message = f"stopped during micro-batch {micro_batch}; it is finished at the next start"
+        return cls(message, micro_batch=micro_batch)
 
 
 @dataclass

@@ -179,5 +179,5 @@ def test_refit_every_exits_non_zero_after_the_configured_consecutive_failures(tm
     site.write_text("[pca]\nmax_consecutive_failures = 2\n")
     result = fruits("refit-pca", "--home", str(tmp_path), "--config", str(site), "--every", "0.2s", timeout=300)
     assert result.returncode == 1, result.stderr[-3000:]
-    assert "fruits refit-pca: 2 refits failed in a row, the last with" in result.stderr
+    assert "fruits refit-pca: error: 2 refits failed in a row, the last with" in result.stderr
     assert result.stderr.count("refit failed (1 of 2 in a row)") == 1

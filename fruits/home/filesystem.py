@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Callable, Protocol, Union
 
+from fruits.errors import Failed, Refused
 from fruits.home.names import temporary_name
 from fruits.home.s3 import S3Settings, is_s3, split
 from fruits.home.uris import local_path
@@ -38,8 +39,9 @@ Location = Union[str, bytes]
 Identity = tuple[int, int, int]
 
 
-class UnsupportedLocation(ValueError):
-    """A location no file system of this home reaches (e.g. ``hdfs://`` in a command without Spark)."""
+class UnsupportedLocation(Refused, ValueError):
+    """A location no file system of this home reaches (e.g. ``hdfs://`` in a command without Spark). A ValueError
+    too: readers such as the dashboard's catch ``(OSError, ValueError)`` for a file they cannot read now."""
 
 
 @dataclass(frozen=True)
@@ -281,9 +283,9 @@ def clean_etag(etag: str | None) -> str | None:
     return etag.strip('"') if etag else None
 
 
-class StoreError(OSError):
+class StoreError(Failed, OSError):
     """An object store's error (S3's ``code``, e.g. ``AccessDenied``; empty when it could not be reached): an
-    :class:`OSError`, as a local disk's errors are."""
+    :class:`OSError` too, as a local disk's errors are, so the callers that catch a disk's errors catch it."""
 
     def __init__(self, message: str, code: str = "") -> None:
         super().__init__(message)

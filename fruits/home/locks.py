@@ -33,13 +33,18 @@ from typing import Iterator, Literal
 
 from fruits.home import s3
 from fruits.config import Config
+from fruits.errors import Busy
 from fruits.home.uris import local_path
 
 log = logging.getLogger("fruits.home.locks")
 
 
-class LockBusy(RuntimeError):
-    """Another process holds the lock; the message names it."""
+class LockBusy(Busy):
+    """Another process holds the lock at ``lock`` (a local file, or an S3 lease's URI); the message names it."""
+
+    def __init__(self, message: str, *, lock: str = "") -> None:
+        super().__init__(message)
+        self.lock = lock
 
 
 # The home's locks: one `fruits stream` and one `fruits refit-pca` at a time.
@@ -79,7 +84,8 @@ def exclusive(config: Config, name: LockName) -> Iterator[Path]:
             holder = os.pread(descriptor, 512, 0).decode(errors="replace").strip() or "unknown process"
             raise LockBusy(
                 f"another {name} is running on this home ({holder}; lock {path}): exiting; "
-                "run it again once that one has finished"
+                "run it again once that one has finished",
+                lock=str(path),
             ) from None
         os.ftruncate(descriptor, 0)
         holder = f"host {socket.gethostname()} pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
@@ -132,14 +138,16 @@ class S3Lease:
                 raise LockBusy(
                     f"another {self.name} is running on this home (host {holder.get('host')} pid {holder.get('pid')} "
                     f"since {holder.get('since')}; lease {self.uri}, renewed every {self.lease_seconds / 3:.0f} s): "
-                    "exiting; run it again once that one has finished"
+                    "exiting; run it again once that one has finished",
+                    lock=self.uri,
                 )
             log.warning("taking over the %s lease of a holder silent for %.0f s: %s", self.name, self.lease_seconds, holder)
             self.etag = s3.replace_if(self.uri, self._body(), etag)
             if self.etag is not None:
                 break
         if self.etag is None:
-            raise LockBusy(f"another {self.name} took the lease {self.uri} at the same time: exiting")
+            raise LockBusy(f"another {self.name} took the lease {self.uri} at the same time: exiting",
+                           lock=self.uri)
         self._thread = threading.Thread(target=self._renew, name=f"fruits-{self.name}-lease", daemon=True)
         self._thread.start()
 

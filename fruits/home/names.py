@@ -11,8 +11,10 @@ import os
 from pathlib import Path, PurePath
 from typing import Any, Callable, Iterable, Mapping
 
+from fruits.errors import Refused
 
-class UnsafeName(ValueError):
+
+class UnsafeName(Refused):
     """A label or path that would leave the landing folder or that the stream would never read."""
 
 

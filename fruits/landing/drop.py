@@ -22,6 +22,7 @@ from typing import Any, Callable, Literal
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from fruits.errors import Failed
 from fruits.home.appends import AppendTarget
 from fruits.home.ledger import FileVersion, LandedBy, label_of, ledger_target, local_mtime_ms, record
 from fruits.home.uris import hadoop_uri
@@ -165,6 +166,14 @@ def place_atomically(source: Path, target: Path, *, recorder: LedgerRecorder | N
 
 # What became of one source file of a drop (`fruits drop` prints it; the web API answers it as "note").
 DropNote = Literal["placed", "already there", "no such file or folder", "skipped: not an image name the stream reads"]
+
+
+class SourcesMissing(Failed):
+    """Some sources given to ``fruits drop`` were not there; the others were placed."""
+
+    def __init__(self, sources: list[Path]) -> None:
+        super().__init__(f"{len(sources)} of the sources given did not exist: {', '.join(map(str, sources))}")
+        self.sources = sources
 
 
 @dataclass(frozen=True)

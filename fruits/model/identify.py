@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from fruits.config import Config
+from fruits.errors import Unavailable
 from fruits.model.featurizer import Featurizer
 from fruits.model.images import RejectedImage, decode_image
 from fruits.model.weights import WeightsRef
@@ -27,7 +28,7 @@ from fruits.home.tables import open_table
 from fruits.model.runtimes import make_featurizer, same_features
 
 
-class IdentifyError(RuntimeError):
+class IdentifyError(Unavailable):
     """Nothing to identify against yet, or the weights differ from those of the stored features."""
 
 

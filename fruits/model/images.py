@@ -12,6 +12,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from pillow_heif import register_heif_opener
 
+from fruits.errors import Busy, Refused
+
 # Phones (iPhones first) save HEIC by default: decode it like any other format.
 register_heif_opener()
 # decode_image enforces its own, configurable pixel limit from the header, before any decoding. Pillow's own guard
@@ -39,8 +41,8 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
-class RejectedImage(ValueError):
-    """The bytes are not an image the featurizer accepts; ``str(exc)`` is the quarantine reason."""
+class RejectedImage(Refused):
+    """The bytes are not an image the featurizer accepts; ``reason`` is the quarantine reason."""
 
 
 # Failures that say nothing about the input (the worker ran short of memory): raised, retried, never quarantined.
@@ -90,7 +92,7 @@ def open_checked(data: bytes, max_pixels: int, size: int | None = None) -> Image
     return image
 
 
-class BudgetExhausted(RuntimeError):
+class BudgetExhausted(Busy):
     """No room in a :class:`PixelBudget` within the time allowed: the process is busy, not the image's fault."""
 
 

@@ -18,13 +18,14 @@ import pandas as pd
 from pyspark.sql import Column
 from pyspark.sql.functions import pandas_udf
 
+from fruits.errors import Failed
 from fruits.model.images import DEFAULT_MAX_PIXELS, TRANSIENT, RejectedImage, decode_image
 from fruits.model.featurizer import Featurizer, shared_model
 
 RESULT_SCHEMA = "features array<float>, error string"
 
 
-class ModelFailure(RuntimeError):
+class ModelFailure(Failed):
     """The model fails on a blank image too: the fault is the model's or the worker's, not the images'."""
 
 
@@ -91,7 +92,7 @@ def decode_contents(contents: pd.Series, image_size: int, max_pixels: int) -> De
             decoded.images.append(decode_isolated(data, image_size, max_pixels))
             decoded.rows.append(row)
         except RejectedImage as exc:
-            decoded.errors[row] = str(exc)
+            decoded.errors[row] = exc.reason
     return decoded
 
 

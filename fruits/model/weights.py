@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from fruits.errors import Unavailable
+
 ARCHITECTURE = "mobilenet_v2_1.0_224"
 # Keras' own cache file for MobileNetV2(weights="imagenet", include_top=False, alpha=1.0, 224x224).
 KERAS_IMAGENET_NOTOP = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
@@ -16,7 +18,7 @@ KERAS_IMAGENET_NOTOP = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_
 WeightsSource = Literal["imagenet", "file"]
 
 
-class WeightsUnavailable(RuntimeError):
+class WeightsUnavailable(Unavailable):
     """The requested weights cannot be found or downloaded; the message says which option to use instead."""
 
 
