@@ -31,7 +31,7 @@ from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPart
 from pyspark.sql.streaming.datasource import ReadLimit, ReadMaxRows, SupportsTriggerAvailableNow
 
 from fruits.errors import Failed
-from fruits.home.ledger import LEDGER_SCHEMA, read_data_files
+from fruits.home.ledger import LEDGER_SCHEMA, commits_gone, read_data_files
 from fruits.home.uris import rust_uri
 
 log = logging.getLogger("fruits.ledger_source")
@@ -227,7 +227,7 @@ class LedgerReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
                 return _conform(changes, ROWS_SCHEMA).filter(inserted)
             except (DeltaError, pa.ArrowException, OSError) as exc:
                 text = str(exc)
-                if "not found" in text.lower() or "Invalid table version" in text or isinstance(exc, FileNotFoundError):
+                if _gone(self.uri, begin + 1, last):
                     raise LedgerUnreadable(
                         f"the ledger's commits {begin + 1}..{last}, which this checkpoint has still to read, are gone "
                         f"({text[:200]}). Stop the stream, delete HOME/checkpoints/ingest and start it again: a new "
@@ -245,6 +245,15 @@ class LedgerReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def commit(self, end: dict) -> None:
         """Nothing to release: the ledger keeps its rows."""
+
+
+def _gone(uri: str, first: int, last: int) -> bool:
+    """:func:`fruits.home.ledger.commits_gone`, asked after a failed read; False if it cannot be told now (the
+    storage does not answer either), so the read is tried again."""
+    try:
+        return commits_gone(uri, first, last)
+    except (pa.ArrowException, OSError, ValueError):
+        return False
 
 
 def _conform(rows: pa.Table, schema: pa.Schema) -> pa.Table:

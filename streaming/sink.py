@@ -48,6 +48,7 @@ from fruits.errors import Stopped
 from fruits.home.appends import AppendTarget
 from fruits.home.filesystem import Files, HadoopFiles
 from fruits.model.udf import featurize_column
+from fruits.spark.conditions import error_conditions
 from fruits.model.featurizer import Featurizer
 from fruits.home.names import ALIAS_FOLDER, alias_path, fit_relative, local_bytes, needs_alias
 from fruits.home.uris import glob_escape, local_path, rust_uri
@@ -465,7 +466,7 @@ class OutcomeSink:
                 except JOB_FAILURES as exc:
                     if self._stopping():
                         raise StopRequested.ending(self.progress, self._micro_batch) from exc  # not the files' fault
-                    if "SPARK_JOB_CANCELLED" in str(exc):
+                    if "SPARK_JOB_CANCELLED" in error_conditions(exc):
                         raise  # the query is stopping: that says nothing about the files
                     error = exc
                     log.warning("featurizing %d files failed: %s", len(group), _cause(exc))
@@ -523,7 +524,7 @@ class OutcomeSink:
             try:
                 return spark.read.format("binaryFile").schema(BINARY_FILE_SCHEMA).load([glob_escape(p) for p in paths])
             except AnalysisException as exc:  # PATH_NOT_FOUND: deleted between our check and Spark's
-                if "PATH_NOT_FOUND" not in str(exc):
+                if exc.getCondition() != "PATH_NOT_FOUND":
                     raise
                 paths = [p for p in paths if files.version(p) is not None]
         return spark.createDataFrame([], BINARY_FILE_SCHEMA)

@@ -1,5 +1,5 @@
 """One error family (fruits/errors.py): every exception class of the code is a member through one of its kinds, the
-CLI maps the kinds to the exit codes the README documents."""
+CLI maps the kinds to the exit codes the README documents, and Spark errors are told apart by their conditions."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from test_layout import ROOT, _module_name, _sources
@@ -100,3 +103,49 @@ def test_a_busy_home_exits_3_before_anything_starts(tmp_path, command):
     assert result.returncode == 3, result.stderr[-3000:]
     assert result.stderr.startswith(f"fruits {command}: error: another {command} is running on this home")
     assert not (tmp_path / "tables").exists()  # nothing was done: no Spark, no table
+
+
+def _slow(ids: pd.Series) -> pd.Series:
+    time.sleep(30)  # cancelled long before
+    return ids
+
+
+def _broken(ids: pd.Series) -> pd.Series:
+    raise ValueError("this image breaks the worker")
+
+
+def test_spark_errors_are_told_by_their_conditions(spark, tmp_path):
+    """The sink tells a cancelled featurizing job (the query is stopping) and a file deleted before Spark read it by
+    Spark's error conditions: a real cancelled job, a real missing path, and a job that failed otherwise."""
+    from pyspark.errors import AnalysisException
+    from pyspark.sql import functions as F
+
+    from fruits.spark.conditions import error_conditions
+    from fruits.streaming.sink import JOB_FAILURES
+
+    slow, broken = F.pandas_udf(_slow, "long"), F.pandas_udf(_broken, "long")
+    raised = {}
+
+    def collect() -> None:
+        try:
+            spark.range(1).select(slow("id")).toArrow()
+        except Exception as exc:
+            raised["cancelled"] = exc
+
+    job = threading.Thread(target=collect)
+    job.start()
+    deadline = time.monotonic() + 60
+    while not spark.sparkContext.statusTracker().getActiveJobsIds() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    spark.sparkContext.cancelAllJobs()
+    job.join(60)
+    assert isinstance(raised["cancelled"], JOB_FAILURES)  # what the sink catches, then asks the conditions of
+    assert "SPARK_JOB_CANCELLED" in error_conditions(raised["cancelled"])
+
+    with pytest.raises(AnalysisException) as gone:
+        spark.read.format("binaryFile").load([str(tmp_path / "deleted.jpg")])
+    assert gone.value.getCondition() == "PATH_NOT_FOUND" and error_conditions(gone.value) == ["PATH_NOT_FOUND"]
+
+    with pytest.raises(JOB_FAILURES) as failed:
+        spark.range(1).select(broken("id")).toArrow()
+    assert "SPARK_JOB_CANCELLED" not in error_conditions(failed.value)

@@ -4,10 +4,13 @@ conservatively. The stream over it is tested end to end in test_stream, test_dis
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
+from deltalake.exceptions import DeltaError
 from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadMaxRows
 
 from fruits.home.ledger import FileVersion, ensure_ledger, record
@@ -108,6 +111,36 @@ def test_a_compaction_adds_no_rows_and_vacuumed_commits_stop_the_stream_with_wha
     end = fresh.latestOffset(fresh.initialOffset(), fresh.getDefaultReadLimit())
     assert end == {"version": DeltaTable(ledger).version()}
     assert len(set(rows(fresh, fresh.initialOffset(), end))) == 9
+
+
+def added_files(ledger: str, version: int) -> list[Path]:
+    entry = Path(ledger) / "_delta_log" / f"{version:020d}.json"
+    actions = [json.loads(line) for line in entry.read_text().splitlines() if line.strip()]
+    return [Path(ledger) / a["add"]["path"] for a in actions if "add" in a]
+
+
+def test_commits_whose_log_entries_expired_stop_the_stream_with_what_to_do(ledger):
+    """Gone is read from the ledger's files, not from the error's text: log entries older than a checkpoint that
+    log cleanup removed are gone, as vacuumed data files are."""
+    reader = LedgerReader("file:" + ledger, rows_per_trigger=100)
+    DeltaTable(ledger).create_checkpoint()  # version 3: the table loads without the entries before it
+    for version in (1, 2):
+        (Path(ledger) / "_delta_log" / f"{version:020d}.json").unlink()
+    with pytest.raises(LedgerUnreadable, match="delete HOME/checkpoints/ingest"):
+        rows(reader, {"version": 0}, {"version": 3})
+    record(ledger, versions("after-", 2), "watch")  # version 4: what is still in the log is read
+    assert len(rows(reader, {"version": 3}, {"version": 4})) == 2
+
+
+def test_a_data_file_that_is_there_but_unreadable_is_tried_again_then_its_error_raised(ledger):
+    """A read that fails while the commits' log entries and data files are all there is not "gone": no
+    LedgerUnreadable (the checkpoint stays), the read is tried again, then delta-rs' own error stops the query."""
+    reader = LedgerReader("file:" + ledger, rows_per_trigger=100)
+    (damaged,) = added_files(ledger, 2)
+    damaged.write_bytes(b"not parquet")  # e.g. a file a storage hiccup returns cut short
+    with pytest.raises((DeltaError, pa.ArrowException, OSError)) as failed:
+        rows(reader, {"version": 1}, {"version": 2})
+    assert not isinstance(failed.value, LedgerUnreadable)
 
 
 def test_offsets_of_deltas_own_streaming_source_are_read_conservatively():

@@ -15,11 +15,13 @@ the MD5 of a single-PUT object's bytes (:mod:`fruits.home.s3`).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Literal, get_args
+from urllib.parse import unquote
 
 import numpy as np
 import pyarrow as pa
@@ -307,15 +309,39 @@ def read_data_files(
     ``schema``, columns a file lacks (written before they were added) are read as nulls."""
     import pyarrow.dataset as ds
 
+    filesystem, located = _table_files(uri, files)
+    return ds.dataset(located, format="parquet", filesystem=filesystem, schema=schema).to_table(columns=columns)
+
+
+def _table_files(uri: str, files: list[str]) -> tuple[Any, list[str]]:
+    """pyarrow's file system of the Delta table at ``uri``, and where ``files`` (relative to the table's root, or
+    absolute) are on it."""
+    import pyarrow.fs as pafs
+
     root = rust_uri(uri).rstrip("/")
     located = [f if "://" in f or f.startswith("/") else f"{root}/{f}" for f in files]
-    filesystem = None
-    if "://" in root:
-        import pyarrow.fs as pafs
+    if "://" not in root:
+        return pafs.LocalFileSystem(), located
+    filesystem, _ = pafs.FileSystem.from_uri(root)
+    return filesystem, [f.split("://", 1)[1] for f in located]
 
-        filesystem, _ = pafs.FileSystem.from_uri(root)
-        located = [f.split("://", 1)[1] for f in located]
-    return ds.dataset(located, format="parquet", filesystem=filesystem, schema=schema).to_table(columns=columns)
+
+def commits_gone(uri: str, first: int, last: int) -> bool:
+    """Whether the commits ``first .. last`` of the Delta table at ``uri`` can no longer be read: a log entry of
+    theirs expired (or never was), or a data file one of them added was vacuumed. Told by the table's files, as
+    delta-rs raises no error type of its own for either."""
+    import pyarrow.fs as pafs
+
+    filesystem, entries = _table_files(uri, [f"_delta_log/{version:020d}.json" for version in range(first, last + 1)])
+    if any(info.type != pafs.FileType.File for info in filesystem.get_file_info(entries)):
+        return True
+    added = []
+    for entry in entries:
+        with filesystem.open_input_stream(entry) as handle:
+            actions = [json.loads(line) for line in handle.read().splitlines() if line.strip()]
+        added += [unquote(action["add"]["path"]) for action in actions if "add" in action]
+    _, located = _table_files(uri, added)
+    return any(info.type == pafs.FileType.NotFound for info in filesystem.get_file_info(located))
 
 
 def ledger_rows(uri: str, columns: list[str] | None = None) -> pa.Table:
