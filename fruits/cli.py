@@ -239,7 +239,7 @@ def _refit(config: Config, args: argparse.Namespace) -> int:
 
 def writer_lease(config: Config) -> WriterLease:
     """The heartbeat of a process that records files before they appear (drop, stage, serve): fruits.landing.writers."""
-    return WriterLease(config.writers, config.discovery.writer_timeout)
+    return WriterLease(config.writers, config.discovery.writer_timeout, files=Home.from_config(config).files)
 
 
 def cmd_drop(config: Config, args: argparse.Namespace) -> int:
@@ -251,7 +251,7 @@ def cmd_drop(config: Config, args: argparse.Namespace) -> int:
     sources = [Path(s) for s in args.sources]
     with writer_lease(config) as lease:  # the stream waits for recorded files while this heartbeats
         if is_s3(config.landing):  # one conditional PUT per object, no temporary name (fruits/landing/stage.py)
-            landing = ObjectLanding(config.landing, config.files_table, "drop", lease=lease)
+            landing = ObjectLanding(config.landing, config.files_table, "drop", Home.from_config(config).files, lease=lease)
             results = landing.drop(sources, extensions, label=args.label)
         else:
             landing = local_folder(config.landing)
@@ -282,7 +282,8 @@ def cmd_stage(config: Config, args: argparse.Namespace) -> int:
         inbox=Path(args.inbox).resolve(),
         landing=landing,
         recorder=None if remote else LedgerRecorder(config.files_table, landing, "stage", lease),
-        place=ObjectLanding(config.landing, config.files_table, "stage", lease=lease).place if remote else None,
+        place=ObjectLanding(config.landing, config.files_table, "stage", Home.from_config(config).files, lease=lease).place
+        if remote else None,
         extensions=list(config.stream.extensions),
         stable_seconds=config.stage.stable_seconds,
         settle_seconds=config.stage.settle_seconds,

@@ -148,7 +148,7 @@ def run_stream(
         leftovers = Leftovers(config, files)
         discovery = Discovery(config, landing, home_files, after_listing=leftovers.submit)
         progress = Progress(home_files, config.stream_progress)
-        retries = Retries(config, files.present)
+        retries = Retries(config, files.present, files=home_files)
         try:
             prepare_home(spark, config)
             files.sweep(landing)  # read aliases a stopped stream left

@@ -30,6 +30,8 @@ from deltalake.exceptions import TableNotFoundError
 
 from fruits.config import Config
 from fruits.home.files import OutcomeKind, newest_per_file
+from fruits.home.filesystem import FileSystem
+from fruits.home.home import Home
 from fruits.home.ledger import ledger_target, record_retries
 from fruits.home.uris import rust_uri
 from fruits.home.verdicts import Cause, backoff_seconds
@@ -59,13 +61,15 @@ class Watched:
 class Retries:
     """Records the next attempt of retryable quarantined files when due; see the module docstring. ``present`` tells
     the ``path`` of those of some ledger rows whose file is there now (the stream's file system); ``clock`` is a
-    test seam (seconds, like :func:`time.time`)."""
+    test seam (seconds, like :func:`time.time`); ``files`` the home's file system, where writers heartbeat."""
 
     def __init__(
-        self, config: Config, present: Callable[[list[dict]], set[str]], *, clock: Callable[[], float] = time.time
+        self, config: Config, present: Callable[[list[dict]], set[str]], *, clock: Callable[[], float] = time.time,
+        files: FileSystem | None = None,
     ) -> None:
         self.config = config
         self.present = present
+        self.files = files or Home.from_config(config).files
         self.clock = clock
         self.backoff = config.stream.retry_backoff
         self.ledger = ledger_target(config.files_table)
@@ -130,7 +134,8 @@ class Retries:
 
     def _alive(self, writer: str | None, now: float, seen: dict[str | None, bool]) -> bool:
         if writer not in seen:
-            seen[writer] = writer_alive(self.config.writers, writer, self.config.discovery.writer_timeout, now)
+            seen[writer] = writer_alive(self.config.writers, writer, self.config.discovery.writer_timeout, now,
+                                        files=self.files)
         return seen[writer]
 
     def start(self) -> None:

@@ -430,7 +430,7 @@ class OutcomeSink:
         for row in absent:
             writer = row.get("writer")
             if writer not in alive:  # one look per writer
-                alive[writer] = writer_alive(self.writers, writer, self.writer_timeout)
+                alive[writer] = writer_alive(self.writers, writer, self.writer_timeout, files=files.files)
             if row["discovered_by"] in RECORDED_FIRST and alive[writer]:
                 reason = f"recorded by its writer ({row['discovered_by']}), which has not made it appear yet: waiting"
                 verdicts.append(Verdict(row, reason, Cause.WAITING, retryable=True))

@@ -40,18 +40,19 @@ def s3_server(tmp_path_factory):
 
 @pytest.fixture()
 def s3_env(s3_server: S3Server, monkeypatch):
-    """This process set up for the server (as ``fruits`` commands set themselves up), and a fresh bucket whose
-    ``fruits`` folder is the home."""
+    """This process set up for the server (as ``fruits`` commands set themselves up), a fresh bucket whose
+    ``fruits`` folder is the home, and the home's files (fruits/home/filesystem.py) with the server's settings."""
     from fruits.home import s3
+    from fruits.home.filesystem import S3Files
 
     bucket = "fruits-" + secrets.token_hex(4)
     s3_server.create_bucket(bucket)
     for key, value in s3_server.environment.items():
         monkeypatch.setenv(key, value)
     home = f"s3a://{bucket}/fruits"
-    s3.S3Settings(s3_server.endpoint, "us-east-1", True).export()
-    yield {"home": home, "bucket": bucket, "server": s3_server}
-    s3.client.cache_clear()
+    settings = s3.S3Settings(s3_server.endpoint, "us-east-1", True)
+    settings.export()  # for delta-rs in this process
+    yield {"home": home, "bucket": bucket, "server": s3_server, "files": S3Files(settings)}
 
 
 def fruits(home: str, *args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
@@ -160,9 +161,7 @@ def test_the_whole_service_on_an_s3a_home(s3_env, tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_on_s3_then_restart_ingests_every_photo_once_and_a_second_stream_is_refused(s3_env, tmp_path):
-    from fruits.home import s3
-
-    home, bucket, server = s3_env["home"], s3_env["bucket"], s3_env["server"]
+    home, bucket, server, files = s3_env["home"], s3_env["bucket"], s3_env["server"], s3_env["files"]
     photo_folders(tmp_path / "photos", ["Apple Granny Smith", "Fig", "Pineapple", "Pomegranate"], 40)
     fruits(home, "drop", str(tmp_path / "photos"))
     landed = {f"s3a://{bucket}/{k}" for k in keys(server, bucket, "fruits/landing/")}
@@ -183,7 +182,7 @@ def test_sigkill_on_s3_then_restart_ingests_every_photo_once_and_a_second_stream
     assert len(outcome_paths(home)) < len(landed), "killed too late to prove anything"
 
     # Its lease is taken over only once it has been silent for [s3] lease_seconds (the same host and pid prove nothing).
-    renewed = json.loads(s3.get(f"{home}/locks/stream.lock")[0])["renewed_at"]  # at most 10 s ago: 20 s left
+    renewed = json.loads(files.read(f"{home}/locks/stream.lock"))["renewed_at"]  # at most 10 s ago: 20 s left
     refused = fruits(home, "stream", "--available-now", check=False, timeout=120)
     assert refused.returncode == 3 and time.time() < renewed + 30, refused.stderr[-3000:]
     time.sleep(max(0.0, renewed + 31 - time.time()))
@@ -196,46 +195,72 @@ def test_sigkill_on_s3_then_restart_ingests_every_photo_once_and_a_second_stream
 def test_a_lease_is_keyed_by_its_owner_not_by_host_and_pid_and_only_a_silent_holder_is_taken_over(s3_env):
     """Two leases of one process (the same host name and pid, as two containers of one service have) never take each
     other's, even after longer than the lease; a holder is taken over only once it stopped renewing for the lease."""
-    from fruits.home import s3
     from fruits.home.locks import LockBusy, S3Lease
 
-    uri = f"{s3_env['home']}/locks/test.lock"
-    first = S3Lease(uri, "test", lease_seconds=3)  # renewed every second
+    uri, files = f"{s3_env['home']}/locks/test.lock", s3_env["files"]
+    first = S3Lease(uri, "test", lease_seconds=3, files=files)  # renewed every second
     first.acquire()
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         with pytest.raises(LockBusy, match="another test is running on this home"):
-            S3Lease(uri, "test", lease_seconds=3).acquire()
+            S3Lease(uri, "test", lease_seconds=3, files=files).acquire()
         time.sleep(0.5)
-    assert json.loads(s3.get(uri)[0])["owner"] == first.holder["owner"]
+    assert json.loads(files.read(uri))["owner"] == first.holder["owner"]
     assert first._thread.is_alive()  # still renewing: never found its lease taken
     first.release()
-    assert s3.get(uri) is None
+    assert files.read(uri) is None
 
     # A holder that stopped renewing (its process was killed), of this very host and pid: kept until it is silent
     # for the lease, then taken over.
     silent = {"owner": "a-killed-process", "host": os.uname().nodename, "pid": os.getpid(), "since": "x"}
-    assert s3.put_new(uri, json.dumps({**silent, "renewed_at": time.time() - 20}).encode()) is not None
+    assert files.write(uri, json.dumps({**silent, "renewed_at": time.time() - 20}).encode(), if_absent=True) is not None
     with pytest.raises(LockBusy):
-        S3Lease(uri, "test", lease_seconds=30).acquire()
-    _, etag = s3.get(uri)
-    assert s3.replace_if(uri, json.dumps({**silent, "renewed_at": time.time() - 31}).encode(), etag) is not None
-    taker = S3Lease(uri, "test", lease_seconds=30)
+        S3Lease(uri, "test", lease_seconds=30, files=files).acquire()
+    _, etag = files.get(uri)
+    assert files.write(uri, json.dumps({**silent, "renewed_at": time.time() - 31}).encode(), if_match=etag) is not None
+    taker = S3Lease(uri, "test", lease_seconds=30, files=files)
     taker.acquire()
-    assert json.loads(s3.get(uri)[0])["owner"] == taker.holder["owner"] != silent["owner"]
+    assert json.loads(files.read(uri))["owner"] == taker.holder["owner"] != silent["owner"]
     taker.release()
 
 
-def test_conditional_put_never_replaces_an_object(s3_env):
-    from fruits.home import s3
+def test_s3_files_reach_the_server_they_are_given_and_a_conditional_put_never_replaces_an_object(s3_env, monkeypatch):
+    """The home's S3 files (fruits/home/filesystem.py): the settings they are given, not the process's AWS_*
+    variables, say where the server is; conditional writes, stat with ETag, listing, moves and deletes."""
+    from fruits.home.filesystem import S3Files, StoreError, s3_client
+    from fruits.home.s3 import S3Settings, etag_of
 
-    uri = f"{s3_env['home']}/x/photo.jpg"
-    first = s3.put_new(uri, b"first")
-    assert first == s3.etag_of(b"first")  # a single PUT's ETag is its MD5: what drop records in the ledger
-    assert s3.put_new(uri, b"second") is None
-    assert s3.get(uri) == (b"first", first)
-    assert s3.replace_if(uri, b"third", "0" * 32) is None
-    assert s3.replace_if(uri, b"third", first) == s3.etag_of(b"third")
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there: only the settings lead to the server
+    s3_client.cache_clear()
+    files = S3Files(S3Settings(s3_env["server"].endpoint, "us-east-1", True))
+    home = s3_env["home"]
+    uri = f"{home}/x/photo.jpg"
+    first = files.write(uri, b"first", if_absent=True)
+    assert first == etag_of(b"first")  # a single PUT's ETag is its MD5: what drop records in the ledger
+    assert files.write(uri, b"second", if_absent=True) is None
+    assert files.get(uri) == (b"first", first)
+    assert files.write(uri, b"third", if_match="0" * 32) is None
+    assert files.write(uri, b"third", if_match=first) == etag_of(b"third")
+
+    stat = files.stat(uri)
+    assert (stat.size, stat.etag, stat.identity) == (5, etag_of(b"third"), (5, -1, -1))
+    assert abs(stat.mtime_ms / 1000 - time.time()) < 120
+    assert files.stat(f"{home}/x/none.jpg") is None and files.read(f"{home}/x/none.jpg") is None
+    files.write(f"{home}/x/sub/a.jpg", b"a")
+    assert {(f.name, f.is_dir) for f in files.list(f"{home}/x")} == {("photo.jpg", False), ("sub", True)}
+    assert {f.uri for f in files.list(f"{home}/x", recursive=True)} == {uri, f"{home}/x/sub/a.jpg"}
+    assert files.exists(f"{home}/x/sub") and not files.exists(f"{home}/y")
+
+    assert not files.move(uri, f"{home}/x/sub/a.jpg")  # never over another object
+    assert not files.move(uri, f"{home}/archive/photo.jpg", unchanged=(4, -1, -1))  # not the version that was read
+    assert files.move(uri, f"{home}/archive/photo.jpg", unchanged=stat.identity)
+    assert files.read(uri) is None and files.read(f"{home}/archive/photo.jpg") == b"third"
+    files.delete(f"{home}/x", recursive=True)
+    assert files.list(f"{home}/x", recursive=True) == []
+    with pytest.raises(StoreError) as refused:  # the store's own errors are OSErrors, told apart by their code
+        files.read(f"s3a://no-such-bucket-{secrets.token_hex(4)}/k")
+    assert isinstance(refused.value, OSError) and refused.value.code == "NoSuchBucket"
 
 
 def test_drop_to_s3_keeps_both_names_and_records_the_listed_version(s3_env, tmp_path):
@@ -248,7 +273,7 @@ def test_drop_to_s3_keeps_both_names_and_records_the_listed_version(s3_env, tmp_
     (tmp_path / "b").mkdir()
     (tmp_path / "a" / "lemon.jpg").write_bytes(one.read_bytes())
     (tmp_path / "b" / "lemon.jpg").write_bytes(other.read_bytes())
-    landing = ObjectLanding(f"{home}/landing", f"{home}/tables/files", "drop")
+    landing = ObjectLanding(f"{home}/landing", f"{home}/tables/files", "drop", s3_env["files"])
     extensions = ["jpg"]
     assert [d.note for d in landing.drop([tmp_path / "a" / "lemon.jpg"], extensions, label="Lemon")] == ["placed"]
     assert [d.note for d in landing.drop([tmp_path / "a" / "lemon.jpg"], extensions, label="Lemon")] == ["already there"]
@@ -288,7 +313,6 @@ def test_a_drop_of_500_photos_uploaded_over_3_minutes_is_all_featurized(s3_env, 
     """A large drop over a slow link: its 500 ledger rows are committed first, then the photos arrive one by one
     over 3 minutes. The stream waits for them while the drop's writer heartbeats (without blocking the photos that
     are there) and featurizes every one, once."""
-    from fruits.home import s3
     from fruits.config import load_config
     from fruits.landing.stage import ObjectLanding
     from fruits.landing.writers import WriterLease
@@ -307,12 +331,12 @@ def test_a_drop_of_500_photos_uploaded_over_3_minutes_is_all_featurized(s3_env, 
 
     def slow_put(uri: str, data: bytes) -> str | None:
         time.sleep(pace)
-        return s3.put_new(uri, data)
+        return s3_env["files"].write(uri, data, if_absent=True)
 
     try:
         started = time.monotonic()
-        with WriterLease(config.writers, config.discovery.writer_timeout) as lease:
-            landing = ObjectLanding(config.landing, config.files_table, "drop", lease=lease, put=slow_put)
+        with WriterLease(config.writers, config.discovery.writer_timeout, files=s3_env["files"]) as lease:
+            landing = ObjectLanding(config.landing, config.files_table, "drop", s3_env["files"], lease=lease, put=slow_put)
             results = landing.drop([photos], list(config.stream.extensions))
         assert sum(r.note == "placed" for r in results) == 500
         assert time.monotonic() - started >= 180

@@ -31,9 +31,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Literal
 
-from fruits.home import s3
 from fruits.config import Config
 from fruits.errors import Busy
+from fruits.home.filesystem import S3Files
+from fruits.home.home import Home
+from fruits.home.s3 import is_s3
 from fruits.home.uris import local_path
 
 log = logging.getLogger("fruits.home.locks")
@@ -64,8 +66,9 @@ def lock_path(config: Config, name: LockName) -> Path:
 def exclusive(config: Config, name: LockName) -> Iterator[Path]:
     """Hold the lock ``name`` of the home for the ``with`` block, or raise :class:`LockBusy` at once if another
     process holds it. The lock records the holder (host, pid, since) for the message."""
-    if s3.is_s3(config.locks):
-        lease = S3Lease(f"{config.locks.rstrip('/')}/{name}.lock", name, config.s3.lease_seconds)
+    if is_s3(config.locks):
+        uri = f"{config.locks.rstrip('/')}/{name}.lock"
+        lease = S3Lease(uri, name, config.s3.lease_seconds, Home.from_config(config).files.on(uri))
         lease.acquire()
         try:
             yield Path(lease.uri)
@@ -108,10 +111,11 @@ def _silent(holder: dict[str, object], lease_seconds: float) -> bool:
 
 
 class S3Lease:
-    """The lock ``name`` of an S3 home: a lease object renewed by a heartbeat thread (see the module docstring)."""
+    """The lock ``name`` of an S3 home: a lease object renewed by a heartbeat thread (see the module docstring),
+    through ``files`` (the home's S3 objects: the lease needs their conditional writes)."""
 
-    def __init__(self, uri: str, name: str, lease_seconds: float) -> None:
-        self.uri, self.name, self.lease_seconds = uri, name, lease_seconds
+    def __init__(self, uri: str, name: str, lease_seconds: float, files: S3Files) -> None:
+        self.uri, self.name, self.lease_seconds, self.files = uri, name, lease_seconds, files
         self.holder = _holder()
         self.etag: str | None = None
         self._stop = threading.Event()
@@ -123,10 +127,10 @@ class S3Lease:
     def acquire(self) -> None:
         """Create the lease, or take over a dead holder's; raise :class:`LockBusy` if a live process holds it."""
         for _ in range(3):  # the object may vanish (released) between our create and our read: try again
-            self.etag = s3.put_new(self.uri, self._body())
+            self.etag = self.files.write(self.uri, self._body(), if_absent=True)
             if self.etag is not None:
                 break
-            current = s3.get(self.uri)
+            current = self.files.get(self.uri)
             if current is None:
                 continue
             data, etag = current
@@ -142,7 +146,7 @@ class S3Lease:
                     lock=self.uri,
                 )
             log.warning("taking over the %s lease of a holder silent for %.0f s: %s", self.name, self.lease_seconds, holder)
-            self.etag = s3.replace_if(self.uri, self._body(), etag)
+            self.etag = self.files.write(self.uri, self._body(), if_match=etag)
             if self.etag is not None:
                 break
         if self.etag is None:
@@ -155,7 +159,7 @@ class S3Lease:
         while not self._stop.wait(self.lease_seconds / 3):
             self.holder["renewed_at"] = time.time()
             try:
-                etag = s3.replace_if(self.uri, self._body(), self.etag or "")
+                etag = self.files.write(self.uri, self._body(), if_match=self.etag or "")
             except Exception:  # S3 unreachable for a moment: try again at the next beat (the lease has 3 beats)
                 log.exception("could not renew the %s lease %s", self.name, self.uri)
                 continue
@@ -170,6 +174,6 @@ class S3Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        current = s3.get(self.uri)
+        current = self.files.get(self.uri)
         if current is not None and current[1] == self.etag:
-            s3.delete(self.uri)
+            self.files.delete(self.uri)

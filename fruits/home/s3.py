@@ -6,11 +6,11 @@ The endpoint, region and addressing style come from ``[s3]`` in conf/fruits.toml
 from the repository. The same settings reach:
 
 - Spark/Hadoop as ``spark.hadoop.fs.s3a.*`` (:meth:`S3Settings.spark_conf`);
-- delta-rs (deltalake) and pyarrow's S3 file system through the ``AWS_*`` variables of this process
-  (:meth:`S3Settings.export`): both read ``AWS_ENDPOINT_URL``, ``AWS_REGION``, ``AWS_ALLOW_HTTP``...;
-- direct object writes (``fruits drop``/``stage``, the lock object) through boto3 (:func:`client`), which can make a
-  single PUT conditional (``If-None-Match: *``): an object appears whole when its upload completes, and never
-  replaces another one.
+- delta-rs (deltalake) through the ``AWS_*`` variables of this process (:meth:`S3Settings.export`): it reads
+  ``AWS_ENDPOINT_URL``, ``AWS_REGION``, ``AWS_ALLOW_HTTP``...;
+- every other file of the home (``fruits drop``/``stage``, the lock object, the model store, the progress file)
+  through :class:`fruits.home.filesystem.S3Files`, given these settings: boto3, whose single PUT can be
+  conditional (``If-None-Match: *``): an object appears whole when its upload completes, and never replaces another.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any, Callable
 
 from fruits.config import Config
 
@@ -85,14 +83,14 @@ class S3Settings:
         return env
 
     def export(self, environ: os._Environ | dict[str, str] | None = None) -> None:
-        """Set :meth:`environment` in this process (so every ``DeltaTable(...)`` and ``pyarrow.fs`` call uses it)."""
+        """Set :meth:`environment` in this process (so every ``DeltaTable(...)`` call uses it)."""
         target = os.environ if environ is None else environ
         target.update(self.environment())
-        client.cache_clear()
 
 
 def configure(config: Config) -> S3Settings | None:
-    """Export the S3 settings for this process when the home uses S3; returns them (None for other homes)."""
+    """Export the S3 settings for this process's delta-rs when the home uses S3; returns them (None for other
+    homes)."""
     if not uses_s3(config):
         return None
     settings = S3Settings.from_config(config)
@@ -100,92 +98,6 @@ def configure(config: Config) -> S3Settings | None:
     return settings
 
 
-@lru_cache(maxsize=1)
-def client():
-    """A boto3 S3 client for the exported settings (endpoint/region/path style from the ``AWS_*`` variables)."""
-    import boto3
-    from botocore.config import Config as BotoConfig
-
-    virtual = os.environ.get("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "false") == "true"
-    return boto3.client(
-        "s3",
-        endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None,
-        region_name=os.environ.get("AWS_REGION") or None,
-        config=BotoConfig(s3={"addressing_style": "virtual" if virtual else "path"}, retries={"max_attempts": 5}),
-    )
-
-
-def _error_code(exc: Exception) -> str:
-    return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-
-
-MISSING = ("404", "NoSuchKey", "NotFound")
-# If-None-Match / If-Match not met (409: two conditional writes of one key at once, on some servers)
-CONFLICT = ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
-
-
 def etag_of(data: bytes) -> str:
     """The ETag S3 gives an object stored by a single PUT of ``data``: its MD5, in hex."""
     return hashlib.md5(data).hexdigest()
-
-
-def clean_etag(etag: str | None) -> str | None:
-    """An ETag without its quotes (S3 quotes them in headers and listings)."""
-    return etag.strip('"') if etag else None
-
-
-def _reply(call: Callable[[], Any], absent: tuple[str, ...]) -> Any | None:
-    """``call()``'s reply, or None when S3 answers with one of the error codes ``absent``."""
-    try:
-        return call()
-    except Exception as exc:
-        if _error_code(exc) in absent:
-            return None
-        raise
-
-
-def head(uri: str) -> dict[str, Any] | None:
-    """``{"size", "etag", "mtime_ms"}`` of the object at ``uri``, or None if there is none."""
-    bucket, key = split(uri)
-    reply = _reply(lambda: client().head_object(Bucket=bucket, Key=key), MISSING)
-    if reply is None:
-        return None
-    return {"size": int(reply["ContentLength"]), "etag": clean_etag(reply["ETag"]),
-            "mtime_ms": int(reply["LastModified"].timestamp() * 1000)}
-
-
-def put_new(uri: str, data: bytes) -> str | None:
-    """Store ``data`` at ``uri`` in one PUT unless an object is there already (``If-None-Match: *``, atomic on the
-    server); its ETag, or None if the name was taken."""
-    bucket, key = split(uri)
-    reply = _reply(lambda: client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*"), CONFLICT)
-    return None if reply is None else clean_etag(reply["ETag"])
-
-
-def put(uri: str, data: bytes) -> str:
-    """Store ``data`` at ``uri`` in one PUT, replacing any object there; its ETag."""
-    bucket, key = split(uri)
-    return clean_etag(client().put_object(Bucket=bucket, Key=key, Body=data)["ETag"])
-
-
-def replace_if(uri: str, data: bytes, etag: str) -> str | None:
-    """Replace the object at ``uri`` only if it still has ``etag`` (``If-Match``); its new ETag, or None if it
-    changed (or vanished) meanwhile."""
-    bucket, key = split(uri)
-    reply = _reply(
-        lambda: client().put_object(Bucket=bucket, Key=key, Body=data, IfMatch=f'"{etag}"'), CONFLICT + MISSING
-    )
-    return None if reply is None else clean_etag(reply["ETag"])
-
-
-def get(uri: str) -> tuple[bytes, str] | None:
-    """(bytes, ETag) of the object at ``uri``, or None if there is none."""
-    bucket, key = split(uri)
-    reply = _reply(lambda: client().get_object(Bucket=bucket, Key=key), MISSING)
-    return None if reply is None else (reply["Body"].read(), clean_etag(reply["ETag"]))
-
-
-def delete(uri: str) -> None:
-    """Delete the object at ``uri`` (no error if there is none)."""
-    bucket, key = split(uri)
-    client().delete_object(Bucket=bucket, Key=key)

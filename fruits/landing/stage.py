@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from fruits.home import s3
+from fruits.home.filesystem import FileSystem
+from fruits.home.s3 import etag_of
 from fruits.landing.drop import Dropped, drop_plan, land_in_groups
 from fruits.home.appends import AppendTarget
 from fruits.home.ledger import FileVersion, LandedBy, label_of, ledger_target, record
@@ -34,15 +35,17 @@ class _Upload:
 @dataclass(frozen=True)
 class ObjectLanding:
     """Lands files in the S3 landing folder ``landing`` (as Spark spells it, ``s3a://``), recording them in the
-    ledger at ``ledger`` as landed by ``method``."""
+    ledger at ``ledger`` as landed by ``method``, through ``files`` (the home's file system: S3 objects)."""
 
     landing: str
     ledger: str
     method: LandedBy
+    files: FileSystem = field(compare=False, repr=False)
     # The heartbeat of this process while it lands files (fruits.landing.writers): started before the first row is recorded.
     lease: WriterLease | None = field(default=None, compare=False)
-    # The conditional PUT (a parameter so that a test can slow the uploads down, as a slow link would).
-    put: Callable[[str, bytes], str | None] = field(default=s3.put_new, compare=False, repr=False)
+    # The conditional PUT (a parameter so that a test can slow the uploads down, as a slow link would); None: a PUT
+    # of ``files`` that never replaces an object (``If-None-Match: *``).
+    put: Callable[[str, bytes], str | None] | None = field(default=None, compare=False, repr=False)
     # The ledger kept loaded from the first upload on (`fruits stage` and the web server land for as long as they run).
     _target: AppendTarget = field(init=False, compare=False, repr=False)
 
@@ -55,10 +58,10 @@ class ObjectLanding:
         base, number = f"{self.landing.rstrip('/')}/{relative.as_posix()}", 1
         target = base
         while True:
-            existing = None if target in chosen else s3.head(target)
+            existing = None if target in chosen else self.files.stat(target)
             if target not in chosen and existing is None:
                 return target
-            if existing is not None and existing["etag"] == etag and existing["size"] == size:
+            if existing is not None and existing.etag == etag and existing.size == size:
                 return None
             number += 1
             stem, dot, suffix = base.rpartition(".")
@@ -66,7 +69,7 @@ class ObjectLanding:
 
     def _prepare(self, source: Path, relative: PurePosixPath, chosen: set[str]) -> _Upload | None:
         data = source.read_bytes()
-        etag = s3.etag_of(data)
+        etag = etag_of(data)
         target = self._free_name(len(data), etag, relative, chosen)
         return None if target is None else _Upload(source, len(data), target, etag)
 
@@ -82,9 +85,10 @@ class ObjectLanding:
         """PUT the object under its name, never replacing one: a name taken meanwhile moves it to the next free one
         (recorded first)."""
         data = upload.source.read_bytes()
-        if s3.etag_of(data) != upload.etag:
+        if etag_of(data) != upload.etag:
             raise OSError(f"{upload.source} changed while it was being dropped: drop it again")
-        while not self.put(upload.target, data):
+        put = self.put or (lambda uri, data: self.files.write(uri, data, if_absent=True))
+        while put(upload.target, data) is None:
             relative = PurePosixPath(upload.target[len(self.landing.rstrip("/")) + 1 :])
             target = self._free_name(upload.size, upload.etag, relative, set())
             if target is None:

@@ -20,9 +20,8 @@ import socket
 import threading
 import time
 
-from fruits.home import s3
 from fruits.config import join_uri
-from fruits.home.uris import local_path
+from fruits.home.filesystem import Files, FileSystem, UnsupportedLocation
 
 log = logging.getLogger("fruits.landing.writers")
 
@@ -36,8 +35,9 @@ class WriterLease:
     ...     record(ledger, versions, "drop", writer=lease.id)  # then make the files visible
     """
 
-    def __init__(self, folder: str, timeout: float) -> None:
+    def __init__(self, folder: str, timeout: float, *, files: FileSystem | None = None) -> None:
         self.timeout = timeout
+        self.files = files or Files()  # the home's file system (the default reaches local folders only)
         self.id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(8)}"
         self.uri = join_uri(folder, self.id)
         self._beats = 0
@@ -64,17 +64,7 @@ class WriterLease:
         self._beats += 1
         body = json.dumps({"id": self.id, "host": socket.gethostname(), "pid": os.getpid(), "beat": self._beats,
                            "at": time.time()}).encode()
-        local = local_path(self.uri)
-        if local is None:
-            if not s3.is_s3(self.uri):
-                raise ValueError(f"{self.uri}: writers' heartbeats live on a local (or mounted) folder or on S3")
-            s3.put(self.uri, body)
-            return
-        os.makedirs(os.path.dirname(local), exist_ok=True)
-        temporary = f"{local}.{self._beats}.tmp"
-        with open(temporary, "wb") as handle:
-            handle.write(body)
-        os.replace(temporary, local)
+        self.files.write(self.uri, body)  # atomic: a reader never sees half a marker
 
     def _run(self) -> None:
         while not self._stop.wait(self.timeout / 3):
@@ -89,29 +79,22 @@ class WriterLease:
         if self._thread is None:
             return
         self._thread.join()
-        local = local_path(self.uri)
         try:
-            if local is None:
-                s3.delete(self.uri)
-            else:
-                os.unlink(local)
-        except (FileNotFoundError, OSError) as exc:
+            self.files.delete(self.uri)
+        except OSError as exc:
             log.debug("writer marker %s: %s", self.uri, exc)
 
 
-def writer_alive(folder: str, writer: str | None, timeout: float, now: float | None = None) -> bool:
-    """Whether the writer ``writer`` (a lease id; None: no writer) has beaten within ``timeout`` seconds."""
+def writer_alive(
+    folder: str, writer: str | None, timeout: float, now: float | None = None, *, files: FileSystem | None = None
+) -> bool:
+    """Whether the writer ``writer`` (a lease id; None: no writer) has beaten within ``timeout`` seconds: the
+    modification time of its marker, as ``files`` (the home's file system; default: local folders) sees it."""
     if not writer:
         return False
-    uri = join_uri(folder, writer)
-    local = local_path(uri)
     now = time.time() if now is None else now
-    if local is None:
-        if not s3.is_s3(uri):
-            return False
-        found = s3.head(uri)
-        return found is not None and now - found["mtime_ms"] / 1000 < timeout
     try:
-        return now - os.stat(local).st_mtime < timeout
-    except (FileNotFoundError, NotADirectoryError):
+        found = (files or Files()).stat(join_uri(folder, writer))
+    except UnsupportedLocation:  # a store whose writers cannot heartbeat (hdfs://): none is alive
         return False
+    return found is not None and now - found.mtime_ms / 1000 < timeout

@@ -9,25 +9,25 @@ quarantine row. A retry asked twice (two commands at once) is still one attempt,
 from __future__ import annotations
 
 import fnmatch
-import os
 from typing import Any
 
 import pyarrow.compute as pc
 
-from fruits.home import s3
 from fruits.config import Config
+from fruits.home.filesystem import FileSystem, UnsupportedLocation
+from fruits.home.home import Home
 from fruits.home.files import current_outcomes
 from fruits.home.ledger import ledger_rows, record_retries
 from fruits.home.uris import local_path
 
 
-def _there(uri: str | None) -> bool:
+def _there(files: FileSystem, uri: str | None) -> bool:
     if not uri:
         return False
-    local = local_path(uri)
-    if local is not None:
-        return os.path.lexists(local)
-    return s3.head(uri) is not None if s3.is_s3(uri) else True
+    try:
+        return files.exists(uri)
+    except UnsupportedLocation:  # a store this command cannot look at (hdfs://): the stream will find out
+        return True
 
 
 def _matches(row: dict[str, Any], reason: str | None, path_glob: str | None, landing: str) -> bool:
@@ -45,6 +45,7 @@ def retry_quarantined(
     """Ask for one more try of every currently quarantined file version whose reason contains ``reason`` (or whose
     cause is ``reason``) and whose path (full, local, or below landing) matches ``path_glob``; returns their rows
     (``path``, ``reason``, ``read_from``). ``dry_run``: only say which."""
+    files = Home.from_config(config).files
     current = current_outcomes(config)
     quarantined = current.filter(pc.equal(current.column("kind"), "quarantine"))
     if quarantined.num_rows == 0:
@@ -63,7 +64,7 @@ def retry_quarantined(
         if not _matches(row, reason, path_glob, landing):
             continue
         stored = outcome["stored_path"]
-        row["read_from"] = stored if stored and stored != row["path"] and _there(stored) else None
+        row["read_from"] = stored if stored and stored != row["path"] and _there(files, stored) else None
         chosen.append(row)
     if chosen and not dry_run:
         record_retries(config.files_table, chosen, [row["read_from"] for row in chosen])

@@ -43,6 +43,7 @@ from fruits.model.images import BudgetExhausted, PixelBudget, RejectedImage, bom
 from fruits.landing.drop import Dropped, LedgerRecorder, drop, local_folder
 from fruits.landing.writers import WriterLease
 from fruits.landing.stage import ObjectLanding
+from fruits.home.home import Home
 from fruits.home.s3 import is_s3
 from fruits.home.names import UnsafeName, check_label, landing_name
 from fruits.model.weights import WeightsRef
@@ -120,10 +121,12 @@ class WebService:
         except ValueError:
             self.landing = None
         # The stream waits for an upload recorded but not visible yet while this heartbeats (from the first upload on).
-        self.lease = WriterLease(config.writers, config.discovery.writer_timeout)
+        files = Home.from_config(config).files
+        self.lease = WriterLease(config.writers, config.discovery.writer_timeout, files=files)
         self.recorder = LedgerRecorder(config.files_table, self.landing, "upload", self.lease) if self.landing else None
         self.objects = (
-            ObjectLanding(config.landing, config.files_table, "upload", lease=self.lease) if is_s3(config.landing) else None
+            ObjectLanding(config.landing, config.files_table, "upload", files, lease=self.lease)
+            if is_s3(config.landing) else None
         )
         self.signer = UrlSigner(config.web.signed_url_seconds)
         # Every decode of the process (identify, thumbnails) holds its pixels in one budget: bounded memory.
