@@ -1,7 +1,8 @@
-"""The home's file system (fruits/home/filesystem.py) on a local disk: real files in a temporary folder.
+"""The home's file system (fruits/home/filesystem.py) on a local disk: real files in a temporary folder, through the
+OS and through Hadoop's FileSystem (the shared Spark session's JVM).
 
-The S3 implementation is tested against a real S3 server in tests/test_s3.py; the Hadoop one runs under the stream
-and the refit (tests/test_stream.py, tests/test_refit_pca.py, tests/test_cluster.py).
+The S3 implementation is tested against a real S3 server in tests/test_s3.py (S3A's under the stream and the refit
+there too).
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ import threading
 
 import pytest
 
-from fruits.home.filesystem import Files, LocalFiles, UnsupportedLocation
-
-pytestmark = pytest.mark.fast
+from fruits.home.filesystem import Files, HadoopFiles, LocalFiles, UnsupportedLocation
 
 
+@pytest.mark.fast
 def test_a_write_is_atomic_for_readers_and_leaves_no_temporary_file(tmp_path):
     files = LocalFiles()
     target = tmp_path / "status" / "progress.json"
@@ -40,6 +40,7 @@ def test_a_write_is_atomic_for_readers_and_leaves_no_temporary_file(tmp_path):
     assert os.listdir(target.parent) == ["progress.json"]  # no hidden temporary copy left
 
 
+@pytest.mark.fast
 def test_only_if_absent_never_replaces_a_file_and_one_of_two_racers_wins(tmp_path):
     files = LocalFiles()
     target = str(tmp_path / "lock")
@@ -61,6 +62,7 @@ def test_only_if_absent_never_replaces_a_file_and_one_of_two_racers_wins(tmp_pat
         files.write(target, b"third", if_match="x")
 
 
+@pytest.mark.fast
 def test_stat_gives_size_mtime_and_an_identity_that_a_rewrite_changes(tmp_path):
     files = LocalFiles()
     path = tmp_path / "photo.jpg"
@@ -76,6 +78,7 @@ def test_stat_gives_size_mtime_and_an_identity_that_a_rewrite_changes(tmp_path):
     assert files.stat(str(tmp_path)).is_dir
 
 
+@pytest.mark.fast
 def test_a_name_that_is_not_utf8_is_reached_by_its_exact_bytes(tmp_path):
     files = LocalFiles()
     exact = os.fsencode(tmp_path) + b"/caf\xe9.jpg"  # Latin-1: not UTF-8
@@ -91,6 +94,7 @@ def test_a_name_that_is_not_utf8_is_reached_by_its_exact_bytes(tmp_path):
     assert not files.exists(moved)
 
 
+@pytest.mark.fast
 def test_move_never_replaces_a_file_and_refuses_a_source_that_changed(tmp_path):
     files = LocalFiles()
     source, target, taken = tmp_path / "landing" / "a.jpg", tmp_path / "archive" / "day" / "a.jpg", tmp_path / "b.jpg"
@@ -113,6 +117,7 @@ def test_move_never_replaces_a_file_and_refuses_a_source_that_changed(tmp_path):
     assert not files.move(str(source), str(tmp_path / "c.jpg"))  # gone: nothing to move
 
 
+@pytest.mark.fast
 def test_a_symbolic_link_is_moved_as_the_bytes_it_leads_to(tmp_path):
     files = LocalFiles()
     real, link, target = tmp_path / "real.jpg", tmp_path / "link.jpg", tmp_path / "archive" / "link.jpg"
@@ -126,6 +131,7 @@ def test_a_symbolic_link_is_moved_as_the_bytes_it_leads_to(tmp_path):
     assert os.listdir(target.parent) == ["link.jpg"]
 
 
+@pytest.mark.fast
 def test_list_exists_delete_and_mkdirs(tmp_path):
     files = LocalFiles()
     assert files.list(str(tmp_path / "nothing")) == [] and not files.exists(str(tmp_path / "nothing"))
@@ -145,6 +151,7 @@ def test_list_exists_delete_and_mkdirs(tmp_path):
     assert {f.name for f in files.list(str(tmp_path / "models"))} == {"v1"}  # a dangling link is listed as nothing
 
 
+@pytest.mark.fast
 def test_the_home_files_route_local_paths_and_refuse_a_store_they_have_not(tmp_path):
     files = Files()
     files.write(f"file://{tmp_path}/x.json", b'{"a": 1}')
@@ -153,3 +160,31 @@ def test_the_home_files_route_local_paths_and_refuse_a_store_they_have_not(tmp_p
         files.read("s3a://bucket/home/x.json")
     with pytest.raises(UnsupportedLocation):
         LocalFiles().stat("hdfs://namenode/home/x.json")
+
+
+def test_hadoop_files_read_write_list_and_move_through_the_jvm(spark, tmp_path):
+    """Hadoop's FileSystem over py4j (what the stream and the refit use for hdfs:// and s3a:// homes), here on
+    Hadoop's local file system: missing files answer None (told by the Java exception's class), writes are whole,
+    "only if absent" refuses a taken name."""
+    files = HadoopFiles(spark)
+    root = f"file:{tmp_path}"
+    assert files.qualify(str(tmp_path)) == root
+    assert files.stat(f"{root}/none.json") is None and files.read(f"{root}/none.json") is None
+    assert files.list(f"{root}/none") == [] and not files.exists(f"{root}/none")
+    files.write(f"{root}/models/v1/metadata.json", b'{"k": 2}')  # its folders are made
+    files.write(f"{root}/models/v1/metadata.json", b'{"k": 3}')  # replaced whole
+    assert files.read(f"{root}/models/v1/metadata.json") == b'{"k": 3}'
+    assert files.write(f"{root}/models/v1/metadata.json", b"other", if_absent=True) is None
+    assert files.write(f"{root}/models/v2/metadata.json", b"new", if_absent=True) == ""
+    stat = files.stat(f"{root}/models/v1/metadata.json")
+    assert (stat.size, stat.is_dir, stat.identity) == (8, False, (8, -1, -1))
+    assert stat.mtime_ms == os.stat(tmp_path / "models" / "v1" / "metadata.json").st_mtime_ns // 1_000_000
+    assert {(f.name, f.is_dir) for f in files.list(f"{root}/models")} == {("v1", True), ("v2", True)}
+    listed = {f.uri for f in files.list(f"{root}/models", recursive=True) if not f.name.endswith(".crc")}
+    assert listed == {f"{root}/models/v1/metadata.json", f"{root}/models/v2/metadata.json"}
+    assert not [p for p in os.listdir(tmp_path / "models" / "v1") if ".tmp" in p]  # no temporary file left
+    assert not files.move(f"{root}/models/v2/metadata.json", f"{root}/archive/m.json", unchanged=(99, -1, -1))
+    assert files.move(f"{root}/models/v2/metadata.json", f"{root}/archive/m.json", unchanged=(3, -1, -1))
+    assert (tmp_path / "archive" / "m.json").read_bytes() == b"new" and not files.exists(f"{root}/models/v2/metadata.json")
+    files.delete(f"{root}/models", recursive=True)
+    assert not (tmp_path / "models").exists()
