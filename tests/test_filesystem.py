@@ -155,7 +155,7 @@ def test_list_exists_delete_and_mkdirs(tmp_path):
 def test_the_home_files_route_local_paths_and_refuse_a_store_they_have_not(tmp_path):
     files = Files()
     files.write(f"file://{tmp_path}/x.json", b'{"a": 1}')
-    assert files.read(str(tmp_path / "x.json")) == b'{"a": 1}' and files.is_local(f"file:{tmp_path}")
+    assert files.read(str(tmp_path / "x.json")) == b'{"a": 1}' and files.on(f"file:{tmp_path}") is files.local
     with pytest.raises(UnsupportedLocation):
         files.read("s3a://bucket/home/x.json")
     with pytest.raises(UnsupportedLocation):

@@ -573,9 +573,6 @@ class Files:
             raise UnsupportedLocation(f"{uri}: no file system for it here (local paths and this home's store only)")
         return self.remote
 
-    def is_local(self, uri: Location) -> bool:
-        return self.on(uri) is self.local
-
     def stat(self, uri: Location) -> FileStat | None:
         return self.on(uri).stat(uri)
 
