@@ -27,7 +27,9 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from fruits.config import CompactionConfig, Config
+from fruits.config import CompactionConfig
+from fruits.home.home import Home
+from fruits.home.tables import Table
 
 if TYPE_CHECKING:  # Spark is imported when compacting only: `fruits status` uses describe() without it
     from pyspark.sql import SparkSession
@@ -35,47 +37,46 @@ if TYPE_CHECKING:  # Spark is imported when compacting only: `fruits status` use
 log = logging.getLogger("fruits.compaction")
 
 MIB = 1024 * 1024
-# Delta's OPTIMIZE settings: files smaller than minFileSize are rewritten, into files of at most maxFileSize.
-OPTIMIZE_SIZE_SETTINGS = ("spark.databricks.delta.optimize.minFileSize", "spark.databricks.delta.optimize.maxFileSize")
 
 
-def compact_tables(spark: SparkSession | None, config: Config) -> dict[str, dict[str, Any]]:
+def compact_tables(spark: SparkSession | None, home: Home) -> dict[str, dict[str, Any]]:
     """Compact the features, quarantine and file ledger tables where it is worth it (the ledger gets a small file per
     discovery commit); one outcome per table (see :func:`compact_table`). ``spark`` None: with delta-rs
     (:func:`compact_tables_local`)."""
-    settings = config.compaction
-    tables = {"features": config.features_table, "quarantine": config.quarantine_table, "files": config.files_table}
+    settings = home.config.compaction
+    tables = [home.features, home.quarantine, home.ledger]
     if not settings.enabled:
-        return {name: {"compacted": False, "skipped": "compaction disabled"} for name in tables}
-    return {name: compact_table(spark, location, settings) for name, location in tables.items()}
+        return {table.name: {"compacted": False, "skipped": "compaction disabled"} for table in tables}
+    return {table.name: compact_table(spark, table, settings) for table in tables}
 
 
-def compact_tables_local(config: Config) -> dict[str, dict[str, Any]]:
+def compact_tables_local(home: Home) -> dict[str, dict[str, Any]]:
     """:func:`compact_tables` without a JVM: delta-rs's ``optimize.compact`` (bin-packing into files of at most
     ``target_file_mb``, committed with ``dataChange=false`` like Spark's ``OPTIMIZE``: the change data feed has no
     row for it, and the stream's blind appends do not conflict with it), under the same rule."""
-    return compact_tables(None, config)
+    return compact_tables(None, home)
 
 
-def compact_table(spark: SparkSession | None, location: str, settings: CompactionConfig) -> dict[str, Any]:
-    """``OPTIMIZE`` the Delta table at ``location`` if it holds at least ``min_extra_files`` more files than its size
-    needs at ``target_file_mb`` (with Spark, or with delta-rs when ``spark`` is None). Returns ``{"compacted": True,
+def compact_table(spark: SparkSession | None, table: Table, settings: CompactionConfig) -> dict[str, Any]:
+    """``OPTIMIZE`` the Delta ``table`` if it holds at least ``min_extra_files`` more files than its size needs at
+    ``target_file_mb`` (with Spark, or with delta-rs when ``spark`` is None). Returns ``{"compacted": True,
     "files_before", "files_after", ...}``, or ``{"compacted": False, "skipped": why}``, or ``{"compacted": False,
     "error": what}``: it never raises."""
     try:
-        return _compact(spark, location, settings.min_extra_files, settings.target_file_mb)
+        return _compact(spark, table, settings.min_extra_files, settings.target_file_mb)
     except Exception as exc:  # a failed compaction must not fail the refit; the small files stay until next time
         error = _error_text(exc)
-        log.warning("compaction of %s failed, the refit goes on without it: %s", location, error)
+        log.warning("compaction of %s failed, the refit goes on without it: %s", table.location, error)
         return {"compacted": False, "error": error}
 
 
-def _compact(spark: SparkSession | None, location: str, min_extra_files: int, target_mb: float) -> dict[str, Any]:
+def _compact(spark: SparkSession | None, table: Table, min_extra_files: int, target_mb: float) -> dict[str, Any]:
     # delta-rs has no Spark log store setting to consult: on S3 it leaves the stream's tables to the stream.
-    unsafe = multi_writer_unsafe(location, spark.conf.get if spark is not None else lambda key, default=None: default)
+    conf_get = spark.conf.get if spark is not None else lambda key, default=None: default
+    unsafe = multi_writer_unsafe(table.location, conf_get)
     if unsafe:
         return {"compacted": False, "skipped": unsafe}
-    counted = _files_and_bytes(location)
+    counted = _files_and_bytes(table)
     if counted is None:
         return {"compacted": False, "skipped": "no table yet"}
     files, size = counted
@@ -84,56 +85,20 @@ def _compact(spark: SparkSession | None, location: str, min_extra_files: int, ta
     figures = {"files_before": files, "bytes": size, "extra_files": max(extra, 0)}
     if extra < min_extra_files:
         return {"compacted": False, "skipped": f"{max(extra, 0)} extra files < min_extra_files {min_extra_files}", **figures}
-    return {**figures, **(_optimize(spark, location, target, files) if spark is not None else _optimize_rs(location, target, files))}
+    started = time.perf_counter()
+    # Spark's OPTIMIZE, or delta-rs's compact: files smaller than ``target`` merged into files of at most ``target``
+    removed, added = table.optimize(spark, target_size=target) if spark is not None else table.compact(target_size=target)
+    return {**figures, **_outcome(table.location, files, removed, added, started)}
 
 
-def _files_and_bytes(location: str) -> tuple[int, int] | None:
+def _files_and_bytes(table: Table) -> tuple[int, int] | None:
     """Data files and bytes of the table's current snapshot, read from its Delta log with delta-rs (no Spark job:
     a refit asks this of three tables each time, and mostly finds nothing to compact), or None if there is none."""
-    import pyarrow as pa
-    from deltalake import DeltaTable
-    from deltalake.exceptions import DeltaError, TableNotFoundError
-
-    from fruits.home.uris import rust_uri
-
-    try:
-        sizes = pa.table(DeltaTable(rust_uri(location)).get_add_actions()).column("size_bytes").to_pylist()
-    except TableNotFoundError:
+    actions = table.add_actions()
+    if actions is None:
         return None
-    except DeltaError as exc:  # its message names no file: say which table
-        raise OSError(f"cannot read the Delta log of {location}: {exc}") from exc
+    sizes = actions.column("size_bytes").to_pylist()
     return len(sizes), sum(sizes)
-
-
-def _optimize(spark: SparkSession, location: str, target: int, files: int) -> dict[str, Any]:
-    """``OPTIMIZE`` the table into files of at most ``target`` bytes; the outcome's figures."""
-    from delta.tables import DeltaTable
-
-    table = DeltaTable.forPath(spark, location)
-    started = time.perf_counter()
-    previous = {key: spark.conf.get(key, None) for key in OPTIMIZE_SIZE_SETTINGS}
-    try:
-        for key in OPTIMIZE_SIZE_SETTINGS:
-            spark.conf.set(key, str(target))
-        metrics = table.optimize().executeCompaction().head()["metrics"]
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, value)
-    return _outcome(location, files, int(metrics["numFilesRemoved"]), int(metrics["numFilesAdded"]), started)
-
-
-def _optimize_rs(location: str, target: int, files: int) -> dict[str, Any]:
-    """The same with delta-rs (``optimize.compact``): files smaller than ``target`` merged into files of ``target``."""
-    from deltalake import DeltaTable
-
-    from fruits.home.uris import rust_uri
-
-    started = time.perf_counter()
-    metrics = DeltaTable(rust_uri(location)).optimize.compact(target_size=target)
-    return _outcome(location, files, int(metrics["numFilesRemoved"]), int(metrics["numFilesAdded"]), started)
 
 
 def _outcome(location: str, files: int, removed: int, added: int, started: float) -> dict[str, Any]:

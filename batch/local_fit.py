@@ -25,32 +25,22 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable, write_deltalake
 
 from fruits.batch.compaction import compact_tables_local
 from fruits.batch.moments import Moments
 from fruits.batch.pca_fit import Fit
 from fruits.batch.spark_ml_format import write_pca_model
-from fruits.config import Config, RefitEngine
+from fruits.config import RefitEngine
 from fruits.errors import Unavailable
 from fruits.home.home import Home
 from fruits.home.pca_store import PcaVersion
-from fruits.home.uris import rust_uri
+from fruits.home.tables import PCA, Table
 
 log = logging.getLogger("fruits.refit")
 
 # Rows per block of statistics or projection: a (rows, 1280) float64 block is 84 MB at 8192 rows.
 BLOCK_ROWS = 8192
 ROW_COLUMNS = ["path", "stored_path", "label", "model_id", "features"]
-
-
-def pca_arrow_schema() -> pa.Schema:
-    """tables/pca's columns as Arrow types (those Spark writes, :data:`fruits.home.tables.PCA_SCHEMA`)."""
-    from pyspark.sql.pandas.types import to_arrow_schema  # pure Python: no JVM
-
-    from fruits.home.tables import PCA_SCHEMA
-
-    return to_arrow_schema(PCA_SCHEMA)
 
 
 def feature_matrix(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -74,41 +64,35 @@ class ArrowRows:
     pass (the statistics, then the projection), never all at once: a version of the features table, or (``since``
     set) the rows inserted in versions (since, version] from the change data feed."""
 
-    location: str
+    features: Table
     version: int
     since: int | None = None
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         """The rows' batches (opened now: delta-rs must not be called from inside one of its own writes); the change
-        feed's raise :class:`ChangedRows` at the first row that is not an insert."""
+        feed's raise :class:`ChangedRows` at the first row that is not an insert. ``stored_path`` is null in tables
+        older than the ledger."""
         if self.since is not None:
             return self._inserted()
-        dataset = DeltaTable(rust_uri(self.location), version=self.version).to_pyarrow_dataset()
-        names = set(dataset.schema.names)
-        scanned = dataset.to_batches(columns=[c for c in ROW_COLUMNS if c in names], batch_size=BLOCK_ROWS)
+        scanned = self.features.dataset(self.version).to_batches(columns=ROW_COLUMNS, batch_size=BLOCK_ROWS)
         return (batch for part in scanned for batch in _with_row_columns(pa.Table.from_batches([part])).to_batches())
 
     def _inserted(self) -> Iterator[pa.RecordBatch]:
-        table = DeltaTable(rust_uri(self.location))
-        names = {field.name for field in table.schema().fields}
-        columns = [c for c in ROW_COLUMNS if c in names] + ["_change_type"]
-        reader = table.load_cdf(starting_version=self.since + 1, ending_version=self.version, columns=columns)
+        reader = self.features.changes(self.since + 1, self.version, columns=ROW_COLUMNS)
 
         def batches() -> Iterator[pa.RecordBatch]:
             for raw in reader:
-                batch = pa.table(pa.record_batch(raw))
+                batch = pa.Table.from_batches([raw])
                 kinds = set(batch.column("_change_type").cast(pa.string()).unique().to_pylist())
                 if kinds - {"insert"}:
                     raise ChangedRows(f"rows were changed or deleted since version {self.since}")
-                yield from _with_row_columns(batch.drop_columns(["_change_type"])).to_batches(max_chunksize=BLOCK_ROWS)
+                yield from _with_row_columns(batch).to_batches(max_chunksize=BLOCK_ROWS)
 
         return batches()
 
 
 def _with_row_columns(table: pa.Table) -> pa.Table:
-    """``table`` with :data:`ROW_COLUMNS` only, in that order (``stored_path`` null in tables older than the ledger)."""
-    if "stored_path" not in table.column_names:
-        table = table.append_column("stored_path", pa.nulls(table.num_rows, pa.string()))
+    """``table`` with :data:`ROW_COLUMNS` only, in that order, strings as plain strings."""
     columns = [table.column(name) for name in ROW_COLUMNS]
     columns = [c.cast(pa.string()) if pa.types.is_string_view(c.type) else c for c in columns]
     return pa.table(dict(zip(ROW_COLUMNS, columns)))
@@ -131,12 +115,12 @@ class LocalEngine:
 
     name = "local"
 
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.store = Home.from_config(config).pca_store
+    def __init__(self, home: Home) -> None:
+        self.home, self.config = home, home.config
+        self.store = home.pca_store
 
     def compact(self) -> dict:
-        return compact_tables_local(self.config)
+        return compact_tables_local(self.home)
 
     def fit(self, last: PcaVersion | None, source_version: int, incremental: bool) -> Fit | None:
         why = None
@@ -157,7 +141,7 @@ class LocalEngine:
         stored = self.store.statistics(last.version)
         if stored is None:
             return f"v{last.version} has no stored statistics"
-        rows = ArrowRows(self.config.features_table, source_version, since=last.source_version)
+        rows = ArrowRows(self.home.features, source_version, since=last.source_version)
         try:
             moments, new_ids = statistics_and_ids(rows)
         except ChangedRows as exc:
@@ -174,24 +158,23 @@ class LocalEngine:
         write_pca_model(self.store.files, uri, components, explained)
 
     def rows_at(self, version: int) -> ArrowRows:
-        return ArrowRows(self.config.features_table, version)
+        return ArrowRows(self.home.features, version)
 
     def write_all(self, rows: ArrowRows, components: np.ndarray, pca_version: int, source_version: int) -> None:
         """Replace tables/pca's rows with ``rows`` projected (one commit, the schema Spark writes)."""
-        write_deltalake(rust_uri(self.config.pca_table), self._projected(rows, components, pca_version, source_version),
-                        mode="overwrite", schema_mode="overwrite")
+        self.home.pca.overwrite(self._projected(rows, components, pca_version, source_version), schema_mode="overwrite")
 
     def append_new(self, rows: ArrowRows, components: np.ndarray, pca_version: int, source_version: int,
                    since_source_version: int) -> None:
         """Add ``rows`` projected, replacing in the same commit rows an interrupted refit left (``replaceWhere``)."""
-        write_deltalake(rust_uri(self.config.pca_table), self._projected(rows, components, pca_version, source_version),
-                        mode="overwrite", predicate=f"source_version > {int(since_source_version)}")
+        self.home.pca.overwrite(self._projected(rows, components, pca_version, source_version),
+                                predicate=f"source_version > {int(since_source_version)}")
 
     @staticmethod
     def _projected(rows: ArrowRows, components: np.ndarray, pca_version: int, source_version: int) -> pa.Table:
         """``pca = features · components`` in float64, as ``PCAModel.transform``, batch by batch (the features are
         streamed; the k floats per row are kept: 80 MB at 1,000,000 rows and k = 20)."""
-        schema = pca_arrow_schema()
+        schema = PCA.schema
         element = schema.field("pca").type
 
         def batches() -> Iterator[pa.RecordBatch]:
@@ -210,12 +193,11 @@ class LocalEngine:
         return pa.Table.from_batches(list(batches()), schema=schema)
 
 
-def rows_to_read(config: Config, last: PcaVersion | None, incremental: bool) -> int:
+def rows_to_read(home: Home, last: PcaVersion | None, incremental: bool) -> int:
     """How many feature rows a refit would read now, from the Delta log's per-file row counts (no data file read):
     every row, or (incremental, after a model) the rows added since that model's fit."""
-    try:
-        actions = pa.table(DeltaTable(rust_uri(config.features_table)).get_add_actions(flatten=True))
-    except Exception:  # no table: nothing_to_fit says so before this is asked
+    actions = home.features.add_actions()
+    if actions is None:  # no table: nothing_to_fit says so before this is asked
         return 0
     total = sum(v or 0 for v in actions.column("num_records").to_pylist()) if "num_records" in actions.column_names else 0
     if incremental and last is not None:
@@ -223,10 +205,11 @@ def rows_to_read(config: Config, last: PcaVersion | None, incremental: bool) -> 
     return total
 
 
-def choose_engine(config: Config, last: PcaVersion | None, incremental: bool) -> tuple[RefitEngine, str]:
+def choose_engine(home: Home, last: PcaVersion | None, incremental: bool) -> tuple[RefitEngine, str]:
     """``("local" | "spark", why)``: ``[pca] engine``, or for ``auto`` the JVM-free path when Spark's master is
     local (a cluster named by ``--master`` is there to be used), the home is a local folder and the rows to read
     are at most ``[pca] local_max_rows``."""
+    config = home.config
     settings = config.pca
     if settings.engine != "auto":
         return settings.engine, f"[pca] engine = {settings.engine}"
@@ -237,7 +220,7 @@ def choose_engine(config: Config, last: PcaVersion | None, incremental: bool) ->
     remote = [uri for uri in (config.features_table, config.pca_table, config.pca_models) if local_path(uri) is None]
     if remote:
         return "spark", f"{remote[0]} is not a local folder"
-    rows = rows_to_read(config, last, incremental)
+    rows = rows_to_read(home, last, incremental)
     if rows > settings.local_max_rows:
         return "spark", f"{rows} rows to read > [pca] local_max_rows {settings.local_max_rows}"
     return "local", f"{rows} rows to read <= [pca] local_max_rows {settings.local_max_rows}"

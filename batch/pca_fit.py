@@ -24,8 +24,8 @@ import numpy as np
 
 from fruits.batch.moments import Moments, moments_of
 from fruits.batch.spark_ml_format import INPUT_COL, OUTPUT_COL
-from fruits.config import Config
 from fruits.home.pca_store import FitMethod, PcaModelStore, PcaVersion
+from fruits.home.tables import Table
 
 if TYPE_CHECKING:  # pyspark.ml is imported by the Spark path only: the local refit spares its import time
     from pyspark.ml.feature import PCAModel
@@ -80,26 +80,22 @@ def pca_model(spark: SparkSession, components: np.ndarray, explained: np.ndarray
     return model.setInputCol(INPUT_COL).setOutputCol(OUTPUT_COL)
 
 
-def rows_at(spark: SparkSession, config: Config, version: int) -> DataFrame:
+def rows_at(spark: SparkSession, features: Table, version: int) -> DataFrame:
     """The rows of features table version ``version`` (``stored_path`` null in tables older than the ledger)."""
-    table = spark.read.format("delta").option("versionAsOf", version).load(config.features_table)
-    return _row_columns(table)
+    return _row_columns(features.frame(spark, version=version))
 
 
 def _row_columns(frame: DataFrame, *extra: str) -> DataFrame:
-    from pyspark.sql import functions as F
-
-    stored = F.col("stored_path") if "stored_path" in frame.columns else F.lit(None).cast("string")
-    return frame.select("path", stored.alias("stored_path"), "label", "model_id", "features", *extra)
+    return frame.select("path", "stored_path", "label", "model_id", "features", *extra)
 
 
 def _model_ids(frame: DataFrame) -> list[str]:
     return sorted(row["model_id"] for row in frame.select("model_id").distinct().collect())
 
 
-def fit_full(spark: SparkSession, config: Config, source_version: int, why: str | None = None) -> Fit | None:
+def fit_full(spark: SparkSession, features: Table, source_version: int, why: str | None = None) -> Fit | None:
     """The statistics of every row of ``source_version`` (None if it has no row); ``why``: the fallback reason."""
-    rows = rows_at(spark, config, source_version)
+    rows = rows_at(spark, features, source_version)
     model_ids = _model_ids(rows)
     if not model_ids:
         return None
@@ -110,13 +106,13 @@ def fit_full(spark: SparkSession, config: Config, source_version: int, why: str 
 
 
 def fit_incremental(
-    spark: SparkSession, config: Config, store: PcaModelStore, last: PcaVersion, source_version: int
+    spark: SparkSession, features: Table, store: PcaModelStore, last: PcaVersion, source_version: int
 ) -> Fit | str:
     """The stored statistics of ``last`` merged with those of the rows added since, or why that cannot be done."""
     stored = store.statistics(last.version)
     if stored is None:
         return f"v{last.version} has no stored statistics"
-    cached = _inserts_since(spark, config, last.source_version, source_version)
+    cached = _inserts_since(spark, features, last.source_version, source_version)
     if isinstance(cached, str):
         return cached
     added = cached.drop("_change_type")
@@ -129,19 +125,13 @@ def fit_incremental(
     return Fit(merged, list(last.model_ids), "incremental", merged.n - previous.n, added, cached=cached)
 
 
-def _inserts_since(spark: SparkSession, config: Config, since: int, until: int) -> DataFrame | str:
+def _inserts_since(spark: SparkSession, features: Table, since: int, until: int) -> DataFrame | str:
     """The rows inserted in versions (since, until] of the features table (cached: the fit and the projection both
     read them), or why they cannot be used. An ``OPTIMIZE`` commit in the range has no change row: it is ignored."""
     from pyspark.sql import functions as F
 
     try:
-        changes = (
-            spark.read.format("delta")
-            .option("readChangeFeed", "true")
-            .option("startingVersion", since + 1)
-            .option("endingVersion", until)
-            .load(config.features_table)
-        )
+        changes = features.change_frame(spark, starting_version=since + 1, ending_version=until)
         cached = _row_columns(changes, "_change_type").persist()
         if not cached.where(F.col("_change_type") != "insert").isEmpty():
             cached.unpersist()
@@ -152,14 +142,14 @@ def _inserts_since(spark: SparkSession, config: Config, since: int, until: int) 
 
 
 def fit_pca(
-    spark: SparkSession, config: Config, store: PcaModelStore, last: PcaVersion | None, source_version: int,
+    spark: SparkSession, features: Table, store: PcaModelStore, last: PcaVersion | None, source_version: int,
     incremental: bool,
 ) -> Fit | None:
     """The incremental fit when ``incremental`` and possible, else the full one (None: no row to fit)."""
     why = None
     if incremental and last is not None:
-        fit = fit_incremental(spark, config, store, last, source_version)
+        fit = fit_incremental(spark, features, store, last, source_version)
         if isinstance(fit, Fit):
             return fit
         why = fit
-    return fit_full(spark, config, source_version, why)
+    return fit_full(spark, features, source_version, why)

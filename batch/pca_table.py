@@ -21,13 +21,10 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable
-from deltalake.exceptions import TableNotFoundError
+
 from fruits.home.pca_store import FitMethod, PcaVersion
-from fruits.home.tables import PCA_SCHEMA
-from fruits.home.uris import rust_uri
+from fruits.home.tables import PCA_SCHEMA, Table
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -58,7 +55,7 @@ def project(rows: DataFrame, components: np.ndarray, pca_version: int, source_ve
     return rows.select("path", "stored_path", "label", "features").mapInPandas(per_batch, PCA_SCHEMA)
 
 
-def choose_projection(location: str, version: int, basis: PcaVersion | None, method: FitMethod, rows: int,
+def choose_projection(pca: Table, version: int, basis: PcaVersion | None, method: FitMethod, rows: int,
                       growth: float) -> Projection:
     """Whether refit ``version`` (``rows`` rows, fitted by ``method``) appends its new rows in the coordinates of
     ``basis`` (the last version's coordinates version, None if there is none) or projects every row again."""
@@ -67,18 +64,17 @@ def choose_projection(location: str, version: int, basis: PcaVersion | None, met
     added = rows - basis.rows
     if added > growth * rows:
         return Projection(version, True, f"{added} rows added since v{basis.version} > {growth:g} of {rows}")
-    held = versions_held(location)
+    held = versions_held(pca)
     if held != {basis.version}:
         return Projection(version, True, f"the table holds versions {sorted(held, key=str)}, not only v{basis.version}")
     return Projection(basis.version, False, f"{added} rows added since v{basis.version} <= reproject_growth {growth}")
 
 
-def versions_held(location: str) -> set[int | None]:
+def versions_held(pca: Table) -> set[int | None]:
     """The ``pca_version`` values of the table's rows, from the per-file statistics in its Delta log (no data file
     is read); None stands for a file without statistics."""
-    try:
-        actions = pa.table(DeltaTable(rust_uri(location)).get_add_actions(flatten=True))
-    except TableNotFoundError:
+    actions = pca.add_actions()
+    if actions is None:
         return set()
     names = actions.schema.names
     if "min.pca_version" not in names or "max.pca_version" not in names:
@@ -87,25 +83,20 @@ def versions_held(location: str) -> set[int | None]:
     return {a if a == b else None for a, b in zip(low, high)}
 
 
-def write_all(projected: DataFrame, location: str) -> None:
+def write_all(projected: DataFrame, pca: Table) -> None:
     """Replace the table's rows with ``projected`` (one commit; earlier versions stay readable by time travel)."""
-    projected.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(location)
+    pca.write_frame(projected, mode="overwrite", overwrite_schema=True)
 
 
-def append_new(projected: DataFrame, location: str, since_source_version: int) -> None:
+def append_new(projected: DataFrame, pca: Table, since_source_version: int) -> None:
     """Add ``projected`` (rows with ``source_version`` > ``since_source_version``), replacing in the same commit
     any such rows an interrupted refit left."""
-    (
-        projected.write.format("delta").mode("overwrite")
-        .option("replaceWhere", f"source_version > {int(since_source_version)}")
-        .save(location)
-    )
+    pca.write_frame(projected, mode="overwrite", replace_where=f"source_version > {int(since_source_version)}")
 
 
-def sample_points(location: str, version: int, limit: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray, int]:
+def sample_points(pca: Table, version: int, limit: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray, int]:
     """Up to ``limit`` rows of ``version`` in the table, drawn at random: (labels, (n, k) points, rows of version)."""
-    dataset = DeltaTable(rust_uri(location)).to_pyarrow_dataset()
-    table = dataset.to_table(columns=["label", "pca"], filter=pc.field("pca_version") == version)
+    table = pca.read(["label", "pca"], filter=pc.field("pca_version") == version)
     total = table.num_rows
     if total > limit:
         table = table.take(np.sort(np.random.default_rng(seed).choice(total, limit, replace=False)))

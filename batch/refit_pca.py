@@ -32,7 +32,6 @@ from fruits.batch.plots import SCATTER_SAMPLE, explained_variance_plot, scatter_
 from fruits.config import Config, RefitEngine
 from fruits.home.home import Home
 from fruits.home.pca_store import PcaModelStore, PcaVersion
-from fruits.home.tables import open_table
 from fruits.timing import Phases
 
 if TYPE_CHECKING:  # Spark is imported by the Spark engine only: the local one starts no JVM
@@ -48,14 +47,14 @@ class RefitOutcome:
     compaction: dict = field(default_factory=dict)
 
 
-def nothing_to_fit(config: Config, last: PcaVersion | None) -> str | None:
+def nothing_to_fit(home: Home, last: PcaVersion | None) -> str | None:
     """Why no refit is needed — no features table yet, or no version newer than ``last``'s source — read from the
     Delta log without Spark (``fruits refit-pca`` asks before it starts the JVM), or None."""
-    table = open_table(config.features_table)
-    if table is None:
-        return f"no features table at {config.features_table} yet"
-    if last is not None and last.source_version == table.version():
-        return f"features table is still at version {table.version()}, already fitted by v{last.version}"
+    version = home.features.version()
+    if version is None:
+        return f"no features table at {home.features_table} yet"
+    if last is not None and last.source_version == version:
+        return f"features table is still at version {version}, already fitted by v{last.version}"
     return None
 
 
@@ -63,6 +62,7 @@ class Engine(Protocol):
     """Where a refit's steps 2 to 5 run; both engines write the same files and tables."""
 
     name: RefitEngine
+    home: Home
     store: PcaModelStore
 
     def compact(self) -> dict: ...
@@ -79,20 +79,20 @@ class SparkEngine:
 
     name = "spark"
 
-    def __init__(self, spark: SparkSession, config: Config) -> None:
-        self.spark, self.config = spark, config
+    def __init__(self, spark: SparkSession, home: Home) -> None:
+        self.spark, self.home = spark, home
         # written through Hadoop, as Spark writes the model itself: the cluster's credentials
-        self.store = PcaModelStore(config.pca_models, Home.from_config(config).spark_files(spark))
+        self.store = PcaModelStore(home.pca_models, home.spark_files(spark))
 
     def compact(self) -> dict:
         from fruits.batch.compaction import compact_tables
 
-        return compact_tables(self.spark, self.config)
+        return compact_tables(self.spark, self.home)
 
     def fit(self, last: PcaVersion | None, source_version: int, incremental: bool) -> Fit | None:
         from fruits.batch.pca_fit import fit_pca
 
-        return fit_pca(self.spark, self.config, self.store, last, source_version, incremental)
+        return fit_pca(self.spark, self.home.features, self.store, last, source_version, incremental)
 
     def save_model(self, uri: str, components: np.ndarray, explained: np.ndarray) -> None:
         from fruits.batch.pca_fit import pca_model
@@ -102,18 +102,18 @@ class SparkEngine:
     def rows_at(self, version: int):
         from fruits.batch.pca_fit import rows_at
 
-        return rows_at(self.spark, self.config, version)
+        return rows_at(self.spark, self.home.features, version)
 
     def write_all(self, rows, components: np.ndarray, pca_version: int, source_version: int) -> None:
         from fruits.batch.pca_table import project, write_all
 
-        write_all(project(rows, components, pca_version, source_version), self.config.pca_table)
+        write_all(project(rows, components, pca_version, source_version), self.home.pca)
 
     def append_new(self, rows, components: np.ndarray, pca_version: int, source_version: int,
                    since_source_version: int) -> None:
         from fruits.batch.pca_table import append_new, project
 
-        append_new(project(rows, components, pca_version, source_version), self.config.pca_table, since_source_version)
+        append_new(project(rows, components, pca_version, source_version), self.home.pca, since_source_version)
 
 
 def refit_pca(
@@ -122,16 +122,16 @@ def refit_pca(
 ) -> RefitOutcome:
     """Fit PCA on the features table's current version; write the model version, ``tables/pca`` and the plots. On
     ``engine``, else on Spark (``spark``)."""
-    engine = engine or SparkEngine(spark, config)
-    store = engine.store
+    engine = engine or SparkEngine(spark, Home.from_config(config))
+    home, store = engine.home, engine.store
     last = store.latest()
-    skipped = nothing_to_fit(config, last)
+    skipped = nothing_to_fit(home, last)
     if skipped:
         return RefitOutcome(None, skipped)
     steps = Phases()
     with steps.timed("compaction"):
         compaction = engine.compact()
-    source_version = open_table(config.features_table).version()  # pinned: what the stream commits later waits
+    source_version = home.features.version()  # pinned: what the stream commits later waits
     with steps.timed("statistics"):
         fit = engine.fit(last, source_version, incremental)
     if fit is None:
@@ -149,7 +149,7 @@ def refit_pca_local(
     """:func:`refit_pca` without a JVM (:class:`fruits.batch.local_fit.LocalEngine`)."""
     from fruits.batch.local_fit import LocalEngine
 
-    return refit_pca(None, config, k, variance, incremental=incremental, engine=LocalEngine(config))
+    return refit_pca(None, config, k, variance, incremental=incremental, engine=LocalEngine(Home.from_config(config)))
 
 
 def _write_version(
@@ -169,7 +169,7 @@ def _write_version(
     with steps.timed("projection"):
         projection, written = _write_projection(engine, config, last, fit, version, source_version, kept)
     with steps.timed("plots"):
-        plots = _write_plots(store, config, version, ratios, explained, projection.coordinates_version)
+        plots = _write_plots(store, engine.home, version, ratios, explained, projection.coordinates_version)
     record = PcaVersion(
         version=version, k=chosen, explained_variance=[float(v) for v in explained], rows=fit.moments.n,
         source_version=source_version, fit_seconds=round(steps.seconds["statistics"] + steps.seconds["eigendecomposition"], 3),
@@ -193,7 +193,7 @@ def _write_projection(
     if last is not None:
         basis = last if last.coordinates_version == last.version else store.version(last.coordinates_version)
     growth = config.pca.reproject_growth
-    choice = choose_projection(config.pca_table, version, basis, fit.method, fit.moments.n, growth)
+    choice = choose_projection(engine.home.pca, version, basis, fit.method, fit.moments.n, growth)
     if choice.all_rows:
         rows = fit.rows if fit.method == "full" else engine.rows_at(source_version)
         engine.write_all(rows, kept, version, source_version)
@@ -204,10 +204,10 @@ def _write_projection(
 
 
 def _write_plots(
-    store: PcaModelStore, config: Config, version: int, ratios: np.ndarray, explained: np.ndarray, coordinates: int
+    store: PcaModelStore, home: Home, version: int, ratios: np.ndarray, explained: np.ndarray, coordinates: int
 ) -> list[str]:
     """The explained-variance curve and the PC1/PC2 scatter of a sample of tables/pca, into the version's folder."""
-    labels, points, total = sample_points(config.pca_table, coordinates, SCATTER_SAMPLE)
+    labels, points, total = sample_points(home.pca, coordinates, SCATTER_SAMPLE)
     plots = {
         "explained-variance.png": explained_variance_plot(ratios, [float(v) for v in explained]),
         "pc1-pc2.png": scatter_plot(labels, points, total, coordinates),

@@ -7,7 +7,7 @@ import threading
 from typing import TYPE_CHECKING, Callable
 
 from fruits.batch.compaction import describe
-from fruits.batch.refit_pca import RefitOutcome, refit_pca, refit_pca_local
+from fruits.batch.refit_pca import RefitOutcome, SparkEngine, refit_pca
 from fruits.config import Config
 from fruits.errors import Failed
 from fruits.home.home import Home
@@ -26,6 +26,7 @@ class Refitter:
     def __init__(self, config: Config, spark: SparkSession | None = None,
                  build: Callable[[], SparkSession] | None = None) -> None:
         self.config, self._spark, self._build = config, spark, build
+        self.home = Home.from_config(config)
 
     def spark(self) -> SparkSession:
         if self._spark is None:
@@ -35,13 +36,14 @@ class Refitter:
         return self._spark
 
     def __call__(self, k: int | None, variance: float | None, *, incremental: bool = True) -> RefitOutcome:
-        from fruits.batch.local_fit import choose_engine
+        from fruits.batch.local_fit import LocalEngine, choose_engine
 
-        engine, why = choose_engine(self.config, Home.from_config(self.config).pca_store.latest(), incremental)
+        engine, why = choose_engine(self.home, self.home.pca_store.latest(), incremental)
         log.info("refit on %s: %s", "this process (delta-rs + numpy, no JVM)" if engine == "local" else "Spark", why)
         if engine == "local":
-            return refit_pca_local(self.config, k, variance, incremental=incremental)
-        return refit_pca(self.spark(), self.config, k, variance, incremental=incremental)
+            return refit_pca(None, self.config, k, variance, incremental=incremental, engine=LocalEngine(self.home))
+        spark = self.spark()
+        return refit_pca(spark, self.config, k, variance, incremental=incremental, engine=SparkEngine(spark, self.home))
 
 
 def log_outcome(outcome: RefitOutcome) -> None:

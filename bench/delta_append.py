@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fruits.config import load_config  # noqa: E402
 from fruits.spark.session import build_spark  # noqa: E402
-from fruits.home.tables import FEATURES_SCHEMA, ensure_table  # noqa: E402
+from fruits.home.tables import FEATURES, FEATURES_SCHEMA, Table  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from honest import Honest  # noqa: E402
@@ -47,9 +47,10 @@ def time_appends(spark, rows, table: str, appends: int, idempotent: bool, settin
     for key, value in settings.items():
         spark.conf.set(key, value)
     try:
-        ensure_table(spark, table, FEATURES_SCHEMA, "bench", change_feed=True)
+        Table(table, FEATURES).ensure(spark)
         seconds = []
         for batch_id in range(appends):
+            # Spark's own Delta writer, as the stream used it before delta-rs appends: what this bench compares
             writer = rows.write.format("delta").mode("append")
             if idempotent:
                 writer = writer.option("txnAppId", "bench").option("txnVersion", batch_id)

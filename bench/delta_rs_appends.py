@@ -1,9 +1,9 @@
-"""Benchmark: one-row delta-rs appends through a table kept loaded, against :class:`fruits.home.appends.AppendTarget`
+"""Benchmark: one-row delta-rs appends through a table kept loaded, against a :class:`fruits.home.tables.Table` handle
 (the same, loaded again every ``RELOAD_EVERY`` commits), as the commit count grows. In one run, interleaved.
 
 Two fresh ledgers (the ledger's schema, :func:`fruits.home.ledger.record`'s rows) get ``--commits`` one-row appends each,
 one to each in turn: ``kept`` through a table loaded once and never again (what the stream did before), and
-``reloaded`` through an :class:`~fruits.home.appends.AppendTarget`. Prints the ratio line first (kept / reloaded, median
+``reloaded`` through a :class:`~fruits.home.tables.Table` handle. Prints the ratio line first (kept / reloaded, median
 seconds of an append over the last ``--window`` commits), then JSON with the medians per window.
 
 Usage: python bench/delta_rs_appends.py [--commits 1000] [--window 100] [--workdir DIR]
@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fruits.home.appends import AppendTarget  # noqa: E402
-from fruits.home.ledger import FileVersion, ensure_ledger, record  # noqa: E402
+from fruits.home.ledger import FileVersion, record  # noqa: E402
+from fruits.home.tables import LEDGER, Table  # noqa: E402
 from honest import Honest  # noqa: E402
 
 
@@ -39,10 +39,10 @@ def main() -> None:
     honest = Honest.start(args)
     with tempfile.TemporaryDirectory(prefix="fruits-appends-", dir=args.workdir) as tmp:
         for name in ("kept", "reloaded"):
-            ensure_ledger(os.path.join(tmp, name))
+            Table(os.path.join(tmp, name), LEDGER).ensure()
         targets = {
-            "kept": AppendTarget(os.path.join(tmp, "kept"), reload_every=sys.maxsize),
-            "reloaded": AppendTarget(os.path.join(tmp, "reloaded")),
+            "kept": Table(os.path.join(tmp, "kept"), LEDGER, reload_every=sys.maxsize),
+            "reloaded": Table(os.path.join(tmp, "reloaded"), LEDGER),
         }
         seconds: dict[str, list[float]] = {name: [] for name in targets}
         for index in range(args.commits):

@@ -67,25 +67,26 @@ def seed(spark, config, discovery) -> dict:
     """Ledger rows for every file in landing (as a listing records them) and one outcome row each."""
     from pyspark.sql import functions as F
 
-    from fruits.home.ledger import ledger_target, record
-    from fruits.home.tables import QUARANTINE_SCHEMA, ensure_table
+    from fruits.home.home import Home
+    from fruits.home.ledger import record
 
     started = time.perf_counter()
     versions = discovery.list_landing()
     listed = time.perf_counter() - started
     per_commit = config.discovery.max_rows_per_commit
-    ledger = ledger_target(config.files_table)  # makes the ledger on a fresh home (no stream has run there yet)
+    home = Home.from_config(config)
+    ledger = home.ledger  # made at its first append on a fresh home (no stream has run there yet)
     for start in range(0, len(versions), per_commit):
         record(ledger, versions[start : start + per_commit], "backfill")
-    ensure_table(spark, config.quarantine_table, QUARANTINE_SCHEMA, "bench")
-    ledger = spark.read.format("delta").load(config.files_table)
+    home.quarantine.ensure(spark)
+    ledger = home.ledger.frame(spark)
     outcomes = ledger.select(
         "path", "label", F.lit(None).cast("string").alias("content_sha256"), "size_bytes", "modified_at",
         F.current_timestamp().alias("ingested_at"), F.lit(SEED_REASON).alias("reason"), F.lit("seed").alias("model_id"),
         "file_id", "discovered_at", F.col("path").alias("stored_path"), F.lit(0).cast("long").alias("attempt"),
         F.lit("rejected").alias("cause"), F.lit(False).alias("retryable"),
     )
-    outcomes.write.format("delta").mode("append").save(config.quarantine_table)
+    home.quarantine.write_frame(outcomes, mode="append")
     return {
         "files": len(versions), "ledger_commits": -(-len(versions) // per_commit), "list_seconds": round(listed, 2),
         "seed_seconds": round(time.perf_counter() - started, 1),
@@ -171,22 +172,24 @@ def guarantee_costs(spark, config, repeats: int = 7) -> dict:
       every outcome row (collect only, the usual case), ``replay_check`` when the check job runs (a replay or a
       new checkpoint); it makes replays and new checkpoints safe;
     - the stream lock: one flock at start-up, nothing per micro-batch."""
+    from fruits.home.home import Home
     from fruits.home.ledger import FileVersion, record
     from fruits.streaming.progress import Progress
     from fruits.streaming.sink import LEDGER_COLUMNS, OutcomeSink
 
+    home = Home.from_config(config)
     commit, fresh, replay = [], [], []
     for index in range(repeats):
         versions = [FileVersion(f"file:/nowhere/bench-{index}-{n}.jpg", 1000 + n, 1_700_000_000_000, "x") for n in range(5)]
         started = time.perf_counter()
-        record(config.files_table, versions, "backfill")
+        record(home.ledger, versions, "backfill")  # a new handle each time: the log is read for this commit
         commit.append(time.perf_counter() - started)
     sink = OutcomeSink(
-        features_table=config.features_table, quarantine_table=config.quarantine_table, landing="", archive="",
+        features_table=home.features, quarantine_table=home.quarantine, landing="", archive="",
         quarantine="", after_ingest="keep", allow_overwrites=False, chunk_rows=2000, partitions=2, featurizer=None,
         max_bytes=0, max_pixels=0, progress=Progress(),
     )
-    ledger = spark.read.format("delta").load(config.files_table)
+    ledger = home.ledger.frame(spark)
     newest = ledger.orderBy(ledger["discovered_at"].desc()).limit(5).select(*LEDGER_COLUMNS).localCheckpoint()
     for _ in range(repeats):
         sink._decided_until = None  # read from the tables' statistics, as at a start; then the usual fast path
@@ -237,6 +240,7 @@ def main() -> None:
 
     from fruits.config import load_config
     from fruits.home.files import backlog
+    from fruits.home.home import Home
     from fruits.model.weights import resolve_weights
     from fruits.model.runtimes import make_featurizer
     from fruits.spark.session import build_spark
@@ -263,7 +267,7 @@ def main() -> None:
     weights = resolve_weights(str(WEIGHTS))
     make_featurizer(config, weights)  # converts the model to OpenVINO IR now (cached), not inside the timed starts
     if not args.existing_home:
-        result["seed"] = seed(spark, config, Discovery(config, f"file:{landing}"))
+        result["seed"] = seed(spark, config, Discovery(Home.from_config(config), f"file:{landing}"))
         say(f"seeded: {result['seed']}")
         stream = Stream(spark, config, weights)  # fresh checkpoint over a ledger of --files rows
         result["first_start_replay_seconds"] = round(stream.first_idle(), 1)
@@ -287,7 +291,7 @@ def main() -> None:
 
     listings = []
     for _ in range(args.listings):
-        probe = Discovery(config, f"file:{landing}")
+        probe = Discovery(Home.from_config(config), f"file:{landing}")
         probe.view.refresh()
         probe.backfill()
         listings.append(probe.last_backfill)
@@ -298,13 +302,13 @@ def main() -> None:
     say(f"backfill listings: {result['backfill_listing']}")
 
     # Lost events: photos landed while no stream (no watcher) ran; the start-up listing must find every one.
-    before = backlog(config)["discovered"]
+    before = backlog(Home.from_config(config))["discovered"]
     lost = build_landing(landing, args.lost, prefix=f"lost-{int(time.time())}-")
     stream = Stream(spark, config, weights)
     stream.query()
     expected, deadline = before + args.lost, time.monotonic() + 600
     while time.monotonic() < deadline:
-        counts = backlog(config)
+        counts = backlog(Home.from_config(config))
         if counts["discovered"] >= expected and counts["pending"] == 0:
             break
         time.sleep(1)

@@ -51,6 +51,7 @@ from honest import Honest  # noqa: E402
 from ingest_throughput import DEFAULT_WEIGHTS, SAMPLE  # noqa: E402
 from proctree import exit_on_sigterm, fruits_process, log_tail, resolved_stream_config  # noqa: E402
 
+from fruits.home.tables import LEDGER, Table  # noqa: E402
 from fruits.landing.drop import LedgerRecorder, place_atomically  # noqa: E402
 from fruits.streaming.outcomes import MICRO_BATCH_KEY  # noqa: E402
 
@@ -156,7 +157,7 @@ def drop_paced(
     """Land ``photos`` at ``landing/<Class>/<prefix>-<i>-<name>`` as ``arrive`` says (:data:`ARRIVALS`; "drop" needs
     the ``ledger`` location), one every 1/``rate`` s (0: all at once); returns local path -> time.time() when it was
     handed over: before `fruits drop`'s ledger commit, right after the rename or link of the others."""
-    recorder = LedgerRecorder(ledger, landing, "drop") if arrive == "drop" else None
+    recorder = LedgerRecorder(Table(ledger, LEDGER), landing, "drop") if arrive == "drop" else None
     renamed, start = {}, time.monotonic()
     for index, photo in enumerate(photos):
         if rate > 0:

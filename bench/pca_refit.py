@@ -139,6 +139,7 @@ def seed_rows(spark, config, real: np.ndarray, labels: list[str], model_id: str,
     """Append ``count`` rows to the features table in bulk: row i is real photo i mod n plus small noise."""
     import pandas as pd
 
+    from fruits.home.home import Home
     from fruits.home.tables import FEATURES_SCHEMA
 
     shared = spark.sparkContext.broadcast((real, labels, real.std(axis=0) * 0.02))
@@ -160,7 +161,7 @@ def seed_rows(spark, config, real: np.ndarray, labels: list[str], model_id: str,
             })
 
     frame = spark.range(start, start + count, numPartitions=max(1, count // 12500)).mapInPandas(generate, FEATURES_SCHEMA)
-    frame.write.format("delta").mode("append").save(config.features_table)
+    Home.from_config(config).features.write_frame(frame, mode="append")
 
 
 def million_rows(workdir: Path, rows: int, k: int, compare_reproject: bool, photos: int | None = None) -> dict:
@@ -169,7 +170,7 @@ def million_rows(workdir: Path, rows: int, k: int, compare_reproject: bool, phot
 
     from fruits.config import load_config
     from fruits.spark.session import build_spark
-    from fruits.home.tables import FEATURES_SCHEMA, ensure_table
+    from fruits.home.home import Home
 
     real_table = DeltaTable(str(real_features_home(workdir, photos) / "tables" / "features")).to_pandas(
         columns=["label", "features", "model_id"])
@@ -179,7 +180,7 @@ def million_rows(workdir: Path, rows: int, k: int, compare_reproject: bool, phot
     shutil.rmtree(home, ignore_errors=True)
     config = load_config(overrides={"paths": {"home": str(home)}}, environ={})
     spark = build_spark(config, "bench-pca-seed", "pca")
-    ensure_table(spark, config.features_table, FEATURES_SCHEMA, "bench", change_feed=True)
+    Home.from_config(config).features.ensure(spark)
     started = time.perf_counter()
     seed_rows(spark, config, real, labels, model_id, 0, rows)
     result = {"rows": rows, "added_rows": rows // 100, "k": k, "seed_seconds": round(time.perf_counter() - started, 1)}

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Sequence
 
 from fruits.config import Config, ConfigError, load_config
+from fruits.home.home import Home
 from fruits.model.weights import WeightsUnavailable
 
 # The demo uses the installed package (`make demo` installs it; so does a plain `pip install .`) and its own photos.
@@ -75,7 +76,7 @@ def land_samples(source: Path, config: Config) -> int:
 
     landing = local_folder(config.landing)
     extensions = list(config.stream.extensions)
-    results = drop([source], landing, extensions, recorder=LedgerRecorder(config.files_table, landing, "drop"))
+    results = drop([source], landing, extensions, recorder=LedgerRecorder(Home.from_config(config).ledger, landing, "drop"))
     return sum(result.note == "placed" for result in results)
 
 
@@ -83,12 +84,10 @@ def pca_preview(config: Config, rows: int = 8) -> str:
     """The first ``rows`` rows of the pca table, read with ``deltalake`` into pandas (no Spark)."""
     import pandas as pd
 
-    from fruits.reports.status import open_table, rust_uri
-
-    table = open_table(config.pca_table)
-    if table is None:
-        return f"(no pca table at {rust_uri(config.pca_table)})"
-    frame = table.to_pandas().sort_values(["label", "path"]).head(rows)
+    pca = Home.from_config(config).pca
+    if not pca.exists():
+        return f"(no pca table at {pca.location})"
+    frame = pca.read().to_pandas().sort_values(["label", "path"]).head(rows)
     preview = pd.DataFrame(
         {
             "label": frame["label"],
@@ -145,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         spark.stop()
 
-    report = collect_status(config)
+    report = collect_status(Home.from_config(config))
     print()
     print("=== Fruits! demo summary ===")
     print(format_status(report))

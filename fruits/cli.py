@@ -220,7 +220,8 @@ def _refit(config: Config, args: argparse.Namespace) -> int:
 
     pca = config.pca
     k, variance, every = pca.k, (pca.variance or None), pca.every
-    skipped = None if every else nothing_to_fit(config, Home.from_config(config).pca_store.latest())
+    home = Home.from_config(config)
+    skipped = None if every else nothing_to_fit(home, home.pca_store.latest())
     if skipped:  # nothing new: said from the Delta log, without starting a JVM
         log_outcome(RefitOutcome(None, skipped))
         return 0
@@ -237,9 +238,9 @@ def _refit(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def writer_lease(config: Config) -> WriterLease:
+def writer_lease(home: Home) -> WriterLease:
     """The heartbeat of a process that records files before they appear (drop, stage, serve): fruits.landing.writers."""
-    return WriterLease(config.writers, config.discovery.writer_timeout, files=Home.from_config(config).files)
+    return WriterLease(home.writers, home.config.discovery.writer_timeout, files=home.files)
 
 
 def cmd_drop(config: Config, args: argparse.Namespace) -> int:
@@ -249,13 +250,14 @@ def cmd_drop(config: Config, args: argparse.Namespace) -> int:
 
     extensions = list(config.stream.extensions)
     sources = [Path(s) for s in args.sources]
-    with writer_lease(config) as lease:  # the stream waits for recorded files while this heartbeats
+    home = Home.from_config(config)
+    with writer_lease(home) as lease:  # the stream waits for recorded files while this heartbeats
         if is_s3(config.landing):  # one conditional PUT per object, no temporary name (fruits/landing/stage.py)
-            landing = ObjectLanding(config.landing, config.files_table, "drop", Home.from_config(config).files, lease=lease)
+            landing = ObjectLanding(config.landing, home.ledger, "drop", home.files, lease=lease)
             results = landing.drop(sources, extensions, label=args.label)
         else:
             landing = local_folder(config.landing)
-            recorder = LedgerRecorder(config.files_table, landing, "drop", lease)
+            recorder = LedgerRecorder(home.ledger, landing, "drop", lease)
             results = drop(sources, landing, extensions, label=args.label, recorder=recorder)
     for result in results:
         print(f"{result.note}: {result.source}" + (f" -> {result.target}" if result.target else ""))
@@ -277,13 +279,14 @@ def cmd_stage(config: Config, args: argparse.Namespace) -> int:
     landing = Path(config.landing) if remote else local_folder(config.landing)
     if not remote:
         check_inbox(Path(args.inbox), landing)
-    lease = writer_lease(config)
+    home = Home.from_config(config)
+    lease = writer_lease(home)
+    ledger = home.ledger  # kept for the command's life: each commit reads no log again
     stager = InboxStager(
         inbox=Path(args.inbox).resolve(),
         landing=landing,
-        recorder=None if remote else LedgerRecorder(config.files_table, landing, "stage", lease),
-        place=ObjectLanding(config.landing, config.files_table, "stage", Home.from_config(config).files, lease=lease).place
-        if remote else None,
+        recorder=None if remote else LedgerRecorder(ledger, landing, "stage", lease),
+        place=ObjectLanding(config.landing, ledger, "stage", home.files, lease=lease).place if remote else None,
         extensions=list(config.stream.extensions),
         stable_seconds=config.stage.stable_seconds,
         settle_seconds=config.stage.settle_seconds,
@@ -317,7 +320,7 @@ def cmd_identify(config: Config, args: argparse.Namespace) -> int:
 def cmd_files(config: Config, args: argparse.Namespace) -> int:
     from fruits.home.files import file_states, format_file
 
-    rows = file_states(config, state=args.state)
+    rows = file_states(Home.from_config(config), state=args.state)
     if args.limit:
         rows = rows[: args.limit]
     for row in rows:
@@ -333,7 +336,7 @@ def cmd_files(config: Config, args: argparse.Namespace) -> int:
 def cmd_retry(config: Config, args: argparse.Namespace) -> int:
     from fruits.reports.retry import retry_quarantined
 
-    rows = retry_quarantined(config, reason=args.reason, path_glob=args.path_glob, dry_run=args.dry_run)
+    rows = retry_quarantined(Home.from_config(config), reason=args.reason, path_glob=args.path_glob, dry_run=args.dry_run)
     for row in rows:
         print(f"{row['path']}  ({row['reason']})")
     verb = "would be sent" if args.dry_run else "sent"
@@ -359,7 +362,7 @@ def cmd_serve(config: Config, args: argparse.Namespace) -> int:
 def cmd_status(config: Config, args: argparse.Namespace) -> int:
     from fruits.reports.status import collect_status, format_status
 
-    report = collect_status(config)
+    report = collect_status(Home.from_config(config))
     print(json.dumps(report, indent=2, default=str) if args.json else format_status(report))
     return 0
 

@@ -34,8 +34,8 @@ from typing import Callable
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from fruits.config import Config
 from fruits.home.filesystem import FileSystem
+from fruits.home.home import Home
 from fruits.home.names import is_candidate, local_bytes, readable
 from fruits.home.ledger import DiscoveredBy, FileVersion, LedgerView, digests, label_of, local_mtime_ms, path_digests, record
 from fruits.home.uris import hadoop_uri, local_path
@@ -219,11 +219,11 @@ class Discovery:
     """Records every new file version of the landing folder in the ledger; see the module docstring."""
 
     def __init__(
-        self, config: Config, landing: str, files: FileSystem | None = None,
+        self, home: Home, landing: str, files: FileSystem | None = None,
         after_listing: Callable[[list[FileVersion]], object] | None = None,
     ) -> None:
+        config = home.config
         settings = config.discovery
-        self.ledger = config.files_table
         self.landing = landing  # as Spark spells it: file:/x or s3a://b/k
         self.local = local_path(landing)
         self.files = files  # lists a remote landing folder (a local one is walked here: links and names as bytes)
@@ -235,7 +235,7 @@ class Discovery:
         self.max_rows = settings.max_rows_per_commit
         self.quiet = settings.quiet_seconds
         # Overwrites in place only exist when files stay in landing; otherwise a name is free again once archived.
-        self.view = LedgerView(self.ledger, track_paths=self.keep)
+        self.view = LedgerView(home.ledger, track_paths=self.keep)
         self.after_listing = after_listing  # told every listing's files (fruits.streaming.leftovers)
         self.recorded: Counter[str] = Counter()
         self.last_backfill: dict[str, float] = {}
@@ -351,7 +351,7 @@ class Discovery:
                 chunk = unique[start : start + self.max_rows]
                 paths = path_digests([v.exact for v in chunk]) if self.keep else None
                 overwrites = self.view.paths.contains(paths).tolist() if self.keep else None
-                record(self.view.target, chunk, method, overwrites=overwrites)  # the view's table: its log is read already
+                record(self.view.ledger, chunk, method, overwrites=overwrites)  # the view's table: its log is read already
                 self.view.ids.add(ids[start : start + self.max_rows])
                 if self.keep:
                     self.view.paths.add(paths)

@@ -23,11 +23,9 @@ from fruits.errors import Failed
 from fruits.home.filesystem import HadoopFiles
 from fruits.home.home import Home
 from fruits.model.featurizer import Featurizer
-from fruits.home.ledger import ensure_ledger
 from fruits.home.locks import exclusive
 from fruits.model.weights import WeightsRef
 from fruits.model.runtimes import make_featurizer
-from fruits.home.tables import FEATURES_SCHEMA, QUARANTINE_SCHEMA, ensure_table
 from fruits.streaming.discovery import Discovery
 from fruits.streaming.ledger_source import LedgerSource
 from fruits.streaming.migration import adopt_legacy_rows
@@ -39,23 +37,23 @@ from fruits.streaming.sink import LandedFiles, OutcomeSink, StopRequested
 log = logging.getLogger("fruits.stream")
 
 
-def prepare_home(spark: SparkSession, config: Config) -> None:
+def prepare_home(spark: SparkSession, home: Home) -> None:
     """The landing folder and the three tables, created if missing (with delta-rs: no Spark job); a home older than
     the ledger is adopted."""
     from time import perf_counter
 
     started = perf_counter()
-    Home.from_config(config).spark_files(spark).mkdirs(config.landing)
-    ensure_table(spark, config.features_table, FEATURES_SCHEMA, "MobileNetV2 features of landed images", change_feed=True)
-    ensure_table(spark, config.quarantine_table, QUARANTINE_SCHEMA, "Landed files that could not be featurized")
-    adopt_legacy_rows(spark, config)  # a Spark job only if an outcome table holds rows without a file_id
-    ensure_ledger(config.files_table)
+    home.spark_files(spark).mkdirs(home.landing)
+    home.features.ensure(spark)
+    home.quarantine.ensure(spark)
+    adopt_legacy_rows(spark, home)  # a Spark job only if an outcome table holds rows without a file_id
+    home.ledger.ensure(spark)
     log.info("home prepared in %.2f s", perf_counter() - started)  # bench/startup.py's phases
 
 
 def start_stream(
     spark: SparkSession,
-    config: Config,
+    home: Home,
     weights: WeightsRef,
     progress: Progress,
     *,
@@ -68,16 +66,17 @@ def start_stream(
     the ledger as a streaming source (:mod:`fruits.streaming.ledger_source`) -> the sink (featurize, append the
     outcomes, archive). ``featurizer``: the model runtime the UDF runs (None: the one ``[model]`` and ``weights``
     make), as Beam's ``RunInference`` takes its ``ModelHandler``."""
+    config = home.config
     if featurizer is None:  # [model] runtime/precision; converts the Keras model once if needed
         featurizer = make_featurizer(config, weights)
     log.info("featurizer %s", featurizer.model_id)
     ship_model_files(spark, featurizer)
     spark.dataSource.register(LedgerSource)
-    ledger = spark.readStream.format(LedgerSource.name()).option("path", config.files_table).load()
+    ledger = spark.readStream.format(LedgerSource.name()).options(**LedgerSource.options_for(home.ledger)).load()
     writer = (
         ledger.writeStream.queryName(config.stream.query_name)
         .option("checkpointLocation", config.checkpoint("ingest"))
-        .foreachBatch(build_sink(spark, config, featurizer, progress, stop, retries))
+        .foreachBatch(build_sink(spark, home, featurizer, progress, stop, retries))
     )
     if available_now:
         writer = writer.trigger(availableNow=True)
@@ -96,17 +95,18 @@ def ship_model_files(spark: SparkSession, featurizer: Featurizer) -> None:
 
 def build_sink(
     spark: SparkSession,
-    config: Config,
+    home: Home,
     featurizer: Featurizer,
     progress: Progress,
     stop: threading.Event | None,
     retries: Retries | None = None,
 ) -> OutcomeSink:
-    """The ``foreachBatch`` sink for ``config``'s home and settings; it hands retryable verdicts to ``retries``."""
+    """The ``foreachBatch`` sink for ``home`` and its settings; it hands retryable verdicts to ``retries``."""
+    config = home.config
     qualify = HadoopFiles(spark).qualify
     return OutcomeSink(
-        features_table=config.features_table,
-        quarantine_table=config.quarantine_table,
+        features_table=home.features,
+        quarantine_table=home.quarantine,
         landing=qualify(config.landing),
         archive=qualify(config.archive),
         quarantine=qualify(config.quarantine),
@@ -141,16 +141,17 @@ def run_stream(
     SIGINT stops it (between two chunks: see :func:`_await`); returns how many files it gave an outcome. Refuses to
     start (:class:`fruits.home.locks.LockBusy`) while another stream runs on the home, unless the caller holds the home's
     stream lock (``lock_held``). ``featurizer``: see :func:`start_stream`."""
+    home = Home.from_config(config)  # the stream's one Home: its parts share its locations and storage options
     with nullcontext() if lock_held else exclusive(config, "stream"), _stop_on_signals(stop) as stop:
-        home_files = Home.from_config(config).spark_files(spark)
+        home_files = home.spark_files(spark)
         landing = HadoopFiles(spark).qualify(config.landing)  # as Spark spells it (its default file system decides)
         files = LandedFiles(home_files)
-        leftovers = Leftovers(config, files)
-        discovery = Discovery(config, landing, home_files, after_listing=leftovers.submit)
+        leftovers = Leftovers(home, files)
+        discovery = Discovery(home, landing, home_files, after_listing=leftovers.submit)
         progress = Progress(home_files, config.stream_progress)
-        retries = Retries(config, files.present, files=home_files)
+        retries = Retries(home, files.present, files=home_files)
         try:
-            prepare_home(spark, config)
+            prepare_home(spark, home)
             files.sweep(landing)  # read aliases a stopped stream left
             discovery.start(continuous=not available_now)  # one listing first: an available-now run sees it all
             if retries.load():
@@ -159,7 +160,7 @@ def run_stream(
             if not available_now:
                 retries.start()
             query = start_stream(
-                spark, config, weights, progress, available_now=available_now, stop=stop, retries=retries, featurizer=featurizer
+                spark, home, weights, progress, available_now=available_now, stop=stop, retries=retries, featurizer=featurizer
             )
             log.info("stream %s watching %s (checkpoint %s)", query.name, config.landing, config.checkpoint("ingest"))
             _await(spark, query, stop, progress)

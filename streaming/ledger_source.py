@@ -20,6 +20,7 @@ ledger (no storage credentials for it there, on a cluster or on ``s3a://``).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -31,8 +32,7 @@ from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPart
 from pyspark.sql.streaming.datasource import ReadLimit, ReadMaxRows, SupportsTriggerAvailableNow
 
 from fruits.errors import Failed
-from fruits.home.ledger import LEDGER_SCHEMA, commits_gone, read_data_files
-from fruits.home.uris import rust_uri
+from fruits.home.tables import LEDGER, LEDGER_SCHEMA, DeltaError, Table
 
 log = logging.getLogger("fruits.ledger_source")
 
@@ -109,25 +109,33 @@ class LedgerRows(InputPartition):
 
 
 class LedgerSource(DataSource):
-    """``format("fruits_ledger")``; options: ``path`` (the ledger's location, as Spark spells it) and
+    """``format("fruits_ledger")``; options: ``path`` (the ledger's location, as Spark spells it),
+    ``storage_options`` (a JSON object: the home's storage options, :func:`options_for`) and
     ``maxRowsPerTrigger`` (default :data:`DEFAULT_ROWS_PER_TRIGGER`)."""
 
     @classmethod
     def name(cls) -> str:
         return NAME
 
+    @staticmethod
+    def options_for(ledger: Table) -> dict[str, str]:
+        """The options that name ``ledger`` to the source, which reads it in a process of its own: its location and
+        its storage options (no credentials: those come from the standard AWS variables or chain)."""
+        return {"path": ledger.location, "storage_options": json.dumps(ledger.storage_options)}
+
     def schema(self) -> str:
         return _spark_schema()
 
     def streamReader(self, schema) -> "LedgerReader":
-        return LedgerReader(self.options["path"], int(self.options.get("maxRowsPerTrigger", DEFAULT_ROWS_PER_TRIGGER)))
+        ledger = Table(self.options["path"], LEDGER, storage_options=json.loads(self.options.get("storage_options") or "{}"))
+        return LedgerReader(ledger, int(self.options.get("maxRowsPerTrigger", DEFAULT_ROWS_PER_TRIGGER)))
 
 
 class LedgerReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     """Offsets are ledger versions; see the module docstring. Lives in the driver's source process."""
 
-    def __init__(self, path: str, rows_per_trigger: int) -> None:
-        self.uri = rust_uri(path)
+    def __init__(self, ledger: Table, rows_per_trigger: int) -> None:
+        self.ledger = ledger
         self.rows_per_trigger = max(1, rows_per_trigger)
         self._table = None
         self._target: int | None = None  # Trigger.AvailableNow: the newest version when the query started
@@ -136,12 +144,9 @@ class LedgerReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
 
     def _latest(self) -> int:
         """The ledger's newest version (reads only the log entries added since the last call)."""
-        from deltalake import DeltaTable
-
+        self._table = self.ledger.latest()
         if self._table is None:
-            self._table = DeltaTable(self.uri)
-        else:
-            self._table.update_incremental()
+            raise FileNotFoundError(f"no ledger at {self.ledger.location}")
         return self._table.version()
 
     def initialOffset(self) -> dict:
@@ -194,9 +199,7 @@ class LedgerReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     def _snapshot_files(self, version: int) -> list[tuple[str, int]]:
         """The data files of the ledger at ``version``, in path order, with their row counts."""
         if version not in self._snapshots:
-            from deltalake import DeltaTable
-
-            actions = pa.table(DeltaTable(self.uri, version=version).get_add_actions(flatten=True))
+            actions = self.ledger.add_actions(version)
             files = zip(actions.column("path").to_pylist(), actions.column("num_records").to_pylist())
             self._snapshots = {version: sorted((path, rows or 0) for path, rows in files)}
         return self._snapshots[version]
@@ -206,7 +209,7 @@ class LedgerReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         if at.in_snapshot and to.version >= 0:  # (part of) a snapshot
             files = self._snapshot_files(to.version)
             chosen = [path for path, _ in files[at.files or 0 : len(files) if to.files is None else to.files]]
-            rows = read_data_files(self.uri, chosen, LEDGER_SCHEMA.names, ROWS_SCHEMA) if chosen else None
+            rows = self.ledger.read_files(chosen, LEDGER_SCHEMA.names, schema=ROWS_SCHEMA) if chosen else None
         else:
             rows = self._rows_between(at.version, to.version) if to.version > at.version else None
         if rows is None or rows.num_rows == 0:
@@ -217,17 +220,15 @@ class LedgerReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     def _rows_between(self, begin: int, last: int) -> pa.Table:
         """The rows the commits ``begin + 1 .. last`` added (inserts only: a compaction adds no rows). Raises
         :class:`LedgerUnreadable` if they can no longer be read; any other error after the third try."""
-        from deltalake.exceptions import DeltaError
-
         for attempt in range(3):
             try:
                 self._latest()
-                changes = pa.table(self._table.load_cdf(starting_version=begin + 1, ending_version=last))
+                changes = self.ledger.changes(begin + 1, last, table=self._table).read_all()
                 inserted = pc.equal(changes.column("_change_type").cast(pa.string()), "insert")
                 return _conform(changes, ROWS_SCHEMA).filter(inserted)
             except (DeltaError, pa.ArrowException, OSError) as exc:
                 text = str(exc)
-                if _gone(self.uri, begin + 1, last):
+                if _gone(self.ledger, begin + 1, last):
                     raise LedgerUnreadable(
                         f"the ledger's commits {begin + 1}..{last}, which this checkpoint has still to read, are gone "
                         f"({text[:200]}). Stop the stream, delete HOME/checkpoints/ingest and start it again: a new "
@@ -247,11 +248,11 @@ class LedgerReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
         """Nothing to release: the ledger keeps its rows."""
 
 
-def _gone(uri: str, first: int, last: int) -> bool:
-    """:func:`fruits.home.ledger.commits_gone`, asked after a failed read; False if it cannot be told now (the
+def _gone(ledger: Table, first: int, last: int) -> bool:
+    """:meth:`fruits.home.tables.Table.commits_gone`, asked after a failed read; False if it cannot be told now (the
     storage does not answer either), so the read is tried again."""
     try:
-        return commits_gone(uri, first, last)
+        return ledger.commits_gone(first, last)
     except (pa.ArrowException, OSError, ValueError):
         return False
 

@@ -15,8 +15,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import pyarrow as pa
 
-from fruits.config import Config
 from fruits.home.files import current_outcomes
+from fruits.home.home import Home
 from fruits.home.ledger import FileVersion
 from fruits.home.verdicts import Cause
 
@@ -27,8 +27,8 @@ class Leftovers:
     """Moves decided files still in landing; see the module docstring. ``files`` is the stream's
     :class:`~fruits.streaming.sink.LandedFiles`."""
 
-    def __init__(self, config: Config, files) -> None:
-        self.config = config
+    def __init__(self, home: Home, files) -> None:
+        self.home, self.config = home, home.config
         self.files = files
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fruits-leftovers")
 
@@ -48,7 +48,7 @@ class Leftovers:
     def settle(self, listed: list[FileVersion]) -> int:
         """Move the decided files among ``listed``; returns how many moved."""
         by_id = {version.file_id: version for version in listed}
-        current = current_outcomes(self.config, file_ids=pa.array(list(by_id), pa.string()))
+        current = current_outcomes(self.home, file_ids=pa.array(list(by_id), pa.string()))
         moved = 0
         for outcome in current.to_pylist():
             version = by_id[outcome["file_id"]]

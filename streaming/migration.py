@@ -12,14 +12,12 @@ from __future__ import annotations
 import logging
 from typing import Callable, Sequence
 
-import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from fruits.config import Config
-from fruits.home.ledger import ensure_ledger
-from fruits.home.uris import rust_uri
+from fruits.home.home import Home
+from fruits.home.tables import Table
 
 log = logging.getLogger("fruits.stream")
 
@@ -30,18 +28,12 @@ def file_id_column(path: Column, size: Column, modified_at: Column) -> Column:
     return F.substring(F.sha2(text, 256), 1, 32)
 
 
-def unadopted(table: str) -> bool:
-    """Whether the outcome table at ``table`` may hold rows without a ``file_id``, from its files' Delta statistics
-    (no scan): a null count above 0, or a file without one (e.g. written before the column was added)."""
-    from deltalake import DeltaTable
-    from deltalake.exceptions import TableNotFoundError
-
-    try:
-        actions = pa.table(DeltaTable(rust_uri(table)).get_add_actions(flatten=True))
-    except TableNotFoundError:
-        return False
+def unadopted(table: Table) -> bool:
+    """Whether the outcome ``table`` may hold rows without a ``file_id``, from its files' Delta statistics (no scan):
+    a null count above 0, or a file without one (e.g. written before the column was added)."""
+    actions = table.add_actions()
     column = "null_count.file_id"
-    if not actions.num_rows:
+    if actions is None or not actions.num_rows:
         return False
     if column not in actions.column_names:
         return True
@@ -49,31 +41,31 @@ def unadopted(table: str) -> bool:
     return counts.null_count > 0 or (pc.max(counts).as_py() or 0) > 0
 
 
-def record_in_ledger(spark: SparkSession, config: Config) -> int:
+def record_in_ledger(spark: SparkSession, home: Home) -> int:
     """Step 1: a ledger row (``discovered_by`` "migration") for each file version of the outcome rows without a
     ``file_id``, if the ledger has none for it yet. Returns how many rows it appended."""
-    ensure_ledger(config.files_table)
-    legacy = _legacy_rows(spark, config).select(
+    ledger = home.ledger
+    ledger.ensure(spark)
+    legacy = _legacy_rows(spark, home).select(
         file_id_column(F.col("path"), F.col("size_bytes"), F.col("modified_at")).alias("file_id"),
         "path", "label", "size_bytes", "modified_at", F.col("ingested_at").alias("discovered_at"),
         F.lit("migration").alias("discovered_by"), F.lit(False).alias("overwrites"),
     )
-    known = spark.read.format("delta").load(config.files_table).select("file_id")
+    known = ledger.frame(spark).select("file_id")
     new = legacy.dropDuplicates(["file_id"]).join(known, "file_id", "left_anti").localCheckpoint()
     count = new.count()
     if count:
-        new.write.format("delta").mode("append").save(config.files_table)
+        ledger.write_frame(new, mode="append")
     return count
 
 
-def link_to_ledger(spark: SparkSession, config: Config) -> int:
+def link_to_ledger(spark: SparkSession, home: Home) -> int:
     """Step 2: the outcome rows without a ``file_id`` get their ledger link (``file_id``, ``discovered_at``,
     ``stored_path``). Appends no ledger row: returns 0."""
-    from delta.tables import DeltaTable as SparkDeltaTable
-
-    for table in (config.features_table, config.quarantine_table):
-        SparkDeltaTable.forPath(spark, table).update(
-            condition=F.col("file_id").isNull(),
+    for table in (home.features, home.quarantine):
+        table.update(
+            spark,
+            where=F.col("file_id").isNull(),
             set={
                 "file_id": file_id_column(F.col("path"), F.col("size_bytes"), F.col("modified_at")),
                 "discovered_at": F.col("ingested_at"),
@@ -83,28 +75,28 @@ def link_to_ledger(spark: SparkSession, config: Config) -> int:
     return 0
 
 
-ADOPTION_STEPS: tuple[Callable[[SparkSession, Config], int], ...] = (record_in_ledger, link_to_ledger)
+ADOPTION_STEPS: tuple[Callable[[SparkSession, Home], int], ...] = (record_in_ledger, link_to_ledger)
 
 
 def adopt_legacy_rows(
-    spark: SparkSession, config: Config, steps: Sequence[Callable[[SparkSession, Config], int]] = ADOPTION_STEPS
+    spark: SparkSession, home: Home, steps: Sequence[Callable[[SparkSession, Home], int]] = ADOPTION_STEPS
 ) -> int:
     """Adopt the outcome rows without a ``file_id``, if there are any (see the module docstring): run ``steps`` (tests
     run a prefix of :data:`ADOPTION_STEPS`, as a crash after it would leave the home). Returns how many ledger rows
     were appended."""
-    if not any(unadopted(table) for table in (config.features_table, config.quarantine_table)):
+    if not any(unadopted(table) for table in (home.features, home.quarantine)):
         return 0
-    count = sum(step(spark, config) for step in steps)
+    count = sum(step(spark, home) for step in steps)
     if count:
         log.info("adopted %d files ingested before the file ledger (none is featurized again)", count)
     return count
 
 
-def _legacy_rows(spark: SparkSession, config: Config) -> DataFrame:
+def _legacy_rows(spark: SparkSession, home: Home) -> DataFrame:
     """The outcome rows (features and quarantine) without a ``file_id``."""
     frames = [
-        spark.read.format("delta").load(table).where(F.col("file_id").isNull())
+        table.frame(spark).where(F.col("file_id").isNull())
         .select("path", "label", "size_bytes", "modified_at", "ingested_at")
-        for table in (config.features_table, config.quarantine_table)
+        for table in (home.features, home.quarantine)
     ]
     return frames[0].unionByName(frames[1])

@@ -15,15 +15,13 @@ from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql.pandas.types import to_arrow_schema
 
-from fruits.home.appends import AppendTarget, append_rows
 from fruits.home.names import alias_file_id
-from fruits.home.tables import FEATURES_SCHEMA, QUARANTINE_SCHEMA
+from fruits.home.tables import FEATURES, QUARANTINE, Table
 from fruits.home.verdicts import Cause
 
-FEATURES_ARROW = to_arrow_schema(FEATURES_SCHEMA, timezone="UTC")
-QUARANTINE_ARROW = to_arrow_schema(QUARANTINE_SCHEMA, timezone="UTC")
+FEATURES_ARROW = FEATURES.schema
+QUARANTINE_ARROW = QUARANTINE.schema
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 # Columns an outcome row takes from its ledger row as they are.
 FROM_LEDGER = ["path", "label", "size_bytes", "modified_at", "file_id", "discovered_at", "attempt"]
@@ -31,14 +29,11 @@ FROM_LEDGER = ["path", "label", "size_bytes", "modified_at", "file_id", "discove
 MICRO_BATCH_KEY = "fruits.micro_batch"
 
 
-def append(table: str | AppendTarget, rows: pa.Table, micro_batch: int | None = None) -> None:
-    """Append ``rows`` to the Delta table (its location, or an :class:`~fruits.home.appends.AppendTarget`, which spares
-    reading its log again) in one commit, nothing when there are none; the commit records ``micro_batch`` in its
-    commitInfo."""
-    if rows.num_rows == 0:
-        return
+def append(table: Table, rows: pa.Table, micro_batch: int | None = None) -> None:
+    """Append ``rows`` to the outcome ``table`` in one commit, nothing when there are none; the commit records
+    ``micro_batch`` in its commitInfo."""
     metadata = {MICRO_BATCH_KEY: str(micro_batch)} if micro_batch is not None else None
-    append_rows(table, rows, metadata)
+    table.append(rows, metadata=metadata)
 
 
 @dataclass(frozen=True)

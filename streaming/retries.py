@@ -25,15 +25,12 @@ from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable
-from deltalake.exceptions import TableNotFoundError
 
-from fruits.config import Config
 from fruits.home.files import OutcomeKind, newest_per_file
 from fruits.home.filesystem import FileSystem
 from fruits.home.home import Home
-from fruits.home.ledger import ledger_target, record_retries
-from fruits.home.uris import rust_uri
+from fruits.home.ledger import record_retries
+from fruits.home.tables import Table
 from fruits.home.verdicts import Cause, backoff_seconds
 from fruits.landing.writers import writer_alive
 
@@ -64,15 +61,15 @@ class Retries:
     test seam (seconds, like :func:`time.time`); ``files`` the home's file system, where writers heartbeat."""
 
     def __init__(
-        self, config: Config, present: Callable[[list[dict]], set[str]], *, clock: Callable[[], float] = time.time,
+        self, home: Home, present: Callable[[list[dict]], set[str]], *, clock: Callable[[], float] = time.time,
         files: FileSystem | None = None,
     ) -> None:
-        self.config = config
+        self.home, self.config = home, home.config
         self.present = present
-        self.files = files or Home.from_config(config).files
+        self.files = files or home.files
         self.clock = clock
-        self.backoff = config.stream.retry_backoff
-        self.ledger = ledger_target(config.files_table)
+        self.backoff = self.config.stream.retry_backoff
+        self.ledger = home.ledger  # kept: each retry's commit reads no log again
         self._watched: dict[str, Watched] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -83,14 +80,14 @@ class Retries:
 
     def load(self) -> int:
         """Watch the current retryable quarantine rows of the home (after a restart); returns how many."""
-        rows = current_retryable(self.config)
+        rows = current_retryable(self.home)
         self.watch(rows)
         return len(rows)
 
     def watch(self, rows: list[dict]) -> None:
         """Watch quarantine rows (dicts with the quarantine table's columns, ``retryable`` true)."""
         unknown = [row["file_id"] for row in rows if "writer" not in row]
-        ledger = _ledger_columns_of(self.config, unknown) if unknown else {}
+        ledger = _ledger_columns_of(self.ledger, unknown) if unknown else {}
         with self._lock:
             for row in rows:
                 cause, attempt = Cause(row["cause"]), int(row.get("attempt") or 0)
@@ -155,29 +152,18 @@ class Retries:
             self._thread.join()
 
 
-def current_retryable(config: Config) -> list[dict]:
+def current_retryable(home: Home) -> list[dict]:
     """The quarantine rows that are the current outcome of their file version and that the stream retries by itself.
     Reads the quarantine table, and only the features rows of later attempts (Delta statistics skip the rest)."""
-    try:
-        quarantine = DeltaTable(rust_uri(config.quarantine_table)).to_pyarrow_dataset()
-    except TableNotFoundError:
-        return []
-    if "retryable" not in quarantine.schema.names:
-        return []
-    rows = quarantine.to_table()
+    rows = home.quarantine.read()
     rows = rows.set_column(rows.schema.get_field_index("attempt"), "attempt", pc.fill_null(rows.column("attempt"), 0))
     candidates = rows.filter(pc.fill_null(rows.column("retryable"), False))
     if candidates.num_rows == 0:
         return []
     ids = pc.unique(candidates.column("file_id"))
     outcomes = [_tagged(rows.filter(pc.is_in(rows.column("file_id"), ids)), "quarantine")]
-    try:
-        features = DeltaTable(rust_uri(config.features_table)).to_pyarrow_dataset()
-        if "attempt" in features.schema.names:
-            retried = features.to_table(columns=["file_id", "attempt"], filter=pc.field("attempt") > 0)
-            outcomes.append(_tagged(retried.filter(pc.is_in(retried.column("file_id"), ids)), "features"))
-    except TableNotFoundError:
-        pass
+    retried = home.features.read(["file_id", "attempt"], filter=pc.field("attempt") > 0)
+    outcomes.append(_tagged(retried.filter(pc.is_in(retried.column("file_id"), ids)), "features"))
     newest = newest_per_file(pa.concat_tables(outcomes))
     newest_attempt = dict(zip(newest.column("file_id").to_pylist(), newest.column("attempt").to_pylist()))
     newest_kind = dict(zip(newest.column("file_id").to_pylist(), newest.column("kind").to_pylist()))
@@ -195,10 +181,7 @@ def _tagged(rows: pa.Table, kind: OutcomeKind) -> pa.Table:
     })
 
 
-def _ledger_columns_of(config: Config, file_ids: list[str]) -> dict[str, dict]:
+def _ledger_columns_of(ledger: Table, file_ids: list[str]) -> dict[str, dict]:
     """:data:`FROM_LEDGER_ONLY` of the ledger rows of ``file_ids`` (by file id)."""
-    from fruits.home.ledger import ledger_rows
-
-    rows = ledger_rows(config.files_table, ["file_id", *FROM_LEDGER_ONLY])
-    rows = rows.filter(pc.is_in(rows.column("file_id"), pa.array(file_ids, pa.string())))
-    return {row["file_id"]: row for row in rows.to_pylist()}
+    only = pc.field("file_id").isin(pa.array(file_ids, pa.string()))
+    return {row["file_id"]: row for row in ledger.read(["file_id", *FROM_LEDGER_ONLY], filter=only).to_pylist()}

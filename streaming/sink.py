@@ -37,21 +37,19 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import BinaryType, LongType, StringType, StructField, StructType, TimestampType
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable
-from deltalake.exceptions import TableNotFoundError
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import PythonException
 from pyspark.sql.utils import AnalysisException
 
 from fruits.config import AfterIngest
 from fruits.errors import Stopped
-from fruits.home.appends import AppendTarget
 from fruits.home.filesystem import Files, HadoopFiles
 from fruits.model.udf import featurize_column
 from fruits.spark.conditions import error_conditions
 from fruits.model.featurizer import Featurizer
 from fruits.home.names import ALIAS_FOLDER, alias_path, fit_relative, local_bytes, needs_alias
-from fruits.home.uris import glob_escape, local_path, rust_uri
+from fruits.home.tables import Table
+from fruits.home.uris import glob_escape, local_path
 from fruits.home.verdicts import Cause, retryable
 from fruits.landing.writers import writer_alive
 from fruits.streaming.outcomes import (
@@ -245,8 +243,8 @@ class StopRequested(Stopped):
 class OutcomeSink:
     """``foreachBatch`` writer of the ledger stream; see the module docstring."""
 
-    features_table: str
-    quarantine_table: str
+    features_table: Table  # kept by the sink for its appends: each writes its commit without reading the log again
+    quarantine_table: Table
     landing: str  # as Spark spells it
     archive: str
     quarantine: str  # where quarantined originals are kept (HOME/quarantine)
@@ -269,7 +267,6 @@ class OutcomeSink:
     # Seconds since the epoch: no outcome row was discovered later than this (read once, then kept up to date).
     _decided_until: float | None = None
     _micro_batch: int | None = None  # the one being written (recorded in each commit)
-    _loaded: dict[str, AppendTarget] = field(default_factory=dict)  # the outcome tables, kept loaded for the appends
     # The chunk being written: what each row got (FEATURIZED or a Cause), and each file's identity when it was read.
     _got: dict[tuple[str, int], str] = field(default_factory=dict)
     _seen: dict[tuple[str, int], tuple[int, int, int] | None] = field(default_factory=dict)
@@ -322,7 +319,7 @@ class OutcomeSink:
         spark = batch.sparkSession
         attempt = F.coalesce(F.col("attempt"), F.lit(0)).cast("long").alias("attempt")
         outcomes = [
-            spark.read.format("delta").load(table).where(F.col("discovered_at").between(low, high))
+            table.frame(spark).where(F.col("discovered_at").between(low, high))
             .select("file_id", attempt)
             for table in (self.features_table, self.quarantine_table)
         ]
@@ -381,7 +378,7 @@ class OutcomeSink:
         retryable ones to :attr:`on_retryable`."""
         made = quarantine_rows(verdicts, places, self.featurizer.model_id)
         table = made if rows is None else pa.concat_tables([rows, made])
-        append(self._table(self.quarantine_table), table, self._micro_batch)
+        append(self.quarantine_table, table, self._micro_batch)
         for row in table.select(["file_id", "attempt", "cause"]).to_pylist():
             self._got[(row["file_id"], row["attempt"])] = row["cause"]
         if self.on_retryable is not None:
@@ -392,12 +389,6 @@ class OutcomeSink:
                     {**row, **{name: ledger.get(row["file_id"], {}).get(name) for name in ("writer", "raw_path")}}
                     for row in again
                 ])
-
-    def _table(self, location: str) -> AppendTarget:
-        """The outcome table at ``location``, kept loaded (each append then writes only its commit)."""
-        if location not in self._loaded:
-            self._loaded[location] = AppendTarget(location)
-        return self._loaded[location]
 
     def _verdict(self, row: Row) -> Verdict | None:
         """A quarantine verdict known from the ledger row alone (the file is not read), or None."""
@@ -497,7 +488,7 @@ class OutcomeSink:
         featurized, unread = featurized_rows(rows, read, places, self.featurizer.model_id)
         accepted, rejected = split_featurized(featurized)
         with self.progress.phases.timed("append"):
-            append(self._table(self.features_table), accepted, self._micro_batch)
+            append(self.features_table, accepted, self._micro_batch)
             for row in accepted.select(["file_id", "attempt"]).to_pylist():
                 self._got[(row["file_id"], row["attempt"])] = FEATURIZED
             self._quarantine([self._unread_verdict(row, files) for row in unread], places, rejected)
@@ -578,14 +569,13 @@ class OutcomeSink:
         return identity[0] == row["size_bytes"] and identity[1] in (-1, epoch_ms(row["modified_at"]))
 
 
-def newest_outcome(*tables: str) -> float:
+def newest_outcome(*tables: Table) -> float:
     """The newest ``discovered_at`` of the outcome tables' rows (seconds since the epoch), from the files' Delta
     statistics (no scan). Statistics keep milliseconds, so one is added: the answer is never too early."""
     newest = 0.0
     for table in tables:
-        try:
-            actions = pa.table(DeltaTable(rust_uri(table)).get_add_actions(flatten=True))
-        except TableNotFoundError:
+        actions = table.add_actions()
+        if actions is None:
             continue
         column = "max.discovered_at"
         if actions.num_rows and column in actions.column_names:

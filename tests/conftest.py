@@ -220,10 +220,11 @@ def ingested(spark, weights, tmp_path_factory):
 def features_home(spark, ingested, tmp_path):
     """A home whose features table (change data feed on) holds the first 250 real feature rows of `ingested`, and
     ``append(frame)`` to add rows of ``rows`` (all of `ingested`'s, sorted by path) in one commit (2 small files)."""
-    from fruits.home.tables import FEATURES_SCHEMA, ensure_table
+    from fruits.home.home import Home
+    from fruits.home.tables import FEATURES_SCHEMA
 
     config = make_config(tmp_path)
-    ensure_table(spark, config.features_table, FEATURES_SCHEMA, "test", change_feed=True)
+    Home.from_config(config).features.ensure(spark)  # change data feed on
     rows = ingested["features"].sort_values("path").reset_index(drop=True)
 
     def append(frame):

@@ -140,37 +140,42 @@ def test_verdicts_from_ledger_rows_alone_become_quarantine_rows_without_a_conten
 
 
 @pytest.mark.fast
-def test_an_append_target_reloads_its_table_every_n_commits_and_loses_no_commit_of_another_writer(tmp_path):
+def test_a_kept_table_is_loaded_again_every_n_commits_and_loses_no_commit_of_another_writer(tmp_path):
     from deltalake import DeltaTable
 
-    from fruits.home.appends import AppendTarget
-    from fruits.home.ledger import FileVersion, ensure_ledger, ledger_rows, record
+    from fruits.home.ledger import FileVersion, record
+    from fruits.home.tables import LEDGER, Table
 
     location = str(tmp_path / "files")
-    ensure_ledger(location)
-    target = AppendTarget(location, reload_every=3)
+    Table(location, LEDGER).ensure()
+    kept = Table(location, LEDGER, reload_every=3)
     loaded = []
     for index in range(7):
-        record(target, [FileVersion(f"file:/l/kept-{index}.jpg", 10 + index, 1_700_000_000_000, "x")], "watch")
-        loaded.append(target.table)  # kept: no object's id is reused
-        record(location, [FileVersion(f"file:/l/other-{index}.jpg", 10 + index, 1_700_000_000_000, "x")], "drop")
+        record(kept, [FileVersion(f"file:/l/kept-{index}.jpg", 10 + index, 1_700_000_000_000, "x")], "watch")
+        loaded.append(kept.kept())  # kept: no object's id is reused
+        record(Table(location, LEDGER), [FileVersion(f"file:/l/other-{index}.jpg", 10 + index, 1_700_000_000_000, "x")], "drop")
     # a new table object after the 3rd and the 6th commit written through it, the same one in between
     assert [next(n for n, t in enumerate(loaded) if t is table) for table in loaded] == [0, 0, 2, 2, 2, 5, 5]
     assert DeltaTable(location).version() == 14  # 14 appends on top of the creation, none lost or overwritten
-    paths = sorted(ledger_rows(location, ["path"]).column("path").to_pylist())
+    paths = sorted(Table(location, LEDGER).read(["path"]).column("path").to_pylist())
     assert paths == sorted([f"file:/l/kept-{i}.jpg" for i in range(7)] + [f"file:/l/other-{i}.jpg" for i in range(7)])
 
 
 @pytest.mark.fast
-def test_a_ledger_target_makes_a_missing_ledger_at_its_first_append_only(tmp_path):
-    from fruits.home.ledger import FileVersion, ledger_rows, ledger_target, record
+def test_a_table_handle_makes_a_missing_table_at_its_first_append_only(tmp_path):
+    from deltalake import DeltaTable
+
+    from fruits.home.ledger import FileVersion, record
+    from fruits.home.tables import LEDGER, Table
 
     location = tmp_path / "tables" / "files"
-    target = ledger_target(str(location))
-    assert not location.exists()  # nothing made before it is used
-    made = []
-    target.create = lambda uri, make=target.create: (made.append(uri), make(uri))
+    ledger = Table(str(location), LEDGER)
+    assert not ledger.exists() and ledger.read(["path"]).num_rows == 0 and ledger.version() is None
+    assert not location.exists()  # nothing made before it is used, not by a read either
+    loaded = []
     for index in range(2):
-        record(target, [FileVersion(f"file:/l/{index}.jpg", 10, 1_700_000_000_000, "x")], "drop")
-    assert made == [str(location)]
-    assert sorted(ledger_rows(str(location), ["path"]).column("path").to_pylist()) == ["file:/l/0.jpg", "file:/l/1.jpg"]
+        record(ledger, [FileVersion(f"file:/l/{index}.jpg", 10, 1_700_000_000_000, "x")], "drop")
+        loaded.append(ledger.kept())
+    assert loaded[0] is loaded[1]  # made and loaded once, at the first append
+    assert [entry["operation"] for entry in reversed(DeltaTable(str(location)).history())] == ["CREATE TABLE", "WRITE", "WRITE"]
+    assert sorted(ledger.read(["path"]).column("path").to_pylist()) == ["file:/l/0.jpg", "file:/l/1.jpg"]

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import assert_same_pca, make_config
 from fruits.config import CompactionConfig
+from fruits.home.home import Home
 
 SMALL = CompactionConfig(enabled=True, min_extra_files=3, target_file_mb=128)
 
@@ -42,20 +43,19 @@ def operations(spark, location: str) -> dict[int, str]:
 def test_compaction_merges_many_small_appends_into_one_file_with_the_same_rows(spark, features_home):
     from fruits.batch.compaction import compact_table
     from fruits.reports.status import collect_status, format_status
-    from fruits.home.tables import latest_version
 
     config, rows, append = features_home
     end = append_in_slices(append, rows, 250, slices=6)
-    before = collect_status(config)["features"]
+    before = collect_status(Home.from_config(config))["features"]
     assert before["rows"] == end and before["files"] >= 7  # 1 + 6 appends of small files
-    version_before = latest_version(spark, config.features_table)
+    version_before = Home.from_config(config).features.version()
     rows_before = content(spark, config.features_table)
 
-    outcome = compact_table(spark, config.features_table, SMALL)
+    outcome = compact_table(spark, Home.from_config(config).features, SMALL)
     assert outcome["compacted"] and outcome["files_before"] == before["files"], outcome
     assert outcome["files_after"] == 1 and outcome["files_removed"] == before["files"]
 
-    after = collect_status(config)["features"]
+    after = collect_status(Home.from_config(config))["features"]
     assert after["files"] == 1 and after["rows"] == end and after["version"] == version_before + 1
     assert after["mean_file_bytes"] > before["mean_file_bytes"]
     assert content(spark, config.features_table) == rows_before
@@ -68,12 +68,12 @@ def test_compaction_merges_many_small_appends_into_one_file_with_the_same_rows(s
         .load(config.features_table)
     )
     assert changes.isEmpty()
-    assert "files     1 (mean " in format_status(collect_status(config))
+    assert "files     1 (mean " in format_status(collect_status(Home.from_config(config)))
 
     # Nothing left to merge: below the threshold, skipped without a commit.
-    again = compact_table(spark, config.features_table, SMALL)
+    again = compact_table(spark, Home.from_config(config).features, SMALL)
     assert not again["compacted"] and "0 extra files" in again["skipped"]
-    assert latest_version(spark, config.features_table) == version_before + 1
+    assert Home.from_config(config).features.version() == version_before + 1
 
 
 @pytest.mark.slow
@@ -100,7 +100,7 @@ def test_compaction_while_the_stream_appends_loses_no_row(spark, features_home):
     thread = threading.Thread(target=appender)
     thread.start()
     first_commit.wait(120)
-    outcome = compact_table(spark, config.features_table, SMALL)
+    outcome = compact_table(spark, Home.from_config(config).features, SMALL)
     thread.join(300)
     assert not errors and "error" not in outcome, (errors, outcome)
     assert outcome["compacted"]
@@ -167,7 +167,7 @@ def test_refit_records_compaction_skipped_below_the_threshold_and_survives_a_fai
 def test_compaction_can_be_disabled_and_is_skipped_on_s3_without_a_multi_cluster_log_store(tmp_path):
     from fruits.batch.compaction import compact_tables, multi_writer_unsafe
 
-    disabled = compact_tables(None, make_config(tmp_path, compaction={"enabled": False}))
+    disabled = compact_tables(None, Home.from_config(make_config(tmp_path, compaction={"enabled": False})))
     assert disabled == {name: {"compacted": False, "skipped": "compaction disabled"} for name in ("features", "quarantine", "files")}
 
     assert "single-driver log store" in multi_writer_unsafe("s3a://bucket/home/tables/features", {}.get)

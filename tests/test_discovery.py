@@ -17,6 +17,7 @@ import pytest
 from deltalake import DeltaTable
 
 from conftest import NOTOP_WEIGHTS, make_config, place, sample_files
+from fruits.home.home import Home
 
 FRUITS = str(Path(sys.executable).with_name("fruits"))
 THIRTY_DAYS = 30 * 24 * 3600
@@ -44,7 +45,6 @@ def uri(path: Path) -> str:
 def test_listing_records_each_version_once_and_skips_hidden_names(tmp_path):
     """No Spark: repeated listings, and files `fruits drop` recorded itself, never give a second ledger row."""
     from fruits.landing.drop import LedgerRecorder, drop
-    from fruits.home.ledger import ledger_rows
     from fruits.streaming.discovery import Discovery
 
     config = make_config(tmp_path, discovery={"after_ingest": "keep"})
@@ -57,16 +57,16 @@ def test_listing_records_each_version_once_and_skips_hidden_names(tmp_path):
     old = place(sample_files("Mango", 2), landing / "Mango")
     age(old, THIRTY_DAYS)
 
-    discovery = Discovery(config, uri(landing))
+    discovery = Discovery(Home.from_config(config), uri(landing))
     discovery.start(continuous=False)
     assert discovery.recorded == {"backfill": 5}
     assert discovery.backfill() == 0  # nothing new
-    drop([sample_files("Lemon", 1)[0]], landing, ["jpg"], label="Lemon", recorder=LedgerRecorder(config.files_table, landing, "drop"))
+    drop([sample_files("Lemon", 1)[0]], landing, ["jpg"], label="Lemon", recorder=LedgerRecorder(Home.from_config(config).ledger, landing, "drop"))
     assert discovery.backfill() == 0  # drop recorded it before it appeared
     (landing / "Kiwi" / sample_files("Kiwi", 1)[0].name).write_bytes(sample_files("Fig", 1)[0].read_bytes())
     assert discovery.backfill() == 1  # overwritten in place: a new version
 
-    rows = ledger_rows(config.files_table).to_pandas()
+    rows = Home.from_config(config).ledger.read().to_pandas()
     assert len(rows) == len(set(rows["file_id"])) == 7
     assert Counter(rows["discovered_by"]) == {"backfill": 6, "drop": 1}
     assert rows.loc[rows["overwrites"], "path"].tolist() == [uri(landing / "Kiwi" / sample_files("Kiwi", 1)[0].name)]
@@ -138,7 +138,7 @@ def test_a_previous_versions_checkpoint_is_continued_and_a_file_recorded_before_
     (photo,) = sample_files("Fig", 1)
     (landing / "Fig").mkdir()
     placement = _prepare(photo, landing / "Fig" / photo.name)
-    LedgerRecorder(config.files_table, landing, "drop")([placement])  # recorded; still under its hidden name
+    LedgerRecorder(Home.from_config(config).ledger, landing, "drop")([placement])  # recorded; still under its hidden name
 
     class PublishWhenWaitedFor(logging.Handler):  # the writer's rename comes while the stream has the row
         def emit(self, record: logging.LogRecord) -> None:
@@ -164,7 +164,6 @@ def test_a_previous_versions_checkpoint_is_continued_and_a_file_recorded_before_
 def test_watcher_events_and_listing_backfill_each_find_new_photos(spark, weights, tmp_path):
     """With the watcher on, photos moved in are recorded from events, within seconds. With it off (or its events
     lost), the periodic listing finds every photo landed meanwhile."""
-    from fruits.home.ledger import ledger_rows
     from fruits.streaming.ingest import run_stream
 
     landing = tmp_path / "landing"
@@ -198,7 +197,7 @@ def test_watcher_events_and_listing_backfill_each_find_new_photos(spark, weights
 
     stream_until(listed, lambda: age(place(sample_files("Pomegranate", 3), landing / "Pomegranate"), THIRTY_DAYS), 7)
 
-    rows = ledger_rows(watched.files_table).to_pandas()
+    rows = Home.from_config(watched).ledger.read().to_pandas()
     assert Counter(zip(rows["label"], rows["discovered_by"])) == {("Pineapple", "watch"): 4, ("Pomegranate", "backfill"): 3}
     counts = outcome_paths(watched)
     assert len(counts) == 7 and set(counts.values()) == {1}
@@ -274,8 +273,7 @@ def test_a_home_made_before_the_ledger_is_adopted_once_even_after_drop_made_the_
     from pyspark.sql import functions as F
 
     from fruits.landing.drop import LedgerRecorder, drop
-    from fruits.home.ledger import ledger_rows
-    from fruits.home.tables import FEATURES_SCHEMA, LEDGER_LINK, QUARANTINE_SCHEMA, ensure_table
+    from fruits.home.tables import LEDGER_LINK
     from fruits.streaming.ingest import run_stream
     from fruits.streaming.migration import ADOPTION_STEPS, adopt_legacy_rows
 
@@ -292,25 +290,25 @@ def test_a_home_made_before_the_ledger_is_adopted_once_even_after_drop_made_the_
     shutil.rmtree(config.files_table)
     shutil.rmtree(config.checkpoint("ingest"))
     # The new version's first command is a drop: it makes the ledger, with its photo's row only.
-    recorder = LedgerRecorder(config.files_table, landing, "drop")
+    recorder = LedgerRecorder(Home.from_config(config).ledger, landing, "drop")
     (new,) = (r.target for r in drop(sample_files("Mango", 1), landing, ["jpg"], label="Mango", recorder=recorder))
-    assert Counter(ledger_rows(config.files_table).to_pandas()["discovered_by"]) == {"drop": 1}
+    assert Counter(Home.from_config(config).ledger.read().to_pandas()["discovered_by"]) == {"drop": 1}
     # The stream's start crashes after the adoption's first step (prepare_home has added the columns by then).
-    ensure_table(spark, config.features_table, FEATURES_SCHEMA, "features")
-    ensure_table(spark, config.quarantine_table, QUARANTINE_SCHEMA, "quarantine")
-    assert adopt_legacy_rows(spark, config, steps=ADOPTION_STEPS[:1]) == 5
-    assert adopt_legacy_rows(spark, config, steps=ADOPTION_STEPS[:1]) == 0  # the ledger only gets what it lacks
+    Home.from_config(config).features.ensure(spark)
+    Home.from_config(config).quarantine.ensure(spark)
+    assert adopt_legacy_rows(spark, Home.from_config(config), steps=ADOPTION_STEPS[:1]) == 5
+    assert adopt_legacy_rows(spark, Home.from_config(config), steps=ADOPTION_STEPS[:1]) == 0  # the ledger only gets what it lacks
 
     assert run_stream(spark, config, weights, available_now=True) == 1
     counts = outcome_paths(config)
     assert sorted(counts) == sorted(uri(p) for p in [*old, landing / "Kiwi" / "broken.jpg", new])
     assert set(counts.values()) == {1}
-    rows = ledger_rows(config.files_table).to_pandas()
+    rows = Home.from_config(config).ledger.read().to_pandas()
     assert Counter(rows["discovered_by"]) == {"migration": 5, "drop": 1}
     assert rows["file_id"].is_unique
     features = spark.read.format("delta").load(config.features_table)
     assert features.where(F.col("file_id").isNull()).count() == 0
-    assert adopt_legacy_rows(spark, config) == 0  # nothing left to adopt, told by the statistics
+    assert adopt_legacy_rows(spark, Home.from_config(config)) == 0  # nothing left to adopt, told by the statistics
 
 
 @pytest.mark.slow
@@ -323,7 +321,7 @@ def test_delete_after_ingest_and_a_file_changed_between_discovery_and_reading(sp
 
     config = make_config(tmp_path, discovery={"after_ingest": "delete"})
     landing = tmp_path / "landing"
-    recorder = LedgerRecorder(config.files_table, landing, "drop")
+    recorder = LedgerRecorder(Home.from_config(config).ledger, landing, "drop")
     kept, changed = (r.target for r in drop(sample_files("Kiwi", 2), landing, ["jpg"], label="Kiwi", recorder=recorder))
     changed.write_bytes(sample_files("Fig", 1)[0].read_bytes())  # rewritten after drop recorded it
     assert run_stream(spark, config, weights, available_now=True) == 3

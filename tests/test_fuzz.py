@@ -12,6 +12,7 @@ import pytest
 from conftest import SAMPLE, make_config
 from fruits.model.images import RejectedImage, decode_image
 from fuzzing import KINDS, mutants, outcome_of, reason_class
+from fruits.home.home import Home
 
 PHOTOS = sorted(SAMPLE.glob("*/*.jpg"))[::25]  # real photos of many classes
 
@@ -42,7 +43,6 @@ def test_the_stream_puts_each_of_240_mutated_photos_exactly_once_in_features_or_
     import os
     import random
 
-    from fruits.home.ledger import ledger_rows
     from fruits.home.names import local_bytes
     from fruits.streaming.ingest import run_stream
     from fuzzing import random_name
@@ -62,7 +62,7 @@ def test_the_stream_puts_each_of_240_mutated_photos_exactly_once_in_features_or_
     config = make_config(tmp_path)
     run_stream(spark, config, weights, available_now=True)  # returns: the stream did not fail
 
-    exact = {row["file_id"]: local_bytes(row) for row in ledger_rows(config.files_table).to_pylist()}
+    exact = {row["file_id"]: local_bytes(row) for row in Home.from_config(config).ledger.read().to_pylist()}
     features = spark.read.format("delta").load(config.features_table).toPandas()
     quarantine = spark.read.format("delta").load(config.quarantine_table).toPandas()
     featurized = [exact[i] for i in features["file_id"]]
@@ -88,7 +88,8 @@ def test_2000_random_names_are_recorded_exactly_listed_back_and_shown_on_one_lin
     import os
     import random
 
-    from fruits.home.ledger import ledger_rows, ledger_target, record
+    from fruits.home.ledger import record
+    from fruits.home.tables import LEDGER, Table
     from fruits.home.names import fit_name, local_bytes, readable, temporary_name
     from fruits.streaming.discovery import list_local
     from fuzzing import random_name
@@ -102,8 +103,9 @@ def test_2000_random_names_are_recorded_exactly_listed_back_and_shown_on_one_lin
             handle.write(name)  # each its own size-ish content
     listed = list_local(os.fsdecode(landing), ["jpg", "png"])
     assert len(listed) == len(names)
-    record(ledger_target(str(tmp_path / "files")), listed, "backfill")
-    rows = ledger_rows(str(tmp_path / "files")).to_pylist()
+    ledger = Table(str(tmp_path / "files"), LEDGER)
+    record(ledger, listed, "backfill")
+    rows = ledger.read().to_pylist()
     assert sorted(local_bytes(row) for row in rows) == sorted(landing + b"/" + n for n in names)
     assert len({row["file_id"] for row in rows}) == len(names)
     for row in rows:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import NOTOP_WEIGHTS, SAMPLE, make_config, place
+from fruits.home.home import Home
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +109,7 @@ def test_int8_features_identify_within_a_point_of_fp32_and_never_mix_with_them(
     fp32_config, held_out = identified_home
     int8_home = tmp_path_factory.mktemp("identify-int8-home")
     int8_config = stream_and_refit(spark, weights, int8_home, split[0], precision="int8")
-    model_ids = last_refit(int8_config)["model_ids"]
+    model_ids = last_refit(Home.from_config(int8_config))["model_ids"]
     assert model_ids == [weights.model_id + "/openvino-int8"], model_ids
     photos = [photo for photo, _ in held_out]
     configs = {"fp32": fp32_config, "int8": int8_config}

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import local_path, make_config, place, sample_files, shipped_photos
 from fruits.landing.drop import InboxStager, drop
+from fruits.home.home import Home
 
 EXTENSIONS = ["jpg", "jpeg", "png"]
 FRUITS = str(Path(sys.executable).with_name("fruits"))
@@ -119,7 +120,7 @@ def test_staged_slow_upload_is_featurized_whole_by_the_running_stream(spark, wei
     config = make_config(tmp_path, stream={"trigger": "200ms"})
     landing = tmp_path / "landing"
     reference = place(sample_files("Pineapple", 1), landing / "reference")[0]
-    recorder = LedgerRecorder(config.files_table, landing, "stage")
+    recorder = LedgerRecorder(Home.from_config(config).ledger, landing, "stage")
     stager = InboxStager(tmp_path / "inbox", landing, EXTENSIONS, stable_seconds=30, settle_seconds=0.3, recorder=recorder)
     stop, stop_stream = threading.Event(), threading.Event()
     staging = threading.Thread(target=stager.run, args=(stop, 0.05))
@@ -144,7 +145,7 @@ def test_staged_slow_upload_is_featurized_whole_by_the_running_stream(spark, wei
     by_name = {Path(local_path(r["path"])).name: r for r in rows}
     assert sorted(by_name) == [reference.name, "upload.jpg"]
     assert by_name["upload.jpg"]["label"] == "Pineapple"
-    staged = [r for r in file_states(config) if r["path"].endswith("/upload.jpg")]
+    staged = [r for r in file_states(Home.from_config(config)) if r["path"].endswith("/upload.jpg")]
     assert [r["discovered_by"] for r in staged] == ["stage"]  # recorded by stage itself, once
     assert by_name["upload.jpg"]["content_sha256"] == by_name[reference.name]["content_sha256"]
     assert np.array_equal(by_name["upload.jpg"]["features"], by_name[reference.name]["features"])
@@ -156,7 +157,6 @@ def test_drop_lands_a_255_byte_name_and_a_name_that_is_not_utf8_recorded_exactly
     import os
 
     from fruits.landing.drop import LedgerRecorder
-    from fruits.home.ledger import ledger_rows
 
     config = make_config(tmp_path)
     source, landing = tmp_path / "photos", tmp_path / "landing"
@@ -164,10 +164,10 @@ def test_drop_lands_a_255_byte_name_and_a_name_that_is_not_utf8_recorded_exactly
     names = [b"p" * 251 + b".jpg", b"caf\xe9.jpg"]
     for name, photo in zip(names, shipped_photos("Banana", 2)):
         (source / os.fsdecode(name)).write_bytes(photo.read_bytes())
-    results = drop([source], landing, EXTENSIONS, recorder=LedgerRecorder(config.files_table, landing, "drop"))
+    results = drop([source], landing, EXTENSIONS, recorder=LedgerRecorder(Home.from_config(config).ledger, landing, "drop"))
     assert [r.note for r in results] == ["placed", "placed"]
     assert sorted(os.listdir(os.fsencode(landing))) == sorted(names)  # no temporary copy left
-    rows = ledger_rows(config.files_table).to_pylist()
+    rows = Home.from_config(config).ledger.read().to_pylist()
     exact = sorted(row["raw_path"] or row["path"].encode() for row in rows)
     assert exact == sorted(b"file:" + os.fsencode(landing) + b"/" + n for n in names)
 

@@ -13,7 +13,8 @@ from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadMaxRows
 
-from fruits.home.ledger import FileVersion, ensure_ledger, record
+from fruits.home.ledger import FileVersion, record
+from fruits.home.tables import LEDGER, Table
 from fruits.streaming.ledger_source import LedgerReader, LedgerUnreadable, position
 
 pytestmark = pytest.mark.fast
@@ -33,14 +34,14 @@ def rows(reader: LedgerReader, start: dict, end: dict) -> list[str]:
 @pytest.fixture
 def ledger(tmp_path):
     uri = str(tmp_path / "files")
-    ensure_ledger(uri)
+    Table(uri, LEDGER).ensure()
     for commit, count in enumerate([3, 2, 4]):  # versions 1, 2, 3
-        record(uri, versions(f"c{commit}-", count), "watch")
+        record(Table(uri, LEDGER), versions(f"c{commit}-", count), "watch")
     return uri
 
 
 def test_micro_batches_follow_commits_within_the_row_limit_and_replay_the_same_rows(ledger):
-    reader = LedgerReader("file:" + ledger, rows_per_trigger=4)
+    reader = LedgerReader(Table("file:" + ledger, LEDGER), rows_per_trigger=4)
     start = {"version": 0}  # a checkpoint that has read the ledger's creation
     first = reader.latestOffset(start, reader.getDefaultReadLimit())
     assert first == {"version": 1}  # version 1 (3 rows); version 2 would make 5 > 4
@@ -52,7 +53,7 @@ def test_micro_batches_follow_commits_within_the_row_limit_and_replay_the_same_r
     assert reader.latestOffset(third, ReadMaxRows(4)) == third  # nothing new: the start again
     assert reader.partitions(third, third) == []
     # A replay after a crash (same offsets from the checkpoint) reads the same rows, whatever came since.
-    record(ledger, versions("later-", 2), "watch")
+    record(Table(ledger, LEDGER), versions("later-", 2), "watch")
     assert rows(reader, first, second) == [f"file:/landing/Kiwi/c1-{i}.jpg" for i in range(2)]
     # A commit bigger than the limit is a micro-batch of its own, never split and never stuck.
     assert reader.latestOffset(second, ReadMaxRows(1)) == {"version": 3}
@@ -62,15 +63,15 @@ def test_micro_batches_follow_commits_within_the_row_limit_and_replay_the_same_r
 def test_row_counts_stay_right_when_commits_land_while_they_are_read(ledger):
     """deltalake's history() returns commits newer than the table it is asked of, numbered as if they were not: the
     counts must still go to the right versions (a big commit counted as small would overfill a micro-batch)."""
-    reader = LedgerReader("file:" + ledger, rows_per_trigger=5)
+    reader = LedgerReader(Table("file:" + ledger, LEDGER), rows_per_trigger=5)
     reader._latest()
-    record(ledger, versions("big-", 50), "watch")  # version 4, after the reader's view of the table (version 3)
+    record(Table(ledger, LEDGER), versions("big-", 50), "watch")  # version 4, after the reader's view of the table (version 3)
     reader._count_rows(1)
     assert {v: reader._rows_of[v] for v in range(1, 5)} == {1: 3, 2: 2, 3: 4, 4: 50}
 
 
 def test_a_new_checkpoint_reads_the_snapshot_a_few_files_at_a_time_then_the_commits_after_it(ledger):
-    reader = LedgerReader("file:" + ledger, rows_per_trigger=5)  # the snapshot's files hold 3, 2 and 4 rows
+    reader = LedgerReader(Table("file:" + ledger, LEDGER), rows_per_trigger=5)  # the snapshot's files hold 3, 2 and 4 rows
     offsets, batches = [reader.initialOffset()], []
     while True:
         end = reader.latestOffset(offsets[-1], reader.getDefaultReadLimit())
@@ -79,7 +80,7 @@ def test_a_new_checkpoint_reads_the_snapshot_a_few_files_at_a_time_then_the_comm
         batches.append(rows(reader, offsets[-1], end))
         offsets.append(end)
         if end == {"version": 3}:
-            record(ledger, versions("after-", 2), "watch")  # version 4: read as a commit, after the snapshot
+            record(Table(ledger, LEDGER), versions("after-", 2), "watch")  # version 4: read as a commit, after the snapshot
     assert offsets[-2:] == [{"version": 3}, {"version": 4}]
     assert [offset.get("snapshot") for offset in offsets[1:-2]] == [3] * (len(offsets) - 3)  # parts of version 3
     assert len(offsets) >= 4 and all(len(batch) <= 5 for batch in batches)  # no file fits with all three
@@ -90,9 +91,9 @@ def test_a_new_checkpoint_reads_the_snapshot_a_few_files_at_a_time_then_the_comm
 
 
 def test_available_now_stops_at_the_version_it_started_with(ledger):
-    reader = LedgerReader("file:" + ledger, rows_per_trigger=100)
+    reader = LedgerReader(Table("file:" + ledger, LEDGER), rows_per_trigger=100)
     reader.prepareForTriggerAvailableNow()
-    record(ledger, versions("after-", 2), "watch")  # landed after the run started: the next run's
+    record(Table(ledger, LEDGER), versions("after-", 2), "watch")  # landed after the run started: the next run's
     end = reader.latestOffset({"version": 0}, reader.getDefaultReadLimit())
     assert end == {"version": 3}
     assert len(rows(reader, {"version": 0}, end)) == 9
@@ -100,14 +101,14 @@ def test_available_now_stops_at_the_version_it_started_with(ledger):
 
 
 def test_a_compaction_adds_no_rows_and_vacuumed_commits_stop_the_stream_with_what_to_do(ledger):
-    reader = LedgerReader("file:" + ledger, rows_per_trigger=100)
+    reader = LedgerReader(Table("file:" + ledger, LEDGER), rows_per_trigger=100)
     DeltaTable(ledger).optimize.compact()  # version 4: the same rows in new files (no data change)
     assert rows(reader, {"version": 3}, {"version": 4}) == []
     DeltaTable(ledger).vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=False)
     with pytest.raises(LedgerUnreadable, match="delete HOME/checkpoints/ingest"):
         rows(reader, {"version": 0}, {"version": 3})
     # ... and a new checkpoint reads the snapshot, which is whole: every row, once.
-    fresh = LedgerReader("file:" + ledger, rows_per_trigger=100)
+    fresh = LedgerReader(Table("file:" + ledger, LEDGER), rows_per_trigger=100)
     end = fresh.latestOffset(fresh.initialOffset(), fresh.getDefaultReadLimit())
     assert end == {"version": DeltaTable(ledger).version()}
     assert len(set(rows(fresh, fresh.initialOffset(), end))) == 9
@@ -122,20 +123,20 @@ def added_files(ledger: str, version: int) -> list[Path]:
 def test_commits_whose_log_entries_expired_stop_the_stream_with_what_to_do(ledger):
     """Gone is read from the ledger's files, not from the error's text: log entries older than a checkpoint that
     log cleanup removed are gone, as vacuumed data files are."""
-    reader = LedgerReader("file:" + ledger, rows_per_trigger=100)
+    reader = LedgerReader(Table("file:" + ledger, LEDGER), rows_per_trigger=100)
     DeltaTable(ledger).create_checkpoint()  # version 3: the table loads without the entries before it
     for version in (1, 2):
         (Path(ledger) / "_delta_log" / f"{version:020d}.json").unlink()
     with pytest.raises(LedgerUnreadable, match="delete HOME/checkpoints/ingest"):
         rows(reader, {"version": 0}, {"version": 3})
-    record(ledger, versions("after-", 2), "watch")  # version 4: what is still in the log is read
+    record(Table(ledger, LEDGER), versions("after-", 2), "watch")  # version 4: what is still in the log is read
     assert len(rows(reader, {"version": 3}, {"version": 4})) == 2
 
 
 def test_a_data_file_that_is_there_but_unreadable_is_tried_again_then_its_error_raised(ledger):
     """A read that fails while the commits' log entries and data files are all there is not "gone": no
     LedgerUnreadable (the checkpoint stays), the read is tried again, then delta-rs' own error stops the query."""
-    reader = LedgerReader("file:" + ledger, rows_per_trigger=100)
+    reader = LedgerReader(Table("file:" + ledger, LEDGER), rows_per_trigger=100)
     (damaged,) = added_files(ledger, 2)
     damaged.write_bytes(b"not parquet")  # e.g. a file a storage hiccup returns cut short
     with pytest.raises((DeltaError, pa.ArrowException, OSError)) as failed:
@@ -159,7 +160,7 @@ def test_a_big_micro_batch_travels_in_several_partitions(ledger, monkeypatch):
     import fruits.streaming.ledger_source as source
 
     monkeypatch.setattr(source, "ROWS_PER_PARTITION", 4)
-    reader = LedgerReader("file:" + ledger, rows_per_trigger=100)
+    reader = LedgerReader(Table("file:" + ledger, LEDGER), rows_per_trigger=100)
     end = reader.latestOffset({"version": 0}, reader.getDefaultReadLimit())
     assert len(reader.partitions({"version": 0}, end)) == 3  # 9 rows
     assert len(set(rows(reader, {"version": 0}, end))) == 9

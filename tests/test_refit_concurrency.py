@@ -15,6 +15,7 @@ import pytest
 
 from conftest import NOTOP_WEIGHTS, make_config, sample_files
 from fruits.home.locks import LockBusy, exclusive
+from fruits.home.home import Home
 
 FRUITS = str(Path(sys.executable).with_name("fruits"))
 
@@ -82,7 +83,7 @@ def test_a_second_refit_exits_while_identify_and_status_keep_answering(spark, we
         while not refitted.is_set():
             try:
                 answers.append(identify(photo, reader_config, weights)[0]["pca_version"])
-                collect_status(config)
+                collect_status(Home.from_config(config))
             except Exception as exc:  # any failure of a reader during the refit
                 failures.append(f"{type(exc).__name__}: {exc}")
 
@@ -127,22 +128,20 @@ def test_an_incremental_refit_after_30_small_commits_merges_on_the_executors(spa
     would only make the test slower."""
     import pyarrow as pa
 
-    from fruits.home.appends import AppendTarget
     from fruits.batch.moments import Moments
     from fruits.batch.refit_pca import refit_pca
     from fruits.home.pca_store import PcaModelStore
     from fruits.streaming.outcomes import FEATURES_ARROW, append as commit
-    from fruits.home.tables import latest_version
 
     config, rows, _ = features_home
     commits = 30
     assert refit_pca(spark, config, k=10).refitted.method == "full"
-    since = latest_version(spark, config.features_table)
-    table = AppendTarget(config.features_table)
+    since = Home.from_config(config).features.version()
+    table = Home.from_config(config).features  # kept: the commits are made as the stream's sink makes them
     for index in range(commits):
         row = rows.iloc[[250 + index % (len(rows) - 250)]][FEATURES_ARROW.names]
         commit(table, pa.Table.from_pandas(row, schema=FEATURES_ARROW, preserve_index=False), micro_batch=index)
-    assert latest_version(spark, config.features_table) == since + commits
+    assert Home.from_config(config).features.version() == since + commits
     files_as_partitions = {"spark.sql.files.openCostInBytes": "134217728", "spark.sql.files.maxPartitionBytes": "134217728"}
     for key, value in files_as_partitions.items():
         spark.conf.set(key, value)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_same_pca, make_config
+from fruits.home.home import Home
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +108,7 @@ def test_small_growth_appends_new_rows_in_the_table_coordinates_and_large_growth
     got = np.stack(table.loc[added["path"], "pca"].to_numpy())
     assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
     assert set(table.loc[added["path"], "source_version"]) == {second.source_version}
-    reference = Reference.load(config)
+    reference = Reference.load(Home.from_config(config))
     assert reference.version == 1 and reference.model_version == 2 and len(reference.labels) == table["label"].notna().sum()
 
     append(rows.iloc[260:265])

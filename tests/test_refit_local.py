@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import NOTOP_WEIGHTS, assert_same_pca, make_config
+from fruits.home.home import Home
 
 FRUITS = str(Path(sys.executable).with_name("fruits"))
 
@@ -161,20 +162,20 @@ def test_the_engine_follows_the_pca_settings(tmp_path):
 
     _synthetic_features(config().features_table, 30)
     assert load_config(environ={}).pca.engine == "auto"  # the shipped setting
-    assert choose_engine(config(local_max_rows=30), None, True)[0] == "local"
-    assert choose_engine(config(local_max_rows=29), None, True) == ("spark", "30 rows to read > [pca] local_max_rows 29")
+    assert choose_engine(Home.from_config(config(local_max_rows=30)), None, True)[0] == "local"
+    assert choose_engine(Home.from_config(config(local_max_rows=29)), None, True) == ("spark", "30 rows to read > [pca] local_max_rows 29")
     last = PcaVersion(version=1, k=2, explained_variance=[0.9, 0.1], rows=25, source_version=0, fit_seconds=0,
                       fitted_at="", model_path="", model_ids=["m"])
-    assert choose_engine(config(local_max_rows=5), last, True)[0] == "local"  # incremental: 5 new rows
-    assert choose_engine(config(local_max_rows=5), last, False)[0] == "spark"  # --full: 30 rows
-    assert choose_engine(config(engine="spark", local_max_rows=10**9), None, True)[0] == "spark"
-    assert choose_engine(config(engine="local", local_max_rows=0), None, True)[0] == "local"
+    assert choose_engine(Home.from_config(config(local_max_rows=5)), last, True)[0] == "local"  # incremental: 5 new rows
+    assert choose_engine(Home.from_config(config(local_max_rows=5)), last, False)[0] == "spark"  # --full: 30 rows
+    assert choose_engine(Home.from_config(config(engine="spark", local_max_rows=10**9)), None, True)[0] == "spark"
+    assert choose_engine(Home.from_config(config(engine="local", local_max_rows=0)), None, True)[0] == "local"
     remote = load_config(overrides={"paths": {"home": "s3a://bucket/fruits"}}, environ={})
-    assert choose_engine(remote, None, True)[0] == "spark"
+    assert choose_engine(Home.from_config(remote), None, True)[0] == "spark"
     # Forced to run locally on S3, its compaction leaves the stream's tables to the stream (the only safe writer).
     from fruits.batch.compaction import compact_tables_local
 
-    assert all("only safe writer" in outcome["skipped"] for outcome in compact_tables_local(remote).values())
+    assert all("only safe writer" in outcome["skipped"] for outcome in compact_tables_local(Home.from_config(remote)).values())
 
 
 @pytest.mark.fast
@@ -207,6 +208,7 @@ def test_delta_rs_compaction_while_appends_keep_coming_loses_no_row(tmp_path):
 
     from fruits.batch.compaction import compact_table
     from fruits.config import load_config
+    from fruits.home.tables import FEATURES, Table
 
     settings = load_config(overrides={"compaction": {"min_extra_files": 5}}, environ={}).compaction
     location = str(tmp_path / "features")
@@ -214,7 +216,7 @@ def test_delta_rs_compaction_while_appends_keep_coming_loses_no_row(tmp_path):
         _synthetic_features(location, 2, start=start)  # 20 small files
     appender = threading.Thread(target=lambda: [_synthetic_features(location, 2, start=s) for s in range(40, 80, 2)])
     appender.start()
-    outcome = compact_table(None, location, settings)
+    outcome = compact_table(None, Table(location, FEATURES), settings)
     appender.join()
     assert outcome["compacted"] and outcome["files_removed"] >= 20, outcome
     paths = DeltaTable(location).to_pyarrow_table(columns=["path"]).column("path").to_pylist()

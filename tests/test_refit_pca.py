@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fruits.home.home import Home
 
 pytestmark = pytest.mark.slow
 
@@ -16,10 +17,9 @@ def test_refit_writes_a_versioned_model_and_one_pca_row_per_feature_row(spark, i
 
     from fruits.batch.refit_pca import refit_pca
     from fruits.home.pca_store import PcaModelStore
-    from fruits.home.tables import latest_version
 
     config = ingested["config"]
-    source_version = latest_version(spark, config.features_table)
+    source_version = Home.from_config(config).features.version()
     outcome = refit_pca(spark, config, k=20)
     fitted = outcome.refitted
     assert fitted is not None and fitted.version == 1 and fitted.k == 20

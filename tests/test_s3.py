@@ -76,13 +76,17 @@ def keys(server: S3Server, bucket: str, prefix: str) -> list[str]:
     return [item["Key"] for page in pages for item in page.get("Contents", []) if not item["Key"].endswith("/")]
 
 
+def home_of(home: str):
+    """The :class:`~fruits.home.home.Home` at ``home`` on the test's server (its settings from FRUITS_S3_*)."""
+    from fruits.config import load_config
+    from fruits.home.home import Home
+
+    return Home.from_config(load_config(overrides={"paths": {"home": home}}))
+
+
 def table(home: str, name: str):
-    """A Delta table of the home, read by deltalake (delta-rs) with the server's settings from the environment."""
-    from deltalake import DeltaTable
-
-    from fruits.home.uris import rust_uri
-
-    return DeltaTable(rust_uri(f"{home}/tables/{name}"))
+    """A Delta table of the home, read by deltalake (delta-rs) with the home's storage options."""
+    return home_of(home).table(name).open()
 
 
 def outcome_paths(home: str) -> Counter:
@@ -224,6 +228,29 @@ def test_a_lease_is_keyed_by_its_owner_not_by_host_and_pid_and_only_a_silent_hol
     taker.release()
 
 
+def test_table_handles_reach_the_server_with_their_homes_options_alone(s3_env, monkeypatch):
+    """delta-rs gets the server's settings from the home's storage options, passed per call, not from this process's
+    environment: with none of the server's AWS_* variables set (only the credentials), the ledger is made, appended
+    to, followed, read by data file and by change feed, and read again through a pickled handle."""
+    import pickle
+
+    from fruits.home.ledger import FileVersion, LedgerView, record
+
+    home = home_of(s3_env["home"])
+    for key in home.storage_options:
+        monkeypatch.delenv(key, raising=False)
+    ledger = home.ledger
+    view = LedgerView(ledger, track_paths=False)
+    assert view.refresh() == 0 and ledger.exists()  # made by the view's first look
+    versions = [FileVersion(f"{home.landing}/Kiwi/{i}.jpg", 10 + i, 0, "Kiwi", etag=f"{i:032x}") for i in range(3)]
+    record(ledger, versions[:2], "drop")
+    record(home.ledger, versions[2:], "drop")  # another handle: another writer
+    assert view.refresh() == 3 and len(view.ids) == 3  # the data files added, read through the object store
+    assert sorted(ledger.read(["path"]).column("path").to_pylist()) == sorted(v.path for v in versions)
+    assert ledger.changes(1, columns=["file_id"]).read_all().num_rows == 3
+    assert pickle.loads(pickle.dumps(ledger)).version() == ledger.version() == 2
+
+
 def test_s3_files_reach_the_server_they_are_given_and_a_conditional_put_never_replaces_an_object(s3_env, monkeypatch):
     """The home's S3 files (fruits/home/filesystem.py): the settings they are given, not the process's AWS_*
     variables, say where the server is; conditional writes, stat with ETag, listing, moves and deletes."""
@@ -264,7 +291,7 @@ def test_s3_files_reach_the_server_they_are_given_and_a_conditional_put_never_re
 
 
 def test_drop_to_s3_keeps_both_names_and_records_the_listed_version(s3_env, tmp_path):
-    from fruits.home.ledger import file_id, ledger_rows
+    from fruits.home.ledger import file_id
     from fruits.landing.stage import ObjectLanding
 
     home, bucket, server = s3_env["home"], s3_env["bucket"], s3_env["server"]
@@ -273,7 +300,8 @@ def test_drop_to_s3_keeps_both_names_and_records_the_listed_version(s3_env, tmp_
     (tmp_path / "b").mkdir()
     (tmp_path / "a" / "lemon.jpg").write_bytes(one.read_bytes())
     (tmp_path / "b" / "lemon.jpg").write_bytes(other.read_bytes())
-    landing = ObjectLanding(f"{home}/landing", f"{home}/tables/files", "drop", s3_env["files"])
+    ledger = home_of(home).ledger
+    landing = ObjectLanding(f"{home}/landing", ledger, "drop", s3_env["files"])
     extensions = ["jpg"]
     assert [d.note for d in landing.drop([tmp_path / "a" / "lemon.jpg"], extensions, label="Lemon")] == ["placed"]
     assert [d.note for d in landing.drop([tmp_path / "a" / "lemon.jpg"], extensions, label="Lemon")] == ["already there"]
@@ -281,14 +309,13 @@ def test_drop_to_s3_keeps_both_names_and_records_the_listed_version(s3_env, tmp_
     assert again.target == f"{home}/landing/Lemon/lemon-2.jpg"
     listed = server.client().list_objects_v2(Bucket=bucket, Prefix="fruits/landing/")["Contents"]
     ids = {file_id(f"s3a://{bucket}/{o['Key']}", o["Size"], 0, o["ETag"].strip('"')) for o in listed}
-    assert ids == set(ledger_rows(f"{home}/tables/files").column("file_id").to_pylist())  # the listing finds them known
+    assert ids == set(ledger.read().column("file_id").to_pylist())  # the listing finds them known
 
 
 def test_web_uploads_land_on_s3_recorded_in_the_ledger_and_never_over_another_photo(s3_env, tmp_path):
     from fastapi.testclient import TestClient
 
     from conftest import make_config
-    from fruits.home.ledger import ledger_rows
     from fruits.web.app import create_app
 
     home, bucket, server = s3_env["home"], s3_env["bucket"], s3_env["server"]
@@ -303,7 +330,7 @@ def test_web_uploads_land_on_s3_recorded_in_the_ledger_and_never_over_another_ph
     assert [a.json()["photos"][0]["note"] for a in answers] == ["placed", "placed", "already there"]
     assert keys(server, bucket, "fruits/landing/") == ["fruits/landing/Kiwi/kiwi-2.jpg", "fruits/landing/Kiwi/kiwi.jpg"]
     assert server.client().get_object(Bucket=bucket, Key="fruits/landing/Kiwi/kiwi.jpg")["Body"].read() == first.read_bytes()
-    recorded = ledger_rows(f"{home}/tables/files")
+    recorded = home_of(home).ledger.read()
     assert sorted(recorded.column("path").to_pylist()) == [f"{home}/landing/Kiwi/kiwi-2.jpg", f"{home}/landing/Kiwi/kiwi.jpg"]
     assert set(recorded.column("discovered_by").to_pylist()) == {"upload"}
 
@@ -336,7 +363,7 @@ def test_a_drop_of_500_photos_uploaded_over_3_minutes_is_all_featurized(s3_env, 
     try:
         started = time.monotonic()
         with WriterLease(config.writers, config.discovery.writer_timeout, files=s3_env["files"]) as lease:
-            landing = ObjectLanding(config.landing, config.files_table, "drop", s3_env["files"], lease=lease, put=slow_put)
+            landing = ObjectLanding(config.landing, home_of(home).ledger, "drop", s3_env["files"], lease=lease, put=slow_put)
             results = landing.drop([photos], list(config.stream.extensions))
         assert sum(r.note == "placed" for r in results) == 500
         assert time.monotonic() - started >= 180

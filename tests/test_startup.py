@@ -8,27 +8,28 @@ import pytest
 
 @pytest.mark.fast
 def test_tables_are_made_with_delta_rs_as_spark_made_them(tmp_path):
+    import dataclasses
+
     import pyarrow as pa
     from deltalake import DeltaTable
-    from pyspark.sql.types import StructType
 
     from fruits.streaming.outcomes import FEATURES_ARROW
-    from fruits.home.tables import FEATURES_SCHEMA, ensure_table
+    from fruits.home.tables import FEATURES, Table
 
     location = str(tmp_path / "features")
-    assert ensure_table(None, location, FEATURES_SCHEMA, "MobileNetV2 features of landed images", change_feed=True)
+    assert Table(location, FEATURES).ensure()
     table = DeltaTable(location)
     assert pa.schema(table.schema().to_arrow()).equals(FEATURES_ARROW)  # the schema the stream's appends write
     assert table.metadata().configuration == {"delta.enableChangeDataFeed": "true"}
     assert table.metadata().description == "MobileNetV2 features of landed images"
-    assert not ensure_table(None, location, FEATURES_SCHEMA, "again", change_feed=True) and DeltaTable(location).version() == 0
+    assert not Table(location, FEATURES).ensure() and DeltaTable(location).version() == 0
 
     # A table made by an older service (without the ledger's columns) gets them, nullable, in one commit.
     older = str(tmp_path / "older")
-    ensure_table(None, older, StructType(FEATURES_SCHEMA.fields[:8]), "old", change_feed=True)
-    assert not ensure_table(None, older, FEATURES_SCHEMA, "old", change_feed=True)
+    Table(older, dataclasses.replace(FEATURES, schema=pa.schema(list(FEATURES.schema)[:8]))).ensure()
+    assert not Table(older, FEATURES).ensure()
     fields = DeltaTable(older).schema().fields
-    assert [f.name for f in fields] == FEATURES_SCHEMA.fieldNames() and all(f.nullable for f in fields[8:])
+    assert [f.name for f in fields] == FEATURES.schema.names and all(f.nullable for f in fields[8:])
     assert DeltaTable(older).version() == 1
 
 

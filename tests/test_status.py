@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from conftest import make_config, place, sample_files
+from fruits.home.home import Home
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +30,7 @@ def test_status_reports_duplicates_and_files_overwritten_in_place(spark, weights
     assert run_stream(spark, config, weights, available_now=True) == 1
     assert run_stream(spark, config, weights, available_now=True) == 0
 
-    report = collect_status(config)
+    report = collect_status(Home.from_config(config))
     assert report["features"]["rows"] == 3
     # Data files of the current snapshot, as Spark's Delta counts them; the quarantine table is still empty.
     from delta.tables import DeltaTable

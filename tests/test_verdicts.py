@@ -16,6 +16,7 @@ from deltalake import DeltaTable
 
 from conftest import local_path, make_config, place, sample_files
 from faults import CrashingFeaturizer, crash_png
+from fruits.home.home import Home
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +33,7 @@ def outcome_rows(config) -> list[dict]:
 def states(config) -> dict[str, dict]:
     from fruits.home.files import file_states
 
-    return {Path(local_path(row["path"])).name: row for row in file_states(config)}
+    return {Path(local_path(row["path"])).name: row for row in file_states(Home.from_config(config))}
 
 
 def wait_until(predicate, timeout: float, what: str) -> None:
@@ -82,10 +83,10 @@ def test_quarantined_originals_are_kept_and_every_verdict_can_be_undone(spark, w
     # 2. The cap raised: `fruits retry` sends the too-large files through again; the running stream also retries the
     #    crashing file by itself once ([stream] max_retries = 1), and then its verdict is final.
     config = make_config(tmp_path, **sections)
-    asked = retry_quarantined(config, reason="too_large")
+    asked = retry_quarantined(Home.from_config(config), reason="too_large")
     assert {Path(local_path(row["path"])).name for row in asked} == too_large
     # Asked twice (two operators at once): the same attempt, which gets one outcome (checked at the end).
-    assert len(retry_quarantined(config, reason="too_large")) == len(too_large)
+    assert len(retry_quarantined(Home.from_config(config), reason="too_large")) == len(too_large)
     stop = threading.Event()
     stream = threading.Thread(
         target=run_stream, args=(spark, config, weights), kwargs={"stop": stop, "featurizer": featurizer}
@@ -111,10 +112,10 @@ def test_quarantined_originals_are_kept_and_every_verdict_can_be_undone(spark, w
             target = f"file:{landing}/Lemon/{Path(path).name}"
             return FileVersion(target, stat.st_size, local_mtime_ms(stat), "Lemon")
 
-        record(config.files_table, [version(late)], "drop", writer="a-writer-that-died")
+        record(Home.from_config(config).ledger, [version(late)], "drop", writer="a-writer-that-died")
         with WriterLease(config.writers, timeout=3.0) as lease:
             lease.start()
-            record(config.files_table, [version(slow)], "drop", writer=lease.id)
+            record(Home.from_config(config).ledger, [version(slow)], "drop", writer=lease.id)
             wait_until(lambda: {states(config).get(n, {}).get("cause") for n in ("late.jpg", "slow.jpg")}
                        == {"missing", "waiting"}, 60, "the verdicts on files not there yet")
             assert states(config)["slow.jpg"]["state"] == "retrying"

@@ -26,11 +26,11 @@ SCREENSHOT = ROOT / "docs" / "web.png"
 
 def wait_rows(table: str, rows: int, timeout: float) -> float:
     """Poll a Delta table (deltalake) until it holds ``rows`` rows; returns time.monotonic() then."""
-    from fruits.reports.status import open_table
+    from deltalake import DeltaTable
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = open_table(table)
+        found = DeltaTable(table) if DeltaTable.is_deltatable(table) else None
         if found is not None and found.to_pyarrow_dataset().count_rows() >= rows:
             return time.monotonic()
         time.sleep(0.1)

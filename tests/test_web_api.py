@@ -340,11 +340,12 @@ def test_cors_allow_list_is_empty_by_default(tmp_path):
 
 
 def test_status_is_the_fruits_status_json_object_and_the_page_is_served(tmp_path):
+    from fruits.home.home import Home
     from fruits.reports.status import collect_status
 
     client = client_for(tmp_path)
     client.post("/api/photos", files=[upload(BANANA[0])], data={"label": "Banana"})
-    served, printed = client.get("/api/status").json(), collect_status(make_config(tmp_path))
+    served, printed = client.get("/api/status").json(), collect_status(Home.from_config(make_config(tmp_path)))
     for report in (served, printed):  # measured a few ms apart: the age is the only field that may differ
         assert report["backlog"].pop("oldest_pending_age_seconds") >= 0
     assert served == printed

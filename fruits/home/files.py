@@ -19,13 +19,10 @@ from typing import Any, Literal, get_args
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable
-from deltalake.exceptions import TableNotFoundError
 
-from fruits.config import Config
-from fruits.home.ledger import ledger_rows
+from fruits.home.home import Home
 from fruits.home.names import readable
-from fruits.home.uris import rust_uri
+from fruits.home.tables import Table
 
 # A file version's current state (``fruits files --state``): no outcome yet (or a retry asked for), featurized,
 # quarantined for good, or quarantined with a retry the stream will make by itself.
@@ -40,17 +37,12 @@ OUTCOME_COLUMNS = {
 }
 
 
-def outcome_rows(uri: str, kind: OutcomeKind, *, file_ids: pa.Array | None = None) -> pa.Table:
+def outcome_rows(table: Table, kind: OutcomeKind, *, file_ids: pa.Array | None = None) -> pa.Table:
     """The outcome rows of one table (only those of ``file_ids``, if given) with :data:`OUTCOME_COLUMNS` and
     ``kind`` ("features" | "quarantine"); ``attempt`` 0 where null (rows written before attempts existed)."""
-    try:
-        table = DeltaTable(rust_uri(uri))
-    except TableNotFoundError:
-        table = None
-    present = set(table.schema().to_arrow().names) if table is not None else set()
-    wanted = [name for name in OUTCOME_COLUMNS if name in present]
     only = None if file_ids is None else pc.field("file_id").isin(file_ids)
-    rows = table.to_pyarrow_dataset().to_table(columns=wanted, filter=only) if table is not None else pa.table({})
+    wanted = [name for name in OUTCOME_COLUMNS if name in table.schema.names]  # features rows have no reason
+    rows = table.read(wanted, filter=only)
     columns = {
         name: rows.column(name).cast(kind_type) if name in wanted else pa.nulls(rows.num_rows, kind_type)
         for name, kind_type in OUTCOME_COLUMNS.items()
@@ -60,12 +52,12 @@ def outcome_rows(uri: str, kind: OutcomeKind, *, file_ids: pa.Array | None = Non
     return result.filter(pc.is_valid(result.column("file_id")))
 
 
-def all_outcomes(config: Config, *, file_ids: pa.Array | None = None) -> pa.Table:
+def all_outcomes(home: Home, *, file_ids: pa.Array | None = None) -> pa.Table:
     """Every outcome row of the home (features and quarantine; only those of ``file_ids``, if given), superseded
     ones included."""
     return pa.concat_tables([
-        outcome_rows(config.features_table, "features", file_ids=file_ids),
-        outcome_rows(config.quarantine_table, "quarantine", file_ids=file_ids),
+        outcome_rows(home.features, "features", file_ids=file_ids),
+        outcome_rows(home.quarantine, "quarantine", file_ids=file_ids),
     ])
 
 
@@ -84,10 +76,10 @@ def newest_per_file(rows: pa.Table) -> pa.Table:
     return ordered.filter(keep).drop_columns(["_rank"])
 
 
-def current_outcomes(config: Config, *, file_ids: pa.Array | None = None) -> pa.Table:
+def current_outcomes(home: Home, *, file_ids: pa.Array | None = None) -> pa.Table:
     """The current outcome row of each decided file version (only those of ``file_ids``, if given; see the module
     docstring)."""
-    return newest_per_file(all_outcomes(config, file_ids=file_ids))
+    return newest_per_file(all_outcomes(home, file_ids=file_ids))
 
 
 def _state(current: pa.Table) -> pa.Array:
@@ -96,18 +88,16 @@ def _state(current: pa.Table) -> pa.Array:
     return pc.if_else(features, "ingested", pc.if_else(retrying, "retrying", "quarantined"))
 
 
-def ledger_states(config: Config) -> pa.Table:
+def ledger_states(home: Home) -> pa.Table:
     """One row per file version: its newest ledger row with ``state``, and ``reason``, ``cause``, ``attempt`` and
     ``stored_path`` from its current outcome when that is for the newest attempt asked for."""
-    ledger = ledger_rows(config.files_table)
-    if "attempt" not in ledger.column_names:
-        ledger = ledger.append_column("attempt", pa.nulls(ledger.num_rows, pa.int64()))
+    ledger = home.ledger.read()
     ledger = ledger.set_column(
         ledger.schema.get_field_index("attempt"), "attempt", pc.fill_null(ledger.column("attempt").cast(pa.int64()), 0)
     )
     newest = newest_per_file(ledger.append_column("kind", pa.array(["ledger"] * ledger.num_rows, pa.string())))
     newest = newest.drop_columns(["kind"])
-    current = current_outcomes(config)
+    current = current_outcomes(home)
     current = current.append_column("state", _state(current)).select(
         ["file_id", "attempt", "state", "reason", "cause", "stored_path"]
     ).rename_columns(["file_id", "outcome_attempt", "state", "reason", "cause", "stored_path"])
@@ -119,15 +109,15 @@ def ledger_states(config: Config) -> pa.Table:
     return joined.sort_by("discovered_at")
 
 
-def file_states(config: Config, *, state: FileState | None = None) -> list[dict[str, Any]]:
+def file_states(home: Home, *, state: FileState | None = None) -> list[dict[str, Any]]:
     """File versions (oldest discovery first) as dicts, optionally only those in ``state``. ``path`` is valid UTF-8
     (a name that is not UTF-8 spelled readably); ``raw_path``, its exact bytes when it is not the exact name, is
     given as hex digits (JSON has no bytes).
 
-    >>> [(row["path"], row["reason"]) for row in file_states(config, state="quarantined")]
+    >>> [(row["path"], row["reason"]) for row in file_states(home, state="quarantined")]
     [('file:/data/fruits/landing/Banana/broken.jpg', 'cannot decode image: ...')]
     """
-    table = ledger_states(config)
+    table = ledger_states(home)
     if state is not None:
         if state not in STATES:
             raise ValueError(f"state {state!r}: expected one of {STATES}")
@@ -146,9 +136,9 @@ def format_file(row: dict[str, Any]) -> str:
     return f"{row['state']:<11} {row['discovered_at']}  {readable(row['path'])}{detail}"
 
 
-def backlog(config: Config) -> dict[str, Any]:
+def backlog(home: Home) -> dict[str, Any]:
     """How many discovered files wait for an outcome, and how long the oldest one has waited."""
-    table = ledger_states(config)
+    table = ledger_states(home)
     pending = table.filter(pc.equal(table.column("state"), "pending"))
     counts = {s: int(pc.sum(pc.equal(table.column("state"), s)).as_py() or 0) for s in STATES}
     oldest = pc.min(pending.column("discovered_at")).as_py() if pending.num_rows else None

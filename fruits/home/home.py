@@ -11,6 +11,7 @@ Example::
     home.features_table          # '/data/fruits/tables/features' or 's3a://bucket/fruits/tables/features'
     home.storage_options         # {} for a local home; the S3 server's options for an s3a:// home
     home.files.read(home.stream_progress)   # the home's file system (fruits.home.filesystem)
+    home.features.read(["path"]) # the features table, read with those options (fruits.home.tables.Table)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from fruits.config import Config, join_uri
 from fruits.home import s3
 from fruits.home.filesystem import Files, HadoopFiles, S3Files
 from fruits.home.pca_store import PcaModelStore
+from fruits.home.tables import SPECS, Table, TableName
 
 
 @dataclass(frozen=True)
@@ -115,3 +117,33 @@ class Home:
     def pca_store(self) -> PcaModelStore:
         """The PCA model store (``models/pca/vN/``), read and written through :attr:`files`."""
         return PcaModelStore(self.pca_models, self.files)
+
+    # --- the Delta tables (fruits.home.tables) ---------------------------------------------------------------------
+
+    def table(self, name: TableName) -> Table:
+        """A new handle on the table ``name`` ("features", "quarantine", "files": the ledger, "pca"), with this home's
+        storage options. Handles are cheap; one kept by a long-running process keeps its table loaded between appends
+        (:class:`~fruits.home.tables.Table`)."""
+        locations = {"features": self.features_table, "quarantine": self.quarantine_table,
+                     "files": self.ledger_table, "pca": self.pca_table}
+        return Table(locations[name], SPECS[name], storage_options=self.storage_options)
+
+    @property
+    def features(self) -> Table:
+        """A new handle on the features table (one row per featurized file version)."""
+        return self.table("features")
+
+    @property
+    def quarantine(self) -> Table:
+        """A new handle on the quarantine table (the originals are kept in :attr:`quarantine_folder`)."""
+        return self.table("quarantine")
+
+    @property
+    def ledger(self) -> Table:
+        """A new handle on the file ledger (``tables/files``)."""
+        return self.table("files")
+
+    @property
+    def pca(self) -> Table:
+        """A new handle on ``tables/pca`` (the features projected on a PCA model version)."""
+        return self.table("pca")

@@ -15,50 +15,20 @@ the MD5 of a single-PUT object's bytes (:mod:`fruits.home.s3`).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Literal, get_args
-from urllib.parse import unquote
 
 import numpy as np
 import pyarrow as pa
-from deltalake import DeltaTable
-from deltalake.exceptions import TableNotFoundError
 
-from fruits.home.appends import AppendTarget, append_rows
 from fruits.home.names import exact_bytes, spelled
-from fruits.home.uris import rust_uri
+from fruits.home.tables import LEDGER_SCHEMA, TIMESTAMP, Table
 
 log = logging.getLogger("fruits.home.ledger")
 
-TIMESTAMP = pa.timestamp("us", tz="UTC")
-LEDGER_SCHEMA = pa.schema(
-    [
-        pa.field("file_id", pa.string(), nullable=False),
-        pa.field("path", pa.string(), nullable=False),
-        pa.field("label", pa.string()),
-        pa.field("size_bytes", pa.int64(), nullable=False),
-        pa.field("modified_at", TIMESTAMP, nullable=False),
-        pa.field("discovered_at", TIMESTAMP, nullable=False),
-        # "watch" (file event), "backfill" (listing), "drop", "stage", "upload", "migration" (ingested before the ledger)
-        pa.field("discovered_by", pa.string(), nullable=False),
-        # true: an earlier version of this path is in the ledger and was kept in landing (an overwrite in place)
-        pa.field("overwrites", pa.bool_(), nullable=False),
-        # Which try of this file version the row asks for: 0 when discovered, one more per retry ("retry" rows).
-        pa.field("attempt", pa.int64()),
-        # The lease of the process that recorded the row before making its file visible (drop, stage, upload): while
-        # that writer heartbeats, a file not there yet is waited for (fruits.landing.writers).
-        pa.field("writer", pa.string()),
-        # Where the bytes are when not at ``path`` any more (a retry of a quarantined file reads them there).
-        pa.field("read_from", pa.string()),
-        # the path's exact bytes when ``path`` is not the exact name (not UTF-8: ``path`` spells each undecodable
-        # byte as \xNN, fruits.home.names.spelled); null otherwise. file_id is made from these bytes.
-        pa.field("raw_path", pa.binary()),
-    ]
-)
 # How a ledger row came to be (its ``discovered_by``): a file event, a listing, a process that records the files it
 # lands (drop, stage, a web upload), the adoption of a home made before the ledger, or `fruits retry` / the stream's
 # own retries.
@@ -122,53 +92,17 @@ class FileVersion:
         return {"path": self.path, "raw_path": self.raw}
 
 
-def ensure_ledger(uri: str) -> None:
-    """Create the empty ledger at ``uri`` unless one is there (safe when several processes race to create it); an
-    older ledger gets the columns it lacks (null in its rows)."""
-    try:
-        table = DeltaTable(rust_uri(uri))
-    except TableNotFoundError:
-        try:
-            DeltaTable.create(
-                rust_uri(uri), LEDGER_SCHEMA, mode="ignore", name="files",
-                description="Fruits! file ledger: one row per discovered file version",
-            )
-            return
-        except Exception:  # another process created it between our check and our commit
-            table = DeltaTable(rust_uri(uri))
-    _add_missing_columns(table)
-
-
-def _add_missing_columns(table: DeltaTable) -> None:
-    """Add the columns of :data:`LEDGER_SCHEMA` that a ledger made by an earlier version lacks (all nullable), so
-    appends of the current schema fit; old rows read them as nulls."""
-    from deltalake import Field
-
-    have = {field.name for field in table.schema().fields}
-    missing = [field for field in LEDGER_SCHEMA if field.name not in have]
-    if missing:
-        table.alter.add_columns([Field.from_arrow(field) for field in missing])  # type: ignore[attr-defined]
-        log.info("ledger: added the columns %s", ", ".join(field.name for field in missing))
-
-
-def ledger_target(uri: str) -> AppendTarget:
-    """The ledger at ``uri`` for the appends of a long-running process (kept loaded); made at the first append, or
-    the first read of its table, if there is none yet."""
-    return AppendTarget(uri, create=ensure_ledger)
-
-
 def record(
-    ledger: str | AppendTarget,
+    ledger: Table,
     versions: Iterable[FileVersion],
     discovered_by: DiscoveredBy,
     *,
     overwrites: Iterable[bool] | None = None,
     writer: str | None = None,
 ) -> int:
-    """Append ``versions`` to the ledger (its location; or, from a long-running process, an
-    :class:`~fruits.home.appends.AppendTarget`, which spares reading its log again) in one commit; returns how many rows
-    were written. ``writer``: the lease id of a process that records its files before they appear
-    (:class:`fruits.landing.writers.WriterLease`)."""
+    """Append ``versions`` to the ``ledger`` (made if missing; a handle kept by a long-running process spares
+    reading its log again) in one commit; returns how many rows were written. ``writer``: the lease id of a process
+    that records its files before they appear (:class:`fruits.landing.writers.WriterLease`)."""
     versions = list(versions)
     if not versions:
         return 0
@@ -192,11 +126,11 @@ def record(
         },
         schema=LEDGER_SCHEMA,
     )
-    append_rows(ledger, table)
+    ledger.append(table)
     return len(versions)
 
 
-def record_retries(ledger: str | AppendTarget, rows: list[dict], read_from: list[str | None]) -> int:
+def record_retries(ledger: Table, rows: list[dict], read_from: list[str | None]) -> int:
     """Ask for one more try of each ledger row of ``rows`` (dicts of its columns, with the ``attempt`` of its current
     outcome): a row with the same file version, ``attempt`` one higher, ``discovered_by`` "retry", and ``read_from``
     where its bytes are now (None: at its path). One commit; returns how many rows were written. Recording the same
@@ -219,7 +153,7 @@ def record_retries(ledger: str | AppendTarget, rows: list[dict], read_from: list
         },
         schema=LEDGER_SCHEMA,
     )
-    append_rows(ledger, table)
+    ledger.append(table)
     return len(rows)
 
 
@@ -272,85 +206,32 @@ class LedgerView:
     in it. Loaded once, then kept up to date by reading only the data files added since (other processes' rows too).
     """
 
-    def __init__(self, uri: str, track_paths: bool) -> None:
-        self.uri = uri
+    def __init__(self, ledger: Table, track_paths: bool) -> None:
+        self.ledger = ledger  # discovery appends through it too: the ledger stays loaded
         self.track_paths = track_paths
         self.ids = SortedDigests()
         self.paths = SortedDigests()
         self._seen_files: set[str] = set()
-        self.target = ledger_target(uri)  # discovery appends through it: the ledger stays loaded
         self.version = -1
 
     def refresh(self) -> int:
         """Read the rows of data files added since the last call; returns how many rows were read."""
-        table = self.target.table
-        table.update_incremental()
+        table = self.ledger.latest(create=True)
         if table.version() == self.version:
             return 0
         self.version = table.version()
-        actions = pa.table(table.get_add_actions(flatten=True)).column("path").to_pylist()
+        actions = self.ledger.add_actions(table=table).column("path").to_pylist()
         new_files = [f for f in actions if f not in self._seen_files]
         if not new_files:
             return 0
         columns = ["file_id", "path", "raw_path"] if self.track_paths else ["file_id"]
-        rows = read_data_files(self.uri, new_files, columns)
+        rows = self.ledger.read_files(new_files, columns)
         self.ids.add(digests(rows.column("file_id").combine_chunks()))
         if self.track_paths:
             paths, raws = rows.column("path").to_pylist(), rows.column("raw_path").to_pylist()
             self.paths.add(path_digests([exact_bytes(p, r) for p, r in zip(paths, raws)]))
         self._seen_files.update(new_files)
         return rows.num_rows
-
-
-def read_data_files(
-    uri: str, files: list[str], columns: list[str] | None = None, schema: pa.Schema = LEDGER_SCHEMA
-) -> pa.Table:
-    """The rows of some data files of the Delta table at ``uri`` (paths as its add actions spell them); with
-    ``schema``, columns a file lacks (written before they were added) are read as nulls."""
-    import pyarrow.dataset as ds
-
-    filesystem, located = _table_files(uri, files)
-    return ds.dataset(located, format="parquet", filesystem=filesystem, schema=schema).to_table(columns=columns)
-
-
-def _table_files(uri: str, files: list[str]) -> tuple[Any, list[str]]:
-    """pyarrow's file system of the Delta table at ``uri``, and where ``files`` (relative to the table's root, or
-    absolute) are on it."""
-    import pyarrow.fs as pafs
-
-    root = rust_uri(uri).rstrip("/")
-    located = [f if "://" in f or f.startswith("/") else f"{root}/{f}" for f in files]
-    if "://" not in root:
-        return pafs.LocalFileSystem(), located
-    filesystem, _ = pafs.FileSystem.from_uri(root)
-    return filesystem, [f.split("://", 1)[1] for f in located]
-
-
-def commits_gone(uri: str, first: int, last: int) -> bool:
-    """Whether the commits ``first .. last`` of the Delta table at ``uri`` can no longer be read: a log entry of
-    theirs expired (or never was), or a data file one of them added was vacuumed. Told by the table's files, as
-    delta-rs raises no error type of its own for either."""
-    import pyarrow.fs as pafs
-
-    filesystem, entries = _table_files(uri, [f"_delta_log/{version:020d}.json" for version in range(first, last + 1)])
-    if any(info.type != pafs.FileType.File for info in filesystem.get_file_info(entries)):
-        return True
-    added = []
-    for entry in entries:
-        with filesystem.open_input_stream(entry) as handle:
-            actions = [json.loads(line) for line in handle.read().splitlines() if line.strip()]
-        added += [unquote(action["add"]["path"]) for action in actions if "add" in action]
-    _, located = _table_files(uri, added)
-    return any(info.type == pafs.FileType.NotFound for info in filesystem.get_file_info(located))
-
-
-def ledger_rows(uri: str, columns: list[str] | None = None) -> pa.Table:
-    """The ledger's rows (all columns unless ``columns``); an empty table if there is no ledger yet."""
-    try:
-        table = DeltaTable(rust_uri(uri))
-    except TableNotFoundError:
-        return LEDGER_SCHEMA.empty_table().select(columns or LEDGER_SCHEMA.names)
-    return table.to_pyarrow_dataset().to_table(columns=columns)
 
 
 def local_mtime_ms(stat: os.stat_result) -> int:

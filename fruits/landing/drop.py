@@ -23,8 +23,8 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from fruits.errors import Failed
-from fruits.home.appends import AppendTarget
-from fruits.home.ledger import FileVersion, LandedBy, label_of, ledger_target, local_mtime_ms, record
+from fruits.home.ledger import FileVersion, LandedBy, label_of, local_mtime_ms, record
+from fruits.home.tables import Table
 from fruits.home.uris import hadoop_uri
 from fruits.landing.writers import WriterLease
 from fruits.home.names import check_label, check_sources, is_candidate, stage_refusal, temporary_name
@@ -53,17 +53,13 @@ class LedgerRecorder:
     """Records files in the ledger (:mod:`fruits.home.ledger`) just before they appear in the landing folder, so the
     stream's discovery finds them already recorded and the stream does not wait for an event or a listing."""
 
-    ledger: str  # the ledger's location (config.files_table)
+    # The ledger (home.ledger), kept loaded from the first record on (`fruits stage` and the web server record for as
+    # long as they run: each record then writes its commit without reading the ledger's log again).
+    ledger: Table
     landing: Path
     method: LandedBy
     # The heartbeat of this process while it lands files (fruits.landing.writers): started before the first row is recorded.
     lease: WriterLease | None = None
-    # The ledger kept loaded from the first record on (`fruits stage` and the web server record for as long as they
-    # run: each record then writes its commit without reading the ledger's log again).
-    _target: AppendTarget = field(init=False, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_target", ledger_target(self.ledger))
 
     def __call__(self, placements: list["_Placement"]) -> None:
         landing = hadoop_uri(str(self.landing))
@@ -74,7 +70,7 @@ class LedgerRecorder:
             versions.append(FileVersion(path, stat.st_size, local_mtime_ms(stat), label_of(path, landing)))
         if self.lease is not None:
             self.lease.start()
-        record(self._target, versions, self.method, writer=self.lease.id if self.lease else None)
+        record(self.ledger, versions, self.method, writer=self.lease.id if self.lease else None)
 
 
 @dataclass

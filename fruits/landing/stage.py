@@ -17,8 +17,8 @@ from typing import Callable
 from fruits.home.filesystem import FileSystem
 from fruits.home.s3 import etag_of
 from fruits.landing.drop import Dropped, drop_plan, land_in_groups
-from fruits.home.appends import AppendTarget
-from fruits.home.ledger import FileVersion, LandedBy, label_of, ledger_target, record
+from fruits.home.ledger import FileVersion, LandedBy, label_of, record
+from fruits.home.tables import Table
 from fruits.landing.writers import WriterLease
 
 log = logging.getLogger("fruits.landing.stage")
@@ -35,10 +35,11 @@ class _Upload:
 @dataclass(frozen=True)
 class ObjectLanding:
     """Lands files in the S3 landing folder ``landing`` (as Spark spells it, ``s3a://``), recording them in the
-    ledger at ``ledger`` as landed by ``method``, through ``files`` (the home's file system: S3 objects)."""
+    ``ledger`` (kept loaded from the first upload on: `fruits stage` and the web server land for as long as they run)
+    as landed by ``method``, through ``files`` (the home's file system: S3 objects)."""
 
     landing: str
-    ledger: str
+    ledger: Table = field(compare=False)
     method: LandedBy
     files: FileSystem = field(compare=False, repr=False)
     # The heartbeat of this process while it lands files (fruits.landing.writers): started before the first row is recorded.
@@ -46,11 +47,6 @@ class ObjectLanding:
     # The conditional PUT (a parameter so that a test can slow the uploads down, as a slow link would); None: a PUT
     # of ``files`` that never replaces an object (``If-None-Match: *``).
     put: Callable[[str, bytes], str | None] | None = field(default=None, compare=False, repr=False)
-    # The ledger kept loaded from the first upload on (`fruits stage` and the web server land for as long as they run).
-    _target: AppendTarget = field(init=False, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_target", ledger_target(self.ledger))
 
     def _free_name(self, size: int, etag: str, relative: PurePosixPath, chosen: set[str]) -> str | None:
         """``landing/relative``, or ``name-2.ext``... if taken by other bytes (or in ``chosen``); None if the same
@@ -79,7 +75,7 @@ class ObjectLanding:
         versions = [FileVersion(u.target, u.size, now_ms, label_of(u.target, self.landing), u.etag) for u in uploads]
         if self.lease is not None:
             self.lease.start()
-        record(self._target, versions, self.method, writer=self.lease.id if self.lease else None)
+        record(self.ledger, versions, self.method, writer=self.lease.id if self.lease else None)
 
     def _publish(self, upload: _Upload) -> str:
         """PUT the object under its name, never replacing one: a name taken meanwhile moves it to the next free one

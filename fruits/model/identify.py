@@ -24,7 +24,7 @@ from fruits.model.images import RejectedImage, decode_image
 from fruits.model.weights import WeightsRef
 from fruits.home.home import Home
 from fruits.home.pca_store import latest_record
-from fruits.home.tables import open_table
+from fruits.home.tables import Table
 from fruits.model.runtimes import make_featurizer, same_features
 
 
@@ -45,19 +45,19 @@ class Reference:
     model_version: int  # the newest model version when loaded (its coordinates version is ``version``)
 
     @classmethod
-    def load(cls, config: Config, refit: dict | None = None) -> "Reference":
+    def load(cls, home: Home, refit: dict | None = None) -> "Reference":
         """The rows of ``refit`` (a :func:`fruits.home.pca_store.latest_record`; by default the newest version), in the
         coordinates tables/pca is in as of that version (its ``projection_version``, see fruits.batch.pca_table)."""
-        store = Home.from_config(config).pca_store
+        store = home.pca_store
         refit = refit or latest_record(store)
         if refit is None:
-            raise IdentifyError(f"no PCA model under {config.pca_models}: run `fruits refit-pca` first")
+            raise IdentifyError(f"no PCA model under {home.pca_models}: run `fruits refit-pca` first")
         coordinates = int(refit.get("projection_version") or refit["version"])
         components = store.components(coordinates)
-        table = open_table(config.pca_table)
-        if table is None:
-            raise IdentifyError(f"no pca table at {config.pca_table}")
-        rows = rows_of_version(table, coordinates)
+        pca = home.pca
+        if not pca.exists():
+            raise IdentifyError(f"no pca table at {pca.location}")
+        rows = rows_of_version(pca, coordinates)
         rows = rows[rows["label"].notna()]
         if rows.empty:
             raise IdentifyError(f"the pca table has no labelled rows of PCA version {coordinates}")
@@ -67,22 +67,19 @@ class Reference:
         )
 
 
-def rows_of_version(table, version: int):
+def rows_of_version(pca: Table, version: int):
     """The rows of PCA ``version`` in the pca table: its current snapshot's, or, while a refit is replacing the
     table (it overwrites the table before it writes the new version's metadata, so readers still see the previous
     version as the latest), those of the newest earlier snapshot that holds them."""
-    snapshot = table.version()
+    snapshot = pca.version()
     while True:
-        dataset = table.to_pyarrow_dataset()
+        rows = pca.read(["path", "stored_path", "label", "pca", "pca_version"], version=snapshot).to_pandas()
         # where each row's photo is now (archived after ingestion), for thumbnails; tables of older refits: its path
-        where = "stored_path" if "stored_path" in dataset.schema.names else "path"
-        rows = dataset.to_table(columns=list(dict.fromkeys(["path", where, "label", "pca", "pca_version"]))).to_pandas()
-        rows["shown_path"] = rows[where].fillna(rows["path"])
+        rows["shown_path"] = rows["stored_path"].fillna(rows["path"])
         held = set(rows["pca_version"].unique())
         if version in held or snapshot == 0 or (held and max(held) < version):
             return rows[rows["pca_version"] == version]
         snapshot -= 1
-        table.load_as_version(snapshot)
 
 
 def nearest(reference: Reference, projected: np.ndarray, *, neighbours: int = 5, with_paths: bool = False) -> dict:
@@ -111,9 +108,9 @@ class Identifier:
     inference threads (0: the runtime's choice, every core; ``fruits serve`` bounds it).
     """
 
-    def __init__(self, config: Config, weights: WeightsRef, threads: int = 0) -> None:
-        self.config, self.weights, self.threads = config, weights, threads
-        self.max_pixels = config.model.max_pixels
+    def __init__(self, home: Home, weights: WeightsRef, threads: int = 0) -> None:
+        self.home, self.config, self.weights, self.threads = home, home.config, weights, threads
+        self.max_pixels = self.config.model.max_pixels
         self._lock = threading.Lock()
         self._reload = threading.Lock()
         self._reference: Reference | None = None
@@ -144,7 +141,7 @@ class Identifier:
         current = self._reference  # loaded by another call while this one waited for the lock?
         if current is not None and current.model_version == refit["version"]:
             return current
-        reference = Reference.load(self.config, refit)
+        reference = Reference.load(self.home, refit)
         if not any(stored == self.weights.model_id or stored.startswith(self.weights.model_id + "/") for stored in reference.model_ids):
             raise IdentifyError(
                 f"--weights give model id {self.weights.model_id}, but PCA v{reference.version} was fitted on features "
@@ -186,7 +183,7 @@ class Identifier:
 
 def identify(photos: list[Path], config: Config, weights: WeightsRef, *, neighbours: int = 5) -> list[dict]:
     """One result per photo file: ``photo``, ``predicted``, ``confidence``, ``neighbors``, or ``error``."""
-    identifier = Identifier(config, weights)
+    identifier = Identifier(Home.from_config(config), weights)
     identifier.reference()  # no model, or other weights: IdentifyError before any photo is read
     contents: list[tuple[str, bytes | Exception]] = []
     for photo in photos:

@@ -13,11 +13,10 @@ from typing import Any
 
 import pyarrow.compute as pc
 
-from fruits.config import Config
 from fruits.home.filesystem import FileSystem, UnsupportedLocation
 from fruits.home.home import Home
 from fruits.home.files import current_outcomes
-from fruits.home.ledger import ledger_rows, record_retries
+from fruits.home.ledger import record_retries
 from fruits.home.uris import local_path
 
 
@@ -40,21 +39,19 @@ def _matches(row: dict[str, Any], reason: str | None, path_glob: str | None, lan
 
 
 def retry_quarantined(
-    config: Config, *, reason: str | None = None, path_glob: str | None = None, dry_run: bool = False
+    home: Home, *, reason: str | None = None, path_glob: str | None = None, dry_run: bool = False
 ) -> list[dict[str, Any]]:
     """Ask for one more try of every currently quarantined file version whose reason contains ``reason`` (or whose
     cause is ``reason``) and whose path (full, local, or below landing) matches ``path_glob``; returns their rows
     (``path``, ``reason``, ``read_from``). ``dry_run``: only say which."""
-    files = Home.from_config(config).files
-    current = current_outcomes(config)
+    files = home.files
+    current = current_outcomes(home)
     quarantined = current.filter(pc.equal(current.column("kind"), "quarantine"))
     if quarantined.num_rows == 0:
         return []
-    ledger = ledger_rows(config.files_table)
-    ids = quarantined.column("file_id")
-    ledger = ledger.filter(pc.is_in(ledger.column("file_id"), ids)).to_pylist()
+    ledger = home.ledger.read(filter=pc.field("file_id").isin(quarantined.column("file_id").combine_chunks())).to_pylist()
     by_id = {row["file_id"]: row for row in ledger}
-    landing = config.landing
+    landing = home.landing
     chosen = []
     for outcome in quarantined.to_pylist():
         row = by_id.get(outcome["file_id"])
@@ -67,5 +64,5 @@ def retry_quarantined(
         row["read_from"] = stored if stored and stored != row["path"] and _there(files, stored) else None
         chosen.append(row)
     if chosen and not dry_run:
-        record_retries(config.files_table, chosen, [row["read_from"] for row in chosen])
+        record_retries(home.ledger, chosen, [row["read_from"] for row in chosen])
     return chosen

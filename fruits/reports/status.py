@@ -8,26 +8,24 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable
 
-from fruits.config import Config
 from fruits.home.files import backlog
-from fruits.home.ledger import ledger_rows
+from fruits.home.home import Home
 from fruits.home.names import readable
 from fruits.home.pca_store import latest_record
-from fruits.home.tables import open_table
 from fruits.home.filesystem import read_json
-from fruits.home.home import Home
+from fruits.home.tables import Table
 from fruits.home.uris import local_path
 
 
-def _table_summary(uri: str, label_counts: bool = False) -> dict[str, Any]:
-    table = open_table(uri)
+def _table_summary(handle: Table, label_counts: bool = False) -> dict[str, Any]:
+    table = handle.open()
     if table is None:
-        return {"location": uri, "exists": False}
-    dataset = table.to_pyarrow_dataset()
+        return {"location": handle.location, "exists": False}
+    dataset = handle.dataset(table=table)
     summary: dict[str, Any] = {
-        "location": uri, "exists": True, "version": table.version(), "rows": dataset.count_rows(), **data_files(table)
+        "location": handle.location, "exists": True, "version": table.version(), "rows": dataset.count_rows(),
+        **data_files(handle.add_actions(table=table)),
     }
     if label_counts:
         labels = dataset.to_table(columns=["label"]).column("label").to_pylist()
@@ -35,10 +33,10 @@ def _table_summary(uri: str, label_counts: bool = False) -> dict[str, Any]:
     return summary
 
 
-def data_files(table: DeltaTable) -> dict[str, Any]:
-    """How many data files the current snapshot holds and their mean size (the stream adds small ones; a refit
-    compacts them): ``{"files": n, "mean_file_bytes": m}``."""
-    sizes = pa.table(table.get_add_actions()).column("size_bytes").to_pylist()
+def data_files(actions: pa.Table) -> dict[str, Any]:
+    """How many data files a snapshot holds (its add actions: :meth:`fruits.home.tables.Table.add_actions`) and their
+    mean size (the stream adds small ones; a refit compacts them): ``{"files": n, "mean_file_bytes": m}``."""
+    sizes = actions.column("size_bytes").to_pylist()
     return {"files": len(sizes), "mean_file_bytes": round(sum(sizes) / len(sizes)) if sizes else 0}
 
 
@@ -52,28 +50,24 @@ def _size(n: float) -> str:
     return f"{n:.0f} B" if unit == "B" else f"{n:.1f} {unit}"
 
 
-def last_refit(config: Config) -> dict[str, Any] | None:
+def last_refit(home: Home) -> dict[str, Any] | None:
     """The metadata of the newest complete PCA model version, if any."""
-    return latest_record(Home.from_config(config).pca_store)
+    return latest_record(home.pca_store)
 
 
-def duplicates(uri: str) -> dict[str, int]:
+def duplicates(features: Table) -> dict[str, int]:
     """Identical bytes ingested under several paths: how many contents, and how many extra rows they make."""
-    table = open_table(uri)
-    if table is None:
-        return {"contents": 0, "extra_rows": 0}
-    counts = Counter(table.to_pyarrow_dataset().to_table(columns=["content_sha256"]).column(0).to_pylist())
+    counts = Counter(features.read(["content_sha256"]).column(0).to_pylist())
     return {
         "contents": sum(1 for n in counts.values() if n > 1),
         "extra_rows": sum(n - 1 for n in counts.values() if n > 1),
     }
 
 
-def overwritten_in_place(config: Config) -> dict[str, Any]:
+def overwritten_in_place(home: Home) -> dict[str, Any]:
     """Files overwritten in place after their ingestion (``after_ingest = "keep"``): the ledger rows of their new
     versions (featurized again only with ``[discovery] allow_overwrites``)."""
-    rows = ledger_rows(config.files_table, ["path", "overwrites"])
-    paths = rows.filter(pc.field("overwrites")).column("path").to_pylist()
+    paths = home.ledger.read(["path"], filter=pc.field("overwrites")).column("path").to_pylist()
     return {"overwritten": len(paths), "overwritten_paths": [readable(local_path(p) or p) for p in paths[:20]]}
 
 
@@ -81,19 +75,19 @@ def age_seconds(timestamp: str) -> float:
     return round((datetime.now(timezone.utc) - datetime.fromisoformat(timestamp.replace("Z", "+00:00"))).total_seconds(), 1)
 
 
-def collect_status(config: Config) -> dict[str, Any]:
+def collect_status(home: Home) -> dict[str, Any]:
     """Versions, row counts and data files of the features, quarantine and pca tables, labels, duplicates, files
     changed since ingest, the last refit and the stream's last micro-batch."""
     report = {
-        "home": config.home,
-        "features": _table_summary(config.features_table, label_counts=True),
-        "duplicates": duplicates(config.features_table),
-        "landing_changes": overwritten_in_place(config),
-        "backlog": backlog(config),
-        "quarantine": _table_summary(config.quarantine_table),
-        "pca": _table_summary(config.pca_table),
-        "last_refit": last_refit(config),
-        "stream": read_json(Home.from_config(config).files, config.stream_progress),
+        "home": home.root,
+        "features": _table_summary(home.features, label_counts=True),
+        "duplicates": duplicates(home.features),
+        "landing_changes": overwritten_in_place(home),
+        "backlog": backlog(home),
+        "quarantine": _table_summary(home.quarantine),
+        "pca": _table_summary(home.pca),
+        "last_refit": last_refit(home),
+        "stream": read_json(home.files, home.stream_progress),
     }
     if report["last_refit"]:
         report["last_refit"]["age_seconds"] = age_seconds(report["last_refit"]["fitted_at"])

@@ -37,13 +37,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from fruits.config import Config
+from fruits.home.home import Home
 from fruits.web.cpu_share import CpuShare
 from fruits.model.identify import Identifier, IdentifyError
 from fruits.model.images import BudgetExhausted, PixelBudget, RejectedImage, bomb, open_checked, sniff_format
 from fruits.landing.drop import Dropped, LedgerRecorder, drop, local_folder
 from fruits.landing.writers import WriterLease
 from fruits.landing.stage import ObjectLanding
-from fruits.home.home import Home
 from fruits.home.s3 import is_s3
 from fruits.home.names import UnsafeName, check_label, landing_name
 from fruits.model.weights import WeightsRef
@@ -110,6 +110,7 @@ class WebService:
 
     def __init__(self, config: Config, weights: WeightsRef | None) -> None:
         self.config = config
+        self.home = Home.from_config(config)
         self.weights = weights
         self.extensions = config.stream.extensions
         self.max_bytes = config.model.max_bytes
@@ -121,19 +122,19 @@ class WebService:
         except ValueError:
             self.landing = None
         # The stream waits for an upload recorded but not visible yet while this heartbeats (from the first upload on).
-        files = Home.from_config(config).files
+        files = self.home.files
         self.lease = WriterLease(config.writers, config.discovery.writer_timeout, files=files)
-        self.recorder = LedgerRecorder(config.files_table, self.landing, "upload", self.lease) if self.landing else None
+        ledger = self.home.ledger  # kept for the server's life: each upload's commit reads no log again
+        self.recorder = LedgerRecorder(ledger, self.landing, "upload", self.lease) if self.landing else None
         self.objects = (
-            ObjectLanding(config.landing, config.files_table, "upload", files, lease=self.lease)
-            if is_s3(config.landing) else None
+            ObjectLanding(config.landing, ledger, "upload", files, lease=self.lease) if is_s3(config.landing) else None
         )
         self.signer = UrlSigner(config.web.signed_url_seconds)
         # Every decode of the process (identify, thumbnails) holds its pixels in one budget: bounded memory.
         self.budget = PixelBudget(config.web.decode_pixels)
         self.max_pixels = min(config.web.max_pixels, config.model.max_pixels)
         self.files = HomeFiles(config, self.signer, self.decoding)
-        self.dashboard = Dashboard(config, self.files)
+        self.dashboard = Dashboard(self.home, self.files)
         # Identify runs on a few threads, its model on few OpenVINO threads; requests beyond them wait their turn.
         # The threads run at a lower priority (nice), and so do the threads OpenVINO starts from them (the model is
         # built and first run on one of them): a stream on the same machine keeps the CPU it needs.
@@ -152,7 +153,7 @@ class WebService:
             if self._identifier is None:
                 if self.weights is None:
                     raise IdentifyError("this server was started without weights: identify is off")
-                self._identifier = Identifier(self.config, self.weights, threads=self.config.web.identify_threads)
+                self._identifier = Identifier(self.home, self.weights, threads=self.config.web.identify_threads)
             return self._identifier
 
     def decoding(self, data: bytes, size: int):

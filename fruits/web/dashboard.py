@@ -20,20 +20,17 @@ from datetime import datetime, timezone
 from typing import Any
 
 from fruits.config import Config
-from fruits.home.pca_store import latest_record
-from fruits.home.tables import open_table
-from fruits.home.filesystem import read_json
 from fruits.home.home import Home
+from fruits.home.pca_store import latest_record
+from fruits.home.filesystem import read_json
+from fruits.home.tables import Table
 from fruits.reports.status import age_seconds, collect_status
 from fruits.web.home_files import HomeFiles
 
 
-def quarantine_reasons(config: Config) -> dict[str, int]:
+def quarantine_reasons(quarantine: Table) -> dict[str, int]:
     """Each quarantine reason and how many rows have it, most frequent first."""
-    table = open_table(config.quarantine_table)
-    if table is None:
-        return {}
-    reasons = table.to_pyarrow_dataset().to_table(columns=["reason"]).column("reason").to_pylist()
+    reasons = quarantine.read(["reason"]).column("reason").to_pylist()
     return dict(Counter(reasons).most_common())
 
 
@@ -110,42 +107,35 @@ class ProgressSampler:
 
 
 class TableVersions:
-    """The current version of each of a home's tables, each kept open and brought up to date incrementally."""
+    """The current version of each of a home's tables, each kept open by its handle and brought up to date
+    incrementally."""
 
-    def __init__(self, uris: list[str]) -> None:
-        self.uris = uris
-        self.tables: dict[str, Any] = {}
+    def __init__(self, tables: list[Table]) -> None:
+        self.tables = tables
 
     def current(self) -> tuple:
         versions = []
-        for uri in self.uris:
-            table = self.tables.get(uri)
+        for table in self.tables:
             try:
-                if table is None:
-                    table = open_table(uri)
-                    if table is not None:
-                        self.tables[uri] = table
-                else:
-                    table.update_incremental()
+                loaded = table.latest()
             except Exception:  # unreadable for now (being created, storage hiccup): count it as changed
-                self.tables.pop(uri, None)
+                table.forget()
                 versions.append(object())
                 continue
-            versions.append(None if table is None else table.version())
+            versions.append(None if loaded is None else loaded.version())
         return tuple(versions)
 
 
 class Dashboard:
     """The dashboard's data, shared by every client of one server process."""
 
-    def __init__(self, config: Config, files: HomeFiles) -> None:
-        web = config.web
-        self.config, self.files = config, files
+    def __init__(self, home: Home, files: HomeFiles) -> None:
+        web = home.config.web
+        self.home, self.config, self.files = home, home.config, files
         self.refresh = min(web.refresh_seconds, 2.0)
-        self.sampler = ProgressSampler(config, web.window_seconds, web.sample_seconds)
-        self.versions = TableVersions(
-            [config.files_table, config.features_table, config.quarantine_table, config.pca_table]
-        )
+        self.sampler = ProgressSampler(home.config, web.window_seconds, web.sample_seconds)
+        self.quarantine = home.quarantine
+        self.versions = TableVersions([home.ledger, home.features, self.quarantine, home.pca])
         self._status: tuple[float, tuple, dict[str, Any]] | None = None  # (computed at, state key, report)
         self._reasons: tuple[Any, dict[str, int]] = (None, {})
         self._lock = threading.Lock()
@@ -153,7 +143,7 @@ class Dashboard:
 
     def state(self) -> tuple:
         """What the report depends on: the tables' versions, the newest PCA model, the stream's last progress."""
-        home = Home.from_config(self.config)
+        home = self.home
         refit = latest_record(home.pca_store) or {}
         try:
             progress = read_json(home.files, self.config.stream_progress) or {}
@@ -170,7 +160,7 @@ class Dashboard:
                 return self._status[2]
             key = self.state()
             if self._status is None or key != self._status[1]:
-                self._status = (now, key, collect_status(self.config))
+                self._status = (now, key, collect_status(self.home))
                 self.computations += 1
                 return self._status[2]
             computed, _, report = self._status
@@ -179,7 +169,7 @@ class Dashboard:
     def reasons(self, quarantine_version: Any) -> dict[str, int]:
         """Quarantine reasons with counts, recounted only when the quarantine table has a new version."""
         if self._reasons[0] != quarantine_version or quarantine_version is None:
-            self._reasons = (quarantine_version, quarantine_reasons(self.config))
+            self._reasons = (quarantine_version, quarantine_reasons(self.quarantine))
         return self._reasons[1]
 
     def snapshot(self) -> dict[str, Any]:
