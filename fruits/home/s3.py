@@ -6,8 +6,8 @@ The endpoint, region and addressing style come from ``[s3]`` in conf/fruits.toml
 from the repository. The same settings reach:
 
 - Spark/Hadoop as ``spark.hadoop.fs.s3a.*`` (:meth:`S3Settings.spark_conf`);
-- delta-rs (deltalake) through the ``AWS_*`` variables of this process (:meth:`S3Settings.export`): it reads
-  ``AWS_ENDPOINT_URL``, ``AWS_REGION``, ``AWS_ALLOW_HTTP``...;
+- delta-rs (deltalake) as the storage options of every call (:meth:`S3Settings.environment`, handed out as
+  :attr:`fruits.home.home.Home.storage_options` to the table handles of :mod:`fruits.home.tables`);
 - every other file of the home (``fruits drop``/``stage``, the lock object, the model store, the progress file)
   through :class:`fruits.home.filesystem.S3Files`, given these settings: boto3, whose single PUT can be
   conditional (``If-None-Match: *``): an object appears whole when its upload completes, and never replaces another.
@@ -70,7 +70,7 @@ class S3Settings:
         return conf
 
     def environment(self) -> dict[str, str]:
-        """The ``AWS_*`` variables delta-rs (object_store) and pyarrow read for this server."""
+        """The ``AWS_*`` options of this server for delta-rs (object_store's keys, passed per call)."""
         env = {"AWS_REGION": self.region, "AWS_DEFAULT_REGION": self.region,
                "AWS_VIRTUAL_HOSTED_STYLE_REQUEST": str(not self.path_style).lower(),
                # delta-rs commits the ledger (several writers: stream, drop, stage) with If-None-Match PUTs
