@@ -15,7 +15,6 @@ from fruits.config import Config, allowed_values, default_value, load_config
 from fruits.errors import Busy, Failed, FruitsError, Refused, Stopped, Unavailable
 from fruits.home.files import STATES
 from fruits.home.home import Home
-from fruits.home.s3 import configure as configure_s3
 from fruits.landing.writers import WriterLease
 
 log = logging.getLogger("fruits")
@@ -412,7 +411,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level)
     try:
         config = config_from_args(args)
-        configure_s3(config)  # an s3a:// home: the [s3] settings reach deltalake and pyarrow too (fruits/home/s3.py)
         return COMMANDS[args.command](config, args)
     except FruitsError as exc:
         code = exit_code(type(exc))

@@ -40,8 +40,9 @@ def s3_server(tmp_path_factory):
 
 @pytest.fixture()
 def s3_env(s3_server: S3Server, monkeypatch):
-    """This process set up for the server (as ``fruits`` commands set themselves up), a fresh bucket whose
-    ``fruits`` folder is the home, and the home's files (fruits/home/filesystem.py) with the server's settings."""
+    """This process's environment as a ``fruits`` command's would be (the credentials and ``FRUITS_S3_ENDPOINT``:
+    nothing else, no ``AWS_ENDPOINT_URL``), a fresh bucket whose ``fruits`` folder is the home, and the home's files
+    (fruits/home/filesystem.py) with the server's settings."""
     from fruits.home import s3
     from fruits.home.filesystem import S3Files
 
@@ -51,7 +52,6 @@ def s3_env(s3_server: S3Server, monkeypatch):
         monkeypatch.setenv(key, value)
     home = f"s3a://{bucket}/fruits"
     settings = s3.S3Settings(s3_server.endpoint, "us-east-1", True)
-    settings.export()  # for delta-rs in this process
     yield {"home": home, "bucket": bucket, "server": s3_server, "files": S3Files(settings)}
 
 
@@ -320,7 +320,8 @@ def test_web_uploads_land_on_s3_recorded_in_the_ledger_and_never_over_another_ph
 
     home, bucket, server = s3_env["home"], s3_env["bucket"], s3_env["server"]
     # addressed to the loopback, as the front door wants from a server without a token
-    client = TestClient(create_app(make_config(tmp_path, paths={"home": home}), None, warm=False), base_url="http://127.0.0.1")
+    config = make_config(tmp_path, paths={"home": home}, s3={"endpoint": server.endpoint})
+    client = TestClient(create_app(config, None, warm=False), base_url="http://127.0.0.1")
     assert client.get("/api/config").json()["uploads"] is True
     first, second = sample_files("Kiwi", 2)
     upload = lambda path: ("file", ("kiwi.jpg", path.read_bytes(), "image/jpeg"))  # noqa: E731

@@ -99,8 +99,8 @@ class Home:
 
     @property
     def storage_options(self) -> dict[str, str]:
-        """Options for delta-rs and pyarrow (object_store's ``AWS_*`` keys); empty for a home without S3."""
-        return self.s3.environment() if self.s3 else {}
+        """Options for delta-rs, passed per call (object_store's ``AWS_*`` keys); empty for a home without S3."""
+        return self.s3.storage_options() if self.s3 else {}
 
     @cached_property
     def files(self) -> Files:

@@ -6,17 +6,19 @@ The endpoint, region and addressing style come from ``[s3]`` in conf/fruits.toml
 from the repository. The same settings reach:
 
 - Spark/Hadoop as ``spark.hadoop.fs.s3a.*`` (:meth:`S3Settings.spark_conf`);
-- delta-rs (deltalake) as the storage options of every call (:meth:`S3Settings.environment`, handed out as
+- delta-rs (deltalake) as the storage options of every call (:meth:`S3Settings.storage_options`, handed out as
   :attr:`fruits.home.home.Home.storage_options` to the table handles of :mod:`fruits.home.tables`);
 - every other file of the home (``fruits drop``/``stage``, the lock object, the model store, the progress file)
   through :class:`fruits.home.filesystem.S3Files`, given these settings: boto3, whose single PUT can be
   conditional (``If-None-Match: *``): an object appears whole when its upload completes, and never replaces another.
+
+Nothing is exported to the process's environment: each reader is given the settings, so two homes on two S3 servers
+can live in one process.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 
 from fruits.config import Config
@@ -69,7 +71,7 @@ class S3Settings:
             conf["spark.hadoop.fs.s3a.connection.ssl.enabled"] = str(not self.plain_http).lower()
         return conf
 
-    def environment(self) -> dict[str, str]:
+    def storage_options(self) -> dict[str, str]:
         """The ``AWS_*`` options of this server for delta-rs (object_store's keys, passed per call)."""
         env = {"AWS_REGION": self.region, "AWS_DEFAULT_REGION": self.region,
                "AWS_VIRTUAL_HOSTED_STYLE_REQUEST": str(not self.path_style).lower(),
@@ -81,21 +83,6 @@ class S3Settings:
         if self.plain_http:
             env["AWS_ALLOW_HTTP"] = "true"
         return env
-
-    def export(self, environ: os._Environ | dict[str, str] | None = None) -> None:
-        """Set :meth:`environment` in this process (so every ``DeltaTable(...)`` call uses it)."""
-        target = os.environ if environ is None else environ
-        target.update(self.environment())
-
-
-def configure(config: Config) -> S3Settings | None:
-    """Export the S3 settings for this process's delta-rs when the home uses S3; returns them (None for other
-    homes)."""
-    if not uses_s3(config):
-        return None
-    settings = S3Settings.from_config(config)
-    settings.export()
-    return settings
 
 
 def etag_of(data: bytes) -> str:

@@ -55,7 +55,7 @@ def build_spark(config: Config, app_suffix: str = "", command_section: str | Non
     large), with the ``fs.s3a.*`` settings of :mod:`fruits.home.s3`.
     """
     started = time.perf_counter()
-    uses_s3 = s3.configure(config) is not None  # also exports the settings to delta-rs/pyarrow in this process
+    uses_s3 = s3.uses_s3(config)
     spark_cfg = config.spark
     master = spark_cfg.master
     if master.startswith("local"):
