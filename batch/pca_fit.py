@@ -24,6 +24,7 @@ import numpy as np
 
 from fruits.batch.moments import Moments, moments_of
 from fruits.batch.spark_ml_format import INPUT_COL, OUTPUT_COL
+from fruits.config import ConfigError
 from fruits.home.pca_store import FitMethod, PcaModelStore, PcaVersion
 from fruits.home.tables import Table
 
@@ -56,7 +57,7 @@ def choose_k(explained: np.ndarray, k: int | None, variance: float | None) -> tu
     """``k`` as given, or the smallest k whose cumulative explained variance reaches ``variance``."""
     if variance is not None:
         if not 0 < variance <= 1:
-            raise ValueError(f"--variance {variance}: must be in (0, 1]")
+            raise ConfigError(f"--variance {variance}: must be in (0, 1]")
         reached = np.cumsum(explained) >= variance - 1e-12
         return int(np.argmax(reached)) + 1 if reached.any() else len(explained), f"variance>={variance}"
     return int(k), f"k={k}"

@@ -23,6 +23,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from fruits.errors import Failed
+from fruits.home.filesystem import UnsupportedLocation
 from fruits.home.ledger import FileVersion, LandedBy, label_of, local_mtime_ms, record
 from fruits.home.tables import Table
 from fruits.home.uris import hadoop_uri
@@ -40,7 +41,7 @@ def local_folder(uri: str) -> Path:
     if uri.startswith("file:"):
         uri = "/" + uri[len("file:") :].lstrip("/")
     if "://" in uri:
-        raise ValueError(f"{uri}: drop and stage write to a local (or mounted) landing folder only")
+        raise UnsupportedLocation(f"{uri}: drop and stage write to a local (or mounted) landing folder only")
     return Path(uri)
 
 

@@ -74,7 +74,7 @@ class OpenVinoFeaturizer(ChunkedFeaturizer):
 
         core = ov.Core()
         if self.precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
-            raise RuntimeError("--precision bf16: this CPU has no bf16 support (AVX512_BF16 or AMX); use fp32")
+            raise ConfigError("--precision bf16: this CPU has no bf16 support (AVX512_BF16 or AMX); use fp32")
         settings: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": _OV_PRECISION[self.precision],
             "PERFORMANCE_HINT": "LATENCY",
