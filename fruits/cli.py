@@ -237,11 +237,6 @@ def _refit(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def writer_lease(home: Home) -> WriterLease:
-    """The heartbeat of a process that records files before they appear (drop, stage, serve): fruits.landing.writers."""
-    return WriterLease(home.writers, home.config.discovery.writer_timeout, files=home.files)
-
-
 def cmd_drop(config: Config, args: argparse.Namespace) -> int:
     from fruits.landing.drop import LedgerRecorder, SourcesMissing, drop, local_folder
     from fruits.landing.stage import ObjectLanding
@@ -250,7 +245,7 @@ def cmd_drop(config: Config, args: argparse.Namespace) -> int:
     extensions = list(config.stream.extensions)
     sources = [Path(s) for s in args.sources]
     home = Home.from_config(config)
-    with writer_lease(home) as lease:  # the stream waits for recorded files while this heartbeats
+    with WriterLease.for_home(home) as lease:  # the stream waits for recorded files while this heartbeats
         if is_s3(config.landing):  # one conditional PUT per object, no temporary name (fruits/landing/stage.py)
             landing = ObjectLanding(config.landing, home.ledger, "drop", home.files, lease=lease)
             results = landing.drop(sources, extensions, label=args.label)
@@ -279,7 +274,7 @@ def cmd_stage(config: Config, args: argparse.Namespace) -> int:
     if not remote:
         check_inbox(Path(args.inbox), landing)
     home = Home.from_config(config)
-    lease = writer_lease(home)
+    lease = WriterLease.for_home(home)
     ledger = home.ledger  # kept for the command's life: each commit reads no log again
     stager = InboxStager(
         inbox=Path(args.inbox).resolve(),

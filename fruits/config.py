@@ -33,6 +33,13 @@ def has_scheme(text: str) -> bool:
     return _SCHEME.match(text) is not None
 
 
+def user_cache_dir() -> Path:
+    """The per-user cache of Fruits! (converted models, the jars a session resolved): ``$XDG_CACHE_HOME/fruits``,
+    else ``~/.cache/fruits``. Per user rather than per home, so a new home pays no conversion or resolution again."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "fruits"
+
+
 def parse_duration(text: str | float) -> float:
     """Seconds in a duration such as ``"2s"``, ``"500ms"``, ``"10m"``, ``"1h"`` or a bare number of seconds."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", str(text))

@@ -22,6 +22,7 @@ import time
 
 from fruits.config import join_uri
 from fruits.home.filesystem import Files, FileSystem, UnsupportedLocation
+from fruits.home.home import Home
 
 log = logging.getLogger("fruits.landing.writers")
 
@@ -43,6 +44,11 @@ class WriterLease:
         self._beats = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    @classmethod
+    def for_home(cls, home: Home) -> "WriterLease":
+        """The heartbeat of a process that records files into ``home`` before they appear (drop, stage, serve)."""
+        return cls(home.writers, home.config.discovery.writer_timeout, files=home.files)
 
     def __enter__(self) -> "WriterLease":
         return self

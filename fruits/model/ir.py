@@ -13,7 +13,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from fruits.config import Config, ConfigError
+from fruits.config import Config, ConfigError, user_cache_dir
 from fruits.home.uris import local_path
 from fruits.model.weights import ARCHITECTURE, WeightsRef
 
@@ -28,7 +28,7 @@ def ir_basename(weights: WeightsRef, image_size: int = 224) -> str:
 
 def ir_cache_dir(config: Config) -> Path:
     """Where converted (and quantized) IR is cached, per user rather than per home, so a new home does not pay the
-    conversion again: ``[model] ir_cache`` if set, else ``$XDG_CACHE_HOME/fruits``, else ``~/.cache/fruits``.
+    conversion again: ``[model] ir_cache`` if set, else :func:`fruits.config.user_cache_dir`.
     Always a local folder on the driver: OpenVINO reads IR from local files, and executors get their copy through
     ``SparkContext.addFile`` (the featurizer's ``files``)."""
     configured = config.model.ir_cache
@@ -37,8 +37,7 @@ def ir_cache_dir(config: Config) -> Path:
         if folder is None:
             raise ConfigError(f"[model] ir_cache = {configured!r}: must be a local folder (OpenVINO reads local files)")
         return Path(folder).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "fruits"
+    return user_cache_dir()
 
 
 def convert_once(weights: WeightsRef, cache_dir: str | os.PathLike[str], image_size: int = 224) -> str:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pyspark
 
+from fruits.config import user_cache_dir
+
 
 def delta_coordinates() -> tuple[str, str, str]:
     """(group, artifact, version) of the Delta jar matching the installed pyspark and delta-spark packages."""
@@ -51,11 +53,10 @@ def maven_coordinate(coordinates: tuple[str, str, str]) -> str:
 
 
 def _resolved_list(packages: list[str]) -> Path:
-    """Where the jars resolved for ``packages`` are remembered: ``$XDG_CACHE_HOME/fruits`` or ``~/.cache/fruits``
-    (the per-user cache of the converted models too), one file per set of coordinates and pyspark version."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    """Where the jars resolved for ``packages`` are remembered: in the per-user cache, one file per set of coordinates
+    and pyspark version."""
     key = hashlib.sha256("\n".join([pyspark.__version__, *sorted(packages)]).encode()).hexdigest()[:16]
-    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "fruits" / f"spark-jars-{key}.txt"
+    return user_cache_dir() / f"spark-jars-{key}.txt"
 
 
 def resolved_jars(packages: list[str]) -> list[str] | None:

@@ -122,12 +122,11 @@ class WebService:
         except ValueError:
             self.landing = None
         # The stream waits for an upload recorded but not visible yet while this heartbeats (from the first upload on).
-        files = self.home.files
-        self.lease = WriterLease(config.writers, config.discovery.writer_timeout, files=files)
+        self.lease = WriterLease.for_home(self.home)
         ledger = self.home.ledger  # kept for the server's life: each upload's commit reads no log again
         self.recorder = LedgerRecorder(ledger, self.landing, "upload", self.lease) if self.landing else None
         self.objects = (
-            ObjectLanding(config.landing, ledger, "upload", files, lease=self.lease) if is_s3(config.landing) else None
+            ObjectLanding(config.landing, ledger, "upload", self.home.files, lease=self.lease) if is_s3(config.landing) else None
         )
         self.signer = UrlSigner(config.web.signed_url_seconds)
         # Every decode of the process (identify, thumbnails) holds its pixels in one budget: bounded memory.
