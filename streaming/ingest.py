@@ -123,7 +123,7 @@ def build_sink(
         writer_timeout=config.discovery.writer_timeout,
         on_retryable=retries.watch if retries is not None else None,
         stop_requested=stop,
-        files=Home.from_config(config).spark_files(spark),
+        files=home.spark_files(spark),
     )
 
 

@@ -128,7 +128,7 @@ class Identifier:
 
     def reference(self) -> Reference:
         """The newest PCA version's reference rows, checked against the weights and runtime in use."""
-        refit = latest_record(Home.from_config(self.config).pca_store)
+        refit = latest_record(self.home.pca_store)
         if refit is None:
             raise IdentifyError(f"no PCA model under {self.config.pca_models}: run `fruits refit-pca` first")
         current = self._reference

@@ -132,7 +132,7 @@ class WebService:
         # Every decode of the process (identify, thumbnails) holds its pixels in one budget: bounded memory.
         self.budget = PixelBudget(config.web.decode_pixels)
         self.max_pixels = min(config.web.max_pixels, config.model.max_pixels)
-        self.files = HomeFiles(config, self.signer, self.decoding)
+        self.files = HomeFiles(config, self.signer, self.decoding, home=self.home)
         self.dashboard = Dashboard(self.home, self.files)
         # Identify runs on a few threads, its model on few OpenVINO threads; requests beyond them wait their turn.
         # The threads run at a lower priority (nice), and so do the threads OpenVINO starts from them (the model is

@@ -22,7 +22,7 @@ from typing import Any
 from fruits.config import Config
 from fruits.home.home import Home
 from fruits.home.pca_store import latest_record
-from fruits.home.filesystem import read_json
+from fruits.home.filesystem import FileSystem, read_json
 from fruits.home.tables import Table
 from fruits.reports.status import age_seconds, collect_status
 from fruits.web.home_files import HomeFiles
@@ -55,8 +55,12 @@ class ProgressSampler:
     """Ring buffer of ``(time, files_since_start)`` samples of the stream's progress file, and of the distinct
     micro-batches it recorded."""
 
-    def __init__(self, config: Config, window_seconds: float, sample_seconds: float, batches: int = 12) -> None:
+    def __init__(
+        self, config: Config, window_seconds: float, sample_seconds: float, batches: int = 12, *,
+        files: FileSystem | None = None,
+    ) -> None:
         self.config = config
+        self.files = files or Home.from_config(config).files  # where the progress file is read
         self.window = float(window_seconds)
         self.samples: deque[tuple[float, int]] = deque(maxlen=int(self.window / max(sample_seconds, 0.1)) + 2)
         self.batches: deque[dict[str, Any]] = deque(maxlen=batches)
@@ -65,7 +69,7 @@ class ProgressSampler:
     def sample(self, now: float | None = None) -> None:
         """Read the progress file once and record what it says."""
         try:
-            progress = read_json(Home.from_config(self.config).files, self.config.stream_progress)
+            progress = read_json(self.files, self.config.stream_progress)
         except (OSError, ValueError):  # being rewritten, or not there yet
             progress = None
         now = time.time() if now is None else now
@@ -133,7 +137,7 @@ class Dashboard:
         web = home.config.web
         self.home, self.config, self.files = home, home.config, files
         self.refresh = min(web.refresh_seconds, 2.0)
-        self.sampler = ProgressSampler(home.config, web.window_seconds, web.sample_seconds)
+        self.sampler = ProgressSampler(home.config, web.window_seconds, web.sample_seconds, files=home.files)
         self.quarantine = home.quarantine
         self.versions = TableVersions([home.ledger, home.features, self.quarantine, home.pca])
         self._status: tuple[float, tuple, dict[str, Any]] | None = None  # (computed at, state key, report)

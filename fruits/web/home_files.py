@@ -65,10 +65,10 @@ class HomeFiles:
 
     def __init__(
         self, config: Config, signer: UrlSigner | None = None, decoding: Decoding | None = None,
-        cache_entries: int = 512,
+        cache_entries: int = 512, *, home: Home | None = None,
     ) -> None:
         self.config, self.signer, self.decoding = config, signer, decoding
-        self.pca_models = Home.from_config(config).pca_store
+        self.pca_models = (home or Home.from_config(config)).pca_store
         self.roots = local_roots(config)
         self.extensions = config.stream.extensions
         self.size = config.web.thumbnail_px
