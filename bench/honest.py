@@ -20,54 +20,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
-from dataclasses import dataclass, field
+
+from fruits.model.cpu import FLAGS, Cpu, cpu_info  # noqa: F401 (the benches' CPU description lives in the product)
 
 # Above this 1-minute load average before the run, the machine is not quiet enough for a ratio.
 MAX_LOAD = 1.5
 # Exit code of a bench that refused to run on a loaded machine.
 REFUSED = 3
-# The /proc/cpuinfo flags that matter to the figures: AVX2 (every fp32 figure), AVX512_VNNI / AMX (int8, bf16).
-FLAGS = {"avx2": ("avx2",), "avx512_vnni": ("avx512_vnni",), "amx": ("amx_tile", "amx_int8", "amx_bf16")}
-
-
-@dataclass(frozen=True)
-class Cpu:
-    model: str
-    cores: int
-    flags: dict[str, bool] = field(default_factory=dict)
-
-    @property
-    def cpu_class(self) -> str:
-        """docs/performance.md's table for this CPU: "AVX-512/AMX" or "AVX2 only" (or "no AVX2")."""
-        if self.flags.get("amx") or self.flags.get("avx512_vnni"):
-            return "AVX-512/AMX"
-        return "AVX2 only" if self.flags.get("avx2") else "no AVX2"
-
-    def describe(self) -> str:
-        marks = ", ".join(f"{name.upper()} {'yes' if present else 'no'}" for name, present in self.flags.items())
-        return f"cpu: {self.model}; {self.cores} cores; {marks}; class {self.cpu_class}"
-
-
-def cpu_info(cpuinfo: str | None = None) -> Cpu:
-    """The CPU's model and flags from ``/proc/cpuinfo`` (or the text given)."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-                cpuinfo = handle.read()
-        except OSError:
-            cpuinfo = ""
-    model, flags = None, set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "model name" and model is None:
-            model = value.strip()
-        elif key == "flags" and not flags:
-            flags = set(value.split())
-    return Cpu(model or platform.processor() or "unknown", os.cpu_count() or 1, {name: any(f in flags for f in names) for name, names in FLAGS.items()})
 
 
 def load_text(load: tuple[float, float, float]) -> str:
