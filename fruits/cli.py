@@ -51,6 +51,10 @@ def _runtime_flags(parser: argparse.ArgumentParser) -> None:
         "--precision", choices=allowed_values("model", "precision"),
         help=f"bf16: openvino on bf16 CPUs; int8: openvino quantized with NNCF (default {default_value('model', 'precision')}; env FRUITS_PRECISION)",
     )
+    parser.add_argument(
+        "--views", choices=allowed_values("model", "views"),
+        help=f"rot4: features are the mean of the photo's 4 rotations, 4x the inference (default {default_value('model', 'views')}; env FRUITS_VIEWS)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,6 +163,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             "weights": getattr(args, "weights", None),
             "runtime": getattr(args, "runtime", None),
             "precision": getattr(args, "precision", None),
+            "views": getattr(args, "views", None),
         },
         "pca": {"k": getattr(args, "k", None), "every": getattr(args, "every", None), "variance": getattr(args, "variance", None),
                 "engine": getattr(args, "engine", None)},

@@ -69,6 +69,7 @@ def _absolute(home: str) -> str:
 
 Runtime = Literal["openvino", "tensorflow"]  # [model] runtime: what runs MobileNetV2 (fruits.model.runtimes)
 Precision = Literal["fp32", "bf16", "int8"]  # [model] precision: bf16 and int8 need the OpenVINO runtime
+Views = Literal["single", "rot4"]  # [model] views: the photo as it is, or the mean of its 4 rotations (fruits.model.featurizer)
 AfterIngest = Literal["archive", "delete", "keep"]  # [discovery] after_ingest: what becomes of a featurized original
 RefitEngine = Literal["local", "spark"]  # where one refit runs: this process (delta-rs + numpy) or Spark
 PcaEngine = Literal["auto", RefitEngine]  # [pca] engine (auto: chosen per refit, fruits.batch.local_fit)
@@ -156,6 +157,7 @@ class ModelConfig:
     image_size: int = _at_least(32)
     runtime: Runtime
     precision: Precision
+    views: Views
     ir_cache: str
     calibration: str
     inference_batch_size: int = _at_least(1)
@@ -221,6 +223,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "FRUITS_WEIGHTS": ("model", "weights"),
     "FRUITS_RUNTIME": ("model", "runtime"),
     "FRUITS_PRECISION": ("model", "precision"),
+    "FRUITS_VIEWS": ("model", "views"),
     "FRUITS_MASTER": ("spark", "master"),
     "FRUITS_JARS_DIR": ("spark", "jars_dir"),
     "FRUITS_TOKEN": ("web", "token"),

@@ -4,7 +4,7 @@ A :class:`Featurizer` turns decoded images into 1280-d features. It is a small p
 it to Python workers; :func:`shared_model` caches one loaded model per featurizer and process) with four duties, in
 the shape of Apache Beam's ``ModelHandler``:
 
-- :attr:`~Featurizer.model_id`: who made the features (weights, runtime, precision), recorded on every row;
+- :attr:`~Featurizer.model_id`: who made the features (weights, runtime, precision, views), recorded on every row;
 - :attr:`~Featurizer.files`: the driver-side files the executors need, shipped with ``SparkContext.addFile``;
 - :meth:`~Featurizer.load_model`: build the model, once per Python worker;
 - :meth:`~Featurizer.run_inference`: ``(n, size, size, 3)`` uint8 RGB -> ``(n, 1280)`` float32.
@@ -12,6 +12,10 @@ the shape of Apache Beam's ``ModelHandler``:
 :class:`ChunkedFeaturizer` is the one shared base of the implementations (TensorFlow in :mod:`fruits.model.keras`,
 OpenVINO in :mod:`fruits.model.runtimes`): with :func:`local_file` (a shipped file on a worker) it holds what both share,
 the model id and the chunked inference loop, so a runtime only says how to load its model and run one chunk.
+
+Views: with ``views = "rot4"`` a photo's features are the mean of the L2-normalised vectors of the photo turned 0, 90,
+180 and 270 degrees (4x the inference), so a fruit photographed turned another way lands nearer its kind
+(docs/models.md, "Views"). ``"single"`` is the model's vector of the photo as it is.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 
 if TYPE_CHECKING:
-    from fruits.config import Precision, Runtime
+    from fruits.config import Precision, Runtime, Views
     from fruits.model.weights import WeightsRef
 
 FEATURE_DIM = 1280
+# The quarter turns of views = "rot4" (np.rot90's k).
+ROT4_TURNS = (0, 1, 2, 3)
 
 
 @runtime_checkable
@@ -47,7 +53,8 @@ class Featurizer(Protocol):
 
     @property
     def model_id(self) -> str:
-        """``<weights id>/<runtime>-<precision>``, e.g. ``mobilenet_v2_1.0_224/file/sha256:0c30.../openvino-fp32``."""
+        """``<weights id>/<runtime>-<precision>``, e.g. ``mobilenet_v2_1.0_224/file/sha256:0c30.../openvino-fp32``,
+        plus ``+rot4`` for the rot4 views."""
         ...
 
     @property
@@ -75,21 +82,25 @@ def local_file(driver_path: str) -> str:
 
 
 class ChunkedFeaturizer:
-    """The shared half of the featurizers: ``model_id`` from ``weights``/``runtime``/``precision``, and
-    ``run_inference`` as a loop over chunks of ``batch_size`` images. Subclasses are frozen dataclasses holding
-    ``weights``, ``image_size``, ``batch_size`` and ``precision``, and implement :meth:`files`, :meth:`load_model`
-    and :meth:`infer_chunk` (and :meth:`runner` when a model needs per-call state)."""
+    """The shared half of the featurizers: ``model_id`` from ``weights``/``runtime``/``precision``/``views``, and
+    ``run_inference`` as a loop over chunks of ``batch_size`` images (of every view). Subclasses are frozen
+    dataclasses holding ``weights``, ``image_size``, ``batch_size``, ``precision`` and ``views``, and implement
+    :meth:`files`, :meth:`load_model` and :meth:`infer_chunk` (and :meth:`runner` when a model needs per-call state)."""
 
     weights: "WeightsRef"
     image_size: int
     batch_size: int
     precision: "Precision"
     runtime: "Runtime"
+    views: "Views"
 
     @property
     def model_id(self) -> str:
-        """The weights' id plus the runtime and precision that made the features: ``.../openvino-fp32``."""
-        return f"{self.weights.model_id}/{self.runtime}-{self.precision}"
+        """The weights' id plus the runtime and precision that made the features, and the views unless single:
+        ``.../openvino-fp32``, ``.../openvino-int8+rot4``. Single-view ids stay as they always were (existing homes
+        keep theirs)."""
+        views = "" if self.views == "single" else f"+{self.views}"
+        return f"{self.weights.model_id}/{self.runtime}-{self.precision}{views}"
 
     def runner(self, model: Any) -> Any:
         """What :meth:`infer_chunk` calls for one :meth:`run_inference` call (by default the model itself)."""
@@ -100,10 +111,23 @@ class ChunkedFeaturizer:
         raise NotImplementedError
 
     def run_inference(self, images: np.ndarray, model: Any) -> np.ndarray:
-        """``(n, size, size, 3)`` uint8 RGB images -> ``(n, 1280)`` float32 features, ``batch_size`` at a time."""
+        """``(n, size, size, 3)`` uint8 RGB images -> ``(n, 1280)`` float32 features, ``batch_size`` at a time.
+
+        rot4: the model sees the n images turned by each quarter turn (4n images, still ``batch_size`` per call, so
+        a call costs what it does for single views); each image's features are the mean of its 4 L2-normalised
+        vectors (not normalised again: the mean's length says how much the turns agree)."""
         if len(images) == 0:
             return np.zeros((0, FEATURE_DIM), dtype=np.float32)
         runner = self.runner(model)
+        if self.views == "single":
+            return self._chunked(runner, images)
+        turned = np.concatenate([np.rot90(images, turns, axes=(1, 2)) for turns in ROT4_TURNS])
+        vectors = self._chunked(runner, turned).reshape(len(ROT4_TURNS), len(images), -1)
+        norms = np.linalg.norm(vectors, axis=2, keepdims=True)
+        # an all-zero vector (no activation at all) stays zero rather than becoming NaN
+        return (vectors / np.maximum(norms, np.finfo(np.float32).tiny)).mean(axis=0, dtype=np.float32)
+
+    def _chunked(self, runner: Any, images: np.ndarray) -> np.ndarray:
         chunks = [
             np.asarray(self.infer_chunk(runner, images[start : start + self.batch_size]), dtype=np.float32)
             for start in range(0, len(images), self.batch_size)

@@ -10,12 +10,15 @@ The weights themselves are resolved in :mod:`fruits.model.weights`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from fruits.model.featurizer import ChunkedFeaturizer, local_file, mobilenet_v2_preprocess
 from fruits.model.weights import WeightsRef
+
+if TYPE_CHECKING:
+    from fruits.config import Views
 
 def build_keras_model(weights_file: str, has_top: bool, image_size: int = 224) -> Any:
     """The Keras feature extractor (the source of truth): backbone + global average pooling = the full model's
@@ -42,6 +45,7 @@ class KerasFeaturizer(ChunkedFeaturizer):
     image_size: int = 224
     batch_size: int = 32
     intra_op_threads: int = 1
+    views: "Views" = "single"  # see fruits.model.featurizer: "rot4" averages the 4 quarter turns
 
     runtime = "tensorflow"
     precision = "fp32"

@@ -13,7 +13,8 @@ fraction of TensorFlow's memory, and offers opt-in precisions: bf16 on CPUs that
 - :func:`make_featurizer` is the one factory the stream and ``fruits identify`` use, so both make the same model id.
 
 Every row's ``model_id`` is ``<weights id>/<runtime>-<precision>``, e.g.
-``mobilenet_v2_1.0_224/file/sha256:0c307d1bb5e7222e/openvino-fp32``.
+``mobilenet_v2_1.0_224/file/sha256:0c307d1bb5e7222e/openvino-fp32``, plus ``+rot4`` for the rot4 views
+(``.../openvino-fp32+rot4``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any, cast, get_args
 
 import numpy as np
 
-from fruits.config import Config, ConfigError, Precision, Runtime
+from fruits.config import Config, ConfigError, Precision, Runtime, Views
 from fruits.model.featurizer import ChunkedFeaturizer, Featurizer, local_file, mobilenet_v2_preprocess
 from fruits.model.ir import convert_once, ir_cache_dir
 from fruits.model.keras import KerasFeaturizer
@@ -60,6 +61,7 @@ class OpenVinoFeaturizer(ChunkedFeaturizer):
     batch_size: int = 8
     threads: int = 1  # inference threads per Python worker (Spark runs one worker per task slot); 0: OpenVINO's choice
     cpu_pinning: bool = False  # OpenVINO's default (True) puts every worker's thread on the same core: see load_model
+    views: Views = "single"  # see fruits.model.featurizer: "rot4" averages the 4 quarter turns
 
     runtime = "openvino"
 
@@ -99,7 +101,7 @@ class OpenVinoFeaturizer(ChunkedFeaturizer):
 
 
 def make_featurizer(config: Config, weights: WeightsRef, *, threads: int | None = None) -> Featurizer:
-    """The featurizer ``config`` asks for (``[model] runtime`` and ``precision``): the one factory of the stream and
+    """The featurizer ``config`` asks for (``[model] runtime``, ``precision`` and ``views``): the one factory of the stream and
     ``fruits identify``, so both give the same model id. Converts (and, for int8, quantizes) once on the driver when
     the runtime needs it; the IR is cached per user (:func:`ir_cache_dir`).
 
@@ -112,15 +114,18 @@ def make_featurizer(config: Config, weights: WeightsRef, *, threads: int | None 
     runtime, precision = check_runtime(model_cfg.runtime, model_cfg.precision)
     image_size, batch_size = model_cfg.image_size, model_cfg.inference_batch_size
     threads = model_cfg.intra_op_threads if threads is None else threads
+    views = model_cfg.views
     if runtime == "tensorflow":
-        return KerasFeaturizer(weights, image_size=image_size, batch_size=batch_size, intra_op_threads=threads)
+        return KerasFeaturizer(weights, image_size=image_size, batch_size=batch_size, intra_op_threads=threads, views=views)
     if precision == "int8":
         from fruits.model.quantize import calibration_set, quantize_once
 
         ir_path = quantize_once(weights, calibration_set(config), ir_cache_dir(config), image_size)
     else:
         ir_path = convert_once(weights, ir_cache_dir(config), image_size)
-    return OpenVinoFeaturizer(weights, ir_path, precision, image_size=image_size, batch_size=batch_size, threads=threads)
+    return OpenVinoFeaturizer(
+        weights, ir_path, precision, image_size=image_size, batch_size=batch_size, threads=threads, views=views
+    )
 
 
 def check_runtime(runtime: str, precision: str) -> tuple[Runtime, Precision]:
@@ -140,13 +145,21 @@ def check_runtime(runtime: str, precision: str) -> tuple[Runtime, Precision]:
     return cast(Runtime, runtime), cast(Precision, precision)
 
 
-def same_features(model_id: str, other: str) -> bool:
-    """Whether features of two model ids can be compared: same weights and same precision. fp32 runtimes are
-    interchangeable (OpenVINO's features equal TensorFlow's within 1e-4, a tested property); ids without a
-    runtime suffix (rows written before runtimes were recorded) are TensorFlow fp32."""
+VIEWS: tuple[Views, ...] = get_args(Views)
+_MODEL_ID = re.compile(
+    rf"(.*)/(?:[a-z]+)-({'|'.join(PRECISIONS)})(?:\+({'|'.join(v for v in VIEWS if v != 'single')}))?"
+)
 
-    def split(identifier: str) -> tuple[str, str]:
-        match = re.fullmatch(r"(.*)/(?:[a-z]+)-(fp32|bf16|int8)", identifier)
-        return (match.group(1), match.group(2)) if match else (identifier, "fp32")
+
+def same_features(model_id: str, other: str) -> bool:
+    """Whether features of two model ids can be compared: same weights, same precision and same views. fp32
+    runtimes are interchangeable (OpenVINO's features equal TensorFlow's within 1e-4, a tested property); ids without
+    a runtime suffix (rows written before runtimes were recorded) are TensorFlow fp32, single view."""
+
+    def split(identifier: str) -> tuple[str, str, str]:
+        match = _MODEL_ID.fullmatch(identifier)
+        if match is None:
+            return identifier, "fp32", "single"
+        return match.group(1), match.group(2), match.group(3) or "single"
 
     return split(model_id) == split(other)
