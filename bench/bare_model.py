@@ -29,12 +29,7 @@ from honest import Honest  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 SAMPLE = SHARED / "data" / "fruits360-sample"
-# Fruits-360 classes ImageNet knows -> ImageNet class index (as in tests/conftest.py).
-IMAGENET_CLASSES = {
-    "Banana": 954, "Apple Granny Smith": 948, "Strawberry": 949, "Orange": 950, "Lemon": 951, "Fig": 952,
-    "Pineapple": 953, "Pomegranate": 957, "Cauliflower": 938, "Pepper Red": 945, "Pepper Green": 945,
-    "Pepper Yellow": 945, "Pepper Orange": 945,
-}
+from fruits.model.accuracy import IMAGENET_CLASSES, read_head  # noqa: E402  (the classes ImageNet knows, its head)
 
 
 def decoded(files: list[Path]) -> np.ndarray:
@@ -186,31 +181,26 @@ def main() -> None:
 
         # Fidelity on the fruits ImageNet knows.
         files, classes = [], []
-        for label, index in IMAGENET_CLASSES.items():
+        for label in IMAGENET_CLASSES:
             chosen = sorted((SAMPLE / label).glob("*.jpg"))[: args.per_class]
             files += chosen
-            classes += [index] * len(chosen)
-        fid_images, classes = decoded(files), np.array(classes)
+            classes += [label] * len(chosen)
+        fid_images = decoded(files)
         one = {"procs": 1, "threads": 2, "chunk": 8}
         made = {"tensorflow-fp32": features({**one, "runtime": "tensorflow", "precision": "fp32", "chunk": 32}, weights, ir_path, fid_images),
                 "openvino-fp32": features({**one, "runtime": "openvino", "precision": "fp32"}, weights, ir_path, fid_images)}
         if bf16:
             made["openvino-bf16"] = features({**one, "runtime": "openvino", "precision": "bf16"}, weights, ir_path, fid_images)
-    import h5py
-
-    with h5py.File(args.top_weights, "r") as handle:
-        dense = next(handle["layers"][k]["vars"] for k in handle["layers"] if k.startswith("dense"))
-        kernel, bias = dense["0"][()], dense["1"][()]
+    head = read_head(args.top_weights)
     reference = made["tensorflow-fp32"]
     fidelity = {}
     for name, feats in made.items():
         cosine = (feats * reference).sum(1) / np.linalg.norm(feats, axis=1) / np.linalg.norm(reference, axis=1)
-        top5 = np.argsort(-(feats @ kernel + bias), axis=1)[:, :5]
         fidelity[name] = {
             "max_abs_diff_vs_tensorflow": float(np.abs(feats - reference).max()),
             "cosine_vs_tensorflow_mean": round(float(cosine.mean()), 5),
             "cosine_vs_tensorflow_min": round(float(cosine.min()), 5),
-            "imagenet_top5": round(float((top5 == classes[:, None]).any(axis=1).mean()), 3),
+            "imagenet_top5": round(float(head.top5_hits(feats, classes).mean()), 3),
         }
     for s in speed:
         honest.ratio(f"{s['runtime']} {s['precision']} {s['procs']}x{s['threads']} chunk {s['chunk']}"

@@ -23,7 +23,7 @@ import os
 import sys
 import time
 
-from fruits.model.cpu import FLAGS, Cpu, cpu_info  # noqa: F401 (the benches' CPU description lives in the product)
+from fruits.model.cpu import cpu_info  # the benches' CPU description lives in the product
 
 # Above this 1-minute load average before the run, the machine is not quiet enough for a ratio.
 MAX_LOAD = 1.5

@@ -33,9 +33,10 @@ import numpy as np
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
-from bare_model import IMAGENET_CLASSES, SAMPLE, SHARED, decoded, measure  # noqa: E402
+from bare_model import SAMPLE, SHARED, decoded, measure  # noqa: E402
 from honest import Honest  # noqa: E402
 from ingest_throughput import BATCH_LINE, fill_landing, run_fruits, steady_rate  # noqa: E402
+from fruits.model.accuracy import IMAGENET_CLASSES, ImageNetHead, read_head  # noqa: E402
 
 PRECISIONS = ("fp32", "int8")
 
@@ -99,7 +100,7 @@ def split_names(seed: int = 2026) -> set[str]:
     return held_out
 
 
-def accuracy(rows, head: tuple[np.ndarray, np.ndarray], held_out: set[str], calibration: set[str]) -> dict:
+def accuracy(rows, head: ImageNetHead, held_out: set[str], calibration: set[str]) -> dict:
     """ImageNet top-5 on the fruits ImageNet knows, and identify's top-1 on the held-out photos (numpy PCA k=20)."""
     from fruits.model.identify import Reference, nearest
 
@@ -108,8 +109,7 @@ def accuracy(rows, head: tuple[np.ndarray, np.ndarray], held_out: set[str], cali
     rows = rows[rows["path"].str.rsplit("/", n=1).str[-1].str.startswith("0_") & ~rows["name"].isin(calibration)]
     features = np.stack(rows["features"].to_numpy()).astype(np.float32)
     known = rows["label"].isin(list(IMAGENET_CLASSES)).to_numpy()
-    top5 = np.argsort(-(features[known] @ head[0] + head[1]), axis=1)[:, :5]
-    expected = rows["label"][known].map(IMAGENET_CLASSES).to_numpy()
+    hits = head.top5_hits(features[known], list(rows["label"][known]))
     test = rows["name"].isin(held_out).to_numpy()
     train = features[~test].astype(np.float64)
     covariance = np.cov(train, rowvar=False)  # Spark's PCA: the top eigenvectors of the covariance, no centring on use
@@ -119,19 +119,10 @@ def accuracy(rows, head: tuple[np.ndarray, np.ndarray], held_out: set[str], cali
                           model_version=0)
     predicted = [nearest(reference, vector)["predicted"] for vector in features[test].astype(np.float64) @ components]
     return {
-        "imagenet_top5": round(float((top5 == expected[:, None]).any(axis=1).mean()), 4), "imagenet_photos": int(known.sum()),
+        "imagenet_top5": round(float(hits.mean()), 4), "imagenet_photos": int(known.sum()),
         "identify_top1": round(float(np.mean(np.array(predicted) == rows["label"][test].to_numpy())), 4),
         "identify_photos": int(test.sum()),
     }
-
-
-def imagenet_head(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """The with-top weights file's Dense layer (1280 -> 1000): kernel and bias."""
-    import h5py
-
-    with h5py.File(path, "r") as handle:
-        dense = next(handle["layers"][k]["vars"] for k in handle["layers"] if k.startswith("dense"))
-        return dense["0"][()], dense["1"][()]
 
 
 def ratio_lines(bare_runs: list[dict], streams: list[dict], scores: dict[str, dict]) -> list[str]:
@@ -181,7 +172,7 @@ def main() -> None:
                 streams.append(stream(precision, source, args.batch, args.weights, args.master, home))
                 print(json.dumps({k: v for k, v in streams[-1].items() if k != "rows"}), file=sys.stderr, flush=True)
     calibration = {f"{Path(f).parent.name}/{Path(f).name}" for f in CalibrationSet.from_folder(SHIPPED_CALIBRATION).files}
-    head, held_out = imagenet_head(args.top_weights), split_names()
+    head, held_out = read_head(args.top_weights), split_names()
     scores = {p: accuracy(next(s["rows"] for s in streams if s["precision"] == p), head, held_out, calibration) for p in PRECISIONS}
     for line in ratio_lines(bare_runs, streams, scores):
         honest.ratio(line)

@@ -49,7 +49,7 @@ def _runtime_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--precision", choices=allowed_values("model", "precision"),
-        help=f"bf16: openvino on bf16 CPUs; int8: openvino quantized with NNCF (default {default_value('model', 'precision')}; env FRUITS_PRECISION)",
+        help=f"bf16: openvino on bf16 CPUs; int8: openvino quantized with NNCF; auto: the fastest that passes the accuracy gate here (default {default_value('model', 'precision')}; env FRUITS_PRECISION)",
     )
     parser.add_argument(
         "--views", choices=allowed_values("model", "views"),

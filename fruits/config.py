@@ -68,7 +68,10 @@ def _absolute(home: str) -> str:
 # alias, so a new word is added in one place.
 
 Runtime = Literal["openvino", "tensorflow"]  # [model] runtime: what runs MobileNetV2 (fruits.model.runtimes)
-Precision = Literal["fp32", "bf16", "int8"]  # [model] precision: bf16 and int8 need the OpenVINO runtime
+Precision = Literal["fp32", "bf16", "int8"]  # what a featurizer runs in: bf16 and int8 need the OpenVINO runtime
+# [model] precision and --precision: a precision, or "auto" (the fastest that passes fruits.model.accuracy's gate on
+# this CPU; resolved once per home before a featurizer is made).
+PrecisionSetting = Literal["auto", Precision]
 Views = Literal["single", "rot4"]  # [model] views: the photo as it is, or the mean of its 4 rotations (fruits.model.featurizer)
 AfterIngest = Literal["archive", "delete", "keep"]  # [discovery] after_ingest: what becomes of a featurized original
 RefitEngine = Literal["local", "spark"]  # where one refit runs: this process (delta-rs + numpy) or Spark
@@ -156,8 +159,9 @@ class ModelConfig:
     weights: str
     image_size: int = _at_least(32)
     runtime: Runtime
-    precision: Precision
+    precision: PrecisionSetting
     views: Views
+    head_weights: str
     ir_cache: str
     calibration: str
     inference_batch_size: int = _at_least(1)
@@ -224,6 +228,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "FRUITS_RUNTIME": ("model", "runtime"),
     "FRUITS_PRECISION": ("model", "precision"),
     "FRUITS_VIEWS": ("model", "views"),
+    "FRUITS_HEAD_WEIGHTS": ("model", "head_weights"),
     "FRUITS_MASTER": ("spark", "master"),
     "FRUITS_JARS_DIR": ("spark", "jars_dir"),
     "FRUITS_TOKEN": ("web", "token"),
@@ -293,7 +298,7 @@ def allowed_values(section: str, key: str) -> tuple[str, ...]:
     """The words ``[section] key`` accepts (for the command-line flags' ``choices``): its ``Literal`` type's.
 
     >>> allowed_values("model", "precision")
-    ('fp32', 'bf16', 'int8')
+    ('auto', 'fp32', 'bf16', 'int8')
     """
     return get_args(get_type_hints(SECTIONS[section])[key])
 

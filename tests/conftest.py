@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from fruits.model.accuracy import IMAGENET_CLASSES  # noqa: F401 (tests import it from here: the classes ImageNet knows)
+
 ROOT = Path(__file__).resolve().parents[1]
 # ../shared beside the repository (a folder or a symlink), or FRUITS_SHARED. The fast tier needs none of it.
 SHARED = Path(os.environ.get("FRUITS_SHARED") or ROOT.parent / "shared")
@@ -117,7 +119,8 @@ def make_config(home: Path, **sections):
     """A Config for ``home`` with test-sized Spark settings on top of conf/fruits.toml."""
     from fruits.config import load_config
 
-    overrides = {"paths": {"home": str(home)}, "spark": {"master": "local[2]"}, "model": {"weights": str(NOTOP_WEIGHTS)}}
+    overrides = {"paths": {"home": str(home)}, "spark": {"master": "local[2]"},
+                 "model": {"weights": str(NOTOP_WEIGHTS), "head_weights": str(TOP_WEIGHTS)}}
     # Tests place whole files (renamed in) and run at once: a listed file is complete however young (the tests of
     # [discovery] quiet_seconds set it themselves).
     overrides["discovery"] = {"quiet_seconds": 0}
@@ -145,22 +148,6 @@ def weights():
     return resolve_weights(str(NOTOP_WEIGHTS))
 
 
-# Fruits-360 classes that ImageNet knows, with their ImageNet class index.
-IMAGENET_CLASSES = {
-    "Banana": 954,
-    "Apple Granny Smith": 948,
-    "Strawberry": 949,
-    "Orange": 950,
-    "Lemon": 951,
-    "Fig": 952,
-    "Pineapple": 953,
-    "Pomegranate": 957,
-    "Cauliflower": 938,
-    "Pepper Red": 945,
-    "Pepper Green": 945,
-    "Pepper Yellow": 945,
-    "Pepper Orange": 945,
-}
 ODD_LABEL = "Pépin 50% off ü"
 
 

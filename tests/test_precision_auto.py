@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from fruits.model.cpu import cpu_info
@@ -62,3 +63,145 @@ def test_the_bf16_candidate_agrees_with_openvino_on_this_machine():
     from fruits.model.runtimes import cpu_supports_bf16
 
     assert cpu_info().bf16_candidate == cpu_supports_bf16()
+
+
+def _weights_never_read():
+    """A weights reference for a choice that measures nothing (fp32 the only candidate): its file is never opened."""
+    from fruits.model.weights import WeightsRef
+
+    return WeightsRef(path="/nonexistent/weights.h5", sha256="0" * 64, has_top=False, source="file")
+
+
+@pytest.mark.fast
+def test_auto_is_a_setting_and_a_flag_but_never_a_featurizer(tmp_path):
+    from conftest import make_config
+    from fruits.cli import build_parser, config_from_args
+    from fruits.config import ConfigError, allowed_values
+    from fruits.model.runtimes import PrecisionUnresolved, make_featurizer
+
+    assert allowed_values("model", "precision") == ("auto", "fp32", "bf16", "int8")
+    assert config_from_args(build_parser().parse_args(["stream", "--precision", "auto"])).model.precision == "auto"
+    config = make_config(tmp_path, model={"precision": "auto"})
+    with pytest.raises(PrecisionUnresolved) as refused:
+        make_featurizer(config, _weights_never_read())
+    assert isinstance(refused.value, ConfigError) and "choose_precision" in refused.value.reason
+
+
+@pytest.mark.fast
+def test_candidates_follow_the_cpu_given_fastest_first(tmp_path):
+    from conftest import make_config
+    from fruits.model.accuracy import candidates, choose_precision
+
+    config = make_config(tmp_path)
+    tried, skipped = candidates(config, cpu_info(HASWELL))
+    assert tried == ["fp32"] and set(skipped) == {"int8", "bf16"} and "VNNI" in skipped["int8"]
+    assert candidates(config, cpu_info(CASCADE_LAKE))[0] == ["int8", "fp32"]
+    assert candidates(config, cpu_info(COOPER_LAKE_BF16_ONLY))[0] == ["bf16", "fp32"]
+    assert candidates(config, cpu_info(SAPPHIRE_RAPIDS))[0] == ["int8", "bf16", "fp32"]
+    tensorflow = make_config(tmp_path, model={"runtime": "tensorflow"})
+    assert candidates(tensorflow, cpu_info(SAPPHIRE_RAPIDS))[0] == ["fp32"]
+
+    # Only AVX2: fp32 without measuring anything (the weights are never opened), and the CPU it was chosen on.
+    choice = choose_precision(config, _weights_never_read(), cpu=cpu_info(HASWELL, cores=8))
+    assert (choice.precision, choice.candidates) == ("fp32", ())
+    assert choice.cpu == "Intel(R) Xeon(R) CPU E5-2680 v3, 8 cores, AVX2"
+    assert (choice.gate_photos, choice.calibration_photos) == (13, 131)  # the shipped photos of fruits ImageNet knows
+    assert "int8 not a candidate" in choice.describe()
+
+
+@pytest.mark.fast
+def test_the_gate_refuses_a_lost_hit_or_a_lost_top1_and_judges_only_with_enough_photos():
+    """The gate's rule, on a head and features made here (the real ones are measured by the slow test below)."""
+    from fruits.config import ConfigError
+    from fruits.model.accuracy import IMAGENET_CLASSES, ImageNetHead, judge
+
+    rng = np.random.default_rng(7)
+    head = ImageNetHead(np.eye(1280, 1000, dtype=np.float32), np.zeros(1000, dtype=np.float32), "made here")
+    labels = [*IMAGENET_CLASSES] + [None] * 87  # 13 gate photos among 100 calibration photos
+    fp32 = rng.random((100, 1280), dtype=np.float32)
+    for row, label in enumerate(labels[:13]):
+        fp32[row, IMAGENET_CLASSES[label]] = 5.0  # fp32 puts every gate photo's class first
+    assert judge("fp32", fp32, fp32, head, labels).passed
+
+    noisy = fp32 + rng.normal(0, 1e-4, fp32.shape).astype(np.float32)  # tiny changes: same top classes
+    assert judge("int8", noisy, fp32, head, labels).passed
+    lost_hit = fp32.copy()
+    lost_hit[0, IMAGENET_CLASSES[labels[0]]] = -5.0  # one gate photo of 13: -7.7 points
+    result = judge("int8", lost_hit, fp32, head, labels)
+    assert not result.passed and result.imagenet_top5 == pytest.approx(12 / 13) and "-7.7 points" in result.reason
+    lost_top1 = fp32.copy()
+    for row in range(13, 16):  # fp32's best guess out of the top 5 on 3 of the other photos: 97 % kept
+        lost_top1[row, head.top(fp32[row : row + 1], 1)[0, 0]] = -5.0
+    result = judge("bf16", lost_top1, fp32, head, labels)
+    assert not result.passed and result.imagenet_top5 == 1.0 and result.top1_kept == pytest.approx(0.97)
+    with pytest.raises(ConfigError, match="fewer than 10"):
+        judge("int8", fp32[4:], fp32[4:], head, labels[4:])
+
+
+@pytest.mark.fast
+def test_a_missing_head_file_is_one_clear_error_naming_the_setting(tmp_path):
+    from conftest import make_config
+    from fruits.errors import Unavailable
+    from fruits.model.accuracy import imagenet_head
+
+    with pytest.raises(Unavailable, match=r"no such file\. Set \[model\] head_weights"):
+        imagenet_head(make_config(tmp_path, model={"head_weights": str(tmp_path / "nope.h5")}))
+
+
+def test_the_head_is_keras_own_classifier_in_either_file_format(tmp_path):
+    """The head read from the with-top file (Keras 3 format) and from the legacy .h5 format of Keras' own download
+    (written here by Keras' legacy writer) is the Dense layer Keras itself loads; a file without it is refused."""
+    import h5py
+    import keras
+    from keras.src.legacy.saving.legacy_h5_format import save_weights_to_hdf5_group
+
+    from conftest import NOTOP_WEIGHTS, TOP_WEIGHTS, make_config
+    from fruits.errors import Unavailable
+    from fruits.model.accuracy import imagenet_head, read_head
+
+    full = keras.applications.MobileNetV2(weights=None, include_top=True, input_shape=(224, 224, 3))
+    full.load_weights(str(TOP_WEIGHTS))
+    kernel, bias = full.layers[-1].get_weights()
+    legacy = tmp_path / "legacy.h5"
+    with h5py.File(legacy, "w") as handle:
+        save_weights_to_hdf5_group(handle, full)
+    for head in (imagenet_head(make_config(tmp_path)), read_head(legacy)):
+        assert head.kernel.shape == (1280, 1000) and np.array_equal(head.kernel, kernel) and np.array_equal(head.bias, bias)
+    with pytest.raises(Unavailable, match="no 1000-class ImageNet head"):
+        read_head(NOTOP_WEIGHTS)
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    with pytest.raises(Unavailable, match="not a Keras HDF5"):
+        read_head(tmp_path / "junk.h5")
+
+
+def test_offline_imagenet_head_is_one_clear_error_naming_the_setting(tmp_path, monkeypatch):
+    """"imagenet" with an empty Keras cache and no network: Keras' download fails, and the message says what to set."""
+    from conftest import make_config
+    from fruits.model.accuracy import imagenet_head
+    from fruits.model.weights import WeightsUnavailable
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    with pytest.raises(WeightsUnavailable) as unavailable:
+        imagenet_head(make_config(tmp_path, model={"head_weights": "imagenet"}))
+    assert "with its classifier head" in str(unavailable.value) and "[model] head_weights" in str(unavailable.value)
+
+
+@pytest.mark.slow
+def test_auto_on_this_cpu_chooses_the_fastest_precision_that_passes_the_gate(tmp_path, weights):
+    """Real model, real calibration photos: on this machine (VNNI or AMX) int8 if it passes the gate, with the
+    rates it measured; the int8 IR is quantized once per user (cached), as --precision int8 does."""
+    from conftest import make_config
+    from fruits.model.accuracy import FASTEST_FIRST, choose_precision
+
+    here = cpu_info()
+    if not here.int8_candidate:
+        pytest.skip("this CPU has no VNNI or AMX int8: int8 is no candidate here")
+    choice = choose_precision(make_config(tmp_path), weights)
+    print(choice.describe())
+    assert choice.cpu == here.summary() and (choice.gate_photos, choice.calibration_photos) == (13, 131)
+    first = choice.candidates[0]
+    assert first.precision == "int8" and 0.5 <= first.imagenet_top5 <= 1 and 0 < first.top1_kept <= 1
+    assert first.passed == (choice.precision == "int8")  # the fastest that passes, else the next one measured
+    assert [c.precision for c in choice.candidates] == [p for p in FASTEST_FIRST if p in [c.precision for c in choice.candidates]]
+    assert choice.candidates[-1].passed and choice.candidates[-1].precision == choice.precision
+    assert all(not c.passed for c in choice.candidates[:-1])

@@ -119,25 +119,21 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def imagenet_head():
-    """The with-top weights file's ImageNet classifier (Dense 1280 -> 1000): ``(kernel, bias)``."""
-    import h5py
+def imagenet_head(tmp_path_factory):
+    """The with-top weights file's ImageNet classifier (Dense 1280 -> 1000), as the product reads it."""
+    from fruits.model.accuracy import imagenet_head
 
-    with h5py.File(TOP_WEIGHTS, "r") as f:
-        dense = next(f["layers"][k]["vars"] for k in f["layers"] if k.startswith("dense") or k == "predictions")
-        return dense["0"][()], dense["1"][()]
+    return imagenet_head(make_config(tmp_path_factory.mktemp("head")))
 
 
 def imagenet_top5_rate(featurizer, head, per_class: int | None = None, exclude: frozenset[str] = frozenset()) -> float:
     """Share of the photos of the fruits ImageNet knows (``per_class`` of each class, all by default, less
     ``exclude``) whose ImageNet class is in the top 5 of ``featurizer``'s features through the ImageNet head."""
-    kernel, bias = head
     model, hits = featurizer.load_model(), []
-    for label, index in IMAGENET_CLASSES.items():
+    for label in IMAGENET_CLASSES:
         files = [p for p in sample_files(label, per_class) if f"{label}/{p.name}" not in exclude]
         batch = np.stack([decode_image(p.read_bytes()) for p in files])
-        top5 = np.argsort(-(featurizer.run_inference(batch, model) @ kernel + bias), axis=1)[:, :5]
-        hits += list((top5 == index).any(axis=1))
+        hits += list(head.top5_hits(featurizer.run_inference(batch, model), [label] * len(files)))
     return float(np.mean(hits))
 
 

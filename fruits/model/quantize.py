@@ -111,7 +111,7 @@ def _quantize(fp32_xml: str, calibration: CalibrationSet, folder: str, name: str
 
     from fruits.model.featurizer import mobilenet_v2_preprocess
 
-    images = [_calibration_image(path, image_size) for path in calibration.files]
+    images = [calibration_image(path, image_size) for path in calibration.files]
     dataset = nncf.Dataset(images, lambda image: mobilenet_v2_preprocess(image[None]))
     quantized = nncf.quantize(
         ov.Core().read_model(fp32_xml),
@@ -122,7 +122,7 @@ def _quantize(fp32_xml: str, calibration: CalibrationSet, folder: str, name: str
     save_atomically(quantized, folder, name)
 
 
-def _calibration_image(path: str, image_size: int) -> "np.ndarray":
+def calibration_image(path: str, image_size: int) -> "np.ndarray":
     """One calibration photo decoded as the stream decodes it; an unreadable one is a configuration error naming it."""
     from fruits.model.images import RejectedImage, decode_image
 

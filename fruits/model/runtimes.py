@@ -128,8 +128,18 @@ def make_featurizer(config: Config, weights: WeightsRef, *, threads: int | None 
     )
 
 
+class PrecisionUnresolved(ConfigError):
+    """``precision = "auto"`` reached a featurizer: auto is chosen once per home
+    (:func:`fruits.model.accuracy.choose_precision`) and the recorded precision is what a featurizer is made with."""
+
+
 def check_runtime(runtime: str, precision: str) -> tuple[Runtime, Precision]:
     """``(runtime, precision)`` if this machine can run them, else a :class:`ConfigError` saying what to use."""
+    if precision == "auto":
+        raise PrecisionUnresolved(
+            "precision auto is chosen once per home (fruits.model.accuracy.choose_precision) and recorded there; a "
+            "featurizer is made with the precision it chose (fp32, bf16 or int8), never with auto itself"
+        )
     if runtime not in RUNTIMES:
         raise ConfigError(f"--runtime {runtime}: unknown runtime; use one of {', '.join(RUNTIMES)}")
     if precision not in PRECISIONS:

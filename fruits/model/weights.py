@@ -14,6 +14,8 @@ from fruits.errors import Unavailable
 ARCHITECTURE = "mobilenet_v2_1.0_224"
 # Keras' own cache file for MobileNetV2(weights="imagenet", include_top=False, alpha=1.0, 224x224).
 KERAS_IMAGENET_NOTOP = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+# ... and with the 1000-class head (include_top=True): where the ImageNet head of fruits.model.accuracy comes from.
+KERAS_IMAGENET_TOP = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5"
 # Where the weights came from (part of every model id): Keras' ImageNet download, or a local file.
 WeightsSource = Literal["imagenet", "file"]
 
@@ -60,30 +62,38 @@ def weights_have_top(path: str) -> bool:
         )
 
 
-def _download_imagenet_weights(cached: str) -> str:
-    """Keras' own ImageNet MobileNetV2 (no top) file: building the model makes Keras download it into its cache."""
+# The hint each caller gives when Keras' download fails (offline): which setting takes a local file instead.
+WEIGHTS_HINT = (
+    "If this machine is offline, pass a local MobileNetV2 weights file with --weights FILE "
+    "(or FRUITS_WEIGHTS=FILE): a Keras .weights.h5 or .h5, with or without the classifier head."
+)
+
+
+def keras_imagenet_file(include_top: bool = False, offline_hint: str = WEIGHTS_HINT) -> str:
+    """Keras' own ImageNet MobileNetV2 file (no top, or with the 1000-class head), from Keras' cache (``~/.keras`` or
+    ``$KERAS_HOME``); building the model makes Keras download it there (and check its hash) the first time."""
+    keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    cached = os.path.join(keras_home, "models", KERAS_IMAGENET_TOP if include_top else KERAS_IMAGENET_NOTOP)
+    if os.path.isfile(cached):
+        return cached
     try:
         import keras
 
-        keras.applications.MobileNetV2(weights="imagenet", include_top=False, input_shape=(224, 224, 3))
+        keras.applications.MobileNetV2(weights="imagenet", include_top=include_top, input_shape=(224, 224, 3))
     except Exception as exc:
         raise WeightsUnavailable(
-            "Could not download Keras' ImageNet weights for MobileNetV2 "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}). "
-            "If this machine is offline, pass a local MobileNetV2 weights file with --weights FILE "
-            "(or FRUITS_WEIGHTS=FILE): a Keras .weights.h5 or .h5, with or without the classifier head."
+            f"Could not download Keras' ImageNet weights for MobileNetV2{' (with its classifier head)' if include_top else ''} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no detail'}). {offline_hint}"
         ) from None
     if not os.path.isfile(cached):
-        raise WeightsUnavailable(f"Keras loaded its ImageNet weights but not from {cached}; pass --weights FILE")
+        raise WeightsUnavailable(f"Keras loaded its ImageNet weights but not from {cached}. {offline_hint}")
     return cached
 
 
 def resolve_weights(spec: str) -> WeightsRef:
     """Resolve ``--weights``: ``"imagenet"`` (Keras' download, cached in ~/.keras) or a local weights file."""
     if spec == "imagenet":
-        keras_home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-        cached = os.path.join(keras_home, "models", KERAS_IMAGENET_NOTOP)
-        path = cached if os.path.isfile(cached) else _download_imagenet_weights(cached)
+        path = keras_imagenet_file()
         return WeightsRef(path=path, sha256=_sha256(path), has_top=False, source="imagenet")
     path = str(Path(spec).expanduser().resolve())
     if not os.path.isfile(path):
