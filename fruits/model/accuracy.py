@@ -250,8 +250,10 @@ def choose_precision(config: Config, weights: WeightsRef, *, cpu: Cpu | None = N
     photos = load_photos(calibration.files, config.model.image_size)
 
     def features(precision: Precision) -> np.ndarray:
-        featurizer: Featurizer = make_featurizer(
-            dataclasses.replace(config, model=dataclasses.replace(config.model, precision=precision)), weights)
+        # The precision is judged on the model's own output, whatever the home's views: the head classifies one
+        # photo's vector, not a mean of normalised ones, and the views change every precision alike.
+        model = dataclasses.replace(config.model, precision=precision, views="single")
+        featurizer: Featurizer = make_featurizer(dataclasses.replace(config, model=model), weights)
         return featurizer.run_inference(photos, featurizer.load_model())
 
     fp32 = features("fp32")
