@@ -53,9 +53,15 @@ def nothing_to_fit(home: Home, last: PcaVersion | None) -> str | None:
     version = home.features.version()
     if version is None:
         return f"no features table at {home.features_table} yet"
-    if last is not None and last.source_version == version:
+    if fitted_here(home, last) and last.source_version == version:
         return f"features table is still at version {version}, already fitted by v{last.version}"
     return None
+
+
+def fitted_here(home: Home, last: PcaVersion | None) -> bool:
+    """Whether ``last`` was fitted on ``home``'s features table (the active model's); not after a model switch, when
+    the next refit fits every row of the new model's table."""
+    return last is not None and (last.features_table or home.config.features_table) == home.features_table
 
 
 class Engine(Protocol):
@@ -122,10 +128,11 @@ def refit_pca(
 ) -> RefitOutcome:
     """Fit PCA on the features table's current version; write the model version, ``tables/pca`` and the plots. On
     ``engine``, else on Spark (``spark``)."""
-    engine = engine or SparkEngine(spark, Home.from_config(config))
+    engine = engine or SparkEngine(spark, Home.from_config(config).pinned())
     home, store = engine.home, engine.store
-    last = store.latest()
-    skipped = nothing_to_fit(home, last)
+    latest = store.latest()
+    last = latest if fitted_here(home, latest) else None  # another model's PCA: nothing to build on
+    skipped = nothing_to_fit(home, latest)
     if skipped:
         return RefitOutcome(None, skipped)
     steps = Phases()
@@ -137,7 +144,8 @@ def refit_pca(
     if fit is None:
         return RefitOutcome(None, f"features table version {source_version} has no rows", compaction)
     try:
-        record = _write_version(engine, config, last, fit, source_version, (k, variance), steps, compaction)
+        version = latest.version + 1 if latest else 1
+        record = _write_version(engine, config, last, fit, version, source_version, (k, variance), steps, compaction)
     finally:
         fit.release()
     return RefitOutcome(record, compaction=compaction)
@@ -149,16 +157,15 @@ def refit_pca_local(
     """:func:`refit_pca` without a JVM (:class:`fruits.batch.local_fit.LocalEngine`)."""
     from fruits.batch.local_fit import LocalEngine
 
-    return refit_pca(None, config, k, variance, incremental=incremental, engine=LocalEngine(Home.from_config(config)))
+    return refit_pca(None, config, k, variance, incremental=incremental, engine=LocalEngine(Home.from_config(config).pinned()))
 
 
 def _write_version(
-    engine: Engine, config: Config, last: PcaVersion | None, fit: Fit, source_version: int,
+    engine: Engine, config: Config, last: PcaVersion | None, fit: Fit, version: int, source_version: int,
     k_rule: tuple[int | None, float | None], steps: Phases, compaction: dict,
 ) -> PcaVersion:
-    """Steps 3 (eigendecomposition) to 6 of the module docstring, for the statistics of ``fit``."""
+    """Steps 3 (eigendecomposition) to 6 of the module docstring, for the statistics of ``fit``, as ``version``."""
     store = engine.store
-    version = last.version + 1 if last else 1
     with steps.timed("eigendecomposition"):
         components, ratios = fit.moments.principal_components()
         chosen, rule = choose_k(ratios, *k_rule)
@@ -178,6 +185,7 @@ def _write_version(
         plots=plots, compaction=compaction, projection_version=projection.coordinates_version,
         projection=f"{'all rows' if projection.all_rows else 'new rows'} ({projection.why})", projected_rows=written,
         timings={name: round(seconds, 3) for name, seconds in steps.seconds.items()}, engine=engine.name,
+        features_table=engine.home.features_table,
     )
     store.commit(record)
     return record

@@ -7,7 +7,7 @@ import threading
 from typing import TYPE_CHECKING, Callable
 
 from fruits.batch.compaction import describe
-from fruits.batch.refit_pca import RefitOutcome, SparkEngine, refit_pca
+from fruits.batch.refit_pca import RefitOutcome, SparkEngine, fitted_here, refit_pca
 from fruits.config import Config
 from fruits.errors import Failed
 from fruits.home.home import Home
@@ -38,12 +38,14 @@ class Refitter:
     def __call__(self, k: int | None, variance: float | None, *, incremental: bool = True) -> RefitOutcome:
         from fruits.batch.local_fit import LocalEngine, choose_engine
 
-        engine, why = choose_engine(self.home, self.home.pca_store.latest(), incremental)
+        home = self.home.pinned()  # one features table for the whole refit, even if a switch flips the model
+        latest = home.pca_store.latest()
+        engine, why = choose_engine(home, latest if fitted_here(home, latest) else None, incremental)
         log.info("refit on %s: %s", "this process (delta-rs + numpy, no JVM)" if engine == "local" else "Spark", why)
         if engine == "local":
-            return refit_pca(None, self.config, k, variance, incremental=incremental, engine=LocalEngine(self.home))
+            return refit_pca(None, self.config, k, variance, incremental=incremental, engine=LocalEngine(home))
         spark = self.spark()
-        return refit_pca(spark, self.config, k, variance, incremental=incremental, engine=SparkEngine(spark, self.home))
+        return refit_pca(spark, self.config, k, variance, incremental=incremental, engine=SparkEngine(spark, home))
 
 
 def log_outcome(outcome: RefitOutcome) -> None:

@@ -101,6 +101,7 @@ class PathsConfig:
     pca_table: str
     checkpoints: str
     pca_models: str
+    model_registry: str
     status: str
     archive: str
     quarantine: str
@@ -284,6 +285,7 @@ class Config:
     locks = _Location("locks")
     pca_table = _Location("pca_table")
     pca_models = _Location("pca_models")
+    model_registry = _Location("model_registry", "The home's models (:mod:`fruits.home.models`).")
 
     @property
     def stream_progress(self) -> str:

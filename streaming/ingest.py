@@ -22,10 +22,14 @@ from fruits.config import Config
 from fruits.errors import Failed
 from fruits.home.filesystem import HadoopFiles
 from fruits.home.home import Home
+from fruits.model.active import ModelToRun, model_of_stream, model_to_run
 from fruits.model.featurizer import Featurizer
 from fruits.home.locks import exclusive
+from fruits.home.models import ModelRecord
+from fruits.home.tables import TableSealed
 from fruits.model.weights import WeightsRef
 from fruits.model.runtimes import make_featurizer
+from fruits.model.udf import ship_model_files
 from fruits.streaming.discovery import Discovery
 from fruits.streaming.ledger_source import LedgerSource
 from fruits.streaming.migration import adopt_legacy_rows
@@ -85,14 +89,6 @@ def start_stream(
     return writer.start()
 
 
-def ship_model_files(spark: SparkSession, featurizer: Featurizer) -> None:
-    """Weights or IR files of ``featurizer`` to the executors (``SparkContext.addFile``, once per application):
-    executors on other machines read their copy through SparkFiles."""
-    for path in featurizer.files:
-        if not any(added.endswith("/" + os.path.basename(path)) for added in spark.sparkContext.listFiles):
-            spark.sparkContext.addFile(path)
-
-
 def build_sink(
     spark: SparkSession,
     home: Home,
@@ -136,11 +132,16 @@ def run_stream(
     stop: threading.Event | None = None,
     lock_held: bool = False,
     featurizer: Featurizer | None = None,
+    chosen: dict | None = None,
 ) -> int:
     """Run the stream until it ends (``available_now``: what has landed by now), ``stop`` is set, or SIGTERM /
     SIGINT stops it (between two chunks: see :func:`_await`); returns how many files it gave an outcome. Refuses to
     start (:class:`fruits.home.locks.LockBusy`) while another stream runs on the home, unless the caller holds the home's
-    stream lock (``lock_held``). ``featurizer``: see :func:`start_stream`."""
+    stream lock (``lock_held``). ``featurizer``: see :func:`start_stream`.
+
+    ``config``'s model must be the home's active one (:mod:`fruits.model.active`; the first stream of a home records
+    it, ``chosen`` saying how its precision was chosen). When ``fruits model switch`` replaces it, the sink finds its
+    features table sealed: the stream waits for the switch to make the new model active, then goes on with it."""
     home = Home.from_config(config)  # the stream's one Home: its parts share its locations and storage options
     with nullcontext() if lock_held else exclusive(config, "stream"), _stop_on_signals(stop) as stop:
         home_files = home.spark_files(spark)
@@ -152,6 +153,8 @@ def run_stream(
         retries = Retries(home, files.present, files=home_files)
         try:
             prepare_home(spark, home)
+            featurizer = featurizer or make_featurizer(config, weights)
+            model = model_of_stream(home, ModelToRun(config, weights, None, dict(chosen or {})), featurizer.model_id)
             files.sweep(landing)  # read aliases a stopped stream left
             discovery.start(continuous=not available_now)  # one listing first: an available-now run sees it all
             if retries.load():
@@ -159,16 +162,47 @@ def run_stream(
                 retries.tick()  # those due now (e.g. files that appeared while no stream ran): this run takes them
             if not available_now:
                 retries.start()
-            query = start_stream(
-                spark, home, weights, progress, available_now=available_now, stop=stop, retries=retries, featurizer=featurizer
-            )
-            log.info("stream %s watching %s (checkpoint %s)", query.name, config.landing, config.checkpoint("ingest"))
-            _await(spark, query, stop, progress)
-            return progress.files
+            while True:
+                query = start_stream(
+                    spark, home, weights, progress, available_now=available_now, stop=stop, retries=retries,
+                    featurizer=featurizer,
+                )
+                log.info("stream %s watching %s with model %d (checkpoint %s)", query.name, config.landing,
+                         model.number, config.checkpoint("ingest"))
+                _await(spark, query, stop, progress)
+                if progress.sealed_by is None:
+                    return progress.files
+                model = _wait_for_switch(home, model, stop)
+                if model is None:  # stopped while waiting
+                    return progress.files
+                progress.sealed_by, featurizer = None, None
+                run = model_to_run(home)
+                home, weights = run.home, run.weights
         finally:
             retries.stop()
             discovery.stop()
             leftovers.stop()
+
+
+# How often a stream whose features table a switch sealed looks whether the switch made the new model active.
+SWITCH_POLL_SECONDS = 0.5
+
+
+def _wait_for_switch(home: Home, model: ModelRecord, stop: threading.Event) -> ModelRecord | None:
+    """The model that replaced ``model`` once ``fruits model switch`` made it active (its last rows are being
+    featurized meanwhile), or None if ``stop`` was set first."""
+    log.info("model %d's features table is sealed: `fruits model switch` is finishing; waiting for it", model.number)
+    waited = 0.0
+    while not stop.wait(SWITCH_POLL_SECONDS):
+        active = home.models.load().active
+        if active is not None and active.number != model.number:
+            log.info("model %d is now active (%s): the stream goes on with it", active.number, active.model_id)
+            return active
+        waited += SWITCH_POLL_SECONDS
+        if waited % 60 < SWITCH_POLL_SECONDS:
+            log.warning("still waiting for the switch away from model %d (%.0f s): if `fruits model switch` was "
+                        "stopped, run it again to finish it", model.number, waited)
+    return None
 
 
 class StreamFailed(Failed):
@@ -205,7 +239,7 @@ def _await(spark: SparkSession, query: StreamingQuery, stop: threading.Event, pr
     if stop.is_set() and not told:  # the sink saw it first
         _tell_stop()
     failure = query.exception()
-    if failure is not None and not (stop.is_set() and progress.stopped_in is not None):
+    if failure is not None and progress.sealed_by is None and not (stop.is_set() and progress.stopped_in is not None):
         raise StreamFailed(f"stream failed: {failure}")
 
 
@@ -217,7 +251,7 @@ def _tell_stop() -> bool:
 
 def _not_a_stop(record: logging.LogRecord) -> bool:
     """False for py4j's log of the exception a ``foreachBatch`` call raised when it is the sink's StopRequested."""
-    return not (record.exc_info and isinstance(record.exc_info[1], StopRequested))
+    return not (record.exc_info and isinstance(record.exc_info[1], (StopRequested, TableSealed)))
 
 
 @contextmanager

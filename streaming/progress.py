@@ -26,6 +26,9 @@ class Progress:
     phases: Phases = field(default_factory=Phases)
     # The micro-batch the sink ended early because a stop was requested (:class:`fruits.streaming.sink.StopRequested`).
     stopped_in: int | None = None
+    # The model that replaces the stream's, once the sink found its features table sealed by a switch
+    # (:class:`fruits.home.tables.TableSealed`): the stream then goes on with that model.
+    sealed_by: int | None = None
 
     def chunk_done(self, micro_batch: int, files: int, seconds: float) -> None:
         """Log and publish one chunk's figures (``files`` outcome rows committed in ``seconds``)."""

@@ -34,22 +34,22 @@ from typing import Any, Callable, Iterator
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.types import BinaryType, LongType, StringType, StructField, StructType, TimestampType
+
 import pyarrow as pa
 import pyarrow.compute as pc
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import PythonException
-from pyspark.sql.utils import AnalysisException
+
 
 from fruits.config import AfterIngest
 from fruits.errors import Stopped
 from fruits.home.filesystem import Files, HadoopFiles
-from fruits.model.udf import featurize_column
+from fruits.model.udf import featurize_column, featurize_files, read_files
 from fruits.spark.conditions import error_conditions
 from fruits.model.featurizer import Featurizer
 from fruits.home.names import ALIAS_FOLDER, alias_path, fit_relative, local_bytes, needs_alias
-from fruits.home.tables import Table
-from fruits.home.uris import glob_escape, local_path
+from fruits.home.tables import Table, TableSealed
+from fruits.home.uris import local_path
 from fruits.home.verdicts import Cause, retryable
 from fruits.landing.writers import writer_alive
 from fruits.streaming.outcomes import (
@@ -59,15 +59,6 @@ from fruits.streaming.progress import Progress
 
 log = logging.getLogger("fruits.stream")
 
-# The binaryFile source's schema, given explicitly so Spark never has to infer it.
-BINARY_FILE_SCHEMA = StructType(
-    [
-        StructField("path", StringType(), False),
-        StructField("modificationTime", TimestampType(), False),
-        StructField("length", LongType(), False),
-        StructField("content", BinaryType(), True),
-    ]
-)
 LEDGER_COLUMNS = [
     "file_id", "path", "label", "size_bytes", "modified_at", "discovered_at", "discovered_by", "overwrites",
     "attempt", "writer", "read_from", "raw_path",
@@ -272,6 +263,13 @@ class OutcomeSink:
     _seen: dict[tuple[str, int], tuple[int, int, int] | None] = field(default_factory=dict)
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        try:
+            self._write_batch(batch, batch_id)
+        except TableSealed as sealed:  # a switch sealed the features table: this micro-batch is replayed with
+            self.progress.sealed_by = sealed.sealed_by  # the model that replaces it (fruits.streaming.ingest)
+            raise
+
+    def _write_batch(self, batch: DataFrame, batch_id: int) -> None:
         files = LandedFiles(self.files or Files(remote=HadoopFiles(batch.sparkSession)))
         started = time.perf_counter()
         self._micro_batch = batch_id
@@ -504,33 +502,18 @@ class OutcomeSink:
 
     def _read(self, spark: SparkSession, rows: list[Row], files: LandedFiles) -> DataFrame:
         """``binaryFile`` over exactly the rows' files, found there just before (:meth:`_absent`, which looked at
-        each one: not again here); a file deleted since is skipped (``spark.sql.files.ignoreMissingFiles``, or left
-        out after Spark's PATH_NOT_FOUND) and quarantined as disappeared. A file whose name the JVM cannot open is
-        read through its alias (:meth:`LandedFiles.readable`), which the pairing maps back by ``file_id``."""
+        each one: not again here); a file deleted since is skipped and quarantined as disappeared
+        (:func:`fruits.model.udf.read_files`). A file whose name the JVM cannot open is read through its alias
+        (:meth:`LandedFiles.readable`), which the pairing maps back by ``file_id``."""
         files.register(rows)
         paths = sorted({path for row in rows if (path := files.readable(at(row), self.landing))})
-        for _ in range(3):
-            if not paths:
-                break
-            try:
-                return spark.read.format("binaryFile").schema(BINARY_FILE_SCHEMA).load([glob_escape(p) for p in paths])
-            except AnalysisException as exc:  # PATH_NOT_FOUND: deleted between our check and Spark's
-                if exc.getCondition() != "PATH_NOT_FOUND":
-                    raise
-                paths = [p for p in paths if files.version(p) is not None]
-        return spark.createDataFrame([], BINARY_FILE_SCHEMA)
+        return read_files(spark, paths, still_there=lambda p: files.version(p) is not None)
 
     def _featurize(self, content: DataFrame) -> DataFrame:
         """Bytes -> what the driver pairs with the ledger rows (:func:`fruits.streaming.outcomes.featurized_rows`):
         path, size and mtime as read, the content's hash, and ``result`` (``features`` or an ``error``). No join with
         the ledger rows here: a broadcast of driver-made rows is one more job per chunk (``bench/latency.py``)."""
-        return content.coalesce(self.partitions).select(
-            "path",
-            "length",
-            F.unix_millis("modificationTime").alias("mtime_ms"),
-            F.sha2("content", 256).alias("content_sha256"),
-            featurize_column(F.col("content"), self.featurizer, self.max_pixels).alias("result"),
-        )
+        return featurize_files(content, self.featurizer, self.max_pixels, self.partitions)
 
     def _unread_verdict(self, row: Row, files: LandedFiles) -> Verdict:
         now = files.version(at(row))

@@ -22,6 +22,7 @@ from functools import cached_property
 from fruits.config import Config, join_uri
 from fruits.home import s3
 from fruits.home.filesystem import Files, HadoopFiles, S3Files
+from fruits.home.models import ModelRecord, ModelRegistry
 from fruits.home.pca_store import PcaModelStore
 from fruits.home.tables import SPECS, Table, TableName
 
@@ -31,10 +32,17 @@ class Home:
     """One home's locations (Hadoop spelling: ``/x``, ``file:/x``, ``s3a://b/k``) and its storage options."""
 
     config: Config
+    # The features table this Home stands for, fixed (:meth:`pinned`); None: the active model's, looked up each time.
+    pinned_features: str | None = None
 
     @classmethod
     def from_config(cls, config: Config) -> "Home":
         return cls(config)
+
+    def pinned(self) -> "Home":
+        """This home with its features table fixed to the active model's now: a job that reads it several times (a
+        refit) reads one table even if a switch makes another model active meanwhile."""
+        return Home(self.config, self.features_table)
 
     @property
     def root(self) -> str:
@@ -55,7 +63,11 @@ class Home:
 
     @property
     def features_table(self) -> str:
-        return self.config.features_table
+        """The active model's features table (:attr:`models`); ``[paths] features_table`` before the first model."""
+        if self.pinned_features is not None:
+            return self.pinned_features
+        active = self.models.load().active
+        return active.table if active is not None else self.config.features_table
 
     @property
     def quarantine_table(self) -> str:
@@ -114,6 +126,11 @@ class Home:
         return Files(remote=HadoopFiles(spark))
 
     @cached_property
+    def models(self) -> ModelRegistry:
+        """The home's models: which one is active, and the others (:mod:`fruits.home.models`)."""
+        return ModelRegistry(self.config.model_registry, self.files)
+
+    @cached_property
     def pca_store(self) -> PcaModelStore:
         """The PCA model store (``models/pca/vN/``), read and written through :attr:`files`."""
         return PcaModelStore(self.pca_models, self.files)
@@ -124,14 +141,18 @@ class Home:
         """A new handle on the table ``name`` ("features", "quarantine", "files": the ledger, "pca"), with this home's
         storage options. Handles are cheap; one kept by a long-running process keeps its table loaded between appends
         (:class:`~fruits.home.tables.Table`)."""
-        locations = {"features": self.features_table, "quarantine": self.quarantine_table,
-                     "files": self.ledger_table, "pca": self.pca_table}
-        return Table(locations[name], SPECS[name], storage_options=self.storage_options)
+        location = {"features": lambda: self.features_table, "quarantine": lambda: self.quarantine_table,
+                    "files": lambda: self.ledger_table, "pca": lambda: self.pca_table}[name]()
+        return Table(location, SPECS[name], storage_options=self.storage_options)
 
     @property
     def features(self) -> Table:
-        """A new handle on the features table (one row per featurized file version)."""
+        """A new handle on the active model's features table (one row per featurized file version)."""
         return self.table("features")
+
+    def model_features(self, model: ModelRecord) -> Table:
+        """A new handle on the features table of ``model`` (active or not)."""
+        return Table(model.table, SPECS["features"], storage_options=self.storage_options)
 
     @property
     def quarantine(self) -> Table:

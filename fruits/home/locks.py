@@ -49,8 +49,8 @@ class LockBusy(Busy):
         self.lock = lock
 
 
-# The home's locks: one `fruits stream` and one `fruits refit-pca` at a time.
-LockName = Literal["stream", "refit-pca"]
+# The home's locks: one `fruits stream`, one `fruits refit-pca` and one `fruits model switch|prune` at a time.
+LockName = Literal["stream", "refit-pca", "model"]
 
 
 def lock_path(config: Config, name: LockName) -> Path:

@@ -64,6 +64,9 @@ class PcaVersion:
     timings: dict = field(default_factory=dict)
     # Where the refit ran: "spark", or "local" (delta-rs + numpy, no JVM); "spark" before the field existed.
     engine: RefitEngine = "spark"
+    # The features table fitted (the home's active model's, fruits.home.models); None in metadata written before the
+    # field existed: the first model's.
+    features_table: str | None = None
 
     @property
     def coordinates_version(self) -> int:

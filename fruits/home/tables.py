@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 from deltalake import CommitProperties, DeltaTable, Field, write_deltalake
-from deltalake.exceptions import DeltaError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 from pyspark.sql.pandas.types import to_arrow_schema
 from pyspark.sql.types import (
     ArrayType,
@@ -52,6 +52,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+from fruits.errors import Stopped
 from fruits.home.uris import local_path, rust_uri
 
 if TYPE_CHECKING:
@@ -59,7 +60,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHANGE_FEED", "DeltaError", "FEATURES", "FEATURES_SCHEMA", "LEDGER", "LEDGER_SCHEMA", "PCA", "PCA_SCHEMA",
-    "QUARANTINE", "QUARANTINE_SCHEMA", "RELOAD_EVERY", "SPECS", "Table", "TableName", "TableSpec",
+    "QUARANTINE", "QUARANTINE_SCHEMA", "RELOAD_EVERY", "SEALED_BY", "SPECS", "Table", "TableName", "TableSealed",
+    "TableSpec",
 ]
 
 log = logging.getLogger("fruits.home.tables")
@@ -147,6 +149,18 @@ LEDGER_SCHEMA = pa.schema(
 )
 
 CHANGE_FEED = {"delta.enableChangeDataFeed": "true"}
+# The table property that closes a features table to appends: the number of the model that replaces its model
+# (fruits.batch.model_switch). Set by a metadata commit, which Delta's conflict check makes every append read an
+# older version fail, so no append lands after it unseen.
+SEALED_BY = "fruits.sealedBy"
+
+
+class TableSealed(Stopped):
+    """An append to a table another model replaces (:data:`SEALED_BY`); ``sealed_by`` is that model's number."""
+
+    def __init__(self, message: str, *, sealed_by: int) -> None:
+        super().__init__(message)
+        self.sealed_by = sealed_by
 TableName = Literal["features", "quarantine", "files", "pca"]
 
 
@@ -352,8 +366,41 @@ class Table:
             return
         properties = CommitProperties(custom_metadata=dict(metadata)) if metadata else None
         with self._lock:
-            write_deltalake(self.kept(), rows, mode="append", commit_properties=properties)
+            table = self.kept()
+            self._refuse_if_sealed(table)
+            try:
+                write_deltalake(table, rows, mode="append", commit_properties=properties)
+            except CommitFailedError:  # a commit it did not read changed the table's metadata: sealed?
+                self.forget()
+                self._refuse_if_sealed(self.kept())
+                raise
             self._commits += 1
+
+    def sealed_by(self, table: DeltaTable | None = None) -> int | None:
+        """The model that replaces this table's (:data:`SEALED_BY`), as of ``table`` (default: the table now)."""
+        table = table or self.open()
+        value = table.metadata().configuration.get(SEALED_BY) if table is not None else None
+        return int(value) if value else None
+
+    def seal(self, model: int) -> int:
+        """Close the table to appends, for the model ``model`` that replaces its own; returns the version of the
+        seal. Appends that read an older version fail (Delta's conflict check), later ones see the seal."""
+        table = self._require()
+        if self.sealed_by(table) != model:
+            table.alter.set_table_properties({SEALED_BY: str(model)}, raise_if_not_exists=False)
+            table.update_incremental()
+        return table.version()
+
+    def unseal(self) -> None:
+        """Open the table to appends again (a switch that stopped before making its model active gives it back)."""
+        table = self._require()
+        if self.sealed_by(table) is not None:
+            table.alter.set_table_properties({SEALED_BY: ""}, raise_if_not_exists=False)
+
+    def _refuse_if_sealed(self, table: DeltaTable) -> None:
+        sealer = self.sealed_by(table)
+        if sealer is not None:
+            raise TableSealed(f"{self.location} is sealed: model {sealer} replaces its model", sealed_by=sealer)
 
     def overwrite(
         self, rows: pa.Table, *, predicate: str | None = None, schema_mode: Literal["overwrite", "merge"] | None = None,

@@ -81,6 +81,11 @@ def local_file(driver_path: str) -> str:
     return SparkFiles.get(os.path.basename(driver_path))
 
 
+def compose_model_id(weights_id: str, runtime: str, precision: str, views: str = "single") -> str:
+    """``<weights id>/<runtime>-<precision>``, plus ``+<views>`` for views other than the single one."""
+    return f"{weights_id}/{runtime}-{precision}" + ("" if views == "single" else f"+{views}")
+
+
 class ChunkedFeaturizer:
     """The shared half of the featurizers: ``model_id`` from ``weights``/``runtime``/``precision``/``views``, and
     ``run_inference`` as a loop over chunks of ``batch_size`` images (of every view). Subclasses are frozen
@@ -99,8 +104,7 @@ class ChunkedFeaturizer:
         """The weights' id plus the runtime and precision that made the features, and the views unless single:
         ``.../openvino-fp32``, ``.../openvino-int8+rot4``. Single-view ids stay as they always were (existing homes
         keep theirs)."""
-        views = "" if self.views == "single" else f"+{self.views}"
-        return f"{self.weights.model_id}/{self.runtime}-{self.precision}{views}"
+        return compose_model_id(self.weights.model_id, self.runtime, self.precision, self.views)
 
     def runner(self, model: Any) -> Any:
         """What :meth:`infer_chunk` calls for one :meth:`run_inference` call (by default the model itself)."""

@@ -10,6 +10,7 @@ compared with the labelled rows of ``tables/pca``: the 5 nearest vote, weighted 
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,13 +20,18 @@ import numpy as np
 
 from fruits.config import Config
 from fruits.errors import Unavailable
+from fruits.model.active import record_settings, with_model
 from fruits.model.featurizer import Featurizer
 from fruits.model.images import RejectedImage, decode_image
-from fruits.model.weights import WeightsRef
+from fruits.model.weights import WeightsRef, resolve_weights
 from fruits.home.home import Home
+from fruits.home.models import ModelRecord
 from fruits.home.pca_store import latest_record
 from fruits.home.tables import Table
 from fruits.model.runtimes import make_featurizer, same_features
+
+
+log = logging.getLogger("fruits.identify")
 
 
 class IdentifyError(Unavailable):
@@ -142,19 +148,41 @@ class Identifier:
         if current is not None and current.model_version == refit["version"]:
             return current
         reference = Reference.load(self.home, refit)
+        featurizer, _ = self.featurizer()
+        if not any(same_features(featurizer.model_id, stored) for stored in reference.model_ids):
+            record = self._model_of(reference, featurizer)
+            if record is None:
+                self._refuse(reference, featurizer)
+            self._follow(record)  # a switch made another model active and this PCA version was fitted on it
+        self._reference = reference
+        return reference
+
+    def _model_of(self, reference: Reference, featurizer: Featurizer) -> ModelRecord | None:
+        """The home's model whose features ``reference`` was fitted on, if this identifier runs one of the home's
+        models (a switch moved the home from one to the other); None for a model the home never had."""
+        models = [m for m in self.home.models.load().models if m.state != "pruned"]
+        if not any(same_features(m.model_id, featurizer.model_id) for m in models):
+            return None
+        return next((m for m in reversed(models) if any(same_features(m.model_id, s) for s in reference.model_ids)), None)
+
+    def _follow(self, record: ModelRecord) -> None:
+        """Answer with ``record``'s model from now on (built at the next call)."""
+        log.info("identify follows model %d (%s)", record.number, record.model_id)
+        weights = resolve_weights(record.weights)
+        with self._lock:
+            self.config, self.weights = with_model(self.config, **record_settings(record)), weights
+            self._model = self._featurizer = None
+
+    def _refuse(self, reference: Reference, featurizer: Featurizer) -> None:
         if not any(stored == self.weights.model_id or stored.startswith(self.weights.model_id + "/") for stored in reference.model_ids):
             raise IdentifyError(
                 f"--weights give model id {self.weights.model_id}, but PCA v{reference.version} was fitted on features "
                 f"of {', '.join(reference.model_ids)}: pass the weights the stream used"
             )
-        featurizer, _ = self.featurizer()
-        if not any(same_features(featurizer.model_id, stored) for stored in reference.model_ids):
-            raise IdentifyError(
-                f"--runtime/--precision give model id {featurizer.model_id}, but PCA v{reference.version} was fitted on "
-                f"features of {', '.join(reference.model_ids)}: pass the precision the stream used"
-            )
-        self._reference = reference
-        return reference
+        raise IdentifyError(
+            f"--runtime/--precision give model id {featurizer.model_id}, but PCA v{reference.version} was fitted on "
+            f"features of {', '.join(reference.model_ids)}: pass the precision the stream used"
+        )
 
     def identify(
         self, photos: Sequence[tuple[str, bytes | Exception]], *, neighbours: int = 5, with_paths: bool = False

@@ -9,16 +9,21 @@ are raised: the task fails and is retried, and no image gets a verdict from them
 from __future__ import annotations
 
 import gc
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import Column
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
+from pyspark.sql.types import BinaryType, LongType, StringType, StructField, StructType, TimestampType
+from pyspark.sql.utils import AnalysisException
 
 from fruits.errors import Failed
+from fruits.home.uris import glob_escape
 from fruits.model.images import DEFAULT_MAX_PIXELS, TRANSIENT, RejectedImage, decode_image
 from fruits.model.featurizer import Featurizer, shared_model
 
@@ -141,3 +146,50 @@ def featurize_column(content: Column, featurizer: Featurizer, max_pixels: int = 
         yield from featurize_batches(batches, featurizer, model, max_pixels)
 
     return featurize(content)
+
+
+# The binaryFile source's schema, given explicitly so Spark never has to infer it.
+BINARY_FILE_SCHEMA = StructType(
+    [
+        StructField("path", StringType(), False),
+        StructField("modificationTime", TimestampType(), False),
+        StructField("length", LongType(), False),
+        StructField("content", BinaryType(), True),
+    ]
+)
+
+
+def read_files(spark: SparkSession, paths: list[str], *, still_there: Callable[[str], bool]) -> DataFrame:
+    """``binaryFile`` over exactly ``paths`` (each found there just before, by the caller). A file deleted between
+    that look and Spark's listing fails it with PATH_NOT_FOUND: the paths ``still_there`` says are gone are then left
+    out, up to three times; the caller tells the missing ones by their absence from the result."""
+    for _ in range(3):
+        if not paths:
+            break
+        try:
+            return spark.read.format("binaryFile").schema(BINARY_FILE_SCHEMA).load([glob_escape(p) for p in paths])
+        except AnalysisException as exc:  # PATH_NOT_FOUND: deleted between our check and Spark's
+            if exc.getCondition() != "PATH_NOT_FOUND":
+                raise
+            paths = [p for p in paths if still_there(p)]
+    return spark.createDataFrame([], BINARY_FILE_SCHEMA)
+
+
+def featurize_files(content: DataFrame, featurizer: Featurizer, max_pixels: int, partitions: int) -> DataFrame:
+    """``binaryFile`` rows -> path, ``length``, ``mtime_ms``, ``content_sha256`` and ``result`` (``features`` or an
+    ``error``), featurized on the executors in ``partitions`` tasks: the stream's and the switch's one job."""
+    return content.coalesce(partitions).select(
+        "path",
+        "length",
+        F.unix_millis("modificationTime").alias("mtime_ms"),
+        F.sha2("content", 256).alias("content_sha256"),
+        featurize_column(F.col("content"), featurizer, max_pixels).alias("result"),
+    )
+
+
+def ship_model_files(spark: SparkSession, featurizer: Featurizer) -> None:
+    """Weights or IR files of ``featurizer`` to the executors (``SparkContext.addFile``, once per application):
+    executors on other machines read their copy through SparkFiles."""
+    for path in featurizer.files:
+        if not any(added.endswith("/" + os.path.basename(path)) for added in spark.sparkContext.listFiles):
+            spark.sparkContext.addFile(path)

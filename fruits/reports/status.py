@@ -78,8 +78,12 @@ def age_seconds(timestamp: str) -> float:
 def collect_status(home: Home) -> dict[str, Any]:
     """Versions, row counts and data files of the features, quarantine and pca tables, labels, duplicates, files
     changed since ingest, the last refit and the stream's last micro-batch."""
+    home = home.pinned()  # one features table for the whole report, even if a switch makes another model active
+    active = home.models.load().active
     report = {
         "home": home.root,
+        "model": None if active is None else {"number": active.number, "model_id": active.model_id,
+                                              "since": active.active_since or active.since},
         "features": _table_summary(home.features, label_counts=True),
         "duplicates": duplicates(home.features),
         "landing_changes": overwritten_in_place(home),
@@ -99,6 +103,9 @@ def collect_status(home: Home) -> dict[str, Any]:
 def format_status(report: dict[str, Any]) -> str:
     """The status report as a few human-readable lines."""
     lines = [f"home: {report['home']}"]
+    model = report.get("model")
+    lines.append(f"model {model['number']}: {model['model_id']} (active since {model['since']}; `fruits model`)"
+                 if model else "model: none yet (the first `fruits stream` records it)")
     for name in ("features", "quarantine", "pca"):
         table = report[name]
         lines.append(

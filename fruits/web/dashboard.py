@@ -146,14 +146,16 @@ class Dashboard:
         self.computations = 0  # how many times the report was computed (tests, bench)
 
     def state(self) -> tuple:
-        """What the report depends on: the tables' versions, the newest PCA model, the stream's last progress."""
+        """What the report depends on: the tables' versions, the active model's table, the newest PCA model, the
+        stream's last progress."""
         home = self.home
         refit = latest_record(home.pca_store) or {}
         try:
             progress = read_json(home.files, self.config.stream_progress) or {}
         except (OSError, ValueError):  # being rewritten: count it as changed
             progress = {"unreadable": time.monotonic()}
-        return self.versions.current(), refit.get("version"), progress.get("at"), progress.get("batch")
+        return (self.versions.current(), home.features_table, refit.get("version"), progress.get("at"),
+                progress.get("batch"))
 
     def status(self) -> dict[str, Any]:
         """:func:`collect_status`, recomputed when what it reads changed (at most once per half refresh interval,
