@@ -1,10 +1,12 @@
-"""The ``fruits`` command: ``stream``, ``refit-pca``, ``drop``, ``stage``, ``identify``, ``serve`` and ``status``."""
+"""The ``fruits`` command: ``stream``, ``refit-pca``, ``model``, ``drop``, ``stage``, ``identify``, ``serve``, ``status``,
+``files`` and ``retry``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -62,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     the modes of :mod:`fruits.config`."""
     parser = argparse.ArgumentParser(prog="fruits", description="Fruits! image ingestion service")
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_stream_parser, _refit_parser, _landing_parsers, _reader_parsers):
+    for add in (_stream_parser, _refit_parser, _model_parsers, _landing_parsers, _reader_parsers):
         add(commands)
     return parser
 
@@ -95,6 +97,25 @@ def _refit_parser(commands: Any) -> None:
         "--no-compact", action="store_true",
         help="do not compact the features and quarantine tables (Delta OPTIMIZE) before fitting ([compaction] enabled)",
     )
+
+
+def _model_parsers(commands: Any) -> None:
+    model = commands.add_parser("model", help="the home's active model; switch the home to another, prune old ones")
+    _common(model)
+    model.add_argument("--json", action="store_true", help="print one JSON object")
+    actions = model.add_subparsers(dest="model_command")
+    switch = actions.add_parser("switch", help="featurize the home's history again under another model, then make it "
+                                "the active one (beside the running stream; run it again to resume it)")
+    _common(switch)
+    _spark_flags(switch)
+    switch.add_argument("--weights", help="'imagenet' or a local MobileNetV2 weights file (default: the active model's)")
+    _runtime_flags(switch)
+    switch.add_argument("--leave-out-missing", action="store_true",
+                        help="leave out the photos whose originals are gone (listed) instead of refusing")
+    switch.add_argument("--no-refit", action="store_true", help="do not refit PCA after the switch")
+    prune = actions.add_parser("prune", help="delete the features tables of retired models")
+    _common(prune)
+    prune.add_argument("--dry-run", action="store_true", help="list what would be deleted")
 
 
 def _landing_parsers(commands: Any) -> None:
@@ -173,8 +194,20 @@ def config_from_args(args: argparse.Namespace) -> Config:
                 "allow_no_token": getattr(args, "allow_no_token", None)},
     }
     if getattr(args, "conf", None):  # --conf: on top of [spark.conf] and of the command's own [X.spark_conf]
-        overrides[COMMAND_SECTIONS[args.command]]["spark_conf"] = dict(args.conf)
+        overrides[COMMAND_SECTIONS.get(args.command, "stream")]["spark_conf"] = dict(args.conf)
     return load_config(args.config, overrides=overrides)
+
+
+# The flags and variables that ask for a model (fruits.model.active): a model other than the home's is refused.
+MODEL_VARIABLES = {"weights": "FRUITS_WEIGHTS", "runtime": "FRUITS_RUNTIME", "precision": "FRUITS_PRECISION",
+                   "views": "FRUITS_VIEWS"}
+
+
+def asked_model(args: argparse.Namespace) -> dict[str, str]:
+    """The model settings this command line asks for: its flags, else the ``FRUITS_*`` variables set."""
+    asked = {key: os.environ[var] for key, var in MODEL_VARIABLES.items() if os.environ.get(var)}
+    asked.update({key: value for key in MODEL_VARIABLES if (value := getattr(args, key, None)) is not None})
+    return asked
 
 
 def cmd_stream(config: Config, args: argparse.Namespace) -> int:
@@ -185,10 +218,12 @@ def cmd_stream(config: Config, args: argparse.Namespace) -> int:
 
 
 def _stream(config: Config, args: argparse.Namespace) -> int:
-    from fruits.model.weights import resolve_weights
+    from fruits.model.active import model_to_run
 
-    # Resolve (and, for "imagenet", download) the weights before the JVM starts: fail fast and clearly.
-    weights = resolve_weights(config.model.weights)
+    # The home's model (another asked for is refused); its weights resolved (and, for "imagenet", downloaded) before
+    # the JVM starts: fail fast and clearly.
+    run = model_to_run(Home.from_config(config), asked=asked_model(args))
+    config, weights = run.config, run.weights
     log.info("weights %s (%s)", weights.model_id, weights.path)
     from fruits.model.runtimes import make_featurizer
 
@@ -201,7 +236,7 @@ def _stream(config: Config, args: argparse.Namespace) -> int:
     spark = build_spark(config, "stream", COMMAND_SECTIONS["stream"])
     # A requested stop (SIGTERM, Ctrl-C) returns normally; the query's own error is StreamFailed (with the Python
     # traceback in its message).
-    files = run_stream(spark, config, weights, available_now=args.available_now, lock_held=True)
+    files = run_stream(spark, config, weights, available_now=args.available_now, lock_held=True, chosen=run.chosen)
     log.info("stream stopped after %d files", files)
     return 0
 
@@ -300,12 +335,54 @@ def cmd_stage(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_identify(config: Config, args: argparse.Namespace) -> int:
-    from fruits.model.identify import identify
-    from fruits.model.weights import resolve_weights
+def cmd_model(config: Config, args: argparse.Namespace) -> int:
+    if args.model_command == "switch":
+        return _model_switch(config, args)
+    if args.model_command == "prune":
+        return _model_prune(config, args)
+    from fruits.reports.models import format_models, models_report
 
-    weights = resolve_weights(config.model.weights)
-    for result in identify([Path(p) for p in args.photos], config, weights):
+    report = models_report(Home.from_config(config))
+    print(json.dumps(report, indent=2) if args.json else format_models(report))
+    return 0
+
+
+def _model_switch(config: Config, args: argparse.Namespace) -> int:
+    from fruits.home.locks import exclusive
+    from fruits.model.active import target_model
+
+    home = Home.from_config(config)
+    with exclusive(config, "model"):  # one switch or prune per home; the stream runs on meanwhile
+        target = target_model(home, asked=asked_model(args))
+        from fruits.batch.model_switch import switch_model
+        from fruits.spark.session import build_spark
+
+        spark = build_spark(target.config, "model-switch", COMMAND_SECTIONS["stream"])
+        outcome = switch_model(spark, home, target, leave_out_missing=args.leave_out_missing, refit=not args.no_refit)
+    log.info("switched to model %d (%s): %d photos featurized in %d passes, %.1f s; %d left out",
+             outcome.model.number, outcome.model.model_id, outcome.featurized, outcome.passes, outcome.seconds,
+             len(outcome.left_out))
+    return 0
+
+
+def _model_prune(config: Config, args: argparse.Namespace) -> int:
+    from fruits.batch.model_switch import prune_models
+    from fruits.home.locks import exclusive
+
+    with exclusive(config, "model"):
+        pruned = prune_models(Home.from_config(config), dry_run=args.dry_run)
+    for record in pruned:
+        print(f"model {record.number} ({record.model_id}): {'would delete' if args.dry_run else 'deleted'} {record.table}")
+    print(f"{len(pruned)} models {'to prune' if args.dry_run else 'pruned'}", file=sys.stderr)
+    return 0
+
+
+def cmd_identify(config: Config, args: argparse.Namespace) -> int:
+    from fruits.model.active import model_to_run
+    from fruits.model.identify import identify
+
+    run = model_to_run(Home.from_config(config), asked=asked_model(args))
+    for result in identify([Path(p) for p in args.photos], run.config, run.weights):
         if args.json:
             print(json.dumps(result, ensure_ascii=False))
         elif "error" in result:
@@ -344,12 +421,14 @@ def cmd_retry(config: Config, args: argparse.Namespace) -> int:
 
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> int:
-    from fruits.model.weights import WeightsUnavailable, resolve_weights
+    from fruits.model.active import model_to_run
+    from fruits.model.weights import WeightsUnavailable
     from fruits.web.app import serve
 
     web = config.web
     try:
-        weights = resolve_weights(config.model.weights)
+        run = model_to_run(Home.from_config(config), asked=asked_model(args))  # another model: refused
+        config, weights = run.config, run.weights
     except WeightsUnavailable as exc:  # uploads, status and the dashboard still work; identify answers 503
         log.warning("identify is off: %s", exc)
         weights = None
@@ -369,6 +448,7 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
 COMMANDS = {
     "stream": cmd_stream,
     "refit-pca": cmd_refit,
+    "model": cmd_model,
     "drop": cmd_drop,
     "identify": cmd_identify,
     "stage": cmd_stage,
