@@ -82,6 +82,7 @@ def switch_model(
     """Move ``home`` to ``target``'s model (see the module docstring); the caller holds the home's ``model`` lock.
     ``featurizer``: the new model's runtime (None: the one ``target`` makes), as the stream takes one."""
     started = time.perf_counter()
+    home = home.with_spark(spark)
     registry = home.models.load()
     old = registry.active
     if old is None:

@@ -128,7 +128,7 @@ def refit_pca(
 ) -> RefitOutcome:
     """Fit PCA on the features table's current version; write the model version, ``tables/pca`` and the plots. On
     ``engine``, else on Spark (``spark``)."""
-    engine = engine or SparkEngine(spark, Home.from_config(config).pinned())
+    engine = engine or SparkEngine(spark, Home.from_config(config).with_spark(spark).pinned())
     home, store = engine.home, engine.store
     latest = store.latest()
     last = latest if fitted_here(home, latest) else None  # another model's PCA: nothing to build on

@@ -38,13 +38,15 @@ class Refitter:
     def __call__(self, k: int | None, variance: float | None, *, incremental: bool = True) -> RefitOutcome:
         from fruits.batch.local_fit import LocalEngine, choose_engine
 
-        home = self.home.pinned()  # one features table for the whole refit, even if a switch flips the model
+        home = self.home.with_spark(self.spark()) if self.home.needs_spark else self.home
+        home = home.pinned()  # one features table for the whole refit, even if a switch flips the model
         latest = home.pca_store.latest()
         engine, why = choose_engine(home, latest if fitted_here(home, latest) else None, incremental)
         log.info("refit on %s: %s", "this process (delta-rs + numpy, no JVM)" if engine == "local" else "Spark", why)
         if engine == "local":
             return refit_pca(None, self.config, k, variance, incremental=incremental, engine=LocalEngine(home))
         spark = self.spark()
+        home = home.with_spark(spark)
         return refit_pca(spark, self.config, k, variance, incremental=incremental, engine=SparkEngine(spark, home))
 
 

@@ -220,9 +220,13 @@ def cmd_stream(config: Config, args: argparse.Namespace) -> int:
 def _stream(config: Config, args: argparse.Namespace) -> int:
     from fruits.model.active import model_to_run
 
+    from fruits.spark.session import build_spark
+
     # The home's model (another asked for is refused); its weights resolved (and, for "imagenet", downloaded) before
-    # the JVM starts: fail fast and clearly.
-    run = model_to_run(Home.from_config(config), asked=asked_model(args))
+    # the JVM starts: fail fast and clearly. (An hdfs:// home's registry is read through the JVM: it starts first.)
+    home = Home.from_config(config)
+    spark = build_spark(config, "stream", COMMAND_SECTIONS["stream"]) if home.needs_spark else None
+    run = model_to_run(home.with_spark(spark) if spark else home, asked=asked_model(args))
     config, weights = run.config, run.weights
     log.info("weights %s (%s)", weights.model_id, weights.path)
     from fruits.model.runtimes import make_featurizer
@@ -230,10 +234,9 @@ def _stream(config: Config, args: argparse.Namespace) -> int:
     # Convert the Keras model for the fast runtime (once per weights file, cached) before the JVM starts, too.
     log.info("featurizer %s", make_featurizer(config, weights).model_id)
 
-    from fruits.spark.session import build_spark
     from fruits.streaming.ingest import run_stream
 
-    spark = build_spark(config, "stream", COMMAND_SECTIONS["stream"])
+    spark = spark or build_spark(config, "stream", COMMAND_SECTIONS["stream"])
     # A requested stop (SIGTERM, Ctrl-C) returns normally; the query's own error is StreamFailed (with the Python
     # traceback in its message).
     files = run_stream(spark, config, weights, available_now=args.available_now, lock_held=True, chosen=run.chosen)
@@ -351,13 +354,15 @@ def _model_switch(config: Config, args: argparse.Namespace) -> int:
     from fruits.home.locks import exclusive
     from fruits.model.active import target_model
 
+    from fruits.batch.model_switch import switch_model
+    from fruits.spark.session import build_spark
+
     home = Home.from_config(config)
     with exclusive(config, "model"):  # one switch or prune per home; the stream runs on meanwhile
-        target = target_model(home, asked=asked_model(args))
-        from fruits.batch.model_switch import switch_model
-        from fruits.spark.session import build_spark
-
-        spark = build_spark(target.config, "model-switch", COMMAND_SECTIONS["stream"])
+        spark = build_spark(config, "model-switch", COMMAND_SECTIONS["stream"]) if home.needs_spark else None
+        home = home.with_spark(spark) if spark else home
+        target = target_model(home, asked=asked_model(args))  # refused (no model, bad flags) before the JVM starts
+        spark = spark or build_spark(target.config, "model-switch", COMMAND_SECTIONS["stream"])
         outcome = switch_model(spark, home, target, leave_out_missing=args.leave_out_missing, refit=not args.no_refit)
     log.info("switched to model %d (%s): %d photos featurized in %d passes, %.1f s; %d left out",
              outcome.model.number, outcome.model.model_id, outcome.featurized, outcome.passes, outcome.seconds,

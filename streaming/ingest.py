@@ -142,7 +142,7 @@ def run_stream(
     ``config``'s model must be the home's active one (:mod:`fruits.model.active`; the first stream of a home records
     it, ``chosen`` saying how its precision was chosen). When ``fruits model switch`` replaces it, the sink finds its
     features table sealed: the stream waits for the switch to make the new model active, then goes on with it."""
-    home = Home.from_config(config)  # the stream's one Home: its parts share its locations and storage options
+    home = Home.from_config(config).with_spark(spark)  # the stream's one Home: its parts share its locations
     with nullcontext() if lock_held else exclusive(config, "stream"), _stop_on_signals(stop) as stop:
         home_files = home.spark_files(spark)
         landing = HadoopFiles(spark).qualify(config.landing)  # as Spark spells it (its default file system decides)
@@ -177,7 +177,7 @@ def run_stream(
                     return progress.files
                 progress.sealed_by, featurizer = None, None
                 run = model_to_run(home)
-                home, weights = run.home, run.weights
+                home, weights = run.home.with_spark(spark), run.weights
         finally:
             retries.stop()
             discovery.stop()

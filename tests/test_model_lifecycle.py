@@ -69,6 +69,9 @@ def test_a_home_keeps_one_model_and_switches_to_another_beside_its_stream(spark,
     common = ["--home", str(home_dir), "--weights", str(NOTOP_WEIGHTS)]
     assert main(["identify", *common, "--precision", "int8", question]) == 2
     assert main(["stream", *common, "--precision", "int8", "--available-now"]) == 2
+    serve = subprocess.run([FRUITS, "serve", *common, "--precision", "int8", "--allow-no-token", "--port", "0"],
+                           capture_output=True, text=True, timeout=120)
+    assert serve.returncode == 2 and "fruits model switch" in serve.stderr, serve.stderr[-2000:]
     assert home.features.read(["model_id"]).column("model_id").unique().to_pylist() == [model_1.model_id]
     refit_pca_local(config, k=8)
     identifier = Identifier(home, weights)  # kept, as `fruits serve` keeps it

@@ -16,8 +16,9 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cached_property
+from typing import Any
 
 from fruits.config import Config, join_uri
 from fruits.home import s3
@@ -25,6 +26,7 @@ from fruits.home.filesystem import Files, HadoopFiles, S3Files
 from fruits.home.models import ModelRecord, ModelRegistry
 from fruits.home.pca_store import PcaModelStore
 from fruits.home.tables import SPECS, Table, TableName
+from fruits.home.uris import local_path
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class Home:
     config: Config
     # The features table this Home stands for, fixed (:meth:`pinned`); None: the active model's, looked up each time.
     pinned_features: str | None = None
+    # A Spark job's session (:meth:`with_spark`): reaches the home's files on stores only Hadoop knows (hdfs://).
+    spark: Any = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, config: Config) -> "Home":
@@ -42,7 +46,18 @@ class Home:
     def pinned(self) -> "Home":
         """This home with its features table fixed to the active model's now: a job that reads it several times (a
         refit) reads one table even if a switch makes another model active meanwhile."""
-        return Home(self.config, self.features_table)
+        return replace(self, pinned_features=self.features_table)
+
+    @property
+    def needs_spark(self) -> bool:
+        """Whether this home's files outside its tables are out of reach without a Spark session: an ``hdfs://``
+        home, before :meth:`with_spark`."""
+        return self.spark is None and self.s3 is None and local_path(self.root) is None
+
+    def with_spark(self, spark) -> "Home":
+        """This home for a Spark job: its files on a store that only Hadoop reaches (``hdfs://``) through ``spark``'s
+        JVM; local and S3 homes are reached as without it."""
+        return self if self.spark is spark else replace(self, spark=spark)
 
     @property
     def root(self) -> str:
@@ -118,7 +133,9 @@ class Home:
     def files(self) -> Files:
         """The home's files outside its tables, for code without Spark: local paths through the OS, ``s3a://``
         through boto3 with :attr:`s3` (:mod:`fruits.home.filesystem`)."""
-        return Files(remote=S3Files(self.s3) if self.s3 else None)
+        if self.s3:
+            return Files(remote=S3Files(self.s3))
+        return Files(remote=HadoopFiles(self.spark) if self.spark is not None else None)
 
     def spark_files(self, spark) -> Files:
         """The home's files for a Spark job (the stream, the refit): local paths through the OS, any other location

@@ -1,0 +1,67 @@
+"""The home's model registry (fruits/home/models.py) and where a home reaches it, without Spark."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import make_config
+
+pytestmark = pytest.mark.fast
+
+
+def _record(number, state, **fields):
+    from fruits.home.models import ModelRecord
+
+    return ModelRecord(number=number, model_id=f"m/openvino-fp32-{number}", weights="imagenet", weights_id="w",
+                       runtime="openvino", precision="fp32", views="single", table=f"/t-{number}", state=state,
+                       since="2026-12-07T00:00:00+00:00", **fields)
+
+
+def test_the_registry_is_replaced_whole_and_flips_one_model_active(tmp_path):
+    from fruits.home.filesystem import Files
+    from fruits.home.models import ModelRegistry, Registry, model_table
+
+    registry = ModelRegistry(str(tmp_path / "models" / "registry.json"), Files())
+    assert registry.load() == Registry() and registry.load().active is None  # a home before its first stream
+    registry.save(Registry((_record(1, "active"),)).with_model(_record(2, "switching", left_out={"f": "gone"})))
+    loaded = registry.load()
+    assert (loaded.active.number, loaded.switching.number, loaded.next_number()) == (1, 2, 3)
+    flipped = loaded.flipped(2)
+    assert [(m.number, m.state) for m in flipped.models] == [(1, "retired"), (2, "active")]
+    assert flipped.number(1).retired_at and flipped.number(2).active_since and flipped.number(2).left_out == {"f": "gone"}
+    registry.save(flipped)
+    assert registry.load() == flipped and not list((tmp_path / "models").glob(".*"))  # no temporary file left
+    with pytest.raises(ValueError):
+        registry.save(Registry((_record(1, "active"), _record(2, "active"))))
+    assert registry.load() == flipped  # a refused save changes nothing
+    document = json.loads((tmp_path / "models" / "registry.json").read_text())
+    document["models"][0]["added_by_a_newer_version"] = 1  # unknown fields of a newer writer are ignored
+    (tmp_path / "models" / "registry.json").write_text(json.dumps(document))
+    assert registry.load().number(1).state == "retired"
+    assert model_table("/h/tables/features", 1) == "/h/tables/features"
+    assert model_table("s3a://b/h/tables/features/", 3) == "s3a://b/h/tables/features-m3"
+
+
+def test_the_features_table_is_the_active_models_and_an_hdfs_home_reaches_its_files_through_spark(tmp_path):
+    from fruits.home.filesystem import HadoopFiles, UnsupportedLocation
+    from fruits.home.home import Home
+    from fruits.home.models import Registry
+
+    home = Home.from_config(make_config(tmp_path))
+    assert home.features_table == home.config.features_table and not home.needs_spark  # no model yet: model 1's
+    home.models.save(Registry((_record(1, "retired"), _record(2, "active"))))
+    assert home.features_table == "/t-2" and home.features.location == "/t-2"
+    pinned = home.pinned()
+    home.models.save(Registry((_record(1, "retired"), _record(2, "retired"), _record(3, "active"))))
+    assert (home.features_table, pinned.features_table) == ("/t-3", "/t-2")  # a pinned home keeps its table
+
+    hdfs = Home.from_config(make_config(tmp_path, paths={"home": "hdfs://namenode/fruits"}))
+    assert hdfs.needs_spark
+    with pytest.raises(UnsupportedLocation):
+        hdfs.models.load()  # without Spark nothing reaches hdfs://
+    session = object()  # what HadoopFiles keeps until its first call
+    on_spark = hdfs.with_spark(session)
+    assert not on_spark.needs_spark and isinstance(on_spark.files.on("hdfs://namenode/fruits/x"), HadoopFiles)
+    assert on_spark.with_spark(session) is on_spark and on_spark == hdfs  # the session is no part of its identity
