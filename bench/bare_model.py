@@ -76,7 +76,7 @@ def featurizer_for(spec: dict, weights, ir_path: str):
     from fruits.model.runtimes import OpenVinoFeaturizer
 
     return OpenVinoFeaturizer(weights, ir_path, spec["precision"], batch_size=spec["chunk"], threads=spec["threads"],
-                           cpu_pinning=spec.get("pinned", False))
+                           cpu_pinning=spec.get("pinned", False), views=spec.get("views", "single"))
 
 
 def worker(spec: dict, weights, ir_path: str, images: np.ndarray, seconds: float, barrier, results) -> None:

@@ -49,12 +49,16 @@ SMOKE = {
     # beside: its most code (reference home, serve, identify clients, two streams, the settle re-check), smallest.
     "views.py": ["--per-class", "1", "--precisions", "fp32"],
     "model_accuracy.py": ["--per-class", "1", "--ir-cache", "{ir_cache}"],
+    # local only: the cluster's start costs more than the rest together (its full run is the one figure of it)
+    "model_switch.py": ["--photos", "30", "--rot4-photos", "12", "--cluster-photos", "0", "--chunk", "10",
+                        "--bare-seconds", "0.3", "--bare-images", "4", "--workdir", "{tmp}"],
     "web.py": ["beside", "--reference-per-class", "1", "--images", "8", "--clients", "2", "--warmup", "1"],
 }
 # Ratio lines each smoke run prints at least.
 RATIO_LINES = {
     "bare_model.py": 6, "delta_append.py": 3, "int8.py": 4, "notebook_vs_stream.py": 2, "pca_refit.py": 3,
     "discovery_scale.py": 5, "s3_throughput.py": 2, "startup.py": 2, "views.py": 5, "web.py": 2,
+    "model_switch.py": 2,  # int8 and int8 + rot4 against the bare model
     "model_accuracy.py": 6,  # fp32 and int8, single and rot4, and their 2 gate lines (bf16 adds 3 where it runs)
 }
 SMOKE_RATIO = re.compile(r"^ratio \[smoke run, not a figure\]: \S", re.M)
