@@ -65,3 +65,24 @@ def test_the_features_table_is_the_active_models_and_an_hdfs_home_reaches_its_fi
     on_spark = hdfs.with_spark(session)
     assert not on_spark.needs_spark and isinstance(on_spark.files.on("hdfs://namenode/fruits/x"), HadoopFiles)
     assert on_spark.with_spark(session) is on_spark and on_spark == hdfs  # the session is no part of its identity
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "not-an-object", "record-missing-fields"])
+def test_a_damaged_model_registry_is_one_clear_error_naming_the_file(damage, tmp_path, capsys):
+    """A registry cut short (a disk that filled up, a hand edit) or not one: every command that reads it says which file
+    is damaged, as an error of the family (exit 1), not a traceback."""
+    from fruits.cli import main
+
+    registry = tmp_path / "models" / "registry.json"
+    registry.parent.mkdir(parents=True)
+    whole = json.dumps({"models": [{"number": 1, "model_id": "m/openvino-fp32", "weights": "imagenet",
+                                    "weights_id": "m", "runtime": "openvino", "precision": "fp32", "views": "single",
+                                    "table": str(tmp_path / "tables" / "features"), "state": "active",
+                                    "since": "2026-12-07T00:00:00+00:00"}]})
+    registry.write_text({"truncated": whole[: len(whole) // 2], "garbage": "\x00\x13 not json",
+                         "not-an-object": "[]", "record-missing-fields": '{"models": [{"number": 1}]}'}[damage])
+    for command in (["model"], ["status"]):
+        assert main([*command, "--home", str(tmp_path)]) == 1
+        err = capsys.readouterr().err
+        assert str(registry) in err and "Traceback" not in err, err
+

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from typing import Any, Literal
 
+from fruits.errors import Failed
 from fruits.home.filesystem import FileSystem
 
 # What became of a model: being filled by a switch, the one the home runs, replaced by another, or its table deleted.
@@ -115,6 +116,11 @@ def model_table(features_table: str, number: int) -> str:
     return features_table if number == 1 else f"{features_table.rstrip('/')}-m{number}"
 
 
+class RegistryDamaged(Failed):
+    """The registry document cannot be read as one (cut short, not JSON, a record without its fields): every command
+    that needs the home's model stops, naming the file, rather than guess which model the home runs."""
+
+
 class ModelRegistry:
     """The registry document at ``uri``, read and replaced through ``files`` (the home's file system)."""
 
@@ -126,8 +132,14 @@ class ModelRegistry:
         data = self.files.read(self.uri)
         if data is None:
             return Registry()
-        document = json.loads(data.decode("utf-8"))
-        return Registry(tuple(ModelRecord.from_json(m) for m in document.get("models", [])))
+        try:
+            document = json.loads(data.decode("utf-8"))
+            return Registry(tuple(ModelRecord.from_json(m) for m in document["models"]))
+        except (UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise RegistryDamaged(
+                f"the model registry {self.uri} is damaged ({type(exc).__name__}: {exc}): without it no command can "
+                "tell which model this home runs; restore it from a backup"
+            ) from exc
 
     def save(self, registry: Registry) -> None:
         """Replace the stored registry with ``registry``, whole (readers see the old one or this one)."""
