@@ -37,9 +37,9 @@ from fruits.errors import Refused
 from fruits.home.home import Home
 from fruits.home.models import ModelRecord, Registry
 from fruits.home.tables import FEATURES_SCHEMA, Table
-from fruits.model.active import ModelToRun, OtherModel, cpu_text, model_id_for, new_record
+from fruits.model.active import ModelToRun, OtherModel, cpu_text, model_id_for, new_record, switch_to
 from fruits.model.featurizer import Featurizer
-from fruits.model.runtimes import make_featurizer, same_features
+from fruits.model.runtimes import make_featurizer
 from fruits.model.udf import featurize_files, read_files, ship_model_files
 
 if TYPE_CHECKING:
@@ -132,14 +132,8 @@ def switch_model(
 
 def _record_switching(home: Home, registry: Registry, target: ModelToRun) -> ModelRecord:
     """The registry record of the model being switched to: the one a stopped switch left (resumed), or a new one."""
-    wanted = model_id_for(target.config, target.weights)
-    if same_features(wanted, registry.active.model_id):
-        raise Refused(f"{wanted} is already this home's active model (model {registry.active.number})")
-    pending = registry.switching
+    pending = switch_to(registry, model_id_for(target.config, target.weights))
     if pending is not None:
-        if pending.model_id != wanted:
-            raise Refused(f"a switch to {pending.model_id} (model {pending.number}) is under way: run it again to "
-                          f"finish it (`fruits model switch` with its flags) before switching to {wanted}")
         log.info("resuming the switch to model %d (%s)", pending.number, pending.model_id)
         return pending
     record = new_record(target, number=registry.next_number(), state="switching", cpu=cpu_text())

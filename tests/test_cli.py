@@ -112,3 +112,35 @@ def test_stream_refit_and_status_from_the_command_line(tmp_path):
     assert report["features"]["rows"] == 8 and report["features"]["labels"] == {"Banana": 4, "Lemon": 4}
     assert report["quarantine"]["rows"] == 0 and report["pca"]["rows"] == 8
     assert report["last_refit"]["version"] == 1 and report["last_refit"]["k"] == 4
+
+
+@pytest.mark.fast
+def test_a_switch_to_the_active_model_is_refused_before_spark_starts(tmp_path, capsys):
+    """`fruits model switch` that would change nothing (the flags name the active model) or that names a third model
+    while a switch is under way is refused (exit 2) at once: no JVM is started for a refusal."""
+    import h5py
+    from pyspark import SparkContext
+
+    from fruits.cli import main
+    from fruits.config import load_config
+    from fruits.home.home import Home
+    from fruits.home.models import Registry
+    from fruits.model.active import first_model, new_record, with_model
+
+    weights = tmp_path / "tiny.weights.h5"
+    with h5py.File(weights, "w") as handle:
+        handle.create_group("layers").create_group("conv1")
+    config = load_config(overrides={"paths": {"home": str(tmp_path / "home")}, "model": {"weights": str(weights)}},
+                         environ={})
+    home = Home.from_config(config)
+    active = new_record(first_model(config), number=1, state="active", cpu="test")
+    pending = new_record(first_model(with_model(config, precision="int8")), number=2, state="switching", cpu="test")
+    common = ["model", "switch", "--home", str(tmp_path / "home"), "--weights", str(weights)]
+
+    home.models.save(Registry((active,)))
+    assert main([*common, "--precision", "fp32"]) == 2
+    assert "already this home's active model" in capsys.readouterr().err
+    home.models.save(Registry((active, pending)))
+    assert main([*common, "--precision", "bf16"]) == 2
+    assert "under way" in capsys.readouterr().err
+    assert SparkContext._active_spark_context is None

@@ -172,11 +172,27 @@ def model_of_stream(home: Home, run: ModelToRun, model_id: str) -> ModelRecord:
 def target_model(home: Home, *, asked: Mapping[str, str | None]) -> ModelToRun:
     """The model ``fruits model switch`` moves ``home`` to: the active model's settings with those ``asked`` for
     (``precision = "auto"``: chosen again by the gate, on this CPU)."""
-    active = home.models.load().active
+    registry = home.models.load()
+    active, pending = registry.active, registry.switching
     if active is None:
         raise NoModel("this home has no model yet: `fruits stream` records its first one")
-    pending = home.models.load().switching
     base = record_settings(pending) if pending is not None and not any(asked.values()) else record_settings(active)
     settings = {**base, **{k: v for k, v in asked.items() if v is not None and k in MODEL_SETTINGS}}
     run = first_model(with_model(home.config, **settings))
+    switch_to(registry, model_id_for(run.config, run.weights))  # a refusal comes before the switch starts Spark
     return run
+
+
+def switch_to(registry: Registry, wanted: str) -> ModelRecord | None:
+    """Whether a switch of the home ``registry`` describes to the model ``wanted`` may go on: the record of the switch
+    to it a stopped run left (resumed), or None for a new switch. Refused (:class:`Refused`) when ``wanted`` is the
+    active model, or when a switch to another model is under way."""
+    active, pending = registry.active, registry.switching
+    if active is None:
+        raise NoModel("this home has no model yet: `fruits stream` records its first one")
+    if same_features(wanted, active.model_id):
+        raise Refused(f"{wanted} is already this home's active model (model {active.number})")
+    if pending is not None and pending.model_id != wanted:
+        raise Refused(f"a switch to {pending.model_id} (model {pending.number}) is under way: run it again to "
+                      f"finish it (`fruits model switch` with its flags) before switching to {wanted}")
+    return pending
