@@ -48,7 +48,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("fruits.model.switch")
 
 KEY = ["file_id", "attempt"]
-# Columns of an old row carried to its new row (all but the features; ``stored_path`` is where it was found).
+# Columns of an old row carried to its new row (all but the features). ``stored_path`` too: it says where the stream
+# puts the original (archive, landing, or null: deleted), which is not always where the switch happened to read it (a
+# file the stream has not moved yet, a move that failed and that the stream's leftovers make later).
 CARRIED = [f.name for f in FEATURES_SCHEMA.fields if f.name != "features"]
 # Passes that may still find an original "not there yet" (its move to the archive in flight) before it counts as gone.
 WAIT_PASSES = 3
@@ -224,7 +226,7 @@ class _Featurizing:
         results = {path: j for j, path in enumerate(read.column("path").to_pylist())}
         hashes, errors = read.column("content_sha256").to_pylist(), pc.struct_field(read.column("result"), "error").to_pylist()
         expected = rows.column("content_sha256").to_pylist()
-        taken, picked, where = [], [], []
+        taken, picked = [], []
         for path, i in found.items():
             j, file_id = results.get(path), rows.column("file_id")[i].as_py()
             if j is None:
@@ -236,10 +238,8 @@ class _Featurizing:
             else:
                 taken.append(i)
                 picked.append(j)
-                where.append(path)
         if taken:
             new = rows.take(pa.array(taken, pa.int64()))
-            new = new.set_column(new.column_names.index("stored_path"), "stored_path", pa.array(where, pa.string()))
             new = new.set_column(new.column_names.index("model_id"), "model_id",
                                  pa.array([self.record.model_id] * len(taken), pa.string()))
             features = pc.struct_field(read.column("result").take(pa.array(picked, pa.int64())), "features")
