@@ -14,9 +14,9 @@ pytestmark = pytest.mark.fast
 def _record(number, state, **fields):
     from fruits.home.models import ModelRecord
 
-    return ModelRecord(number=number, model_id=f"m/openvino-fp32-{number}", weights="imagenet", weights_id="w",
-                       runtime="openvino", precision="fp32", views="single", table=f"/t-{number}", state=state,
-                       since="2026-12-07T00:00:00+00:00", **fields)
+    return ModelRecord(**{"number": number, "model_id": f"m/openvino-fp32-{number}", "weights": "imagenet",
+                          "weights_id": "w", "runtime": "openvino", "precision": "fp32", "views": "single",
+                          "table": f"/t-{number}", "state": state, "since": "2026-12-07T00:00:00+00:00", **fields})
 
 
 def test_the_registry_is_replaced_whole_and_flips_one_model_active(tmp_path):
@@ -47,15 +47,16 @@ def test_the_registry_is_replaced_whole_and_flips_one_model_active(tmp_path):
 def test_the_features_table_is_the_active_models_and_an_hdfs_home_reaches_its_files_through_spark(tmp_path):
     from fruits.home.filesystem import HadoopFiles, UnsupportedLocation
     from fruits.home.home import Home
-    from fruits.home.models import Registry
+    from fruits.home.models import Registry, model_table
 
     home = Home.from_config(make_config(tmp_path))
     assert home.features_table == home.config.features_table and not home.needs_spark  # no model yet: model 1's
     home.models.save(Registry((_record(1, "retired"), _record(2, "active"))))
-    assert home.features_table == "/t-2" and home.features.location == "/t-2"
+    m2, m3 = (model_table(home.config.features_table, n) for n in (2, 3))  # the home's own, whatever was recorded
+    assert home.features_table == m2 and home.features.location == m2
     pinned = home.pinned()
     home.models.save(Registry((_record(1, "retired"), _record(2, "retired"), _record(3, "active"))))
-    assert (home.features_table, pinned.features_table) == ("/t-3", "/t-2")  # a pinned home keeps its table
+    assert (home.features_table, pinned.features_table) == (m3, m2)  # a pinned home keeps its table
 
     hdfs = Home.from_config(make_config(tmp_path, paths={"home": "hdfs://namenode/fruits"}))
     assert hdfs.needs_spark
@@ -86,3 +87,28 @@ def test_a_damaged_model_registry_is_one_clear_error_naming_the_file(damage, tmp
         err = capsys.readouterr().err
         assert str(registry) in err and "Traceback" not in err, err
 
+
+
+def test_a_copied_home_reads_and_writes_its_own_model_tables_not_the_originals(tmp_path):
+    """A home copied or restored elsewhere (a backup, a staging clone, a bucket moved) keeps its registry: its model
+    tables are the copy's, found from its own ``[paths] features_table``, never those of the home it was copied from
+    (a stream of the copy would append to the original's table)."""
+    import shutil
+
+    from fruits.batch.model_switch import prune_models
+    from fruits.home.home import Home
+    from fruits.home.models import Registry, model_table
+    from fruits.reports.models import models_report
+
+    original = Home.from_config(make_config(tmp_path / "original"))
+    table = lambda number: model_table(original.config.features_table, number)  # noqa: E731
+    original.models.save(Registry((_record(1, "retired", table=table(1)), _record(2, "active", table=table(2)))))
+    shutil.copytree(tmp_path / "original", tmp_path / "copy")
+
+    copy = Home.from_config(make_config(tmp_path / "copy"))
+    mine = copy.config.features_table
+    assert copy.features_table == model_table(mine, 2) and copy.features.location == model_table(mine, 2)
+    assert [m.table for m in copy.models.load().models] == [mine, model_table(mine, 2)]
+    assert [m["table"] for m in models_report(copy)["models"]] == [mine, model_table(mine, 2)]
+    (tmp_path / "original" / "tables" / "features").mkdir(parents=True)
+    assert [m.table for m in prune_models(copy, dry_run=True)] == [mine]

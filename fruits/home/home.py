@@ -145,7 +145,7 @@ class Home:
     @cached_property
     def models(self) -> ModelRegistry:
         """The home's models: which one is active, and the others (:mod:`fruits.home.models`)."""
-        return ModelRegistry(self.config.model_registry, self.files)
+        return ModelRegistry(self.config.model_registry, self.files, features_table=self.config.features_table)
 
     @cached_property
     def pca_store(self) -> PcaModelStore:

@@ -15,7 +15,7 @@ No Spark and no model code here: :mod:`fruits.model.active` decides which model 
 
 Example::
 
-    registry = ModelRegistry(home.config.model_registry, home.files)
+    registry = ModelRegistry(home.config.model_registry, home.files, features_table=home.config.features_table)
     active = registry.load().active          # a ModelRecord, or None before the home's first stream
     active.model_id, active.table            # '.../openvino-fp32', '/data/fruits/tables/features'
 """
@@ -122,10 +122,14 @@ class RegistryDamaged(Failed):
 
 
 class ModelRegistry:
-    """The registry document at ``uri``, read and replaced through ``files`` (the home's file system)."""
+    """The registry document at ``uri``, read and replaced through ``files`` (the home's file system).
 
-    def __init__(self, uri: str, files: FileSystem) -> None:
-        self.uri, self.files = uri, files
+    ``features_table``: the home's ``[paths] features_table``, where each loaded record's ``table`` is found
+    (:func:`model_table` of its number), whatever location the record was written with: a home copied, restored or
+    moved elsewhere reads and writes its own tables, never those of the home it came from. None: as written."""
+
+    def __init__(self, uri: str, files: FileSystem, *, features_table: str | None = None) -> None:
+        self.uri, self.files, self.features_table = uri, files, features_table
 
     def load(self) -> Registry:
         """The registry as stored now (empty before the home's first stream)."""
@@ -134,12 +138,15 @@ class ModelRegistry:
             return Registry()
         try:
             document = json.loads(data.decode("utf-8"))
-            return Registry(tuple(ModelRecord.from_json(m) for m in document["models"]))
+            records = tuple(ModelRecord.from_json(m) for m in document["models"])
         except (UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as exc:
             raise RegistryDamaged(
                 f"the model registry {self.uri} is damaged ({type(exc).__name__}: {exc}): without it no command can "
                 "tell which model this home runs; restore it from a backup"
             ) from exc
+        if self.features_table is not None:
+            records = tuple(replace(m, table=model_table(self.features_table, m.number)) for m in records)
+        return Registry(records)
 
     def save(self, registry: Registry) -> None:
         """Replace the stored registry with ``registry``, whole (readers see the old one or this one)."""
