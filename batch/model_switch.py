@@ -26,6 +26,7 @@ Read top to bottom (:func:`switch_model`):
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fruits.errors import Refused
+from fruits.errors import Refused, Stopped
 from fruits.home.home import Home
 from fruits.home.models import ModelRecord, Registry
 from fruits.home.tables import FEATURES_SCHEMA, Table
@@ -55,6 +56,11 @@ CARRIED = [f.name for f in FEATURES_SCHEMA.fields if f.name != "features"]
 # Passes that may still find an original "not there yet" (its move to the archive in flight) before it counts as gone.
 WAIT_PASSES = 3
 WAIT_SECONDS = 1.0
+
+
+class SwitchStopped(Stopped):
+    """The switch was stopped by a signal before it sealed the active model's table: what it featurized is kept, and
+    running it again resumes it."""
 
 
 class MissingOriginals(Refused):
@@ -79,9 +85,12 @@ class SwitchOutcome:
 
 def switch_model(
     spark: SparkSession, home: Home, target: ModelToRun, *, leave_out_missing: bool = False,
-    featurizer: Featurizer | None = None, refit: bool = True,
+    featurizer: Featurizer | None = None, refit: bool = True, stop: threading.Event | None = None,
 ) -> SwitchOutcome:
     """Move ``home`` to ``target``'s model (see the module docstring); the caller holds the home's ``model`` lock.
+    ``stop`` (set by a signal: :func:`fruits.spark.signals.stop_on_signals`): before the seal, the switch ends after
+    the chunk in flight with :class:`SwitchStopped` (run it again to resume); after it, the last pass (at most about a
+    chunk) and the flip are finished, so the stream is not left waiting, and the refit is left to the next one.
     ``featurizer``: the new model's runtime (None: the one ``target`` makes), as the stream takes one."""
     started = time.perf_counter()
     home = home.with_spark(spark)
@@ -100,12 +109,15 @@ def switch_model(
     waits: dict[str, int] = {}
     while True:
         sealed = source.sealed_by() == record.number
+        if stop is not None and stop.is_set() and not sealed:
+            raise SwitchStopped(f"the switch to model {record.number} ({record.model_id}) stopped: {outcome.featurized} "
+                                "photos featurized by this run are kept; run the same command again to resume it")
         todo = _todo(source, job.table, outcome.left_out)
         outcome.passes += 1
         log.info("switch pass %d: %d rows of model %d to featurize%s", outcome.passes, todo.num_rows, old.number,
                  " (its table is sealed: the last pass)" if sealed else "")
-        missing = job.run(todo)
-        outcome.featurized += todo.num_rows - len(missing)
+        done, missing = job.run(todo, stop=None if sealed else stop)
+        outcome.featurized += done - len(missing)
         gone = {file_id: why for file_id, why in missing.items() if _gone(file_id, why, waits)}
         if len(gone) < len(missing):  # some originals may be on their way to the archive: look again shortly
             time.sleep(WAIT_SECONDS)
@@ -126,7 +138,7 @@ def switch_model(
     log.info("model %d (%s) is now this home's active model; model %d is retired (`fruits model prune` deletes "
              "its table)", record.number, record.model_id, old.number)
     outcome.model = home.models.load().active
-    if refit:
+    if refit and not (stop is not None and stop.is_set()):
         outcome.refit = _refit(spark, home)
     outcome.seconds = time.perf_counter() - started
     return outcome
@@ -191,13 +203,18 @@ class _Featurizing:
         self.max_pixels = config.model.max_pixels
         table.ensure(spark)
 
-    def run(self, todo: pa.Table) -> dict[str, str]:
-        """Featurize ``todo`` into the new table, chunk by chunk; returns the rows whose original was not found or
-        could not be featurized (``file_id`` -> why)."""
+    def run(self, todo: pa.Table, *, stop: threading.Event | None = None) -> tuple[int, dict[str, str]]:
+        """Featurize ``todo`` into the new table, chunk by chunk, until ``stop`` is set; returns how many rows of it
+        were tried, and those whose original was not found or could not be featurized (``file_id`` -> why)."""
         missing: dict[str, str] = {}
+        done = 0
         for start in range(0, todo.num_rows, self.chunk_rows):
-            missing.update(self._chunk(todo.slice(start, self.chunk_rows)))
-        return missing
+            if stop is not None and stop.is_set():
+                break
+            chunk = todo.slice(start, self.chunk_rows)
+            missing.update(self._chunk(chunk))
+            done += chunk.num_rows
+        return done, missing
 
     def _where(self, row: dict) -> tuple[str | None, str]:
         """Where ``row``'s original is now (None if nowhere), and why not when it is nowhere."""

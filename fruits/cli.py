@@ -356,6 +356,7 @@ def _model_switch(config: Config, args: argparse.Namespace) -> int:
 
     from fruits.batch.model_switch import switch_model
     from fruits.spark.session import build_spark
+    from fruits.spark.signals import stop_on_signals
 
     home = Home.from_config(config)
     with exclusive(config, "model"):  # one switch or prune per home; the stream runs on meanwhile
@@ -363,7 +364,9 @@ def _model_switch(config: Config, args: argparse.Namespace) -> int:
         home = home.with_spark(spark) if spark else home
         target = target_model(home, asked=asked_model(args))  # refused (no model, bad flags) before the JVM starts
         spark = spark or build_spark(target.config, "model-switch", COMMAND_SECTIONS["stream"])
-        outcome = switch_model(spark, home, target, leave_out_missing=args.leave_out_missing, refit=not args.no_refit)
+        with stop_on_signals() as stop:  # Ctrl-C: stop after the chunk in flight (SwitchStopped), not mid-job
+            outcome = switch_model(spark, home, target, leave_out_missing=args.leave_out_missing,
+                                   refit=not args.no_refit, stop=stop)
     log.info("switched to model %d (%s): %d photos featurized in %d passes, %.1f s; %d left out",
              outcome.model.number, outcome.model.model_id, outcome.featurized, outcome.passes, outcome.seconds,
              len(outcome.left_out))

@@ -9,8 +9,6 @@ file events and listings record every new file version in the ledger, ``tables/f
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import threading
 from contextlib import contextmanager, nullcontext
 
@@ -30,6 +28,7 @@ from fruits.home.tables import TableSealed
 from fruits.model.weights import WeightsRef
 from fruits.model.runtimes import make_featurizer
 from fruits.model.udf import ship_model_files
+from fruits.spark.signals import stop_on_signals
 from fruits.streaming.discovery import Discovery
 from fruits.streaming.ledger_source import LedgerSource
 from fruits.streaming.migration import adopt_legacy_rows
@@ -143,7 +142,7 @@ def run_stream(
     it, ``chosen`` saying how its precision was chosen). When ``fruits model switch`` replaces it, the sink finds its
     features table sealed: the stream waits for the switch to make the new model active, then goes on with it."""
     home = Home.from_config(config).with_spark(spark)  # the stream's one Home: its parts share its locations
-    with nullcontext() if lock_held else exclusive(config, "stream"), _stop_on_signals(stop) as stop:
+    with nullcontext() if lock_held else exclusive(config, "stream"), stop_on_signals(stop) as stop:
         home_files = home.spark_files(spark)
         landing = HadoopFiles(spark).qualify(config.landing)  # as Spark spells it (its default file system decides)
         files = LandedFiles(home_files)
@@ -276,26 +275,3 @@ def _log_levels(spark: SparkSession, levels: dict[str, str]):
     finally:
         for name, level in previous.items():
             log4j.core.config.Configurator.setLevel(name, log4j.Level.toLevel(level))
-
-
-@contextmanager
-def _stop_on_signals(stop: threading.Event | None = None):
-    """``stop`` (or a new event), also set by SIGTERM / SIGINT while the block runs in the main thread. A second signal
-    does not wait: the process ends at once, as the signal's default action ends it (the JVM, its stdin closed, exits
-    too); the chunk in flight is featurized again at the next start, as after a kill."""
-    stop, previous = stop or threading.Event(), {}
-
-    def handle(signum: int, _frame) -> None:
-        if stop.is_set():
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-        stop.set()
-
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous[sig] = signal.signal(sig, handle)
-    try:
-        yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -96,6 +96,23 @@ def test_a_home_keeps_one_model_and_switches_to_another_beside_its_stream(spark,
     partial = keys(home.model_features(registry.switching))
     assert 0 < len(partial) < len(first) and len(set(partial)) == len(partial)
 
+    # Ctrl-C stops the resumed switch after the chunk in flight: a clean end (exit 0) that says how to resume it.
+    commits = lambda: len(list((model_2_table / "_delta_log").glob("*.json")))  # noqa: E731
+    before, written = commits(), log.stat().st_size
+    with open(log, "ab") as out:
+        interrupted = subprocess.Popen([FRUITS, "model", "switch", "--config", str(tmp_path / "switch.toml"),
+                                        "--precision", "int8", "--no-refit"], stdout=out, stderr=out,
+                                       start_new_session=True)
+    assert wait_for(lambda: commits() > before, 300), log.read_text()[-3000:]
+    os.killpg(interrupted.pid, signal.SIGINT)  # Ctrl-C in a terminal: to the whole group, the JVM's too
+    assert interrupted.wait(120) == 0, log.read_bytes()[written:].decode(errors="replace")[-3000:]
+    said = log.read_bytes()[written:].decode(errors="replace")
+    assert "run the same command again" in said and "Traceback" not in said, said[-3000:]
+    registry = home.models.load()
+    assert registry.active.number == 1 and registry.switching.number == 2 and home.features.sealed_by() is None
+    partial = keys(home.model_features(registry.switching))
+    assert 0 < len(partial) < len(first) and len(set(partial)) == len(partial)
+
     # 4. The live stream runs on while the switch resumes; photos land before and after its flip.
     stop = threading.Event()
     streamed: list[int] = []
