@@ -125,7 +125,7 @@ def test_a_switch_to_the_active_model_is_refused_before_spark_starts(tmp_path, c
     from fruits.config import load_config
     from fruits.home.home import Home
     from fruits.home.models import Registry
-    from fruits.model.active import first_model, new_record, with_model
+    from fruits.model.active import first_model, model_id_for, new_record, target_model, with_model
 
     weights = tmp_path / "tiny.weights.h5"
     with h5py.File(weights, "w") as handle:
@@ -144,3 +144,6 @@ def test_a_switch_to_the_active_model_is_refused_before_spark_starts(tmp_path, c
     assert main([*common, "--precision", "bf16"]) == 2
     assert "under way" in capsys.readouterr().err
     assert SparkContext._active_spark_context is None
+    # Run again without its flags (FRUITS_WEIGHTS exported, as the README sets it up), the stopped switch resumes.
+    resumed = target_model(home, asked={"weights": str(weights)})
+    assert model_id_for(resumed.config, resumed.weights) == pending.model_id

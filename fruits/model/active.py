@@ -170,13 +170,16 @@ def model_of_stream(home: Home, run: ModelToRun, model_id: str) -> ModelRecord:
 
 
 def target_model(home: Home, *, asked: Mapping[str, str | None]) -> ModelToRun:
-    """The model ``fruits model switch`` moves ``home`` to: the active model's settings with those ``asked`` for
-    (``precision = "auto"``: chosen again by the gate, on this CPU)."""
+    """The model ``fruits model switch`` moves ``home`` to: the active model's settings (those of the switch under
+    way, if one was stopped) with those ``asked`` for (``precision = "auto"``: chosen again by the gate, on this
+    CPU)."""
     registry = home.models.load()
     active, pending = registry.active, registry.switching
     if active is None:
         raise NoModel("this home has no model yet: `fruits stream` records its first one")
-    base = record_settings(pending) if pending is not None and not any(asked.values()) else record_settings(active)
+    # A stopped switch is the only one allowed: the flags say what differs from it (none: it is resumed, whatever
+    # FRUITS_* variables repeat of it), not from the active model.
+    base = record_settings(pending if pending is not None else active)
     settings = {**base, **{k: v for k, v in asked.items() if v is not None and k in MODEL_SETTINGS}}
     run = first_model(with_model(home.config, **settings))
     switch_to(registry, model_id_for(run.config, run.weights))  # a refusal comes before the switch starts Spark
