@@ -208,6 +208,7 @@ class _Featurizing:
         were tried, and those whose original was not found or could not be featurized (``file_id`` -> why)."""
         missing: dict[str, str] = {}
         done = 0
+        self._listed: dict[str, dict[str, int]] = {}  # folder -> {file: size}, listed once per pass
         for start in range(0, todo.num_rows, self.chunk_rows):
             if stop is not None and stop.is_set():
                 break
@@ -216,12 +217,20 @@ class _Featurizing:
             done += chunk.num_rows
         return done, missing
 
+    def _size(self, path: str) -> int | None:
+        """The size of the file at ``path`` as its folder's listing in this pass saw it, or None if it was not there:
+        one listing per folder and pass, not a request per photo (on an object store, a LIST per folder instead of a
+        HEAD per photo)."""
+        folder = path.rsplit("/", 1)[0]
+        if folder not in self._listed:
+            self._listed[folder] = {stat.uri: stat.size for stat in self.files.list(folder) if not stat.is_dir}
+        return self._listed[folder].get(path)
+
     def _where(self, row: dict) -> tuple[str | None, str]:
         """Where ``row``'s original is now (None if nowhere), and why not when it is nowhere."""
         candidates = [p for p in dict.fromkeys([row["stored_path"], row["path"]]) if p]
         for path in candidates:
-            stat = self.files.stat(path)
-            if stat is not None and stat.size == row["size_bytes"]:
+            if self._size(path) == row["size_bytes"]:
                 return path, ""
         if row["stored_path"] is None:
             return None, f"deleted after ingestion: {row['path']}"

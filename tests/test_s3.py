@@ -162,6 +162,22 @@ def test_the_whole_service_on_an_s3a_home(s3_env, tmp_path):
     right = sum(answer["predicted"] == label for answer, label in zip(answers, held_out))
     assert right >= 4, answers  # held-out photos of 5 classes, identified through the PCA space on S3
 
+    # The model lifecycle on S3: the switch reads the archived originals from the store, seals the old table (a
+    # delta-rs metadata commit), replaces the registry (one PUT) and refits; identify follows; prune deletes the old
+    # table's objects.
+    assert fruits(home, "stream", "--precision", "int8", "--available-now", check=False).returncode == 2
+    fruits(home, "model", "switch", "--precision", "int8")
+    report = json.loads(fruits(home, "model", "--json").stdout)
+    active = report["active"]
+    assert (active["number"], active["rows"], active["table"]) == (2, 100, f"s3a://{bucket}/fruits/tables/features-m2")
+    assert active["model_id"].endswith("/openvino-int8") and report["models"][0]["state"] == "retired"
+    assert table(home, "features").to_pyarrow_table(columns=["model_id"]).column("model_id").unique().to_pylist() == [
+        active["model_id"]]  # the home's features are the new model's
+    answers = [json.loads(line) for line in fruits(home, "identify", "--json", *map(str, held_out.values())).stdout.splitlines()]
+    assert sum(answer["predicted"] == label for answer, label in zip(answers, held_out)) >= 4, answers
+    fruits(home, "model", "prune")
+    assert keys(server, bucket, "fruits/tables/features/") == [] and len(keys(server, bucket, "fruits/archive/")) == 100
+
 
 @pytest.mark.slow
 def test_sigkill_on_s3_then_restart_ingests_every_photo_once_and_a_second_stream_is_refused(s3_env, tmp_path):
