@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 
 from fruits.errors import Refused, Stopped
 from fruits.home.home import Home
-from fruits.home.models import ModelRecord, Registry
+from fruits.home.models import ModelRecord, Registry, now_text
 from fruits.home.tables import FEATURES_SCHEMA, Table
 from fruits.model.active import ModelToRun, OtherModel, cpu_text, model_id_for, new_record, switch_to
 from fruits.model.featurizer import Featurizer
@@ -104,7 +104,7 @@ def switch_model(
         raise OtherModel(f"the featurizer gives {featurizer.model_id}, not the new model's {record.model_id}")
     ship_model_files(spark, featurizer)
     job = _Featurizing(spark, home, featurizer, home.model_features(record), record)
-    outcome = SwitchOutcome(record, left_out=dict(record.left_out))
+    outcome = SwitchOutcome(record)
     source = home.model_features(old)
     waits: dict[str, int] = {}
     while True:
@@ -134,7 +134,10 @@ def switch_model(
         if todo.num_rows <= job.chunk_rows:
             log.info("sealing model %d's table (version %d): the stream waits for the last pass",
                      old.number, source.seal(record.number))
-    home.models.save(home.models.load().with_model(replace(record, left_out=outcome.left_out)).flipped(record.number))
+    if outcome.left_out:  # listed before the flip: a record that counts them always has its list
+        home.models.save_left_out(record.number, outcome.left_out)
+    flipped = home.models.load().with_model(replace(record, left_out=len(outcome.left_out))).flipped(record.number)
+    home.models.save(flipped)
     log.info("model %d (%s) is now this home's active model; model %d is retired (`fruits model prune` deletes "
              "its table)", record.number, record.model_id, old.number)
     outcome.model = home.models.load().active
@@ -290,6 +293,25 @@ def _refit(spark: SparkSession, home: Home):
         return None
     log_outcome(outcome)
     return outcome
+
+
+def abandon_switch(home: Home) -> ModelRecord:
+    """Give up the switch under way on ``home`` (the caller holds the ``model`` lock): the active model's table is
+    opened to appends again if the switch had sealed it (a waiting stream goes on with the active model), the new
+    model's table is deleted, and its record stays as ``abandoned``. Refused when no switch is under way."""
+    registry = home.models.load()
+    pending, active = registry.switching, registry.active
+    if pending is None or active is None:
+        raise Refused("no switch is under way on this home: nothing to abandon")
+    source = home.model_features(active)
+    if source.exists() and source.sealed_by() == pending.number:
+        source.unseal()
+    home.files.delete(pending.table, recursive=True)
+    abandoned = replace(pending, state="abandoned", retired_at=now_text())
+    home.models.save(registry.with_model(abandoned))
+    log.info("abandoned the switch to model %d (%s): model %d stays active", pending.number, pending.model_id,
+             active.number)
+    return abandoned
 
 
 def prune_models(home: Home, *, dry_run: bool = False) -> list[ModelRecord]:

@@ -113,6 +113,8 @@ def _model_parsers(commands: Any) -> None:
     switch.add_argument("--leave-out-missing", action="store_true",
                         help="leave out the photos whose originals are gone (listed) instead of refusing")
     switch.add_argument("--no-refit", action="store_true", help="do not refit PCA after the switch")
+    switch.add_argument("--abandon", action="store_true",
+                        help="give up the switch under way: its table is deleted, the active model stays")
     prune = actions.add_parser("prune", help="delete the features tables of retired models")
     _common(prune)
     prune.add_argument("--dry-run", action="store_true", help="list what would be deleted")
@@ -360,6 +362,12 @@ def _model_switch(config: Config, args: argparse.Namespace) -> int:
 
     home = Home.from_config(config)
     with exclusive(config, "model"):  # one switch or prune per home; the stream runs on meanwhile
+        if args.abandon:
+            from fruits.batch.model_switch import abandon_switch
+
+            abandoned = abandon_switch(home)
+            print(f"abandoned the switch to model {abandoned.number} ({abandoned.model_id})", file=sys.stderr)
+            return 0
         spark = build_spark(config, "model-switch", COMMAND_SECTIONS["stream"]) if home.needs_spark else None
         home = home.with_spark(spark) if spark else home
         target = target_model(home, asked=asked_model(args))  # refused (no model, bad flags) before the JVM starts

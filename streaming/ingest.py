@@ -189,18 +189,23 @@ SWITCH_POLL_SECONDS = 0.5
 
 def _wait_for_switch(home: Home, model: ModelRecord, stop: threading.Event) -> ModelRecord | None:
     """The model that replaced ``model`` once ``fruits model switch`` made it active (its last rows are being
-    featurized meanwhile), or None if ``stop`` was set first."""
+    featurized meanwhile), ``model`` itself if the switch was abandoned (its table open again), or None if ``stop``
+    was set first."""
     log.info("model %d's features table is sealed: `fruits model switch` is finishing; waiting for it", model.number)
-    waited = 0.0
+    waited, table = 0.0, home.model_features(model)
     while not stop.wait(SWITCH_POLL_SECONDS):
         active = home.models.load().active
         if active is not None and active.number != model.number:
             log.info("model %d is now active (%s): the stream goes on with it", active.number, active.model_id)
             return active
+        if table.sealed_by() is None:
+            log.info("the switch away from model %d was abandoned: the stream goes on with it", model.number)
+            return model
         waited += SWITCH_POLL_SECONDS
         if waited % 60 < SWITCH_POLL_SECONDS:
             log.warning("still waiting for the switch away from model %d (%.0f s): if `fruits model switch` was "
-                        "stopped, run it again to finish it", model.number, waited)
+                        "stopped, run it again to finish it (or give it up: `fruits model switch --abandon`)",
+                        model.number, waited)
     return None
 
 

@@ -171,6 +171,7 @@ def test_auto_is_chosen_once_and_a_switch_refuses_while_originals_are_gone(spark
     """``precision = "auto"`` chosen by the gate on this CPU at the home's first stream and recorded; then a switch
     to the other precision on a home that deletes its originals: refused, listing them, unless told to leave them out."""
     from fruits.batch.model_switch import MissingOriginals, switch_model
+    from fruits.cli import main
     from fruits.home.home import Home
     from fruits.model.active import model_to_run, target_model
     from fruits.model.cpu import cpu_info
@@ -199,9 +200,13 @@ def test_auto_is_chosen_once_and_a_switch_refuses_while_originals_are_gone(spark
     assert set(refused.value.missing) == file_ids and all("deleted" in why for why in refused.value.missing.values())
     assert home.models.load().active.number == 1 and home.features.sealed_by() is None  # nothing flipped or sealed
 
-    outcome = switch_model(spark, home, target, leave_out_missing=True, refit=False)  # resumes the recorded switch
-    assert outcome.model.number == 2 and set(outcome.left_out) == file_ids
-    assert home.models.load().active.left_out == outcome.left_out
+    # Given up (`fruits model switch --abandon`): its table is gone, its record stays; then done again, leaving out.
+    assert main(["model", "switch", "--home", str(tmp_path / "home"), "--abandon"]) == 0
+    assert home.models.load().number(2).state == "abandoned" and not Path(config.features_table + "-m2").exists()
+    assert main(["model", "switch", "--home", str(tmp_path / "home"), "--abandon"]) == 2  # nothing under way now
+    outcome = switch_model(spark, home, target, leave_out_missing=True, refit=False)
+    assert outcome.model.number == 3 and set(outcome.left_out) == file_ids
+    assert home.models.load().active.left_out == len(file_ids) and home.models.left_out(3) == outcome.left_out
     # The leftover's new row says what its old row said (deleted): where the switch happened to read it is not where
     # its original belongs, else the stream would keep it in landing for good.
     assert home.features.read(["file_id", "stored_path"]).to_pylist() == [{"file_id": back, "stored_path": None}]

@@ -25,14 +25,18 @@ def test_the_registry_is_replaced_whole_and_flips_one_model_active(tmp_path):
 
     registry = ModelRegistry(str(tmp_path / "models" / "registry.json"), Files())
     assert registry.load() == Registry() and registry.load().active is None  # a home before its first stream
-    registry.save(Registry((_record(1, "active"),)).with_model(_record(2, "switching", left_out={"f": "gone"})))
+    registry.save(Registry((_record(1, "active"),)).with_model(_record(2, "switching", left_out=1)))
     loaded = registry.load()
     assert (loaded.active.number, loaded.switching.number, loaded.next_number()) == (1, 2, 3)
     flipped = loaded.flipped(2)
     assert [(m.number, m.state) for m in flipped.models] == [(1, "retired"), (2, "active")]
-    assert flipped.number(1).retired_at and flipped.number(2).active_since and flipped.number(2).left_out == {"f": "gone"}
+    assert flipped.number(1).retired_at and flipped.number(2).active_since and flipped.number(2).left_out == 1
     registry.save(flipped)
     assert registry.load() == flipped and not list((tmp_path / "models").glob(".*"))  # no temporary file left
+    assert registry.left_out(2) == {}
+    registry.save_left_out(2, {"f": "deleted after ingestion: /l/x.jpg"})  # beside the registry, not in it
+    assert registry.left_out(2) == {"f": "deleted after ingestion: /l/x.jpg"} and "x.jpg" not in registry.uri
+    assert "x.jpg" not in (tmp_path / "models" / "registry.json").read_text()
     with pytest.raises(ValueError):
         registry.save(Registry((_record(1, "active"), _record(2, "active"))))
     assert registry.load() == flipped  # a refused save changes nothing

@@ -8,7 +8,8 @@ sees the old registry or the new one, never a mix:
 - the first ``fruits stream`` of a home records model 1, whose features table is ``[paths] features_table``;
 - ``fruits model switch`` adds model N (state ``switching``) with its own table, ``<features_table>-mN``, fills it,
   then makes it the active one in one replace (the old one becomes ``retired``);
-- ``fruits model prune`` deletes a retired model's table (state ``pruned``; the record stays, as history).
+- ``fruits model prune`` deletes a retired model's table (state ``pruned``; the record stays, as history);
+- ``fruits model switch --abandon`` gives up a switch under way (state ``abandoned``, its table deleted).
 
 No Spark and no model code here: :mod:`fruits.model.active` decides which model a command runs, the switch
 (:mod:`fruits.batch.model_switch`) fills a new model's table.
@@ -31,7 +32,7 @@ from fruits.errors import Failed
 from fruits.home.filesystem import FileSystem
 
 # What became of a model: being filled by a switch, the one the home runs, replaced by another, or its table deleted.
-ModelState = Literal["switching", "active", "retired", "pruned"]
+ModelState = Literal["switching", "active", "retired", "pruned", "abandoned"]
 
 
 def now_text() -> str:
@@ -57,8 +58,9 @@ class ModelRecord:
     chosen: dict[str, Any] = field(default_factory=dict)  # how the precision was chosen ("auto": the gate's figures)
     active_since: str | None = None
     retired_at: str | None = None
-    # Photos of the previous model the switch left out because their originals are gone (file_id -> path).
-    left_out: dict[str, str] = field(default_factory=dict)
+    # How many photos of the previous model the switch left out because their originals are gone; which ones, and
+    # why, are in a file of their own (ModelRegistry.left_out), so the registry every command reads stays small.
+    left_out: int = 0
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ModelRecord":
@@ -147,6 +149,18 @@ class ModelRegistry:
         if self.features_table is not None:
             records = tuple(replace(m, table=model_table(self.features_table, m.number)) for m in records)
         return Registry(records)
+
+    def left_out_uri(self, number: int) -> str:
+        """Where the photos model ``number``'s switch left out are listed (``models/left-out-mN.json``)."""
+        return f"{self.uri.rsplit('/', 1)[0]}/left-out-m{number}.json"
+
+    def left_out(self, number: int) -> dict[str, str]:
+        """The photos model ``number``'s switch left out (``file_id`` -> where their original was looked for)."""
+        data = self.files.read(self.left_out_uri(number))
+        return {} if data is None else json.loads(data.decode("utf-8"))
+
+    def save_left_out(self, number: int, photos: dict[str, str]) -> None:
+        self.files.write(self.left_out_uri(number), json.dumps(photos, indent=0, sort_keys=True).encode("utf-8"))
 
     def save(self, registry: Registry) -> None:
         """Replace the stored registry with ``registry``, whole (readers see the old one or this one)."""

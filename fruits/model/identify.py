@@ -160,7 +160,7 @@ class Identifier:
     def _model_of(self, reference: Reference, featurizer: Featurizer) -> ModelRecord | None:
         """The home's model whose features ``reference`` was fitted on, if this identifier runs one of the home's
         models (a switch moved the home from one to the other); None for a model the home never had."""
-        models = [m for m in self.home.models.load().models if m.state != "pruned"]
+        models = [m for m in self.home.models.load().models if m.state not in ("pruned", "abandoned")]
         if not any(same_features(m.model_id, featurizer.model_id) for m in models):
             return None
         return next((m for m in reversed(models) if any(same_features(m.model_id, s) for s in reference.model_ids)), None)
@@ -169,6 +169,11 @@ class Identifier:
         """Answer with ``record``'s model from now on (built at the next call)."""
         log.info("identify follows model %d (%s)", record.number, record.model_id)
         weights = resolve_weights(record.weights)
+        if weights.model_id != record.weights_id:
+            raise IdentifyError(
+                f"model {record.number}'s weights {record.weights!r} now give {weights.model_id}, not "
+                f"{record.weights_id}: the file changed; restore it to answer with that model"
+            )
         with self._lock:
             self.config, self.weights = with_model(self.config, **record_settings(record)), weights
             self._model = self._featurizer = None
@@ -191,6 +196,10 @@ class Identifier:
         ``pca_version``, or ``photo`` and ``error`` (undecodable bytes, or the exception given instead of bytes)."""
         reference = self.reference()
         featurizer, model = self.featurizer()
+        if not any(same_features(featurizer.model_id, stored) for stored in reference.model_ids):
+            # another call followed a switch between the two lines above: take the pair again, now consistent
+            reference = self.reference()
+            featurizer, model = self.featurizer()
         results, images, good = [], [], []
         for name, data in photos:
             try:

@@ -14,7 +14,6 @@ def models_report(home: Home) -> dict[str, Any]:
     models = []
     for record in home.models.load().models:
         entry = asdict(record)
-        entry["left_out"] = len(record.left_out)
         actions = None if record.state == "pruned" else home.model_features(record).add_actions()
         entry["rows"] = sum(v or 0 for v in actions.column("num_records").to_pylist()) if actions is not None else 0
         models.append(entry)

@@ -154,8 +154,10 @@ class Dashboard:
             progress = read_json(home.files, self.config.stream_progress) or {}
         except (OSError, ValueError):  # being rewritten: count it as changed
             progress = {"unreadable": time.monotonic()}
-        return (self.versions.current(), home.features_table, refit.get("version"), progress.get("at"),
-                progress.get("batch"))
+        features = home.features_table
+        if self.versions.tables[1].location != features:  # a switch made another model active: watch its table
+            self.versions.tables[1] = home.features
+        return self.versions.current(), features, refit.get("version"), progress.get("at"), progress.get("batch")
 
     def status(self) -> dict[str, Any]:
         """:func:`collect_status`, recomputed when what it reads changed (at most once per half refresh interval,
