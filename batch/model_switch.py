@@ -41,7 +41,7 @@ from fruits.home.tables import FEATURES_SCHEMA, Table
 from fruits.model.active import ModelToRun, OtherModel, cpu_text, model_id_for, new_record, switch_to
 from fruits.model.featurizer import Featurizer
 from fruits.model.runtimes import make_featurizer
-from fruits.model.udf import featurize_files, read_files, ship_model_files
+from fruits.model.udf import featurize_files, features_list, read_files, ship_model_files
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -271,7 +271,7 @@ class _Featurizing:
             new = rows.take(pa.array(taken, pa.int64()))
             new = new.set_column(new.column_names.index("model_id"), "model_id",
                                  pa.array([self.record.model_id] * len(taken), pa.string()))
-            features = pc.struct_field(read.column("result").take(pa.array(picked, pa.int64())), "features")
+            features = features_list(read.column("result").take(pa.array(picked, pa.int64())))
             new = new.append_column("features", features)
             schema = self.table.schema
             self.table.append(pa.Table.from_arrays([new.column(f.name).cast(f.type) for f in schema], schema=schema),

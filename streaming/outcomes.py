@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from fruits.home.names import alias_file_id
 from fruits.home.tables import FEATURES, QUARANTINE, Table
 from fruits.home.verdicts import Cause
+from fruits.model.udf import features_list
 
 FEATURES_ARROW = FEATURES.schema
 QUARANTINE_ARROW = QUARANTINE.schema
@@ -110,7 +111,7 @@ def featurized_rows(
         taken.append(i)
     picked = read.take(pa.array(taken, pa.int64()))
     ok = pa.array([error is None for _, error, _ in matched], pa.bool_())
-    features = pc.struct_field(picked.column("result"), "features")
+    features = features_list(picked.column("result"))
     place = [places[row["file_id"]] for row, _, _ in matched]
     columns = _from_ledger([row for row, _, _ in matched]) | {
         "content_sha256": picked.column("content_sha256"),

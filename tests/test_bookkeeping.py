@@ -94,9 +94,10 @@ def test_what_the_job_read_is_paired_with_its_ledger_rows_by_path_and_version():
         "length": [ledger[0]["size_bytes"], ledger[1]["size_bytes"]],
         "mtime_ms": [epoch_ms(ledger[0]["modified_at"]), epoch_ms(ledger[1]["modified_at"]) + 1],  # 1 was touched
         "content_sha256": ["a" * 64, "b" * 64],
-        "result": pa.array(
-            [{"features": [0.5] * 1280, "error": None}, {"features": [0.25] * 1280, "error": None}],
-            pa.struct([("features", pa.list_(pa.float32())), ("error", pa.string())]),
+        "result": pa.array(  # as the UDF sends them: each row's float32 as one binary value
+            [{"features": np.full(1280, 0.5, "<f4").tobytes(), "error": None},
+             {"features": np.full(1280, 0.25, "<f4").tobytes(), "error": None}],
+            pa.struct([("features", pa.binary()), ("error", pa.string())]),
         ),
     })
     places = {
@@ -117,6 +118,22 @@ def test_what_the_job_read_is_paired_with_its_ledger_rows_by_path_and_version():
     # a changed file's bytes are its newer version: it is not kept as this version's original
     assert set(quarantine.column("cause").to_pylist()) == {"changed"}
     assert quarantine.column("stored_path").to_pylist() == [None, None]
+
+
+def test_the_udfs_binary_features_become_float_lists_and_nulls_stay_null():
+    from fruits.model.udf import features_list
+
+    vectors = [np.arange(1280, dtype="<f4") * k for k in (1, 2, 3)]
+    result = pa.array(
+        [{"features": vectors[0].tobytes(), "error": None}, {"features": None, "error": "not an image"},
+         {"features": vectors[1].tobytes(), "error": None}, {"features": vectors[2].tobytes(), "error": None}],
+        pa.struct([("features", pa.binary()), ("error", pa.string())]),
+    )
+    got = features_list(result)
+    assert got.type == pa.list_(pa.float32()) and got.null_count == 1 and got[1].as_py() is None
+    assert np.array_equal(np.array(got[3].as_py(), "<f4"), vectors[2])
+    sliced = features_list(pa.chunked_array([result.slice(2), result.slice(0, 2)]))  # chunks, offsets not at 0
+    assert [None if v is None else v[1] for v in sliced.to_pylist()] == [2.0, 3.0, 0.0 + 1.0, None]
 
 
 def test_verdicts_from_ledger_rows_alone_become_quarantine_rows_without_a_content_hash():

@@ -16,6 +16,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.functions import pandas_udf
@@ -27,7 +29,12 @@ from fruits.home.uris import glob_escape
 from fruits.model.images import DEFAULT_MAX_PIXELS, TRANSIENT, RejectedImage, decode_image
 from fruits.model.featurizer import Featurizer, shared_model
 
-RESULT_SCHEMA = "features array<float>, error string"
+# The UDF's column: each row's 1,280 float32 as one little-endian binary value (null for a row with an error), and
+# the error. One binary value crosses Python -> JVM -> driver as one copy, where an array<float> is converted element
+# by element at each step (bench/ingest_throughput.py); the driver turns the column back into floats
+# (:func:`features_list`), and the tables store array<float>.
+RESULT_SCHEMA = "features binary, error string"
+FEATURE_BYTES = np.dtype("<f4")
 
 
 class ModelFailure(Failed):
@@ -143,9 +150,24 @@ def featurize_column(content: Column, featurizer: Featurizer, max_pixels: int = 
     @pandas_udf(RESULT_SCHEMA)
     def featurize(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         model = shared_model(featurizer)  # built once per Python worker, reused across batches and micro-batches
-        yield from featurize_batches(batches, featurizer, model, max_pixels)
+        for frame in featurize_batches(batches, featurizer, model, max_pixels):
+            yield frame.assign(features=[None if v is None else np.asarray(v, FEATURE_BYTES).tobytes()
+                                         for v in frame["features"]])
 
     return featurize(content)
+
+
+def features_list(result: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """The ``features`` of collected UDF results (:func:`featurize_column`'s struct, through Arrow) as Arrow
+    ``list<float>``: each binary value read as float32 without a copy per row; null stays null."""
+    binary = pc.struct_field(result, "features")
+    binary = binary.combine_chunks() if isinstance(binary, pa.ChunkedArray) else binary
+    binary = binary.cast(pa.binary())  # offsets as int32, whatever Arrow type Spark sent
+    _, offsets, data = binary.buffers()
+    ends = np.frombuffer(offsets, np.int32, len(binary) + 1, binary.offset * 4)
+    values = np.frombuffer(data, FEATURE_BYTES, (ends[-1] - ends[0]) // 4, ends[0]) if data is not None and ends[-1] > ends[0] else np.zeros(0, FEATURE_BYTES)
+    return pa.ListArray.from_arrays(pa.array((ends - ends[0]) // 4, pa.int32()), pa.array(values, pa.float32()),
+                                    mask=pc.is_null(binary))
 
 
 # The binaryFile source's schema, given explicitly so Spark never has to infer it.
