@@ -56,7 +56,7 @@ SHARED = ROOT.parent / "shared"
 SWITCHED = re.compile(r"switched to model (\d+) \((\S+)\): (\d+) photos featurized in (\d+) passes, ([\d.]+) s; (\d+) left out")
 FEATURES_LENGTH = 1280
 # The featurizing job's ``result`` column (fruits.model.udf), as the stream's row builder takes it.
-RESULT = pa.struct([("features", pa.list_(pa.float32())), ("error", pa.string())])
+RESULT = pa.struct([("features", pa.binary()), ("error", pa.string())])  # the UDF's wire format (fruits.model.udf)
 
 
 def home_config(home: Path, chunk: int):
@@ -101,7 +101,7 @@ def seed_home(home: Path, count: int, chunk: int, hashes: dict[Path, str]) -> di
             if source not in hashes:
                 hashes[source] = hashlib.sha256(source.read_bytes()).hexdigest()
             read.append({"path": landed, "length": stat.st_size, "mtime_ms": mtime_ms, "content_sha256": hashes[source],
-                         "result": {"features": vectors[index % len(photos)].tolist(), "error": None}})
+                         "result": {"features": vectors[index % len(photos)].astype("<f4").tobytes(), "error": None}})
         table = pa.table({
             "path": [r["path"] for r in read], "length": pa.array([r["length"] for r in read], pa.int64()),
             "mtime_ms": pa.array([r["mtime_ms"] for r in read], pa.int64()),
