@@ -95,10 +95,8 @@ def switch_model(
     started = time.perf_counter()
     home = home.with_spark(spark)
     registry = home.models.load()
+    record = _record_switching(home, registry, target)  # refused first if the home has no model yet
     old = registry.active
-    if old is None:
-        raise Refused("this home has no model yet: `fruits stream` records its first one")
-    record = _record_switching(home, registry, target)
     featurizer = featurizer or make_featurizer(target.config, target.weights)
     if featurizer.model_id != record.model_id:
         raise OtherModel(f"the featurizer gives {featurizer.model_id}, not the new model's {record.model_id}")
@@ -116,9 +114,9 @@ def switch_model(
         outcome.passes += 1
         log.info("switch pass %d: %d rows of model %d to featurize%s", outcome.passes, todo.num_rows, old.number,
                  " (its table is sealed: the last pass)" if sealed else "")
-        done, missing = job.run(todo, stop=None if sealed else stop)
+        done, missing, deleted = job.run(todo, stop=None if sealed else stop)
         outcome.featurized += done - len(missing)
-        gone = {file_id: why for file_id, why in missing.items() if _gone(file_id, why, waits)}
+        gone = {file_id: why for file_id, why in missing.items() if _gone(file_id, file_id in deleted, waits)}
         if len(gone) < len(missing):  # some originals may be on their way to the archive: look again shortly
             time.sleep(WAIT_SECONDS)
             continue
@@ -177,10 +175,10 @@ def _keyed(rows: pa.Table) -> pa.Table:
     return rows.set_column(rows.column_names.index("attempt"), "attempt", attempt)
 
 
-def _gone(file_id: str, why: str, waits: dict[str, int]) -> bool:
-    """Whether a photo not found counts as gone: at once when it was deleted, after :data:`WAIT_PASSES` passes
-    otherwise (its original may be moving to the archive)."""
-    if why.startswith("deleted"):
+def _gone(file_id: str, deleted: bool, waits: dict[str, int]) -> bool:
+    """Whether a photo not found counts as gone: at once when it was deleted after ingestion, after
+    :data:`WAIT_PASSES` passes otherwise (its original may be moving to the archive)."""
+    if deleted:
         return True
     waits[file_id] = waits.get(file_id, 0) + 1
     return waits[file_id] >= WAIT_PASSES
@@ -206,11 +204,13 @@ class _Featurizing:
         self.max_pixels = config.model.max_pixels
         table.ensure(spark)
 
-    def run(self, todo: pa.Table, *, stop: threading.Event | None = None) -> tuple[int, dict[str, str]]:
+    def run(self, todo: pa.Table, *, stop: threading.Event | None = None) -> tuple[int, dict[str, str], set[str]]:
         """Featurize ``todo`` into the new table, chunk by chunk, until ``stop`` is set; returns how many rows of it
-        were tried, and those whose original was not found or could not be featurized (``file_id`` -> why)."""
+        were tried, those whose original was not found or could not be featurized (``file_id`` -> why), and which of
+        them were deleted after ingestion (no ``stored_path``, not in landing either)."""
         missing: dict[str, str] = {}
         done = 0
+        self.deleted: set[str] = set()
         self._listed: dict[str, dict[str, int]] = {}  # folder -> {file: size}, listed once per pass
         for start in range(0, todo.num_rows, self.chunk_rows):
             if stop is not None and stop.is_set():
@@ -218,7 +218,7 @@ class _Featurizing:
             chunk = todo.slice(start, self.chunk_rows)
             missing.update(self._chunk(chunk))
             done += chunk.num_rows
-        return done, missing
+        return done, missing, self.deleted
 
     def _size(self, path: str) -> int | None:
         """The size of the file at ``path`` as its folder's listing in this pass saw it, or None if it was not there:
@@ -236,12 +236,14 @@ class _Featurizing:
             if self._size(path) == row["size_bytes"]:
                 return path, ""
         if row["stored_path"] is None:
+            self.deleted.add(row["file_id"])
             return None, f"deleted after ingestion: {row['path']}"
         return None, f"not found at {row['stored_path']} nor {row['path']}"
 
     def _chunk(self, rows: pa.Table) -> dict[str, str]:
         found: dict[str, int] = {}  # where the original is now -> its row in ``rows``
         missing: dict[str, str] = {}
+        file_ids = rows.column("file_id").to_pylist()
         for i, row in enumerate(rows.select(["file_id", "path", "stored_path", "size_bytes"]).to_pylist()):
             path, why = self._where(row)
             if path is None:
@@ -257,7 +259,7 @@ class _Featurizing:
         expected = rows.column("content_sha256").to_pylist()
         taken, picked = [], []
         for path, i in found.items():
-            j, file_id = results.get(path), rows.column("file_id")[i].as_py()
+            j, file_id = results.get(path), file_ids[i]
             if j is None:
                 missing[file_id] = f"not found at {path} when read"
             elif hashes[j] != expected[i]:
@@ -318,14 +320,14 @@ def prune_models(home: Home, *, dry_run: bool = False) -> list[ModelRecord]:
     """Delete the features tables of the home's retired models (their records stay, as ``pruned``); returns them.
     A model the newest PCA version was fitted on is kept until a refit fits the active one (identify answers with
     it meanwhile)."""
-    from fruits.batch.refit_pca import fitted_here
+    from fruits.batch.refit_pca import fitted_table
 
     latest = home.pca_store.latest()
     pruned = []
     for record in home.models.load().models:
         if record.state != "retired":
             continue
-        if latest is not None and not fitted_here(home, latest) and (latest.features_table or home.config.features_table) == record.table:
+        if latest is not None and fitted_table(home, latest) == record.table:
             log.warning("model %d is kept: PCA v%d was fitted on it (run `fruits refit-pca` first)", record.number,
                         latest.version)
             continue

@@ -58,10 +58,15 @@ def nothing_to_fit(home: Home, last: PcaVersion | None) -> str | None:
     return None
 
 
+def fitted_table(home: Home, version: PcaVersion) -> str:
+    """The features table ``version`` was fitted on (metadata older than model switches: the first model's)."""
+    return version.features_table or home.config.features_table
+
+
 def fitted_here(home: Home, last: PcaVersion | None) -> bool:
     """Whether ``last`` was fitted on ``home``'s features table (the active model's); not after a model switch, when
     the next refit fits every row of the new model's table."""
-    return last is not None and (last.features_table or home.config.features_table) == home.features_table
+    return last is not None and fitted_table(home, last) == home.features_table
 
 
 class Engine(Protocol):

@@ -40,7 +40,6 @@ import pyarrow.compute as pc
 from py4j.protocol import Py4JJavaError
 from pyspark.errors import PythonException
 
-
 from fruits.config import AfterIngest
 from fruits.errors import Stopped
 from fruits.home.filesystem import Files, HadoopFiles

@@ -174,9 +174,7 @@ def target_model(home: Home, *, asked: Mapping[str, str | None]) -> ModelToRun:
     way, if one was stopped) with those ``asked`` for (``precision = "auto"``: chosen again by the gate, on this
     CPU)."""
     registry = home.models.load()
-    active, pending = registry.active, registry.switching
-    if active is None:
-        raise NoModel("this home has no model yet: `fruits stream` records its first one")
+    active, pending = active_model(registry), registry.switching
     # A stopped switch is the only one allowed: the flags say what differs from it (none: it is resumed, whatever
     # FRUITS_* variables repeat of it), not from the active model.
     base = record_settings(pending if pending is not None else active)
@@ -186,13 +184,18 @@ def target_model(home: Home, *, asked: Mapping[str, str | None]) -> ModelToRun:
     return run
 
 
+def active_model(registry: Registry) -> ModelRecord:
+    """The active model of ``registry``; :class:`NoModel` before the home's first stream."""
+    if registry.active is None:
+        raise NoModel("this home has no model yet: `fruits stream` records its first one")
+    return registry.active
+
+
 def switch_to(registry: Registry, wanted: str) -> ModelRecord | None:
     """Whether a switch of the home ``registry`` describes to the model ``wanted`` may go on: the record of the switch
     to it a stopped run left (resumed), or None for a new switch. Refused (:class:`Refused`) when ``wanted`` is the
     active model, or when a switch to another model is under way."""
-    active, pending = registry.active, registry.switching
-    if active is None:
-        raise NoModel("this home has no model yet: `fruits stream` records its first one")
+    active, pending = active_model(registry), registry.switching
     if same_features(wanted, active.model_id):
         raise Refused(f"{wanted} is already this home's active model (model {active.number})")
     if pending is not None and pending.model_id != wanted:
