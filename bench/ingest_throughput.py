@@ -50,14 +50,22 @@ BATCH_LINE = re.compile(r"batch (\d+): (\d+) files in ([\d.]+) s")
 PHASES_LINE = re.compile(r"batch (\d+): (\d+) files in [\d.]+ s .*?; phases (\{.*\})$", re.M)
 
 
+# The copies' age: a backlog was written long before the stream starts. Copies just made would be younger than
+# [discovery] quiet_seconds, and `--available-now` would first wait for them to be quiet, a wait no backlog has.
+BACKLOG_AGE_SECONDS = 3600
+
+
 def fill_landing(landing: Path, count: int) -> None:
-    """Copy ``count`` real photos into class folders of ``landing`` (cycling through the sample with new names)."""
+    """Copy ``count`` real photos into class folders of ``landing`` (cycling through the sample with new names), all
+    modified :data:`BACKLOG_AGE_SECONDS` ago (``shutil.copytree`` of the folder keeps that)."""
     photos = sorted(SAMPLE.glob("*/*.jpg"))
+    modified = time.time() - BACKLOG_AGE_SECONDS
     for index in range(count):
         source = photos[index % len(photos)]
         target = landing / source.parent.name / f"{index // len(photos)}_{source.name}"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
+        os.utime(target, (modified, modified))
 
 
 def run_fruits(args: list[str], env: dict[str, str]) -> tuple[float, str]:
