@@ -18,6 +18,7 @@ worst case), against Spark's plain file source listing the same folder.
    triggers pays), unless ``--skip-file-source``.
 
 Usage: python bench/discovery_scale.py [--files 1000000] [--drops 100] [--rate 5] [--listings 3] [--lost 500]
+       [--idle-seconds 35] [--cost-repeats 7]
 Prints JSON on stdout; progress on stderr.
 """
 
@@ -231,6 +232,7 @@ def main() -> None:
     parser.add_argument("--lost", type=int, default=500)
     parser.add_argument("--idle-seconds", type=float, default=35.0)
     parser.add_argument("--skip-file-source", action="store_true")
+    parser.add_argument("--cost-repeats", type=int, default=7, help="repeats of each guarantee's cost (medians)")
     parser.add_argument("--workdir", default=None, help="where the home goes (default: a temporary folder)")
     parser.add_argument("--existing-home", help="reuse the home an earlier run left (its landing and seeded tables): "
                         "no build, no seeding, no first start")
@@ -311,7 +313,7 @@ def main() -> None:
         counts = backlog(Home.from_config(config))
         if counts["discovered"] >= expected and counts["pending"] == 0:
             break
-        time.sleep(1)
+        time.sleep(0.2)
     stream.close()
     result["lost_events"] = {
         "landed_while_stopped": len(lost), "discovered": counts["discovered"] - before,
@@ -319,7 +321,7 @@ def main() -> None:
     }
     say(f"lost events: {result['lost_events']}")
 
-    result["guarantee_costs"] = guarantee_costs(spark, config)
+    result["guarantee_costs"] = guarantee_costs(spark, config, args.cost_repeats)
     say(f"guarantee costs: {result['guarantee_costs']}")
     result["sizes"] = {"ledger": du(config.files_table), "checkpoint": du(config.checkpoint("ingest"))}
     if not args.skip_file_source:

@@ -6,9 +6,10 @@ folder holds ``--photos`` real photos (default 0: the empty home of a first star
 ledger and tables already there) and waits for the line again. Seconds are counted from the moment the process is
 started; the phases come from the timestamps of the command's own log lines (weights resolved, featurizer ready,
 Spark session up, home prepared, discovery's first listing, watching), so a change to start-up shows where it went.
-Caches are warm (a first, uncounted start fills the IR cache and Ivy's jar cache if they are empty).
+Caches are warm (a first, uncounted start fills the IR cache and Ivy's jar cache if they are empty; ``--no-warm-up``
+leaves it out where they are warm already, as in the suite's smoke run).
 
-Usage: python bench/startup.py [--rounds 3] [--photos 0] [--master local[*]]
+Usage: python bench/startup.py [--rounds 3] [--photos 0] [--master local[*]] [--no-warm-up]
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def main() -> None:
     parser.add_argument("--master", default="local[*]")
     parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
     parser.add_argument("--ready-timeout", type=float, default=600.0)
+    parser.add_argument("--warm-up", action=argparse.BooleanOptionalAction, default=True,
+                        help="one uncounted start first, to fill empty caches (default on)")
     Honest.add_arguments(parser)
     args = parser.parse_args()
     honest = Honest.start(args)
@@ -78,7 +81,8 @@ def main() -> None:
         work = Path(tmp)
         if args.photos:
             fill_landing(work / "photos", args.photos)
-        start_once(work / "warm-up", env, work / "warm-up.log", args.ready_timeout)  # warm caches, uncounted
+        if args.warm_up:
+            start_once(work / "warm-up", env, work / "warm-up.log", args.ready_timeout)  # warm caches, uncounted
         for round_ in range(args.rounds):
             home = work / f"home-{round_}"
             if args.photos:
