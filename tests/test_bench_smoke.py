@@ -1,6 +1,7 @@
 """No bench rots: every script in bench/ runs here at a tiny size (``--smoke``: no load check, ratio lines marked as
 no figure) and must finish and print its ratio lines; and bench/honest.py's rules (docs/performance.md, "Honest
-figures") hold. The smoke runs measure nothing: they are not timed tests.
+figures") hold. The smoke runs measure nothing: they are not timed tests, and several run at once (:class:`SmokePool`,
+docs/testing.md).
 
 The heavy runs start Spark, OpenVINO or TensorFlow: run them under the shared lock,
 ``flock /tmp/fruits-heavy.lock .venv/bin/python -m pytest tests/test_bench_smoke.py -q``.
@@ -8,11 +9,18 @@ The heavy runs start Spark, OpenVINO or TensorFlow: run them under the shared lo
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -43,9 +51,9 @@ SMOKE = {
     "latency.py": ["--images", "3", "--rate", "5", "--warmup", "1", "--master", "local[2]", "--timeout", "120"],
     "s3_throughput.py": ["--images", "12", "--rounds", "1", "--max-files-per-trigger", "4", "--master", "local[2]"],
     "pca_refit.py": ["--workdir", "{tmp}", "--repeats", "1", "--photos", "40", "--rows", "400", "--k", "5", "--also-spark"],
-    "startup.py": ["--rounds", "1", "--master", "local[2]"],
+    "startup.py": ["--rounds", "1", "--master", "local[2]", "--no-warm-up"],  # the caches are the suite's, warm
     "discovery_scale.py": ["--files", "60", "--drops", "2", "--rate", "5", "--listings", "1", "--lost", "5",
-                           "--idle-seconds", "1", "--skip-file-source", "--workdir", "{tmp}"],
+                           "--idle-seconds", "1", "--cost-repeats", "1", "--skip-file-source", "--workdir", "{tmp}"],
     # beside: its most code (reference home, serve, identify clients, two streams, the settle re-check), smallest.
     "views.py": ["--per-class", "1", "--precisions", "fp32"],
     "model_accuracy.py": ["--per-class", "1", "--ir-cache", "{ir_cache}"],
@@ -158,24 +166,127 @@ def ir_cache() -> str:
     return str(ir_cache_dir(load_config(environ={})))
 
 
+# Smoke runs at once (FRUITS_SMOKE_JOBS): a smoke run mostly waits (JVM and model starts, its stream's triggers), and it
+# measures nothing, so several share the cores; a bench's real runs stay alone (docs/performance.md).
+SMOKE_JOBS = int(os.environ.get("FRUITS_SMOKE_JOBS", "3"))
+# The smoke runs' JVMs (Spark drivers, the test cluster's daemons and executors) compile with C1 only and collect with
+# one thread: in a tiny run the C2 compiler threads cost more CPU than the work. Set here alone: benches' real runs keep
+# the JVM's defaults.
+SMOKE_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+# The longest smoke runs start first, so the pool's last minutes are not one long run alone (bench/ names).
+LONGEST_FIRST = ["pca_refit.py", "web.py", "s3_throughput.py", "discovery_scale.py", "int8.py", "cluster_vs_local.py",
+                 "notebook_vs_stream.py", "ingest_throughput.py", "startup.py", "delta_append.py", "model_switch.py"]
+
+
+@dataclass
+class SmokeRun:
+    script: str
+    returncode: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    seconds: float = 0.0
+    error: str = ""  # why there is no return code (the timeout), else ""
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class SmokePool:
+    """The selected smoke runs, :data:`SMOKE_JOBS` at a time, each a subprocess in its own session (stopped with its
+    process tree if the test run ends first). :meth:`result` waits for one bench's run."""
+
+    def __init__(self, scripts: list[str], args: dict[str, list[str]], tmp: dict[str, Path]) -> None:
+        self.runs = {script: SmokeRun(script) for script in scripts}
+        self.processes: dict[str, subprocess.Popen] = {}
+        self.lock, self.closing = threading.Lock(), False
+        order = sorted(scripts, key=lambda s: LONGEST_FIRST.index(s) if s in LONGEST_FIRST else len(LONGEST_FIRST))
+        self.pool = ThreadPoolExecutor(max(1, SMOKE_JOBS), thread_name_prefix="smoke")
+        for script in order:
+            self.pool.submit(self._run, script, args[script], tmp[script])
+
+    def _run(self, script: str, args: list[str], tmp: Path) -> None:
+        run = self.runs[script]
+        try:
+            with self.lock:
+                if self.closing:
+                    run.error = "not started: the test run ended first"
+                    return
+                java = f"{os.environ.get('JAVA_TOOL_OPTIONS', '')} {SMOKE_JAVA_OPTIONS}".strip()
+                env = {**os.environ, "TMPDIR": str(tmp), "JAVA_TOOL_OPTIONS": java}
+                process = subprocess.Popen([sys.executable, str(BENCH / script), "--smoke", *args], stdout=subprocess.PIPE,
+                                           stderr=subprocess.PIPE, text=True, env=env, cwd=tmp, start_new_session=True)
+                self.processes[script] = process
+            started = time.monotonic()
+            try:
+                run.stdout, run.stderr = process.communicate(timeout=900)
+            except subprocess.TimeoutExpired:
+                _stop(process)
+                run.stdout, run.stderr = process.communicate()
+                run.error = "timed out after 900 s"
+            run.returncode, run.seconds = process.returncode, time.monotonic() - started
+        except Exception as exc:  # noqa: BLE001  (the bench's test reports it)
+            run.error = f"not run: {exc!r}"
+        finally:
+            run.done.set()
+
+    def result(self, script: str) -> SmokeRun:
+        run = self.runs[script]
+        run.done.wait()
+        return run
+
+    def close(self) -> None:
+        with self.lock:
+            self.closing = True
+        for process in self.processes.values():
+            if process.poll() is None:
+                _stop(process)
+        self.pool.shutdown(wait=True)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """SIGTERM to the bench (its ``finally`` blocks stop the trees it started), then SIGKILL to its session."""
+    with contextlib.suppress(ProcessLookupError):
+        process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def _needs_weed() -> bool:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from s3server import weed_binary
+
+    return weed_binary() is None
+
+
+@pytest.fixture(scope="module")
+def smoke_pool(request, tmp_path_factory, ir_cache):
+    """One pool for the smoke runs this test run selected: they start together at the first one's test."""
+    scripts = sorted({item.callspec.params["script"] for item in request.session.items
+                      if getattr(item, "originalname", None) == "test_bench_runs_at_a_tiny_size"})
+    if "s3_throughput.py" in scripts and _needs_weed():
+        scripts.remove("s3_throughput.py")  # its test says why it cannot run
+    tmp = {script: tmp_path_factory.mktemp(script.removesuffix(".py")) for script in scripts}
+    args = {script: [a.format(tmp=tmp[script], ir_cache=ir_cache) for a in SMOKE[script]] for script in scripts}
+    pool = SmokePool(scripts, args, tmp)
+    yield pool
+    pool.close()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(SMOKE))
-def test_bench_runs_at_a_tiny_size(script, tmp_path, ir_cache):
-    if script == "s3_throughput.py":
-        sys.path.insert(0, str(ROOT / "tests"))
-        from s3server import weed_binary
-
-        if weed_binary() is None:
-            missing("no SeaweedFS binary (`make weed`): s3_throughput's smoke run needs it", "FRUITS_REQUIRE_S3")
-    args = [a.format(tmp=tmp_path, ir_cache=ir_cache) for a in SMOKE[script]]
-    env = {**os.environ, "TMPDIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, str(BENCH / script), "--smoke", *args], capture_output=True, text=True,
-                          timeout=900, env=env, cwd=tmp_path)
-    assert done.returncode == 0, f"{script} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+def test_bench_runs_at_a_tiny_size(script, smoke_pool, record_property):
+    if script == "s3_throughput.py" and _needs_weed():
+        missing("no SeaweedFS binary (`make weed`): s3_throughput's smoke run needs it", "FRUITS_REQUIRE_S3")
+    done = smoke_pool.result(script)
+    record_property("smoke_run_seconds", round(done.seconds, 1))  # the run's own time (the test's is a wait)
+    assert done.returncode == 0 and not done.error, (
+        f"{script} failed ({done.error or done.returncode}, {done.seconds:.0f} s, beside up to {SMOKE_JOBS - 1} other "
+        f"smoke runs):\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}")
     out = done.stdout
     assert re.search(r"^cpu: .+; \d+ cores; AVX2 (yes|no), AVX512_VNNI (yes|no), AMX (yes|no)", out, re.M), out[:500]
     assert re.search(r"^load average before: [\d.]+ [\d.]+ [\d.]+ \(smoke run: not checked\)$", out, re.M), out[:500]
     assert re.search(r"^load average after: [\d.]+ [\d.]+ [\d.]+$", out, re.M), out[-500:]
     ratios = SMOKE_RATIO.findall(out)
-    assert len(ratios) >= RATIO_LINES.get(script, 1), out
-    assert not re.search(r"^ratio: ", out, re.M), "a smoke run printed a ratio as a figure"
+    assert len(ratios) >= RATIO_LINES.get(script, 1), f"{script}: {len(ratios)} ratio lines:\n{out}"
+    assert not re.search(r"^ratio: ", out, re.M), f"{script}: a smoke run printed a ratio as a figure"
