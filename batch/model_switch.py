@@ -41,7 +41,7 @@ from fruits.home.tables import FEATURES_SCHEMA, Table
 from fruits.model.active import ModelToRun, OtherModel, cpu_text, model_id_for, new_record, switch_to
 from fruits.model.featurizer import Featurizer
 from fruits.model.runtimes import make_featurizer
-from fruits.model.udf import featurize_files, features_list, read_files, ship_model_files
+from fruits.model.udf import featurize_paths, features_list, ship_model_files
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -252,8 +252,12 @@ class _Featurizing:
                 found[path] = i
         if not found:
             return missing
-        content = read_files(self.spark, sorted(found), still_there=lambda p: self.files.stat(p) is not None)
-        read = featurize_files(content, self.featurizer, self.max_pixels, self.partitions).toArrow()
+        sizes = rows.column("size_bytes").to_pylist()
+        read = featurize_paths(  # a file larger than the photo it should hold is not read (its hash cannot match)
+            self.spark, sorted(found), self.featurizer, max_bytes=max(sizes[i] for i in found.values()),
+            max_pixels=self.max_pixels, partitions=self.partitions,
+            still_there=lambda p: self.files.stat(p) is not None,
+        ).toArrow()
         results = {path: j for j, path in enumerate(read.column("path").to_pylist())}
         hashes, errors = read.column("content_sha256").to_pylist(), pc.struct_field(read.column("result"), "error").to_pylist()
         expected = rows.column("content_sha256").to_pylist()

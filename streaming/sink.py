@@ -6,9 +6,10 @@ For each micro-batch of ledger rows:
    the outcome rows discovered in the batch's time range (Delta data skipping on ``discovered_at``), so it stays cheap
    as the tables grow. This check, not the checkpoint, makes the sink idempotent: a replay after a crash, a deleted or
    new checkpoint, or other batch boundaries never write a second outcome for a file version.
-2. **Featurize** the rest in chunks of ``[stream] max_files_per_trigger``: one Spark job reads exactly those paths
-   (``binaryFile``) and the pandas UDF featurizes them; its rows are collected through Arrow and appended from the
-   driver, one delta-rs commit per table and chunk (:mod:`fruits.streaming.outcomes`). A ledger row whose file is
+2. **Featurize** the rest in chunks of ``[stream] max_files_per_trigger``: one Spark job reads exactly those files
+   (on a local home its Python workers open them; on a remote one, ``binaryFile``) and featurizes them; its rows
+   are collected through Arrow and appended from the driver, one delta-rs commit per table and chunk
+   (:mod:`fruits.streaming.outcomes`). A ledger row whose file is
    gone, empty, or no longer the version the ledger recorded gets a quarantine row saying so.
 3. **After ingest**: once a chunk's outcomes are committed, its featurized files are archived (or deleted, or kept:
    ``[discovery] after_ingest``) and its quarantined files are moved to ``HOME/quarantine/`` (or kept; never deleted:
@@ -43,7 +44,7 @@ from pyspark.errors import PythonException
 from fruits.config import AfterIngest
 from fruits.errors import Stopped
 from fruits.home.filesystem import Files, HadoopFiles
-from fruits.model.udf import featurize_column, featurize_files, read_files
+from fruits.model.udf import featurize_column, featurize_paths
 from fruits.spark.conditions import error_conditions
 from fruits.model.featurizer import Featurizer
 from fruits.home.names import ALIAS_FOLDER, alias_path, fit_relative, local_bytes, needs_alias
@@ -478,10 +479,10 @@ class OutcomeSink:
         """Read and featurize ``rows`` in one Spark job, collected through Arrow and paired with the ledger rows on the
         driver, then append one commit per table from here (:mod:`fruits.streaming.outcomes`); a ledger row that
         produced no row is quarantined with why."""
-        with self.progress.phases.timed("list"):  # binaryFile looks at each file when the DataFrame is made
-            content = self._read(spark, rows, files)
+        with self.progress.phases.timed("list"):  # binaryFile looks at each remote file when the DataFrame is made
+            job = self._job(spark, rows, files)
         with self.progress.phases.timed("featurize"):
-            read = self._featurize(content).toArrow()  # the job: every core
+            read = job.toArrow()  # the job: every core
         featurized, unread = featurized_rows(rows, read, places, self.featurizer.model_id)
         accepted, rejected = split_featurized(featurized)
         with self.progress.phases.timed("append"):
@@ -499,20 +500,19 @@ class OutcomeSink:
             return False
         return row["r"]["error"] is None
 
-    def _read(self, spark: SparkSession, rows: list[Row], files: LandedFiles) -> DataFrame:
-        """``binaryFile`` over exactly the rows' files, found there just before (:meth:`_absent`, which looked at
-        each one: not again here); a file deleted since is skipped and quarantined as disappeared
-        (:func:`fruits.model.udf.read_files`). A file whose name the JVM cannot open is read through its alias
-        (:meth:`LandedFiles.readable`), which the pairing maps back by ``file_id``."""
+    def _job(self, spark: SparkSession, rows: list[Row], files: LandedFiles) -> DataFrame:
+        """The featurizing job over exactly the rows' files, found there just before (:meth:`_absent`, which looked
+        at each one: not again here): what the driver pairs with the ledger rows
+        (:func:`fruits.streaming.outcomes.featurized_rows`): path, size and mtime as read, the content's hash, and
+        ``result`` (``features`` or an ``error``). A file deleted since is absent from it (quarantined as
+        disappeared); a local one is read by the Python worker (never more than ``max_bytes``), a remote one by
+        ``binaryFile`` (:func:`fruits.model.udf.featurize_paths`). A file whose name the JVM cannot open is read
+        through its alias (:meth:`LandedFiles.readable`), which the pairing maps back by ``file_id``. No join with
+        the ledger rows here: a broadcast of driver-made rows is one more job per chunk (``bench/latency.py``)."""
         files.register(rows)
         paths = sorted({path for row in rows if (path := files.readable(at(row), self.landing))})
-        return read_files(spark, paths, still_there=lambda p: files.version(p) is not None)
-
-    def _featurize(self, content: DataFrame) -> DataFrame:
-        """Bytes -> what the driver pairs with the ledger rows (:func:`fruits.streaming.outcomes.featurized_rows`):
-        path, size and mtime as read, the content's hash, and ``result`` (``features`` or an ``error``). No join with
-        the ledger rows here: a broadcast of driver-made rows is one more job per chunk (``bench/latency.py``)."""
-        return featurize_files(content, self.featurizer, self.max_pixels, self.partitions)
+        return featurize_paths(spark, paths, self.featurizer, max_bytes=self.max_bytes, max_pixels=self.max_pixels,
+                               partitions=self.partitions, still_there=lambda p: files.version(p) is not None)
 
     def _unread_verdict(self, row: Row, files: LandedFiles) -> Verdict:
         now = files.version(at(row))

@@ -86,3 +86,26 @@ def test_pixel_limit_rejects_before_decoding():
     data = encode(Image.new("L", (3000, 3000)), "PNG")
     with pytest.raises(RejectedImage, match="above the limit"):
         decode_image(data, max_pixels=1_000_000)
+
+
+def test_a_local_file_is_read_by_its_open_descriptor_within_max_bytes_and_a_read_error_is_raised(tmp_path):
+    """The featurizing job's reader of local files (fruits.model.udf.read_local): the bytes, their hash, the size and
+    mtime of the file read; nothing of a file above the cap; no row for a file that is gone or is no regular file; a
+    file that cannot be read fails the job (raised), as the JVM's read did."""
+    import hashlib
+
+    from fruits.model.udf import read_local
+
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(b"\xff\xd8" + os.urandom(5000))
+    found = os.stat(photo)
+    read = read_local(f"file:{photo}", max_bytes=found.st_size)
+    assert (read.length, read.mtime_ms, read.content) == (found.st_size, found.st_mtime_ns // 1_000_000, photo.read_bytes())
+    assert read.sha256 == hashlib.sha256(photo.read_bytes()).hexdigest() and read.error is None
+    too_big = read_local(str(photo), max_bytes=found.st_size - 1)
+    assert too_big.length == found.st_size and too_big.content is None and too_big.sha256 is None
+    assert too_big.error == f"file is {found.st_size} bytes, above the limit of {found.st_size - 1} bytes"
+    os.mkfifo(tmp_path / "pipe.jpg")  # would block a plain open
+    assert read_local(f"file:{tmp_path / 'gone.jpg'}", 100) is None and read_local(str(tmp_path / "pipe.jpg"), 100) is None
+    with pytest.raises(OSError):
+        read_local("/proc/self/mem", 100)  # a regular file whose read fails (EIO)

@@ -110,6 +110,60 @@ def test_restart_on_the_same_checkpoint_ingests_only_new_files(spark, weights, t
     assert len([h for h in history if h["operation"] == "WRITE"]) == 4
 
 
+def test_a_local_chunk_is_read_by_its_python_workers_as_binary_file_reads_it(spark, weights, tmp_path):
+    """On a local home the featurizing job's Python workers open the files themselves (``featurize_paths``): they
+    return what ``binaryFile`` returns for the same files (size, mtime, hash, features); a file deleted after the
+    driver's look is absent (the sink says "missing"), and one that grew past ``max_bytes`` after its ledger row is
+    not read (no hash) and pairs as changed."""
+    import hashlib
+    from datetime import datetime, timezone
+
+    from fruits.model.runtimes import make_featurizer
+    from fruits.model.udf import featurize_files, featurize_paths, read_files
+    from fruits.streaming.outcomes import Places, featurized_rows, split_featurized
+
+    config = make_config(tmp_path)
+    featurizer = make_featurizer(config, weights)
+    photos = place(sample_files("Kiwi", 5), tmp_path / "landing" / "Kiwi")
+    ledger = []
+    for index, photo in enumerate(photos):  # the ledger rows, recorded before the changes below
+        found = photo.stat()
+        ms = found.st_mtime_ns // 1_000_000
+        modified = datetime.fromtimestamp(ms // 1000, timezone.utc).replace(microsecond=ms % 1000 * 1000)
+        ledger.append({"file_id": f"id{index}", "path": f"file:{photo}", "label": "Kiwi", "size_bytes": found.st_size,
+                       "modified_at": modified, "discovered_at": datetime.now(timezone.utc), "attempt": 0})
+    max_bytes = max(row["size_bytes"] for row in ledger)
+    grown, gone = photos[3], photos[4]
+    with open(grown, "r+b") as handle:
+        handle.truncate(3 << 30)  # sparse: grew past max_bytes (and past the 2 GiB binaryFile can hold)
+    gone.unlink()
+    paths = [row["path"] for row in ledger]
+    there = lambda path: os.path.exists(local_path(path))  # noqa: E731
+
+    local = featurize_paths(spark, paths, featurizer, max_bytes=max_bytes, max_pixels=config.model.max_pixels,
+                            partitions=2, still_there=there).toArrow()
+    jvm = featurize_files(read_files(spark, paths[:3], still_there=there), featurizer, config.model.max_pixels, 2)
+    by_path = {row["path"]: row for row in local.to_pylist()}
+    assert sorted(by_path) == sorted(paths[:4])  # the deleted one is absent
+    for expected in jvm.toArrow().to_pylist():
+        got = by_path[expected["path"]]
+        assert [got[k] for k in ("length", "mtime_ms", "content_sha256")] == [
+            expected[k] for k in ("length", "mtime_ms", "content_sha256")]
+        assert got["content_sha256"] == hashlib.sha256(Path(local_path(got["path"])).read_bytes()).hexdigest()
+        mine, theirs = (np.frombuffer(r["result"]["features"], "<f4") for r in (got, expected))
+        assert mine.shape == (1280,) and np.abs(mine - theirs).max() <= 1e-4
+    too_big = by_path[paths[3]]
+    assert too_big["length"] == 3 << 30 and too_big["content_sha256"] is None and too_big["result"]["features"] is None
+
+    places = {row["file_id"]: Places(None, None) for row in ledger}
+    group, unread = featurized_rows(ledger, local, places, featurizer.model_id)
+    assert [row["file_id"] for row in unread] == ["id4"]
+    features, quarantine = split_featurized(group)
+    assert sorted(features.column("file_id").to_pylist()) == ["id0", "id1", "id2"]
+    assert quarantine.column("file_id").to_pylist() == ["id3"] and quarantine.column("cause").to_pylist() == ["changed"]
+    assert f"now {3 << 30} bytes" in quarantine.column("reason").to_pylist()[0]
+
+
 def test_model_is_built_once_per_python_worker(spark, weights):
     """Many tasks and Arrow batches on two worker processes build two models, not one per batch."""
     import pandas as pd
