@@ -360,27 +360,38 @@ class Discovery:
 
     def start(self, *, continuous: bool = True) -> None:
         """Without ``continuous``: one listing now, so a run that processes what is there sees it all. With it: the
-        watcher first, then the first listing and the periodic ones in the discovery thread until :meth:`stop`. The
-        stream starts meanwhile: a restart on a landing folder of a million files does not wait for their listing
-        (bench/discovery_scale.py), and a file that lands during the listing is seen by the one or the other."""
+        discovery thread starts the watcher, then makes the first listing and the periodic ones until :meth:`stop`.
+        The stream starts meanwhile: a restart on a landing folder of a million files waits neither for their listing
+        nor for the watcher's walk of landing (bench/discovery_scale.py), and a file that lands during the listing is
+        seen by the one or the other (the watcher is up before the listing starts)."""
         if not continuous:
             self.view.refresh()
             self.backfill()
             self.await_young(3 * self.quiet)
             return
-        if self.watch:
-            os.makedirs(self.local, exist_ok=True)
-            self._observer = Observer()
-            self._observer.schedule(self._events, self.local, recursive=True)
-            self._observer.start()
         self._thread = threading.Thread(target=self._run, name="fruits-discovery", daemon=True)
         self._thread.start()
 
+    def _start_watcher(self) -> None:
+        """File events on the local landing folder (the observer walks landing to watch each folder)."""
+        os.makedirs(self.local, exist_ok=True)
+        observer = Observer()
+        observer.schedule(self._events, self.local, recursive=True)
+        observer.start()
+        self._observer = observer
+
     def _run(self) -> None:
-        next_backfill = next_recheck = time.monotonic()  # the first listing at once
+        next_backfill = next_recheck = next_watch = time.monotonic()  # the watcher, then the first listing, at once
         while not self._stop.is_set():
+            if self.watch and self._observer is None and time.monotonic() >= next_watch:
+                try:
+                    self._start_watcher()
+                except Exception:  # e.g. the inotify watch limit: the listings still find every file
+                    log.exception("file events unavailable; landed files are found by the listings, every %.0f s, "
+                                  "until the watcher starts (tried again then)", self.backfill_seconds)
+                    next_watch = time.monotonic() + self.backfill_seconds
             try:
-                if self.watch:
+                if self._observer is not None:
                     self.flush_events()
                 if time.monotonic() >= next_recheck:
                     self.recheck()
@@ -395,13 +406,12 @@ class Discovery:
             self._events.arrived.clear()
 
     def stop(self) -> None:
-        """Stop the watcher and the timer (recording what has settled first)."""
+        """Stop the timer and the watcher (recording what has settled first)."""
         self._stop.set()
         self._events.arrived.set()
+        if self._thread is not None:
+            self._thread.join()  # it starts the watcher: joined first, so no watcher starts after this
         if self._observer is not None:
             self._observer.stop()
             self._observer.join()
-        if self._thread is not None:
-            self._thread.join()
-        if self._observer is not None:
             self.flush_events(everything=True)

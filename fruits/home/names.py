@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from functools import lru_cache
 from pathlib import Path, PurePath
 from typing import Any, Callable, Iterable, Mapping
 
@@ -18,11 +19,16 @@ class UnsafeName(Refused):
     """A label or path that would leave the landing folder or that the stream would never read."""
 
 
-def is_candidate(name: str, extensions: list[str]) -> bool:
+def is_candidate(name: str, extensions: Iterable[str]) -> bool:
     """Whether the stream would read a file of this name: an image extension, not hidden or temporary."""
     stem, dot, extension = name.rpartition(".")
-    accepted = {e.lower().lstrip(".") for e in extensions}
-    return bool(dot and stem) and not name.startswith((".", "_", "~")) and extension.lower() in accepted
+    return bool(dot and stem) and not name.startswith((".", "_", "~")) and extension.lower() in _accepted(tuple(extensions))
+
+
+@lru_cache(maxsize=32)
+def _accepted(extensions: tuple[str, ...]) -> frozenset[str]:
+    """The extensions :func:`is_candidate` accepts (made once per setting: a listing asks for each of a million files)."""
+    return frozenset(e.lower().lstrip(".") for e in extensions)
 
 
 def hidden_from_spark(name: str) -> bool:
