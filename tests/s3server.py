@@ -72,10 +72,11 @@ class S3Server:
         self.client().create_bucket(Bucket=name)
 
     def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL)."""
+        """Stop the server (SIGTERM, then SIGKILL). After SIGTERM, weed's master keeps retrying its stopped filer
+        and does not exit: a short grace, then SIGKILL (its data folder is a test's, thrown away)."""
         self.process.terminate()
         try:
-            self.process.wait(20)
+            self.process.wait(3)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(10)
