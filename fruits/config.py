@@ -122,6 +122,7 @@ class SparkConfig:
     master: str
     app_name: str
     jars_dir: str
+    class_archive: bool
     conf: SparkConf
 
 

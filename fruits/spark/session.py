@@ -7,12 +7,16 @@ import logging
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from pyspark.sql import SparkSession
 
 from fruits.home import s3
-from fruits.config import Config, load_config
+from fruits.config import Config, load_config, user_cache_dir
 from fruits.home.uris import local_path
+
+if TYPE_CHECKING:
+    from fruits.spark.class_archive import ArchivePlan
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +94,12 @@ def build_spark(config: Config, app_suffix: str = "", command_section: str | Non
             from delta import configure_spark_with_delta_pip
 
             builder = configure_spark_with_delta_pip(builder, extra_packages=packages[1:] or None)
-    start_jvm(builder)
+    archive_plan = start_jvm(builder, class_archive=spark_cfg.class_archive)
     spark = builder.getOrCreate()
+    if archive_plan is not None and archive_plan.use is not None:
+        from fruits.spark.class_archive import check_used
+
+        check_used(archive_plan, spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
     if not jars_dir and not known:
         from fruits.spark.jars import remember_resolved
 
@@ -101,22 +109,33 @@ def build_spark(config: Config, app_suffix: str = "", command_section: str | Non
     return spark
 
 
-def start_jvm(builder: SparkSession.Builder) -> None:
+def start_jvm(builder: SparkSession.Builder, class_archive: bool = False) -> ArchivePlan | None:
     """Start this process's JVM (the py4j gateway, with the builder's settings) in a session of its own, unless one
     runs already. A signal to the driver's process group (Ctrl-C in a terminal, an init such as ``tini -g`` that
     forwards ``docker stop``'s SIGTERM to the group) then reaches the driver alone, which stops the stream between
     two chunks, instead of killing the JVM and the Python workers it forks in the middle of a job (PySpark only
     shields the JVM from SIGINT, and its workers restore the default handlers). The JVM still ends with this process,
-    even a killed one: it exits when its stdin, a pipe from this process, is closed."""
+    even a killed one: it exits when its stdin, a pipe from this process, is closed. With ``class_archive``, the JVM
+    maps the per-user class data archive, or writes it when it exits (:mod:`fruits.spark.class_archive`); the plan it
+    was given is returned."""
     from pyspark import SparkConf, SparkContext
     from pyspark.java_gateway import launch_gateway
 
     if SparkContext._gateway is not None:  # a JVM runs already (a session was stopped): getOrCreate reuses it
-        return
+        return None
+    archive_plan = None
+    if class_archive and "PYSPARK_GATEWAY_PORT" not in os.environ:  # else a JVM started by someone else is used
+        from fruits.spark.class_archive import plan
+
+        archive_plan = plan({k: str(v) for k, v in builder._options.items()}, user_cache_dir())
+        if archive_plan is not None:
+            options = builder._options.get("spark.driver.extraJavaOptions")
+            builder.config("spark.driver.extraJavaOptions", " ".join(filter(None, [options, archive_plan.options])))
     # The settings as getOrCreate would pass them to spark-submit: spark.jars.packages (Delta's and S3A's jars,
     # resolved at launch) and the driver's memory only take effect there.
     conf = SparkConf().setAll(list(builder._options.items()))
     SparkContext(conf=conf, gateway=launch_gateway(conf, popen_kwargs={"start_new_session": True}))
+    return archive_plan
 
 
 def warm(*, s3: bool = False) -> None:
