@@ -334,3 +334,22 @@ def test_delete_after_ingest_and_a_file_changed_between_discovery_and_reading(sp
     assert quarantine["path"].tolist() == [uri(changed)]
     assert quarantine["reason"].item().startswith("changed after it was discovered")
     assert not list(landing.rglob("*.jpg")) and not (tmp_path / "archive").exists()
+
+
+@pytest.mark.fast
+def test_sorted_digests_hold_members_added_in_bulk_and_one_by_one():
+    """A ledger view's first load adds its ids at once (merged into the sorted array), later commits a few at a time
+    (kept in a set until merged): membership is the same either way."""
+    import numpy as np
+
+    from fruits.home.ledger import MERGE_AT, SortedDigests, digests
+
+    ids = [f"{n:032x}" for n in range(MERGE_AT + 5)]
+    members = SortedDigests()
+    members.add(digests(ids[: MERGE_AT + 1]))  # bulk
+    members.add(digests(ids[MERGE_AT + 1 :]))  # one by one
+    members.add(digests(ids[:3]))  # again
+    assert members.contains(digests(ids)).all()
+    absent = digests([f"{n:032x}" for n in range(MERGE_AT + 5, MERGE_AT + 9)])
+    assert not members.contains(absent).any()
+    assert members.contains(np.concatenate([absent[:1], digests(ids[-1:])])).tolist() == [False, True]

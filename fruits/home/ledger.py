@@ -171,6 +171,10 @@ def path_digests(paths: list[str | bytes]) -> np.ndarray:
     return np.array([hashlib.sha256(p).digest()[:16] for p in exact], dtype="S16")
 
 
+# Recent additions a SortedDigests keeps in its set before it merges them into its sorted array.
+MERGE_AT = 100_000
+
+
 class SortedDigests:
     """A set of 16-byte digests for millions of members: a sorted numpy array plus a small set of recent additions
     (merged in when it grows). 16 bytes a member instead of ~100 for a Python set of strings."""
@@ -195,8 +199,11 @@ class SortedDigests:
         return found
 
     def add(self, values: np.ndarray) -> None:
+        if len(values) > MERGE_AT:  # many at once (a view's first load): merged into the array, never one by one
+            self._sorted = np.unique(np.concatenate([self._sorted, values]))
+            return
         self._recent.update(values.tolist())
-        if len(self._recent) > 100_000:
+        if len(self._recent) > MERGE_AT:
             self._sorted = np.unique(np.concatenate([self._sorted, np.array(sorted(self._recent), dtype="S16")]))
             self._recent.clear()
 
