@@ -37,6 +37,7 @@ import pyarrow.compute as pc
 from fruits.errors import Refused, Stopped
 from fruits.home.home import Home
 from fruits.home.models import ModelRecord, Registry, now_text
+from fruits.home.files import with_attempt
 from fruits.home.tables import FEATURES_SCHEMA, Table
 from fruits.model.active import ModelToRun, OtherModel, cpu_text, model_id_for, new_record, switch_to
 from fruits.model.featurizer import Featurizer
@@ -159,20 +160,13 @@ def _record_switching(home: Home, registry: Registry, target: ModelToRun) -> Mod
 
 def _todo(source: Table, target: Table, left_out: dict[str, str]) -> pa.Table:
     """The rows of ``source`` (now) that have no row in ``target`` and are not left out."""
-    rows = _keyed(source.read(CARRIED))
-    done = _keyed(target.read(KEY)) if target.exists() else None
+    rows = with_attempt(source.read(CARRIED))
+    done = with_attempt(target.read(KEY)) if target.exists() else None
     if done is not None and done.num_rows:
         rows = rows.join(done.select(KEY), keys=KEY, join_type="left anti")
     if left_out:
         rows = rows.filter(pc.invert(pc.is_in(rows.column("file_id"), pa.array(list(left_out), pa.string()))))
     return rows
-
-
-def _keyed(rows: pa.Table) -> pa.Table:
-    """``rows`` with a key on every row: rows older than retries have no ``attempt`` (0). (Rows older than the ledger
-    got their ``file_id`` when the stream adopted them.)"""
-    attempt = pc.coalesce(rows.column("attempt"), pa.scalar(0, pa.int64()))
-    return rows.set_column(rows.column_names.index("attempt"), "attempt", attempt)
 
 
 def _gone(file_id: str, deleted: bool, waits: dict[str, int]) -> bool:

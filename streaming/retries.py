@@ -26,7 +26,7 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fruits.home.files import OutcomeKind, newest_per_file
+from fruits.home.files import OutcomeKind, newest_per_file, with_attempt
 from fruits.home.filesystem import FileSystem
 from fruits.home.home import Home
 from fruits.home.ledger import record_retries
@@ -159,12 +159,9 @@ def current_retryable(home: Home) -> list[dict]:
     candidates = home.quarantine.read(filter=pc.field("retryable"))
     if candidates.num_rows == 0:
         return []
-    candidates = candidates.set_column(
-        candidates.schema.get_field_index("attempt"), "attempt", pc.fill_null(candidates.column("attempt"), 0)
-    )
+    candidates = with_attempt(candidates)
     ids = pc.field("file_id").isin(pc.unique(candidates.column("file_id")))
-    quarantined = home.quarantine.read(["file_id", "attempt"], filter=ids)
-    quarantined = quarantined.set_column(1, "attempt", pc.fill_null(quarantined.column("attempt"), 0))
+    quarantined = with_attempt(home.quarantine.read(["file_id", "attempt"], filter=ids))
     retried = home.features.read(["file_id", "attempt"], filter=(pc.field("attempt") > 0) & ids)
     newest = newest_per_file(pa.concat_tables([_tagged(quarantined, "quarantine"), _tagged(retried, "features")]))
     newest_attempt = dict(zip(newest.column("file_id").to_pylist(), newest.column("attempt").to_pylist()))

@@ -61,6 +61,12 @@ def all_outcomes(home: Home, *, file_ids: pa.Array | None = None) -> pa.Table:
     ])
 
 
+def with_attempt(rows: pa.Table) -> pa.Table:
+    """``rows`` with an ``attempt`` on every row, as int64: rows older than retries have none (their first try, 0)."""
+    attempt = pc.fill_null(rows.column("attempt").cast(pa.int64()), 0)
+    return rows.set_column(rows.schema.get_field_index("attempt"), "attempt", attempt)
+
+
 def newest_per_file(rows: pa.Table) -> pa.Table:
     """The row of the highest ``attempt`` of each ``file_id`` (features before quarantine on a tie, which a
     stream never writes)."""
@@ -91,10 +97,7 @@ def _state(current: pa.Table) -> pa.Array:
 def ledger_states(home: Home) -> pa.Table:
     """One row per file version: its newest ledger row with ``state``, and ``reason``, ``cause``, ``attempt`` and
     ``stored_path`` from its current outcome when that is for the newest attempt asked for."""
-    ledger = home.ledger.read()
-    ledger = ledger.set_column(
-        ledger.schema.get_field_index("attempt"), "attempt", pc.fill_null(ledger.column("attempt").cast(pa.int64()), 0)
-    )
+    ledger = with_attempt(home.ledger.read())
     newest = newest_per_file(ledger.append_column("kind", pa.array(["ledger"] * ledger.num_rows, pa.string())))
     newest = newest.drop_columns(["kind"])
     current = current_outcomes(home)
