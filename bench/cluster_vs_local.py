@@ -154,7 +154,7 @@ def main() -> None:
                 local_env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
                 for label, master, env, roots in (
                     ("local", args.local_master, local_env, None),
-                    ("cluster", cluster.master_url, cluster.env(), cluster.worker_pids),
+                    ("cluster", cluster.master_url, cluster.driver_env(), cluster.worker_pids),
                 ):
                     home = work / f"home-{label}-{round_}"
                     run = stream(label, master, home, config, args, env, roots)

@@ -159,6 +159,13 @@ class StandaloneCluster:
             "SPARK_NO_DAEMONIZE": "1",
         }
 
+    def driver_env(self) -> dict[str, str]:
+        """The environment of a driver (``fruits stream --master spark://...``) that talks to the cluster: this
+        process's own, bound to the cluster's address. Not the daemons' conf folder: the driver keeps the Spark
+        conf of its local-mode runs, and with it their class data archive (fruits/spark/class_archive.py keys it on
+        ``SPARK_CONF_DIR``), which a conf folder of its own per cluster would make the driver write anew at exit."""
+        return {**os.environ, "SPARK_LOCAL_IP": HOST, "SPARK_LOCAL_HOSTNAME": HOST}
+
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def _spawn(self, name: str, args: list[str], prefix: list[str] | None = None) -> subprocess.Popen:
         log = open(self.log(name), "wb")
