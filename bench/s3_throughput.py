@@ -14,12 +14,14 @@ Needs the SeaweedFS binary (`make weed`) and hadoop-aws's jars (`make s3-jars`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import secrets
 import shutil
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +29,7 @@ sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]
 
 from ingest_throughput import BATCH_LINE, DEFAULT_WEIGHTS, fill_landing, run_fruits, steady_rate  # noqa: E402
 from honest import Honest  # noqa: E402
+from proctree import exit_on_sigterm  # noqa: E402
 from s3server import start_server, weed_binary  # noqa: E402
 
 
@@ -57,24 +60,32 @@ def main() -> None:
     binary = weed_binary()
     if binary is None:
         sys.exit("no SeaweedFS binary: run `make weed` (.ci/build-weed)")
+    exit_on_sigterm()  # the finally below stops the server (a session of its own) when the smoke pool stops this run
     workdir = Path(tempfile.mkdtemp(prefix="fruits-s3-bench-"))
     source = workdir / "photos"
-    fill_landing(source, args.images)
-    server = start_server(binary, workdir / "seaweedfs")
-    env = {**server.environment, "FRUITS_WEIGHTS": args.weights, "FRUITS_MASTER": args.master}
+    # weed's start mostly waits (its master's and filer's start-up holds): it runs while the photos are copied and,
+    # in a smoke run, while the first local stream runs. A real run's streams never run beside it.
+    starting = ThreadPoolExecutor(1).submit(start_server, binary, workdir / "seaweedfs")
+    env = {"FRUITS_WEIGHTS": args.weights, "FRUITS_MASTER": args.master}
     flags = ["--max-files-per-trigger", str(args.max_files_per_trigger)]
     runs = []
     try:
+        fill_landing(source, args.images)
+        if not args.smoke:
+            env.update(starting.result().environment)  # every run's, as a smoke run's from its first s3 run on
         for round_ in range(args.rounds):
             for kind in ("local", "s3"):
                 bucket = f"bench-{secrets.token_hex(4)}"
                 home = f"s3a://{bucket}/fruits" if kind == "s3" else str(workdir / f"local-{round_}")
                 if kind == "s3":
+                    server = starting.result()
                     server.create_bucket(bucket)
+                    env.update(server.environment)
                 runs.append(one_run(kind, source, env, home, flags))
                 print(f"round {round_ + 1} {kind}: {runs[-1]}", file=sys.stderr, flush=True)
     finally:
-        server.stop()
+        with contextlib.suppress(Exception):  # a failed start raised in the try, unless an earlier error did
+            starting.result().stop()
         shutil.rmtree(workdir, ignore_errors=True)
     report(runs, args, honest)
 
