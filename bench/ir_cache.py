@@ -9,7 +9,7 @@ By default the featurizer set-up is timed (``fruits.model.runtimes.make_featuriz
 JVM starts: the only step the cache changes). ``--stream`` times the whole `fruits stream --available-now` over
 ``--photos`` real photos instead, and its first micro-batch (the stream's ``batch 0`` line).
 
-Usage: python bench/ir_cache.py [--rounds 2] [--stream] [--photos 64] [--master local[2]]
+Usage: python bench/ir_cache.py [--rounds 2] [--stream] [--photos 64] [--master local[2]] [--user-cache DIR]
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ def main() -> None:
     parser.add_argument("--stream", action="store_true", help="time the whole `fruits stream` instead of the set-up")
     parser.add_argument("--photos", type=int, default=64)
     parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--user-cache", help="the per-user IR cache of the warm runs (default: a new one, filled by a "
+                        "warm-up conversion before the rounds)")
     Honest.add_arguments(parser)
     args = parser.parse_args()
     honest = Honest.start(args)
@@ -64,9 +66,9 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"per_home_cold": [], "per_user_warm": []}
     key = "whole_command_seconds" if args.stream else "setup_seconds"
     with tempfile.TemporaryDirectory(prefix="fruits-ir-cache-") as tmp:
-        source, user_cache = Path(tmp) / "source", Path(tmp) / "user-cache"
+        source, user_cache = Path(tmp) / "source", Path(args.user_cache or Path(tmp) / "user-cache")
         fill_landing(source, args.photos)
-        first_setup(Path(tmp) / "warm-up", user_cache)  # fills the per-user cache once
+        first_setup(Path(tmp) / "warm-up", user_cache)  # fills the per-user cache once, if it is not warm yet
 
         def run(home: Path, cache: Path) -> dict:
             return first_stream(home, cache, source, args.master) if args.stream else first_setup(home, cache)

@@ -22,7 +22,7 @@ shortest rows whatever their direction; so the question's rot4 direction is scal
 view, ``rot4 at single length``). The 1-NN hit rate (nearest with 1 neighbour) is
 printed too: issue 24 measured that one.
 
-Usage: python bench/views.py [--precisions fp32,int8] [--per-class 0] [--threads 0]
+Usage: python bench/views.py [--precisions fp32,int8] [--per-class 0] [--classes 0] [--threads 0]
 The decision rule of issue 24: keep rot4 only if rot4 both sides raises top-1 by >= 8 points over single.
 """
 
@@ -58,10 +58,12 @@ def recording(photo: Path) -> str:
     return "r" if RECORDING.match(photo.name).group(1) else "plain"
 
 
-def sample_photos(per_class: int) -> list[Path]:
-    """Every photo of the sample, or ``per_class`` of each recording of each class (the smoke run)."""
+def sample_photos(per_class: int, classes: int = 0) -> list[Path]:
+    """Every photo of the sample, or ``per_class`` of each recording of each class, of every class or of the first
+    ``classes`` (the smoke run)."""
     photos = []
-    for folder in sorted(p for p in SAMPLE.iterdir() if p.is_dir()):
+    folders = sorted(p for p in SAMPLE.iterdir() if p.is_dir())
+    for folder in folders[:classes] if classes else folders:
         files = sorted(folder.glob("*.jpg"))
         for side in ("plain", "r"):
             mine = [p for p in files if recording(p) == side]
@@ -107,6 +109,7 @@ def main() -> None:
     parser.add_argument("--weights", default=str(SHARED / "models" / "mobilenet_v2_imagenet_notop.weights.h5"))
     parser.add_argument("--precisions", default="fp32,int8", help="OpenVINO precisions to measure, comma-separated")
     parser.add_argument("--per-class", type=int, default=0, help="photos per class and recording (0: all)")
+    parser.add_argument("--classes", type=int, default=0, help="the sample's first classes only (0: all)")
     parser.add_argument("--threads", type=int, default=0, help="inference threads (0: OpenVINO's choice, every core)")
     Honest.add_arguments(parser)
     args = parser.parse_args()
@@ -117,7 +120,7 @@ def main() -> None:
 
     config = load_config(overrides={"model": {"weights": args.weights, "runtime": "openvino"}}, environ={})
     weights = resolve_weights(args.weights)
-    photos = sample_photos(args.per_class)
+    photos = sample_photos(args.per_class, args.classes)
     labels = np.array([p.parent.name for p in photos])
     sides = np.array([recording(p) for p in photos])
     print(f"{len(photos)} photos of {len(set(labels))} classes: {int((sides == 'plain').sum())} plain <i>_100.jpg, "
