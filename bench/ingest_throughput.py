@@ -42,6 +42,8 @@ DEFAULT_VARIANTS = [
     "delta-default-snapshot-partitions=--conf spark.databricks.delta.snapshotPartitions=50",
     "batches-of-1000=--max-files-per-trigger 1000",
 ]
+# The bare TensorFlow yardstick's shapes, processes x threads: the faster of them is "x TensorFlow".
+TENSORFLOW_SHAPES = ("1x2", "2x1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from honest import Honest  # noqa: E402
 
@@ -126,9 +128,11 @@ def stream_variant(name: str, flags: str, source: Path, count: int, weights: str
     return result
 
 
-def bare_rates(weights: str, seconds: float, ir_cache: str | None = None) -> dict[str, float]:
-    """Images/s of the bare models on 64 pre-decoded photos, chunks of 32 (TensorFlow) or 8 (OpenVINO, the stream's
-    inference batch): ``tensorflow 1x2``, ``tensorflow 2x1`` and ``openvino 2x1`` (processes x threads)."""
+def bare_rates(weights: str, seconds: float, ir_cache: str | None = None, images: int = 64,
+               tensorflow: tuple[str, ...] = TENSORFLOW_SHAPES) -> dict[str, float]:
+    """Images/s of the bare models on ``images`` pre-decoded photos, chunks of 32 (TensorFlow) or 8 (OpenVINO, the
+    stream's inference batch): ``tensorflow PxT`` for each of the ``tensorflow`` shapes (processes x threads) and
+    ``openvino 2x1``."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bare_model import decoded, measure
 
@@ -136,14 +140,15 @@ def bare_rates(weights: str, seconds: float, ir_cache: str | None = None) -> dic
     from fruits.model.ir import convert_once
 
     photos = sorted(SAMPLE.glob("*/*.jpg"))
-    images = decoded(photos[:: len(photos) // 64][:64])
+    timed = decoded(photos[:: len(photos) // images][:images])
     resolved = resolve_weights(weights)
     with tempfile.TemporaryDirectory(prefix="fruits-bench-ir-") as cache:
         ir_path = convert_once(resolved, ir_cache or cache)
         rates = {}
-        for runtime, procs, threads, chunk in (("tensorflow", 1, 2, 32), ("tensorflow", 2, 1, 32), ("openvino", 2, 1, 8)):
+        shapes = [("tensorflow", *map(int, shape.split("x")), 32) for shape in tensorflow] + [("openvino", 2, 1, 8)]
+        for runtime, procs, threads, chunk in shapes:
             spec = {"runtime": runtime, "precision": "fp32", "procs": procs, "threads": threads, "chunk": chunk}
-            rates[f"{runtime} {procs}x{threads}"] = measure(spec, resolved, ir_path, images, seconds)["images_per_s"]
+            rates[f"{runtime} {procs}x{threads}"] = measure(spec, resolved, ir_path, timed, seconds)["images_per_s"]
     return rates
 
 
@@ -155,12 +160,16 @@ def main() -> None:
     parser.add_argument("--master", default="local[*]")
     parser.add_argument("--bare-seconds", type=float, default=10.0, help="timed seconds of the TensorFlow yardstick")
     parser.add_argument("--ir-cache", help="IR cache folder of the bare models (default: a new one)")
+    parser.add_argument("--bare-images", type=int, default=64, help="distinct pre-decoded photos of the bare models")
+    parser.add_argument("--tensorflow-shapes", default=",".join(TENSORFLOW_SHAPES),
+                        help="processes x threads of the TensorFlow yardstick, comma-separated (the faster counts)")
     Honest.add_arguments(parser)
     args = parser.parse_args()
     variants = [v.partition("=")[::2] for v in (args.variant or DEFAULT_VARIANTS)]
 
     honest = Honest.start(args)
-    bare = bare_rates(args.weights, args.bare_seconds, args.ir_cache)
+    bare = bare_rates(args.weights, args.bare_seconds, args.ir_cache, args.bare_images,
+                      tuple(args.tensorflow_shapes.split(",")))
     tensorflow = max(v for k, v in bare.items() if k.startswith("tensorflow"))
     openvino = bare["openvino 2x1"]
     print(f"bare models: {bare} images/s", file=sys.stderr, flush=True)

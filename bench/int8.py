@@ -59,10 +59,10 @@ def make_irs(weights_path: str) -> tuple[object, dict[str, str], dict[str, float
     return weights, {"fp32": fp32, "int8": int8}, {k: round(v, 1) for k, v in seconds.items()}
 
 
-def bare(weights, irs: dict[str, str], rounds: int, seconds: float) -> list[dict]:
-    """Images/s of each precision and shape, interleaved fp32/int8, on 64 pre-decoded photos of the sample."""
+def bare(weights, irs: dict[str, str], rounds: int, seconds: float, count: int = 64) -> list[dict]:
+    """Images/s of each precision and shape, interleaved fp32/int8, on ``count`` pre-decoded photos of the sample."""
     photos = sorted(SAMPLE.glob("*/*.jpg"))
-    images = decoded(photos[:: len(photos) // 64][:64])
+    images = decoded(photos[:: len(photos) // count][:count])
     runs = []
     for round_ in range(rounds):
         for procs, threads in ((2, 1), (1, 2)):
@@ -154,6 +154,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="timed seconds per bare-model measurement")
     parser.add_argument("--batch", type=int, default=500, help="--max-files-per-trigger of the streams")
     parser.add_argument("--master", default="local[*]")
+    parser.add_argument("--bare-images", type=int, default=64, help="distinct pre-decoded photos of the bare model")
     Honest.add_arguments(parser)
     args = parser.parse_args()
     honest = Honest.start(args)
@@ -161,7 +162,7 @@ def main() -> None:
     from fruits.model.quantize import SHIPPED_CALIBRATION, CalibrationSet
 
     weights, irs, made_seconds = make_irs(args.weights)
-    bare_runs = bare(weights, irs, args.rounds, args.seconds)
+    bare_runs = bare(weights, irs, args.rounds, args.seconds, args.bare_images)
     streams = []
     with tempfile.TemporaryDirectory(prefix="fruits-int8-") as tmp:
         source = Path(tmp) / "landing-source"

@@ -36,9 +36,9 @@ from pyspark.sql import SparkSession, functions as F
 from pyspark.ml.feature import PCA
 from pyspark.ml.functions import array_to_vector
 
-landing, out, weights = sys.argv[1:4]
+landing, out, weights, master = sys.argv[1:5]
 started = time.perf_counter()
-spark = SparkSession.builder.master("local[*]").appName("notebook").config("spark.sql.shuffle.partitions", "8") \
+spark = SparkSession.builder.master(master).appName("notebook").config("spark.sql.shuffle.partitions", "8") \
     .config("spark.sql.execution.arrow.maxRecordsPerBatch", "64").getOrCreate()
 session = time.perf_counter()
 
@@ -67,12 +67,12 @@ print("NOTEBOOK", session - started, featurized - session, done - featurized, sp
 '''
 
 
-def notebook(landing: Path, out: Path, weights: str) -> dict:
-    """Run the notebook pipeline in its own process; its phases' seconds and the whole command's."""
+def notebook(landing: Path, out: Path, weights: str, master: str = "local[*]") -> dict:
+    """Run the notebook pipeline in its own process on ``master``; its phases' seconds and the whole command's."""
     started = time.perf_counter()
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable}  # workers run this interpreter, as the driver does
     result = subprocess.run(
-        [sys.executable, "-c", NOTEBOOK, str(landing), str(out), weights], capture_output=True, text=True, env=env
+        [sys.executable, "-c", NOTEBOOK, str(landing), str(out), weights, master], capture_output=True, text=True, env=env
     )
     seconds = time.perf_counter() - started
     line = next((l for l in result.stdout.splitlines() if l.startswith("NOTEBOOK ")), None)
@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=3013, help="photos (default: the 3,013 of the sample)")
     parser.add_argument("--weights", default=str(DEFAULT_WEIGHTS))
     parser.add_argument("--order", choices=["stream-first", "notebook-first"], default="stream-first")
+    parser.add_argument("--notebook-master", default="local[*]", help="the notebook's Spark master (its own: local[*])")
     parser.add_argument("--flags", default="", help='extra `fruits stream` flags, e.g. "--precision int8"')
     Honest.add_arguments(parser)
     args = parser.parse_args()
@@ -105,7 +106,7 @@ def main() -> None:
         runs = {}
         for name in (["stream", "notebook"] if args.order == "stream-first" else ["notebook", "stream"]):
             runs[name] = stream(landing, Path(tmp) / "home", args.weights, shlex.split(args.flags)) if name == "stream" else \
-                notebook(landing, Path(tmp) / "notebook", args.weights)
+                notebook(landing, Path(tmp) / "notebook", args.weights, args.notebook_master)
             print(f"{name}: {runs[name]}", file=sys.stderr, flush=True)
     ratio = runs["notebook"]["whole_command_seconds"] / runs["stream"]["whole_command_seconds"]
     featurize_ratio = runs["notebook"]["featurize_write_seconds"] / runs["stream"]["whole_command_seconds"]

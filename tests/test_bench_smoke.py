@@ -40,14 +40,15 @@ SMOKE = {
     "fuzz_decode.py": ["--count", "20"],
     "delta_rs_appends.py": ["--commits", "6", "--window", "3"],
     "delta_append.py": ["--appends", "1"],
-    "bare_model.py": ["--images", "4", "--seconds", "0.3", "--per-class", "1", "--ir-cache", "{ir_cache}"],
-    "ingest_throughput.py": ["--images", "12", "--variant", "shipped=--max-files-per-trigger 4", "--bare-seconds", "0.3",
-                             "--ir-cache", "{ir_cache}", "--master", "local[2]"],
-    "int8.py": ["--images", "12", "--seconds", "0.3", "--batch", "4", "--master", "local[2]"],
-    "notebook_vs_stream.py": ["--images", "8"],
+    "bare_model.py": ["--images", "4", "--seconds", "0.05", "--per-class", "1", "--ir-cache", "{ir_cache}"],
+    "ingest_throughput.py": ["--images", "8", "--variant", "shipped=--max-files-per-trigger 4", "--bare-seconds", "0.05",
+                             "--bare-images", "4", "--tensorflow-shapes", "1x2", "--ir-cache", "{ir_cache}",
+                             "--master", "local[2]"],
+    "int8.py": ["--images", "8", "--seconds", "0.05", "--batch", "4", "--master", "local[2]", "--bare-images", "4"],
+    "notebook_vs_stream.py": ["--images", "8", "--notebook-master", "local[1]"],  # one Python worker imports TensorFlow
     "backlog.py": ["--images", "8", "--flags", "--max-files-per-trigger 4", "--master", "local[2]", "--interval", "0.5"],
     "cluster_vs_local.py": ["--images", "12", "--max-files-per-trigger", "4", "--workers", "1", "--memory", "1g"],
-    "ir_cache.py": ["--rounds", "1"],
+    "ir_cache.py": ["--rounds", "1", "--user-cache", "{ir_cache}"],  # its warm-up: the suite's cache
     "latency.py": ["--images", "3", "--rate", "5", "--warmup", "1", "--master", "local[2]", "--timeout", "120"],
     "s3_throughput.py": ["--images", "12", "--rounds", "1", "--max-files-per-trigger", "4", "--master", "local[2]"],
     "pca_refit.py": ["--workdir", "{tmp}", "--repeats", "1", "--photos", "12", "--rows", "100", "--k", "5", "--also-spark"],
@@ -55,11 +56,11 @@ SMOKE = {
     "discovery_scale.py": ["--files", "60", "--drops", "2", "--rate", "5", "--listings", "1", "--lost", "5",
                            "--idle-seconds", "1", "--cost-repeats", "1", "--skip-file-source", "--workdir", "{tmp}"],
     # beside: its most code (reference home, serve, identify clients, two streams, the settle re-check), smallest.
-    "views.py": ["--per-class", "1", "--precisions", "fp32"],
+    "views.py": ["--per-class", "1", "--classes", "8", "--precisions", "fp32"],
     "model_accuracy.py": ["--per-class", "1", "--ir-cache", "{ir_cache}"],
     # local only: the cluster's start costs more than the rest together (its full run is the one figure of it)
-    "model_switch.py": ["--photos", "30", "--rot4-photos", "12", "--cluster-photos", "0", "--chunk", "10",
-                        "--bare-seconds", "0.3", "--bare-images", "4", "--workdir", "{tmp}"],
+    "model_switch.py": ["--photos", "8", "--rot4-photos", "8", "--cluster-photos", "0", "--chunk", "4",
+                        "--bare-seconds", "0.05", "--bare-images", "4", "--workdir", "{tmp}"],
     "web.py": ["beside", "--reference-per-class", "1", "--images", "8", "--clients", "2", "--warmup", "1"],
 }
 # Ratio lines each smoke run prints at least.
