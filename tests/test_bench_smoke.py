@@ -176,8 +176,8 @@ SMOKE_JOBS = int(os.environ.get("FRUITS_SMOKE_JOBS", "3"))
 SMOKE_JAVA_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 # The longest smoke runs start first, so the pool's last minutes are not one long run alone (bench/ names).
 LONGEST_FIRST = ["pca_refit.py", "web.py", "s3_throughput.py", "int8.py", "discovery_scale.py", "cluster_vs_local.py",
-                 "notebook_vs_stream.py", "ingest_throughput.py", "delta_append.py", "startup.py", "model_switch.py",
-                 "bare_model.py", "latency.py", "ir_cache.py", "backlog.py", "model_accuracy.py", "views.py"]
+                 "notebook_vs_stream.py", "bare_model.py", "delta_append.py", "startup.py", "model_switch.py",
+                 "ingest_throughput.py", "latency.py", "ir_cache.py", "backlog.py", "model_accuracy.py", "views.py"]
 
 
 @dataclass
