@@ -4,15 +4,17 @@
    fruits/model/calibration/), made in the per-user IR cache if not there yet (their seconds are printed when made).
 2. Bare model on pre-decoded real photos (bench/bare_model.py's `measure`): fp32 and int8 interleaved, ``--rounds``
    times, as the stream runs them (2 processes x 1 thread, chunks of 8) and as `fruits identify` does (1 x 2).
-3. End to end: `fruits stream --available-now` over the same landing folder (the 3,013 photos of the shared sample
-   by default), fp32 then int8, ``--rounds`` times, on fresh homes, in batches of ``--batch`` files; the steady
-   rate skips the first batch (bench/ingest_throughput.py's `steady_rate`), the whole command includes everything.
+3. End to end: `fruits stream --available-now` over the same landing folder (the shared sample 4 times by default,
+   12,052 photos), fp32 then int8, ``--rounds`` times, on fresh homes, in batches of ``--batch`` files (by default
+   the shipped ``[stream] max_files_per_trigger``, as bench/ingest_throughput.py's "shipped" variant: the steady
+   rate is the product's as shipped, several full batches of it); the steady rate skips the first batch
+   (bench/ingest_throughput.py's `steady_rate`), the whole command includes everything.
 4. Accuracy on the features each stream stored (tables/features): ImageNet top-5 through the with-top weights
    file's Dense head, on the fruits ImageNet knows; and identify's top-1 (PCA k=20 fitted in numpy on a random 80 %
    per class, the 5 nearest vote as fruits.model.identify.nearest does) on the other 20 %, the split of
    tests/test_identify.py. Photos of the calibration set are left out of both.
 
-Usage: python bench/int8.py [--images 3013] [--rounds 1] [--seconds 8] [--batch 500] [--master local[*]]
+Usage: python bench/int8.py [--images 12052] [--rounds 1] [--seconds 8] [--batch N] [--master local[*]]
 Ratio lines come first; other jobs may share the cores, so read the ratios (same run) before absolute figures.
 """
 
@@ -149,17 +151,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default=str(SHARED / "models" / "mobilenet_v2_imagenet_notop.weights.h5"))
     parser.add_argument("--top-weights", default=str(SHARED / "models" / "mobilenet_v2_imagenet.weights.h5"))
-    parser.add_argument("--images", type=int, default=3013, help="photos in the landing folder (the sample once)")
+    parser.add_argument("--images", type=int, default=12052, help="photos in the landing folder (the sample 4 times)")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved fp32/int8 rounds (bare and stream)")
     parser.add_argument("--seconds", type=float, default=8.0, help="timed seconds per bare-model measurement")
-    parser.add_argument("--batch", type=int, default=500, help="--max-files-per-trigger of the streams")
+    parser.add_argument("--batch", type=int, help="--max-files-per-trigger of the streams (default: the shipped one)")
     parser.add_argument("--master", default="local[*]")
     parser.add_argument("--bare-images", type=int, default=64, help="distinct pre-decoded photos of the bare model")
     Honest.add_arguments(parser)
     args = parser.parse_args()
     honest = Honest.start(args)
 
+    from fruits.config import load_config
     from fruits.model.quantize import SHIPPED_CALIBRATION, CalibrationSet
+
+    batch = args.batch or load_config(environ={}).stream.max_files_per_trigger
 
     weights, irs, made_seconds = make_irs(args.weights)
     bare_runs = bare(weights, irs, args.rounds, args.seconds, args.bare_images)
@@ -170,7 +175,7 @@ def main() -> None:
         for round_ in range(args.rounds):
             for precision in PRECISIONS:
                 home = Path(tmp) / f"{precision}{round_}"
-                streams.append(stream(precision, source, args.batch, args.weights, args.master, home))
+                streams.append(stream(precision, source, batch, args.weights, args.master, home))
                 print(json.dumps({k: v for k, v in streams[-1].items() if k != "rows"}), file=sys.stderr, flush=True)
     calibration = {f"{Path(f).parent.name}/{Path(f).name}" for f in CalibrationSet.from_folder(SHIPPED_CALIBRATION).files}
     head, held_out = read_head(args.top_weights), split_names()
@@ -178,7 +183,7 @@ def main() -> None:
     for line in ratio_lines(bare_runs, streams, scores):
         honest.ratio(line)
     print(json.dumps({
-        "master": args.master, "images": args.images, "rounds": args.rounds, **honest.finish(),
+        "master": args.master, "images": args.images, "batch": batch, "rounds": args.rounds, **honest.finish(),
         "ir_seconds": made_seconds, "model_ids": {s["precision"]: sorted(set(s["rows"]["model_id"])) for s in streams[:2]},
         "bare": bare_runs, "streams": [{k: v for k, v in s.items() if k != "rows"} for s in streams], "accuracy": scores,
     }, indent=2))
