@@ -25,7 +25,7 @@ reference home, once that load has settled), its headline figures on ``ratio`` l
   python bench/web.py identify [--home H] [--images 200] [--clients 1,8] [--warmup 20]
   python bench/web.py upload [--images 400] [--clients 8] [--upscale 4032]
   python bench/web.py visible [--images 60] [--rate 2] [--trigger 1s]
-  python bench/web.py beside [--home H] [--images 3000] [--clients 8] [--reference-per-class N]
+  python bench/web.py beside [--home H] [--images 3000] [--clients 8] [--reference-per-class N [--reference-classes C]]
 Common: [--weights FILE] [--master local[2]] [--port 8765] [--force] [--smoke]
 """
 
@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import shutil
 import random
 import socket
@@ -49,7 +50,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from honest import Honest  # noqa: E402
-from ingest_throughput import BATCH_LINE, DEFAULT_WEIGHTS, SAMPLE, fill_landing, run_fruits, steady_rate  # noqa: E402
+from ingest_throughput import (  # noqa: E402
+    BACKLOG_AGE_SECONDS, BATCH_LINE, DEFAULT_WEIGHTS, SAMPLE, fill_landing, run_fruits, steady_rate,
+)
 from latency import CommitWatcher, batch_summary, percentiles, pick_photos, wait_ready, wait_visible  # noqa: E402
 from proctree import exit_on_sigterm, fruits_process, load_average, log_tail, resolved_stream_config  # noqa: E402
 
@@ -80,6 +83,16 @@ def wait_serving(process, log_path: Path, url: str, ready_line: str | None, time
     sys.exit(f"fruits serve not ready after {timeout:.0f} s:\n{log_tail(log_path)}")
 
 
+def age_landing(landing: Path) -> None:
+    """Date the photos just dropped into ``landing`` back by ``BACKLOG_AGE_SECONDS``, as fill_landing's copies: a
+    reference home's photos are a backlog, and `--available-now` would first wait ``[discovery] quiet_seconds`` for
+    photos this young."""
+    modified = time.time() - BACKLOG_AGE_SECONDS
+    for path in landing.rglob("*"):
+        if path.is_file():
+            os.utime(path, (modified, modified))
+
+
 def build_reference_home(home: Path, env: dict[str, str]) -> list[Path]:
     """80 % of each class of the sample streamed and fitted into ``home``; returns the other 20 % (shuffled)."""
     rng, held_out = random.Random(2026), []
@@ -89,6 +102,7 @@ def build_reference_home(home: Path, env: dict[str, str]) -> list[Path]:
         cut = round(len(photos) * 0.8)
         drop(photos[:cut], home / "landing", ["jpg"], label=folder.name)
         held_out += photos[cut:]
+    age_landing(home / "landing")
     stream_s, _ = run_fruits(["stream", "--available-now"], env)
     refit_s, _ = run_fruits(["refit-pca"], env)
     print(f"reference home built: stream {stream_s:.0f} s, refit {refit_s:.0f} s", file=sys.stderr, flush=True)
@@ -250,14 +264,15 @@ def bench_visible(args, tmp: Path, env: dict[str, str], honest: Honest) -> dict:
     }
 
 
-def build_small_reference(home: Path, env: dict[str, str], per_class: int) -> list[Path]:
-    """``per_class`` photos of each class streamed and fitted into ``home`` (a quick check of the bench itself);
-    returns other photos of the sample to ask about."""
+def build_small_reference(home: Path, env: dict[str, str], per_class: int, classes: int | None) -> list[Path]:
+    """``per_class`` photos of each class (of the first ``classes``; None: all) streamed and fitted into ``home`` (a
+    quick check of the bench itself); returns other photos of those classes to ask about."""
     held_out = []
-    for folder in sorted(p for p in SAMPLE.iterdir() if p.is_dir()):
+    for folder in sorted(p for p in SAMPLE.iterdir() if p.is_dir())[:classes]:
         photos = sorted(folder.glob("*.jpg"))
         drop(photos[:per_class], home / "landing", ["jpg"], label=folder.name)
         held_out += photos[per_class : per_class + 2]
+    age_landing(home / "landing")
     run_fruits(["stream", "--available-now"], env)
     run_fruits(["refit-pca"], env)
     return held_out
@@ -280,7 +295,8 @@ def bench_beside(args, tmp: Path, env: dict[str, str], honest: Honest) -> dict:
     else:
         reference = tmp / "reference"
         reference_env = {**env, "FRUITS_HOME": str(reference)}
-        photos = (build_small_reference(reference, reference_env, args.reference_per_class) if args.reference_per_class
+        photos = (build_small_reference(reference, reference_env, args.reference_per_class, args.reference_classes)
+                  if args.reference_per_class
                   else build_reference_home(reference, reference_env))
     source = tmp / "landing-source"
     fill_landing(source, args.images)
@@ -354,6 +370,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     parser.add_argument("--reference-per-class", type=int, default=0,
                         help="beside: a small reference home of N photos per class (to check the bench itself)")
+    parser.add_argument("--reference-classes", type=int, default=None,
+                        help="beside, with --reference-per-class: of the first N classes only (default: all)")
     Honest.add_arguments(parser)
     args = parser.parse_args()
     args.images = args.images or {"identify": 200, "upload": 400, "visible": 60, "beside": 3000}[args.mode]

@@ -61,7 +61,9 @@ SMOKE = {
     # local only: the cluster's start costs more than the rest together (its full run is the one figure of it)
     "model_switch.py": ["--photos", "8", "--rot4-photos", "8", "--cluster-photos", "0", "--chunk", "4",
                         "--bare-seconds", "0.05", "--bare-images", "4", "--workdir", "{tmp}"],
-    "web.py": ["beside", "--reference-per-class", "1", "--images", "8", "--clients", "2", "--warmup", "1"],
+    # its reference: as few photos as the refit's [pca] k needs
+    "web.py": ["beside", "--reference-per-class", "1", "--reference-classes", "24", "--images", "8", "--clients", "2",
+               "--warmup", "1"],
 }
 # Ratio lines each smoke run prints at least.
 RATIO_LINES = {
