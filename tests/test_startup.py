@@ -132,6 +132,32 @@ def test_class_archive_only_a_whole_archive_of_this_key_reaches_the_jvm(tmp_path
     plan(settings, cache)
     assert not old.exists()
 
+    # Keys that change often (a conf folder per run) keep 3 other keys at most, the most recently used; a part whose
+    # writer was killed goes at once, one whose writer runs stays whatever its key.
+    import subprocess
+    import sys
+
+    cache = tmp_path / "another cache"
+    cache.mkdir()
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    others = [cache / f"spark-driver-{n:016x}-8192.jsa" for n in range(5)]
+    for age, archive in enumerate(others):
+        _whole_archive(archive)
+        os.utime(archive, (time.time() - 3600 * (age + 1),) * 2)
+    killed = cache / f".spark-driver-{5:016x}.{gone}-0badc0de.part"
+    killed.write_bytes(b"\0" * 4096)
+    done = cache / f".spark-driver-{6:016x}.{gone}-0abcdef0.part"  # whole: that key's archive, used 30 min ago
+    _whole_archive(done)
+    os.utime(done, (time.time() - 1800,) * 2)
+    writing = cache / f".spark-driver-{7:016x}.{os.getpid()}-12345678.part"
+    writing.write_bytes(b"\0" * 4096)
+    os.utime(writing, (time.time() - 5 * 3600,) * 2)  # its key the oldest: past the 3 kept, yet it stays
+    mine = plan(settings, cache)
+    assert sorted(p.name for p in cache.iterdir() if p.name != mine.write.name) == sorted(
+        [done.name, others[0].name, others[1].name, writing.name])
+
 
 SESSION_SCRIPT = """
 import json, sys

@@ -46,8 +46,14 @@ _STALE_PART_SECONDS = 3600.0
 # A part whose header is there but was written less than this ago may still get its last bytes (the base archive's
 # name follows the header).
 _SETTLE_SECONDS = 0.25
-# Archives of other keys (an older JDK or pyspark) not used for this long are removed: each is ~150 MB.
+# Archives of other keys (an older JDK or pyspark, another Spark conf folder) not used for this long are removed:
+# each is ~150 MB.
 _UNUSED_DAYS = 30
+# At most this many other keys keep their files (the most recently used): a user whose drivers change keys often
+# (a conf folder per run, as test clusters make) would otherwise fill the disk within the month.
+_KEPT_OTHER_KEYS = 3
+# The key in an archive's or a part's name (see :func:`plan` and :func:`_promote`), and a part's writer process.
+_NAMED = re.compile(r"\.?spark-driver-(?P<key>[0-9a-f]{16})(?:-\d+\.jsa|\.(?P<pid>\d+)-[0-9a-f]+\.part)")
 # Settings that change the driver JVM's class path or its pointers' layout, hence its archive. Not the heap's size:
 # only whether it is past 32 GB (no compressed pointers then).
 _KEYED_SETTINGS = ("spark.jars", "spark.driver.extraClassPath", "spark.driver.extraJavaOptions",
@@ -172,11 +178,9 @@ def _promote(cache: Path, key: str) -> Path | None:
     for part in sorted(cache.glob(f".spark-driver-{key}.*.part")):
         try:
             stat = part.stat()
-            with open(part, "rb") as file:
-                head = file.read(4)
+            whole = _whole(part)
         except OSError:
             continue
-        whole = len(head) == 4 and struct.unpack("=I", head)[0] == _DYNAMIC_MAGIC
         if whole and archive is None and now - stat.st_mtime > _SETTLE_SECONDS:
             archive = cache / f"spark-driver-{key}-{stat.st_size}.jsa"
             os.replace(part, archive)
@@ -186,14 +190,49 @@ def _promote(cache: Path, key: str) -> Path | None:
 
 
 def _prune(cache: Path, key: str) -> None:
-    """Remove other keys' archives and parts unused for :data:`_UNUSED_DAYS` days."""
+    """Remove other keys' files: a part without a header whose writer is gone; and every file of a key unused for
+    :data:`_UNUSED_DAYS` days or not among the :data:`_KEPT_OTHER_KEYS` most recently used. A part whose writer
+    still runs is left to it."""
     cutoff = time.time() - _UNUSED_DAYS * 86400
+    keys: dict[str, list[tuple[Path, float, bool]]] = {}  # key -> its files: path, mtime, removable
     for path in [*cache.glob("spark-driver-*.jsa"), *cache.glob(".spark-driver-*.part")]:
+        named = _NAMED.fullmatch(path.name)
+        if named is None or named["key"] == key:
+            continue
         try:
-            if key not in path.name and path.stat().st_mtime < cutoff:
-                path.unlink()
+            mtime = path.stat().st_mtime
+            writing = named["pid"] is not None and _alive(int(named["pid"]))
+            if named["pid"] is not None and not writing and not _whole(path):
+                path.unlink()  # its JVM was killed while writing it
+                continue
         except OSError:
-            pass
+            continue
+        keys.setdefault(named["key"], []).append((path, mtime, not writing))
+    recent = sorted(keys, key=lambda k: max(mtime for _, mtime, _ in keys[k]), reverse=True)
+    for rank, other in enumerate(recent):
+        last_use = max(mtime for _, mtime, _ in keys[other])
+        if rank >= _KEPT_OTHER_KEYS or last_use < cutoff:
+            for path, _, removable in keys[other]:
+                if removable:
+                    path.unlink(missing_ok=True)
+
+
+def _whole(part: Path) -> bool:
+    """Whether the JVM wrote ``part``'s header (it writes it last)."""
+    with open(part, "rb") as file:
+        head = file.read(4)
+    return len(head) == 4 and struct.unpack("=I", head)[0] == _DYNAMIC_MAGIC
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (it may be another process that got the number: then its part waits longer)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _options(*options: str) -> str:
