@@ -238,7 +238,7 @@ def main() -> None:
             result["cluster"] = {"workers": "2 x 1 core, 2g", "isolated_from_shared_and_ir_cache": cluster.isolated,
                                  "start_seconds": round(time.perf_counter() - started, 1)}
             runs["cluster int8"] = switch("cluster int8", home, config_file, cluster.master_url,
-                                          ["--precision", "int8"], cluster.env(), refit=False)
+                                          ["--precision", "int8"], cluster.driver_env(), refit=False)
             ir = Path(featurizers["single"].ir_path)
             result["cluster"].update(on_executors(cluster, [ir.name, ir.with_suffix(".bin").name],
                                                   runs["cluster int8"]["model"]))

@@ -95,8 +95,8 @@ def cluster(tmp_path_factory, local_run):  # local mode first: it does not compe
 def cluster_run(cluster, landing, tmp_path_factory) -> dict:
     home = tmp_path_factory.mktemp("cluster-home")
     common = ["--home", str(home), "--config", str(landing["config"]), "--master", cluster.master_url]
-    stream = fruits(["stream", *common, "--available-now", "--weights", str(NOTOP_WEIGHTS)], cluster.env())
-    refit = fruits(["refit-pca", *common, "--k", str(K)], cluster.env())
+    stream = fruits(["stream", *common, "--available-now", "--weights", str(NOTOP_WEIGHTS)], cluster.driver_env())
+    refit = fruits(["refit-pca", *common, "--k", str(K)], cluster.driver_env())
     return {"home": home, "stream": stream.stderr, "refit": refit.stderr, "state": cluster.master_state()}
 
 
