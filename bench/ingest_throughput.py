@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterable
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "fruits360-sample"
@@ -57,17 +58,25 @@ PHASES_LINE = re.compile(r"batch (\d+): (\d+) files in [\d.]+ s .*?; phases (\{.
 BACKLOG_AGE_SECONDS = 3600
 
 
+def as_backlog(files: Iterable[Path]) -> None:
+    """Date ``files`` back :data:`BACKLOG_AGE_SECONDS`, as a backlog's photos are."""
+    modified = time.time() - BACKLOG_AGE_SECONDS
+    for path in files:
+        os.utime(path, (modified, modified))
+
+
 def fill_landing(landing: Path, count: int) -> None:
     """Copy ``count`` real photos into class folders of ``landing`` (cycling through the sample with new names), all
-    modified :data:`BACKLOG_AGE_SECONDS` ago (``shutil.copytree`` of the folder keeps that)."""
+    modified :data:`BACKLOG_AGE_SECONDS` ago (:func:`as_backlog`; ``shutil.copytree`` of the folder keeps that)."""
     photos = sorted(SAMPLE.glob("*/*.jpg"))
-    modified = time.time() - BACKLOG_AGE_SECONDS
+    copies = []
     for index in range(count):
         source = photos[index % len(photos)]
         target = landing / source.parent.name / f"{index // len(photos)}_{source.name}"
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
-        os.utime(target, (modified, modified))
+        copies.append(target)
+    as_backlog(copies)
 
 
 def run_fruits(args: list[str], env: dict[str, str]) -> tuple[float, str]:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import shutil
 import random
 import socket
@@ -51,7 +50,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from honest import Honest  # noqa: E402
 from ingest_throughput import (  # noqa: E402
-    BACKLOG_AGE_SECONDS, BATCH_LINE, DEFAULT_WEIGHTS, SAMPLE, fill_landing, run_fruits, steady_rate,
+    BATCH_LINE, DEFAULT_WEIGHTS, SAMPLE, as_backlog, fill_landing, run_fruits, steady_rate,
 )
 from latency import CommitWatcher, batch_summary, percentiles, pick_photos, wait_ready, wait_visible  # noqa: E402
 from proctree import exit_on_sigterm, fruits_process, load_average, log_tail, resolved_stream_config  # noqa: E402
@@ -84,13 +83,10 @@ def wait_serving(process, log_path: Path, url: str, ready_line: str | None, time
 
 
 def age_landing(landing: Path) -> None:
-    """Date the photos just dropped into ``landing`` back by ``BACKLOG_AGE_SECONDS``, as fill_landing's copies: a
-    reference home's photos are a backlog, and `--available-now` would first wait ``[discovery] quiet_seconds`` for
-    photos this young."""
-    modified = time.time() - BACKLOG_AGE_SECONDS
-    for path in landing.rglob("*"):
-        if path.is_file():
-            os.utime(path, (modified, modified))
+    """Date the photos just dropped into ``landing`` back, as fill_landing's copies (:func:`as_backlog`): a reference
+    home's photos are a backlog, and `--available-now` would first wait ``[discovery] quiet_seconds`` for photos this
+    young."""
+    as_backlog(path for path in landing.rglob("*") if path.is_file())
 
 
 def build_reference_home(home: Path, env: dict[str, str]) -> list[Path]:

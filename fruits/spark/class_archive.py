@@ -208,10 +208,9 @@ def _prune(cache: Path, key: str) -> None:
         except OSError:
             continue
         keys.setdefault(named["key"], []).append((path, mtime, not writing))
-    recent = sorted(keys, key=lambda k: max(mtime for _, mtime, _ in keys[k]), reverse=True)
-    for rank, other in enumerate(recent):
-        last_use = max(mtime for _, mtime, _ in keys[other])
-        if rank >= _KEPT_OTHER_KEYS or last_use < cutoff:
+    last_use = {other: max(mtime for _, mtime, _ in files) for other, files in keys.items()}
+    for rank, other in enumerate(sorted(last_use, key=last_use.get, reverse=True)):
+        if rank >= _KEPT_OTHER_KEYS or last_use[other] < cutoff:
             for path, _, removable in keys[other]:
                 if removable:
                     path.unlink(missing_ok=True)
