@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "fruits360-sample"
@@ -65,10 +65,11 @@ def as_backlog(files: Iterable[Path]) -> None:
         os.utime(path, (modified, modified))
 
 
-def fill_landing(landing: Path, count: int) -> None:
-    """Copy ``count`` real photos into class folders of ``landing`` (cycling through the sample with new names), all
-    modified :data:`BACKLOG_AGE_SECONDS` ago (:func:`as_backlog`; ``shutil.copytree`` of the folder keeps that)."""
-    photos = sorted(SAMPLE.glob("*/*.jpg"))
+def fill_landing(landing: Path, count: int, photos: Sequence[Path] | None = None) -> None:
+    """Copy ``count`` real photos into class folders of ``landing`` (cycling through ``photos``, by default the whole
+    sample, with new names), all modified :data:`BACKLOG_AGE_SECONDS` ago (:func:`as_backlog`; ``shutil.copytree`` of
+    the folder keeps that)."""
+    photos = list(photos) if photos is not None else sorted(SAMPLE.glob("*/*.jpg"))
     copies = []
     for index in range(count):
         source = photos[index % len(photos)]

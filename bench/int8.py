@@ -12,7 +12,8 @@
 4. Accuracy on the features each stream stored (tables/features): ImageNet top-5 through the with-top weights
    file's Dense head, on the fruits ImageNet knows; and identify's top-1 (PCA k=20 fitted in numpy on a random 80 %
    per class, the 5 nearest vote as fruits.model.identify.nearest does) on the other 20 %, the split of
-   tests/test_identify.py. Photos of the calibration set are left out of both.
+   tests/test_identify.py. Photos of the calibration set are left out of both. With ``--smoke`` the landing folder
+   alternates the fruits ImageNet knows with the sample's first photos (:func:`smoke_photos`).
 
 Usage: python bench/int8.py [--images 12052] [--rounds 1] [--seconds 8] [--batch N] [--master local[*]]
 Ratio lines come first; other jobs may share the cores, so read the ratios (same run) before absolute figures.
@@ -39,6 +40,7 @@ from bare_model import SAMPLE, SHARED, decoded, measure  # noqa: E402
 from honest import Honest  # noqa: E402
 from ingest_throughput import BATCH_LINE, fill_landing, run_fruits, steady_rate  # noqa: E402
 from fruits.model.accuracy import IMAGENET_CLASSES, ImageNetHead, read_head  # noqa: E402
+from model_accuracy import known_photos  # noqa: E402
 
 PRECISIONS = ("fp32", "int8")
 
@@ -73,6 +75,14 @@ def bare(weights, irs: dict[str, str], rounds: int, seconds: float, count: int =
                 runs.append({**measure(spec, weights, irs[precision], images, seconds), "round": round_})
                 print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
     return runs
+
+
+def smoke_photos() -> list[Path]:
+    """The smoke run's landing photos: one of each fruit ImageNet knows, each before one of the sample's first photos.
+    Those alone are all Apple Braeburn, a fruit ImageNet does not know: the smoke run's ImageNet top-5 would be nan,
+    checked on no photo; alternated, both sides of :func:`accuracy`'s choice of known fruits run."""
+    sample = sorted(SAMPLE.glob("*/*.jpg"))
+    return [photo for pair in zip(known_photos(1), sample) for photo in pair]
 
 
 def stream(precision: str, source: Path, batch: int, weights: str, master: str, home: Path) -> dict:
@@ -171,7 +181,7 @@ def main() -> None:
     streams = []
     with tempfile.TemporaryDirectory(prefix="fruits-int8-") as tmp:
         source = Path(tmp) / "landing-source"
-        fill_landing(source, args.images)
+        fill_landing(source, args.images, smoke_photos() if args.smoke else None)
         for round_ in range(args.rounds):
             for precision in PRECISIONS:
                 home = Path(tmp) / f"{precision}{round_}"

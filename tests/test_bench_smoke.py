@@ -73,6 +73,10 @@ RATIO_LINES = {
     "model_accuracy.py": 6,  # fp32 and int8, single and rot4, and their 2 gate lines (bf16 adds 3 where it runs)
 }
 SMOKE_RATIO = re.compile(r"^ratio \[smoke run, not a figure\]: \S", re.M)
+# Ratio lines whose figures must be numbers in the smoke run: their check ran on some of its photos (nan: on none).
+SMOKE_NUMBERS = {
+    "int8.py": [re.compile(r"^ratio \[smoke run, not a figure\]: imagenet_top5: int8 \d\.\d{4} vs fp32 \d\.\d{4} ", re.M)],
+}
 
 
 @pytest.mark.fast
@@ -294,3 +298,5 @@ def test_bench_runs_at_a_tiny_size(script, smoke_pool, record_property):
     ratios = SMOKE_RATIO.findall(out)
     assert len(ratios) >= RATIO_LINES.get(script, 1), f"{script}: {len(ratios)} ratio lines:\n{out}"
     assert not re.search(r"^ratio: ", out, re.M), f"{script}: a smoke run printed a ratio as a figure"
+    for numbers in SMOKE_NUMBERS.get(script, []):
+        assert numbers.search(out), f"{script}: no line matches {numbers.pattern!r}:\n{out}"
