@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,7 +195,7 @@ class Stream:
         from fruits.streaming.ingest import run_stream
 
         self.spark, self.stop = spark, threading.Event()
-        self.started = time.perf_counter()
+        self.started, self.started_at = time.perf_counter(), time.time()
         self.thread = threading.Thread(
             target=run_stream, args=(spark, config, weights), kwargs={"stop": self.stop}, daemon=True
         )
@@ -210,19 +211,28 @@ class Stream:
         raise TimeoutError("the stream did not start")
 
     def first_idle(self, timeout: float = 3600) -> float:
-        """Seconds from start until the query has finished a trigger with nothing left to read."""
+        """Seconds from start until the query had nothing left to read: the end of its last trigger that read rows
+        (the replay), or, when none did, of its first idle trigger. Spark reports an idle trigger that follows one
+        with rows only ``noDataProgressEventInterval`` (10 s) later: that wait is not counted."""
         query = self.query(timeout)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             progress = query.lastProgress
             if progress and progress["numInputRows"] == 0 and progress["batchId"] >= 0 and not query.status["isDataAvailable"]:
-                return time.perf_counter() - self.started
+                read = [p for p in query.recentProgress if p["numInputRows"] > 0]
+                return trigger_end(read[-1] if read else progress) - self.started_at
             time.sleep(0.05)
         raise TimeoutError("the stream never went idle")
 
     def close(self) -> None:
         self.stop.set()
         self.thread.join(600)
+
+
+def trigger_end(progress: dict) -> float:
+    """When a trigger of a query's progress report ended (seconds since the epoch)."""
+    started = datetime.fromisoformat(progress["timestamp"].replace("Z", "+00:00")).timestamp()
+    return started + progress["durationMs"].get("triggerExecution", 0) / 1000
 
 
 def idle_triggers(query, seconds: float) -> dict:
