@@ -3,7 +3,9 @@
 1. Both IRs: the fp32 conversion and the NNCF int8 quantization (calibrated on the photos shipped in
    fruits/model/calibration/), made in the per-user IR cache if not there yet (their seconds are printed when made).
 2. Bare model on pre-decoded real photos (bench/bare_model.py's `measure`): fp32 and int8 interleaved, ``--rounds``
-   times, as the stream runs them (2 processes x 1 thread, chunks of 8) and as `fruits identify` does (1 x 2).
+   times, as the stream runs them (2 processes x 1 thread, chunks of 8) and as `fruits identify` does (1 x 2);
+   before the streams and again after them, since a machine's speed drifts within a run: the stream's steady rate
+   is compared with the mean of the two (issue 25's target 1, printed with both).
 3. End to end: `fruits stream --available-now` over the same landing folder (the shared sample 4 times by default,
    12,052 photos), fp32 then int8, ``--rounds`` times, on fresh homes, in batches of ``--batch`` files (by default
    the shipped ``[stream] max_files_per_trigger``, as bench/ingest_throughput.py's "shipped" variant: the steady
@@ -63,8 +65,9 @@ def make_irs(weights_path: str) -> tuple[object, dict[str, str], dict[str, float
     return weights, {"fp32": fp32, "int8": int8}, {k: round(v, 1) for k, v in seconds.items()}
 
 
-def bare(weights, irs: dict[str, str], rounds: int, seconds: float, count: int = 64) -> list[dict]:
-    """Images/s of each precision and shape, interleaved fp32/int8, on ``count`` pre-decoded photos of the sample."""
+def bare(weights, irs: dict[str, str], rounds: int, seconds: float, count: int = 64, when: str = "before") -> list[dict]:
+    """Images/s of each precision and shape, interleaved fp32/int8, on ``count`` pre-decoded photos of the sample;
+    each run says ``when`` it was measured (before or after the streams)."""
     photos = sorted(SAMPLE.glob("*/*.jpg"))
     images = decoded(photos[:: len(photos) // count][:count])
     runs = []
@@ -72,7 +75,7 @@ def bare(weights, irs: dict[str, str], rounds: int, seconds: float, count: int =
         for procs, threads in ((2, 1), (1, 2)):
             for precision in PRECISIONS:
                 spec = {"runtime": "openvino", "precision": precision, "procs": procs, "threads": threads, "chunk": 8}
-                runs.append({**measure(spec, weights, irs[precision], images, seconds), "round": round_})
+                runs.append({**measure(spec, weights, irs[precision], images, seconds), "round": round_, "when": when})
                 print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
     return runs
 
@@ -149,6 +152,11 @@ def ratio_lines(bare_runs: list[dict], streams: list[dict], scores: dict[str, di
     if min(steady["int8"] + steady["fp32"]) > 0:  # else no full batch after the first: raise --images or lower --batch
         lines.append(f"stream steady: int8/fp32 = {np.sum(steady['int8']) / np.sum(steady['fp32']):.2f}x "
                      f"({np.mean(steady['int8']):.1f} vs {np.mean(steady['fp32']):.1f} images/s)")
+        for precision in PRECISIONS:  # issue 25's target 1: the shape the stream runs, before and after the streams
+            rates = [r["images_per_s"] for r in bare_runs if r["precision"] == precision and r["procs"] == 2]
+            lines.append(f"stream steady / bare model 2 proc x 1 thr, {precision}: "
+                         f"{np.mean(steady[precision]) / np.mean(rates):.2f}x ({np.mean(steady[precision]):.1f} vs "
+                         f"{np.mean(rates):.1f} images/s, the bare model's mean of {' and '.join(f'{r:.1f}' for r in rates)})")
     lines.append(f"stream whole command: fp32/int8 seconds = {np.sum(whole['fp32']) / np.sum(whole['int8']):.2f}x "
                  f"({np.mean(whole['int8']):.1f} vs {np.mean(whole['fp32']):.1f} s)")
     for key in ("imagenet_top5", "identify_top1"):
@@ -187,6 +195,7 @@ def main() -> None:
                 home = Path(tmp) / f"{precision}{round_}"
                 streams.append(stream(precision, source, batch, args.weights, args.master, home))
                 print(json.dumps({k: v for k, v in streams[-1].items() if k != "rows"}), file=sys.stderr, flush=True)
+    bare_runs += bare(weights, irs, args.rounds, args.seconds, args.bare_images, when="after")
     calibration = {f"{Path(f).parent.name}/{Path(f).name}" for f in CalibrationSet.from_folder(SHIPPED_CALIBRATION).files}
     head, held_out = read_head(args.top_weights), split_names()
     scores = {p: accuracy(next(s["rows"] for s in streams if s["precision"] == p), head, held_out, calibration) for p in PRECISIONS}

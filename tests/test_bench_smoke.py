@@ -67,7 +67,7 @@ SMOKE = {
 }
 # Ratio lines each smoke run prints at least.
 RATIO_LINES = {
-    "bare_model.py": 6, "delta_append.py": 3, "int8.py": 4, "notebook_vs_stream.py": 2, "pca_refit.py": 3,
+    "bare_model.py": 6, "delta_append.py": 3, "int8.py": 6, "notebook_vs_stream.py": 2, "pca_refit.py": 3,
     "discovery_scale.py": 6, "s3_throughput.py": 2, "startup.py": 2, "views.py": 5, "web.py": 2,
     "model_switch.py": 2,  # int8 and int8 + rot4 against the bare model
     "model_accuracy.py": 6,  # fp32 and int8, single and rot4, and their 2 gate lines (bf16 adds 3 where it runs)
@@ -75,7 +75,9 @@ RATIO_LINES = {
 SMOKE_RATIO = re.compile(r"^ratio \[smoke run, not a figure\]: \S", re.M)
 # Ratio lines whose figures must be numbers in the smoke run: their check ran on some of its photos (nan: on none).
 SMOKE_NUMBERS = {
-    "int8.py": [re.compile(r"^ratio \[smoke run, not a figure\]: imagenet_top5: int8 \d\.\d{4} vs fp32 \d\.\d{4} ", re.M)],
+    "int8.py": [re.compile(r"^ratio \[smoke run, not a figure\]: imagenet_top5: int8 \d\.\d{4} vs fp32 \d\.\d{4} ", re.M),
+                re.compile(r"^ratio \[smoke run, not a figure\]: stream steady / bare model 2 proc x 1 thr, int8: "
+                           r"\d+\.\d\dx \([\d.]+ vs [\d.]+ images/s, the bare model's mean of [\d.]+ and [\d.]+\)$", re.M)],
 }
 
 
