@@ -73,11 +73,14 @@ RATIO_LINES = {
     "model_accuracy.py": 6,  # fp32 and int8, single and rot4, and their 2 gate lines (bf16 adds 3 where it runs)
 }
 SMOKE_RATIO = re.compile(r"^ratio \[smoke run, not a figure\]: \S", re.M)
-# Ratio lines whose figures must be numbers in the smoke run: their check ran on some of its photos (nan: on none).
+# Ratio lines a smoke run must print, with numbers: an accuracy check that ran on none of its photos prints nan, and
+# target 1's lines name the bare model's rates before and after the streams.
 SMOKE_NUMBERS = {
     "int8.py": [re.compile(r"^ratio \[smoke run, not a figure\]: imagenet_top5: int8 \d\.\d{4} vs fp32 \d\.\d{4} ", re.M),
                 re.compile(r"^ratio \[smoke run, not a figure\]: stream steady / bare model 2 proc x 1 thr, int8: "
                            r"\d+\.\d\dx \([\d.]+ vs [\d.]+ images/s, the bare model's mean of [\d.]+ and [\d.]+\)$", re.M)],
+    "ingest_throughput.py": [re.compile(r"^ratio \[smoke run, not a figure\]: shipped: steady [\d.]+ images/s = [\d.]+ x bare "
+                                        r"OpenVINO fp32 \([\d.]+ images/s, the mean of [\d.]+ before and [\d.]+ after the streams", re.M)],
 }
 
 
