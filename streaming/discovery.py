@@ -146,6 +146,7 @@ class _Events(FileSystemEventHandler):
     closes: bool = True
     ready_at: dict[str, float] = field(default_factory=dict)
     writing: set[str] = field(default_factory=set)  # written since their last close
+    created: set[str] = field(default_factory=set)  # created, then neither written, closed nor renamed since
     lock: threading.Lock = field(default_factory=threading.Lock)
     arrived: threading.Event = field(default_factory=threading.Event)
 
@@ -158,6 +159,10 @@ class _Events(FileSystemEventHandler):
             return
         now = time.monotonic()
         with self.lock:
+            if how == "created" and path not in self.writing:
+                self.created.add(path)
+            elif how != "attrib":
+                self.created.discard(path)
             if how == "written":
                 self.writing.add(path)
                 self.ready_at[path] = now + self.quiet if not self.closes else float("inf")
@@ -204,6 +209,16 @@ class _Events(FileSystemEventHandler):
                 del self.ready_at[path]
                 self.writing.discard(path)
         return ready
+
+    def only_created(self, path: str) -> bool:
+        """Whether ``path``'s only event was its creation (no write, close or rename since): an empty file then is
+        one its writer has not started writing, not an empty photo (an empty file closed or renamed in is recorded,
+        and quarantined as empty). Asked once per settled path, which forgets it."""
+        with self.lock:
+            if path in self.created:
+                self.created.discard(path)
+                return True
+            return False
 
 
 @dataclass
@@ -323,13 +338,14 @@ class Discovery:
         were recorded."""
         versions = []
         for path in self._events.settled(everything=everything):
+            only_created = self._events.only_created(path)
             if any(_hidden(p) for p in os.path.relpath(path, self.local).split(os.sep)):
                 continue
             try:
                 version = local_version(path, self.local, self.landing)
             except FileNotFoundError:
                 continue
-            if version is not None and version.size == 0 and self._events.closes and not everything:
+            if version is not None and version.size == 0 and self._events.closes and not everything and only_created:
                 self._events._touch(path, "written")  # created, not written yet: its writer's close decides
             elif version is not None:
                 versions.append(version)

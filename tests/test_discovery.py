@@ -246,6 +246,50 @@ def test_a_file_is_recorded_when_renamed_in_or_closed_after_writing_never_while_
     assert no_closes.settled() == ["/landing/Kiwi/written.jpg"]
 
 
+@pytest.mark.fast
+def test_an_empty_file_closed_or_renamed_in_is_recorded_at_once_one_still_open_waits_for_its_writer(tmp_path):
+    """No Spark, the real watcher: an empty file its writer closed (`: > x.jpg`, `touch`) or renamed into landing is
+    recorded from its events within seconds, to be quarantined as empty, not left to the next listing (10 minutes by
+    default); an empty file its writer still holds open before its first byte is not recorded until it is closed,
+    and then with its bytes."""
+    from fruits.streaming.discovery import Discovery
+
+    config = make_config(tmp_path, discovery={"quiet_seconds": "10m", "backfill_interval": "10m", "commit_interval": "100ms"})
+    landing = tmp_path / "landing"
+    (landing / "Kiwi").mkdir(parents=True)
+    discovery = Discovery(Home.from_config(config), uri(landing))
+    discovery.start()
+    try:
+        deadline = time.monotonic() + 30
+        while discovery._observer is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the observer's watches are set
+        (landing / "Kiwi" / "closed.jpg").open("wb").close()
+        (landing / "Kiwi" / ".part").write_bytes(b"")
+        os.rename(landing / "Kiwi" / ".part", landing / "Kiwi" / "renamed.jpg")
+        paused = (landing / "Kiwi" / "paused.jpg").open("wb")  # created; its writer has not written yet
+
+        def recorded() -> dict[str, int]:
+            rows = Home.from_config(config).ledger.read().to_pandas()
+            assert set(rows["discovered_by"]) <= {"watch"}, rows
+            return dict(zip(rows["path"].str.rsplit("/", n=1).str[-1], rows["size_bytes"]))
+
+        deadline = time.monotonic() + 20
+        while len(recorded()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)  # SETTLE_SECONDS and commit_interval several times over: the paused file stays out
+        assert recorded() == {"closed.jpg": 0, "renamed.jpg": 0}
+        photo = sample_files("Kiwi", 1)[0].read_bytes()
+        paused.write(photo)
+        paused.close()
+        deadline = time.monotonic() + 20
+        while len(recorded()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert recorded() == {"closed.jpg": 0, "renamed.jpg": 0, "paused.jpg": len(photo)}
+    finally:
+        discovery.stop()
+
+
 def test_a_second_stream_on_the_same_home_stops_at_once(tmp_path):
     from fruits.home.locks import exclusive
 
