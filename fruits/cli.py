@@ -398,7 +398,9 @@ def cmd_identify(config: Config, args: argparse.Namespace) -> int:
     from fruits.model.identify import identify
 
     run = model_to_run(Home.from_config(config), asked=asked_model(args))
+    unread = 0
     for result in identify([Path(p) for p in args.photos], run.config, run.weights):
+        unread += "error" in result
         if args.json:
             print(json.dumps(result, ensure_ascii=False))
         elif "error" in result:
@@ -406,7 +408,7 @@ def cmd_identify(config: Config, args: argparse.Namespace) -> int:
         else:
             neighbours = ", ".join(f"{n['label']} {n['distance']:.2f}" for n in result["neighbors"])
             print(f"{result['photo']}: {result['predicted']} (confidence {result['confidence']:.0%}; nearest: {neighbours})")
-    return 0
+    return 1 if unread else 0  # as `drop` with a missing source: the others were answered, a script must still know
 
 
 def cmd_files(config: Config, args: argparse.Namespace) -> int:

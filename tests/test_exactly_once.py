@@ -4,6 +4,7 @@ restarted on the same checkpoint; in the end every landed file is in features âˆ
 from __future__ import annotations
 
 import os
+import re
 import random
 import signal
 import subprocess
@@ -155,6 +156,7 @@ def test_a_signal_to_the_whole_group_stops_between_chunks_and_a_killed_driver_le
         text = log.read_text()
         stops = [line for line in text.splitlines() if "stop requested" in line]
         assert len(stops) == 1, text[-3000:]
+        assert re.search(r"stream stopped after \d+ files", text), text[-3000:]  # then what it did (README)
         assert "Traceback" not in text and "Exception" not in text and " ERROR " not in text, text[-5000:]
     assert len(ingested_paths(home)) < len(landed), "stopped too late to prove anything; slow the stream down"
 

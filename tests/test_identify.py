@@ -71,7 +71,7 @@ def test_held_out_photos_are_identified_with_top1_accuracy_of_at_least_0_9(ident
     assert distances == sorted(distances)
 
 
-def test_identify_command_prints_one_json_object_per_photo(identified_home, tmp_path):
+def test_identify_command_prints_one_json_object_per_photo_and_exits_1_if_one_is_unreadable(identified_home, tmp_path):
     config, held_out = identified_home
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a photo")
@@ -80,7 +80,7 @@ def test_identify_command_prints_one_json_object_per_photo(identified_home, tmp_
         [FRUITS, "identify", "--home", config.home, "--weights", str(NOTOP_WEIGHTS), "--json", *photos],
         capture_output=True, text=True, timeout=300,
     )
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 1, result.stderr[-2000:]  # the others are answered all the same
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["photo"] for line in lines] == photos
     assert lines[0]["predicted"] == held_out[0][1] and {"label", "distance"} == set(lines[0]["neighbors"][0])
