@@ -215,11 +215,14 @@ class StreamFailed(Failed):
 
 # Spark's loggers kept quiet while the stream runs: the query's end with an error is Spark's ERROR with the sink's
 # Python traceback (for the micro-batch the sink ends at a stop too), told instead by one line or by StreamFailed;
-# and query.stop() between two micro-batches warns that it found no job to cancel. (py4j's own log of the sink's
-# StopRequested is dropped too, by its type: every other exception of the sink is still logged.)
+# query.stop() between two micro-batches warns that it found no job to cancel; and every micro-batch of a backlog
+# takes longer than the trigger interval, which Spark warns of each time ("falling behind": the sink's batch lines
+# say the rate instead). (py4j's own log of the sink's StopRequested is dropped too, by its type: every other
+# exception of the sink is still logged.)
 QUIET_WHILE_STREAMING = {
     "org.apache.spark.sql.execution.streaming.runtime.MicroBatchExecution": "OFF",
     "org.apache.spark.scheduler.DAGScheduler": "ERROR",
+    "org.apache.spark.sql.execution.streaming.runtime.ProcessingTimeExecutor": "ERROR",
 }
 
 
