@@ -433,7 +433,7 @@ def load_config(
     if config_file:
         path = Path(config_file)
         if not path.is_file():
-            raise ConfigError(f"--config {config_file}: no such file")
+            raise ConfigError(f"--config {config_file}: {'not a regular file' if path.exists() else 'no such file'}")
         layers.add(str(path), _read_toml(path, "--config"))
     env = os.environ if environ is None else environ
     for var, (section, key) in ENV_OVERRIDES.items():

@@ -41,6 +41,9 @@ def test_locations_derive_from_home_and_can_be_overridden(tmp_path):
 def test_missing_config_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         load_config(tmp_path / "nope.toml", environ={})
+    for there in (tmp_path, "/dev/null"):  # there, but not a file to read settings from
+        with pytest.raises(ConfigError, match="not a regular file"):
+            load_config(there, environ={})
 
 
 @pytest.mark.parametrize("text,seconds", [("2s", 2), ("500ms", 0.5), ("10m", 600), ("1h", 3600), ("3", 3), ("1.5s", 1.5)])
