@@ -115,6 +115,16 @@ def place(files: list[Path], folder: Path, rename: str | None = None) -> list[Pa
     return placed
 
 
+def wait_for(predicate, timeout: float, poll: float = 0.05) -> bool:
+    """Whether ``predicate()`` became true within ``timeout`` seconds (asked every ``poll`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll)
+    return False
+
+
 def make_config(home: Path, **sections):
     """A Config for ``home`` with test-sized Spark settings on top of conf/fruits.toml."""
     from fruits.config import load_config

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from deltalake import DeltaTable
 
-from conftest import NOTOP_WEIGHTS, make_config, place, sample_files
+from conftest import NOTOP_WEIGHTS, make_config, place, sample_files, wait_for
 from fruits.home.home import Home
 
 FRUITS = str(Path(sys.executable).with_name("fruits"))
@@ -260,9 +260,7 @@ def test_an_empty_file_closed_or_renamed_in_is_recorded_at_once_one_still_open_w
     discovery = Discovery(Home.from_config(config), uri(landing))
     discovery.start()
     try:
-        deadline = time.monotonic() + 30
-        while discovery._observer is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        assert wait_for(lambda: discovery._observer is not None, 30)
         time.sleep(0.5)  # the observer's watches are set
         (landing / "Kiwi" / "closed.jpg").open("wb").close()
         (landing / "Kiwi" / ".part").write_bytes(b"")
@@ -274,17 +272,13 @@ def test_an_empty_file_closed_or_renamed_in_is_recorded_at_once_one_still_open_w
             assert set(rows["discovered_by"]) <= {"watch"}, rows
             return dict(zip(rows["path"].str.rsplit("/", n=1).str[-1], rows["size_bytes"]))
 
-        deadline = time.monotonic() + 20
-        while len(recorded()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_for(lambda: len(recorded()) >= 2, 20, poll=0.2)
         time.sleep(1.0)  # SETTLE_SECONDS and commit_interval several times over: the paused file stays out
         assert recorded() == {"closed.jpg": 0, "renamed.jpg": 0}
         photo = sample_files("Kiwi", 1)[0].read_bytes()
         paused.write(photo)
         paused.close()
-        deadline = time.monotonic() + 20
-        while len(recorded()) < 3 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_for(lambda: len(recorded()) >= 3, 20, poll=0.2)
         assert recorded() == {"closed.jpg": 0, "renamed.jpg": 0, "paused.jpg": len(photo)}
     finally:
         discovery.stop()

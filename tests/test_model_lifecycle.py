@@ -9,13 +9,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
 
-from conftest import NOTOP_WEIGHTS, make_config, place, sample_files
+from conftest import NOTOP_WEIGHTS, make_config, place, sample_files, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -30,15 +29,6 @@ def land(landing: Path, count: int, skip: int) -> list[Path]:
 def keys(table) -> list[tuple[str, int]]:
     rows = table.read(["file_id", "attempt"])
     return list(zip(rows.column("file_id").to_pylist(), rows.column("attempt").to_pylist()))
-
-
-def wait_for(predicate, timeout: float, poll: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(poll)
-    return False
 
 
 def test_a_home_keeps_one_model_and_switches_to_another_beside_its_stream(spark, weights, tmp_path):
