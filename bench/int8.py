@@ -143,8 +143,10 @@ def accuracy(rows, head: ImageNetHead, held_out: set[str], calibration: set[str]
 def ratio_lines(bare_runs: list[dict], streams: list[dict], scores: dict[str, dict]) -> list[str]:
     """The headline: int8 / fp32 per shape (bare), per stream round, and the accuracy differences in points."""
     lines = []
+    bare_rates = {procs: {p: [r["images_per_s"] for r in bare_runs if r["precision"] == p and r["procs"] == procs]
+                          for p in PRECISIONS} for procs in (2, 1)}
     for procs, threads in ((2, 1), (1, 2)):
-        rates = {p: [r["images_per_s"] for r in bare_runs if r["precision"] == p and r["procs"] == procs] for p in PRECISIONS}
+        rates = bare_rates[procs]
         lines.append(f"bare model {procs} proc x {threads} thr: int8/fp32 = {np.sum(rates['int8']) / np.sum(rates['fp32']):.2f}x "
                      f"({np.mean(rates['int8']):.1f} vs {np.mean(rates['fp32']):.1f} images/s)")
     steady = {p: [s["steady_images_per_s"] or 0 for s in streams if s["precision"] == p] for p in PRECISIONS}
@@ -153,7 +155,7 @@ def ratio_lines(bare_runs: list[dict], streams: list[dict], scores: dict[str, di
         lines.append(f"stream steady: int8/fp32 = {np.sum(steady['int8']) / np.sum(steady['fp32']):.2f}x "
                      f"({np.mean(steady['int8']):.1f} vs {np.mean(steady['fp32']):.1f} images/s)")
         for precision in PRECISIONS:  # issue 25's target 1: the shape the stream runs, before and after the streams
-            rates = [r["images_per_s"] for r in bare_runs if r["precision"] == precision and r["procs"] == 2]
+            rates = bare_rates[2][precision]
             lines.append(f"stream steady / bare model 2 proc x 1 thr, {precision}: "
                          f"{np.mean(steady[precision]) / np.mean(rates):.2f}x ({np.mean(steady[precision]):.1f} vs "
                          f"{np.mean(rates):.1f} images/s, the bare model's mean of {' and '.join(f'{r:.1f}' for r in rates)})")
