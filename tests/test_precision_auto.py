@@ -186,6 +186,30 @@ def test_offline_imagenet_head_is_one_clear_error_naming_the_setting(tmp_path, m
     assert "with its classifier head" in str(unavailable.value) and "[model] head_weights" in str(unavailable.value)
 
 
+def test_offline_imagenet_asked_of_a_home_on_a_local_file_names_the_homes_model(tmp_path, monkeypatch):
+    """`--weights imagenet` offline, on a home whose model runs a local file: the download's message, and which model
+    the home runs, so the user knows to leave the flag out (the trial's `fruits identify --weights imagenet`)."""
+    from conftest import make_config
+    from fruits.home.home import Home
+    from fruits.home.models import ModelRecord, Registry
+    from fruits.model.active import model_to_run
+    from fruits.model.weights import WeightsUnavailable
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    home = Home.from_config(make_config(tmp_path))
+    local = str(tmp_path / "notop.weights.h5")
+    home.models.save(Registry((ModelRecord(
+        number=1, model_id="mobilenet_v2/local-abc/openvino-fp32", weights=local, weights_id="local-abc",
+        runtime="openvino", precision="fp32", views="single", table=home.config.features_table, state="active",
+        since="2026-12-07T00:00:00+00:00"),)))
+    with pytest.raises(WeightsUnavailable) as unavailable:
+        model_to_run(home, asked={"weights": "imagenet"})
+    message = str(unavailable.value)
+    assert "Could not download Keras' ImageNet weights" in message
+    assert f"active model is mobilenet_v2/local-abc/openvino-fp32 (model 1, weights {local!r})" in message
+    assert "leave --weights out" in message
+
+
 @pytest.mark.slow
 def test_auto_on_this_cpu_chooses_the_fastest_precision_that_passes_the_gate(tmp_path, weights):
     """Real model, real calibration photos: on this machine (VNNI or AMX) int8 if it passes the gate, with the

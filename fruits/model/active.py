@@ -27,7 +27,7 @@ from fruits.home.home import Home
 from fruits.home.models import ModelRecord, Registry, model_table, now_text
 from fruits.model.cpu import cpu_info
 from fruits.model.runtimes import same_features
-from fruits.model.weights import WeightsRef, resolve_weights
+from fruits.model.weights import WeightsRef, WeightsUnavailable, resolve_weights
 
 log = logging.getLogger("fruits.model")
 
@@ -80,7 +80,16 @@ def model_to_run(home: Home, *, asked: Mapping[str, str | None] | None = None) -
     if settings.get("precision") == "auto":  # chosen once per home: the active model's precision is that choice
         settings["precision"] = active.precision
     config = with_model(home.config, **settings)
-    weights = resolve_weights(config.model.weights)
+    try:
+        weights = resolve_weights(config.model.weights)
+    except WeightsUnavailable as exc:
+        if "weights" not in asked or asked["weights"] == active.weights:
+            raise
+        # Asked for other weights that cannot be had here (offline, a missing file): the home's own still run.
+        raise WeightsUnavailable(
+            f"{exc} This home's active model is {active.model_id} (model {active.number}, weights "
+            f"{active.weights!r}): leave --weights out to run it"
+        ) from None
     wanted = model_id_for(config, weights)
     if weights.model_id != active.weights_id or not same_features(wanted, active.model_id):
         flags = " ".join(f"--{key} {value}" for key, value in asked.items()) or "its [model] settings"
