@@ -210,6 +210,15 @@ class _Events(FileSystemEventHandler):
                 self.writing.discard(path)
         return ready
 
+    def wait_for_close(self, path: str) -> None:
+        """``path`` settled empty with only its creation seen: it waits for its writer's close, unless an event came
+        for it since it settled (that event decides: a close caught between the flush's look at its size and now is
+        not overwritten)."""
+        with self.lock:
+            if path not in self.ready_at:
+                self.writing.add(path)
+                self.ready_at[path] = float("inf")
+
     def only_created(self, path: str) -> bool:
         """Whether ``path``'s only event was its creation (no write, close or rename since): an empty file then is
         one its writer has not started writing, not an empty photo (an empty file closed or renamed in is recorded,
@@ -345,8 +354,10 @@ class Discovery:
                 version = local_version(path, self.local, self.landing)
             except FileNotFoundError:
                 continue
-            if version is not None and version.size == 0 and self._events.closes and not everything and only_created:
-                self._events._touch(path, "written")  # created, not written yet: its writer's close decides
+            if version is not None and version.size == 0 and self._events.closes and only_created:
+                if not everything:  # created, not written yet: its writer's close decides
+                    self._events.wait_for_close(path)
+                # (at a stop, it is left to the next start's listing, as a file still open for writing is)
             elif version is not None:
                 versions.append(version)
         return self._record_new(versions, "watch") if versions else 0
