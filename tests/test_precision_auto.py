@@ -207,7 +207,7 @@ def test_offline_imagenet_asked_of_a_home_on_a_local_file_names_the_homes_model(
     message = str(unavailable.value)
     assert "Could not download Keras' ImageNet weights" in message
     assert f"active model is mobilenet_v2/local-abc/openvino-fp32 (model 1, weights {local!r})" in message
-    assert "leave --weights out" in message
+    assert "leave out --weights and FRUITS_WEIGHTS" in message
 
 
 @pytest.mark.slow

@@ -85,10 +85,10 @@ def model_to_run(home: Home, *, asked: Mapping[str, str | None] | None = None) -
     except WeightsUnavailable as exc:
         if "weights" not in asked or asked["weights"] == active.weights:
             raise
-        # Asked for other weights that cannot be had here (offline, a missing file): the home's own still run.
+        # Asked for other weights that cannot be had here (offline, a missing file): say which the home runs.
         raise WeightsUnavailable(
             f"{exc} This home's active model is {active.model_id} (model {active.number}, weights "
-            f"{active.weights!r}): leave --weights out to run it"
+            f"{active.weights!r}): leave out --weights and FRUITS_WEIGHTS to run it"
         ) from None
     wanted = model_id_for(config, weights)
     if weights.model_id != active.weights_id or not same_features(wanted, active.model_id):
