@@ -201,6 +201,11 @@ class LandedFiles:
         found = self.files.stat(self._name(file))
         return None if found is None else found.identity
 
+    def is_link(self, file: str | Row) -> bool:
+        """Whether the file (a ledger row or a URI) is a symbolic link: local files only (object stores have none)."""
+        local = self._local(file)
+        return local is not None and os.path.islink(local)
+
     def move_unchanged(self, file: str | Row, target: str, expected: tuple[int, int, int]) -> bool:
         """Move the file (a ledger row or a URI) to ``target`` if it is still ``expected`` (:meth:`identity`) and
         ``target`` is free; a local move that a writer raced (the file changed during the move) is undone, and a
@@ -526,8 +531,10 @@ class OutcomeSink:
     def _after_ingest(self, chunk: list[Row], places: dict[str, Places], files: LandedFiles) -> None:
         """Now that the chunk's outcomes are committed: archive or delete each featurized file, move each quarantined
         one to its quarantine place (never deleted). A file that is no longer the version that was read (size,
-        mtime, inode) stays: it may still be written, and its newer version has its own ledger row."""
-        for row in chunk:
+        mtime, inode) stays: it may still be written, and its newer version has its own ledger row. Symbolic links go
+        first: each is stored as a copy of the bytes it leads to, which must still be there if their file, landed
+        too, is moved in this chunk."""
+        for row in sorted(chunk, key=lambda row: not files.is_link(at(row))):
             got = self._got.get(key(row))
             if got is None or (got != FEATURIZED and not Cause(got).moves_original):
                 continue

@@ -101,6 +101,30 @@ def test_any_name_gets_exactly_one_outcome_and_the_cli_shows_it(spark, weights, 
     assert f"{len(expected)} discovered" in status.stdout.decode("utf-8")
 
 
+def test_links_to_a_photo_landed_beside_them_are_stored_as_copies_of_its_bytes(spark, weights, tmp_path):
+    """Two symbolic links within landing lead to a photo that landed too, and all three are in one chunk: each link's
+    outcome row points at a stored copy of the photo's bytes, whichever of the three comes first in the chunk. (A
+    trial found the photo archived first: its link's row pointed at an archive file that was never made, the link
+    was left broken in landing, and `fruits model switch` refused the home.)"""
+    from fruits.streaming.ingest import run_stream
+
+    config = make_config(tmp_path)
+    landing = tmp_path / "landing"
+    photo = place(sample_files("Mango", 1), landing / "Mango")[0]
+    content = photo.read_bytes()
+    for label in ("Apple", "Zucchini"):  # named before and after the photo: one of them follows it in the chunk
+        (landing / label).mkdir(parents=True)
+        os.symlink(photo, landing / label / "linked.jpg")
+
+    assert run_stream(spark, config, weights, available_now=True) == 3
+    features = table_rows(config.features_table)
+    assert len(features) == 3 and not table_rows(config.quarantine_table)
+    for row in features:
+        stored = Path(row["stored_path"].removeprefix("file:"))
+        assert stored.is_file() and not stored.is_symlink() and stored.read_bytes() == content, row["stored_path"]
+    assert not [p for p in landing.rglob("*") if p.is_symlink() or p.is_file()]  # no broken link left behind
+
+
 def exact_of(row: dict) -> bytes:
     return row["raw_path"] or row["path"].encode()
 
