@@ -180,5 +180,6 @@ def test_a_small_png_bomb_is_refused_from_its_header_with_the_servers_peak_memor
         print(f"server peak RSS {before:.0f} MB before the bomb, +{grown:.1f} MB after")
         assert grown < 30, f"the server's peak memory grew by {grown:.0f} MB: the bomb was decoded"
     finally:
-        server.terminate()
-        server.wait(30)
+        server.terminate()  # SIGTERM: a clean stop (README, "Exit codes")
+        stopped = server.wait(30)
+    assert stopped == 0, server.stderr.read().decode(errors="replace")[-2000:]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -368,5 +369,10 @@ def serve(config: Config, weights: WeightsRef | None, host: str, port: int) -> N
     import uvicorn
 
     check_exposure(config.web, host)
-
-    uvicorn.run(create_app(config, weights), host=host, port=port, log_level="info", access_log=False)
+    # uvicorn shuts down gracefully on SIGTERM, then restores the handler it found and raises the signal again: with
+    # the default handler the process would end by the signal (exit 143), not as a clean stop (README, "Exit codes").
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        uvicorn.run(create_app(config, weights), host=host, port=port, log_level="info", access_log=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
