@@ -204,7 +204,7 @@ class LandedFiles:
     def is_link(self, file: str | Row) -> bool:
         """Whether the file (a ledger row or a URI) is a symbolic link: local files only (object stores have none)."""
         local = self._local(file)
-        return local is not None and os.path.islink(local)
+        return local is not None and self.files.local.is_link(local)
 
     def move_unchanged(self, file: str | Row, target: str, expected: tuple[int, int, int]) -> bool:
         """Move the file (a ledger row or a URI) to ``target`` if it is still ``expected`` (:meth:`identity`) and

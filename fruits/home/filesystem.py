@@ -143,6 +143,10 @@ class LocalFiles:
     def exists(self, uri: Location) -> bool:
         return os.path.lexists(self.path(uri))
 
+    def is_link(self, uri: Location) -> bool:
+        """Whether ``uri`` is a symbolic link (which :meth:`move` stores as the bytes it leads to)."""
+        return os.path.islink(self.path(uri))
+
     def list(self, uri: Location, *, recursive: bool = False) -> list[FileStat]:
         prefix = os.fsdecode(uri).rstrip("/")
         found: list[FileStat] = []
