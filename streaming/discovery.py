@@ -221,8 +221,8 @@ class _Events(FileSystemEventHandler):
 
     def only_created(self, path: str) -> bool:
         """Whether ``path``'s only event was its creation (no write, close or rename since): an empty file then is
-        one its writer has not started writing, not an empty photo (an empty file closed or renamed in is recorded,
-        and quarantined as empty). Asked once per settled path, which forgets it."""
+        one its writer has not started writing, not an empty photo (an empty file closed or renamed within landing is
+        recorded, and quarantined as empty; one moved in from outside arrives as a creation, and waits for the listing). Asked once per settled path, which forgets it."""
         with self.lock:
             if path in self.created:
                 self.created.discard(path)
