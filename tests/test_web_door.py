@@ -5,6 +5,7 @@ flight; and the server's own peak memory when it is sent a small PNG bomb."""
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import subprocess
 import sys
@@ -183,3 +184,34 @@ def test_a_small_png_bomb_is_refused_from_its_header_with_the_servers_peak_memor
         server.terminate()  # SIGTERM: a clean stop (README, "Exit codes")
         stopped = server.wait(30)
     assert stopped == 0, server.stderr.read().decode(errors="replace")[-2000:]
+
+
+# A fresh process (nothing imported by earlier tests) serves a home, then fetches the page and its static files.
+FIRST_PAGE = """
+import http.client, json, sys
+from pathlib import Path
+from conftest import make_config, serving
+from fruits.web.app import create_app
+
+with serving(create_app(make_config(Path(sys.argv[1])), None)) as url:
+    host, port = url.removeprefix("http://").split(":")
+    before = set(sys.modules)
+    for path in ("/", "/static/app.js", "/static/style.css", "/healthz"):
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        connection.request("GET", path)
+        response = connection.getresponse()
+        assert response.status == 200 and response.read(), path
+    print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+
+
+def test_the_first_page_a_server_sends_imports_nothing_on_its_thread(tmp_path):
+    """What anyio imports on first use (its event-loop backend, its file API) is imported as the server starts,
+    before the model and dashboard threads import theirs: not on the server's thread while a page waits for it."""
+    run = subprocess.run(
+        [sys.executable, "-c", FIRST_PAGE, str(tmp_path)], cwd=Path(__file__).parent, capture_output=True, text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    imported = json.loads(run.stdout.strip().splitlines()[-1])
+    assert [name for name in imported if name.split(".")[0] in ("anyio", "starlette", "fastapi", "uvicorn")] == []

@@ -31,6 +31,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, Response
@@ -258,6 +259,7 @@ def create_app(config: Config, weights: WeightsRef | None = None, *, warm: bool 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        await import_what_requests_use()  # before the threads below start importing on their own
         sampler = threading.Thread(
             target=service.dashboard.sampler.run, args=(stop, web.sample_seconds), name="sampler", daemon=True
         )
@@ -287,6 +289,17 @@ def create_app(config: Config, weights: WeightsRef | None = None, *, warm: bool 
     app.include_router(file_routes(service))
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+async def import_what_requests_use() -> None:
+    """Import, on the server's thread before any request and before the model and dashboard threads start, what
+    anyio imports only on first use: its event-loop backend and its file API (``FileResponse``, ``StaticFiles``).
+
+    Left to the first request, these imports ran on the server's thread while the warm-up thread imported the model's
+    modules, and a CI run lost its first page to an exception raised inside that import (the browser waited for a
+    body that never came)."""
+    await anyio.sleep(0)  # anyio.get_async_backend(): imports anyio._backends._asyncio and what it needs
+    anyio.open_file  # noqa: B018 (resolving the name is the import)
 
 
 def api_routes(service: WebService) -> APIRouter:
