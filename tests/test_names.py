@@ -42,7 +42,7 @@ def test_drop_refuses_a_label_that_leaves_landing_or_is_never_read_and_writes_no
     before = tree(tmp_path)
     assert main(["drop", "--home", str(home), "--label", label, str(photo)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("fruits drop: error: --label") and reason in err, err
+    assert err.startswith(("fruits drop: error: label ", "fruits drop: error: the label ")) and reason in err, err
     assert tree(tmp_path) == before, "something was written"
 
 

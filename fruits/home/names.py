@@ -44,19 +44,19 @@ def check_label(label: str | None) -> str | None:
         return None
     separators = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
     if not label.strip():
-        raise UnsafeName("--label is empty: give a class name, e.g. --label Banana")
+        raise UnsafeName("the label is empty: give a class name, e.g. Banana")
     if any(sep in label for sep in separators) or "\0" in label:
-        raise UnsafeName(f"--label {label!r}: a label is one folder name, without '/' or '\\'")
+        raise UnsafeName(f"label {label!r}: a label is one folder name, without '/' or '\\'")
     if label in (".", ".."):
-        raise UnsafeName(f"--label {label!r} would leave the landing folder")
+        raise UnsafeName(f"label {label!r} would leave the landing folder")
     if hidden_from_spark(label) or label.startswith("~"):
-        raise UnsafeName(f"--label {label!r}: Spark never reads folders whose name starts with '.', '_' or '~'")
+        raise UnsafeName(f"label {label!r}: Spark never reads folders whose name starts with '.', '_' or '~'")
     if label.strip() != label:
-        raise UnsafeName(f"--label {label!r}: leading or trailing blanks")
+        raise UnsafeName(f"label {label!r}: leading or trailing blanks")
     if any(ord(c) < 32 or ord(c) == 127 for c in label):
-        raise UnsafeName(f"--label {label!r}: control characters")
+        raise UnsafeName(f"label {label!r}: control characters")
     if len(label.encode("utf-8")) > 255:
-        raise UnsafeName(f"--label {label[:20]!r}...: longer than 255 bytes")
+        raise UnsafeName(f"label {label[:20]!r}...: longer than 255 bytes")
     return label
 
 

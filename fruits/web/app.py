@@ -195,7 +195,7 @@ class WebService:
         try:
             label = check_label(label or None)  # an empty form field: no label
         except UnsafeName as exc:
-            raise HTTPException(422, f"bad label: {exc}") from None
+            raise HTTPException(422, str(exc)) from None  # names the label, as fruits drop does
         kinds = [checked_upload(upload, self.max_bytes) for upload in uploads]
         landed = []
         with tempfile.TemporaryDirectory(prefix="fruits-upload-") as scratch:
