@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import os
+import select
 import signal
 import sys
 import threading
@@ -499,9 +500,23 @@ EXIT_CODES: dict[type[FruitsError], int] = {
 }
 
 
+# Not an error of the family: what read the output closed it first (README, "Exit codes").
+OUTPUT_CLOSED = 128 + signal.SIGPIPE
+
+
 def exit_code(error: type[FruitsError]) -> int:
     """The exit code of an ``error`` class: that of the nearest of its classes in :data:`EXIT_CODES`."""
     return next(EXIT_CODES[kind] for kind in error.__mro__ if kind in EXIT_CODES)
+
+
+def stdout_is_gone() -> bool:
+    """True if what reads this process's standard output has closed it: its write end then polls as an error."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll on this system, or no file descriptor behind stdout
+        return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -509,7 +524,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(args.log_level)
     try:
         config = config_from_args(args)
-        return COMMANDS[args.command](config, args)
+        code = COMMANDS[args.command](config, args)
+        sys.stdout.flush()  # here, not at the interpreter's exit: a reader that left is met by the handler below
+        return code
+    except BrokenPipeError:
+        if not stdout_is_gone():
+            raise  # a socket's, not the reader of our output's: an error like any other
+        # `fruits files | head`: the reader has what it wanted. Stop quietly with the code a Unix tool killed by
+        # SIGPIPE has (Python ignores the signal: a socket's broken pipe must stay an error, not end the process).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is still buffered goes nowhere
+        return OUTPUT_CLOSED
     except FruitsError as exc:
         code = exit_code(type(exc))
         if code:

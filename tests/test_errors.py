@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import shipped_photos
 from test_layout import ROOT, _module_name, _sources
 
 FRUITS = str(Path(sys.executable).with_name("fruits"))
@@ -57,7 +58,7 @@ def test_every_exception_class_is_a_member_of_the_family_through_one_kind():
 
 @pytest.mark.fast
 def test_the_exit_code_table_covers_the_family_and_is_the_readme_table():
-    from fruits.cli import EXIT_CODES, exit_code
+    from fruits.cli import EXIT_CODES, OUTPUT_CLOSED, exit_code
     from fruits.errors import FruitsError
 
     classes = [cls for name, cls in exception_classes().items() if name not in HTTP_ANSWERS]
@@ -71,7 +72,27 @@ def test_the_exit_code_table_covers_the_family_and_is_the_readme_table():
     readme = (ROOT / "README.md").read_text()
     section = readme.split("### Exit codes", 1)[1].split("\n#", 1)[0]
     documented = {int(code) for code in re.findall(r"^\| (\d+) \|", section, re.MULTILINE)}
-    assert documented == set(EXIT_CODES.values())
+    assert documented == set(EXIT_CODES.values()) | {OUTPUT_CLOSED}
+
+
+@pytest.mark.fast
+def test_a_reader_that_closes_the_output_first_ends_the_command_quietly(tmp_path):
+    """`fruits files | head -1`: the command stops with the code of a Unix tool ended by SIGPIPE, no traceback."""
+    from fruits.cli import OUTPUT_CLOSED
+
+    dropped = fruits("drop", "--home", str(tmp_path), *map(str, shipped_photos("Banana", 3)))
+    assert dropped.returncode == 0, dropped.stderr
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("FRUITS_", "PYTHONUNBUFFERED"))}
+    for unbuffered in ({}, {"PYTHONUNBUFFERED": "1"}):  # the broken pipe met at a print, or at the last flush
+        read, write = os.pipe()
+        os.close(read)  # the reader left before the first line
+        try:
+            listed = subprocess.run([FRUITS, "files", "--home", str(tmp_path)], stdout=write, stderr=subprocess.PIPE,
+                                    text=True, timeout=120, env={**clean, **unbuffered})
+        finally:
+            os.close(write)
+        assert listed.returncode == OUTPUT_CLOSED, listed.stderr
+        assert "Error" not in listed.stderr and "Traceback" not in listed.stderr, listed.stderr
 
 
 def fruits(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
