@@ -78,27 +78,34 @@ def list_local(root: str, extensions: list[str]) -> list[FileVersion]:
     return found
 
 
-_outside_links: set[str] = set()  # links out of landing already reported (once per process, not per listing)
+_reported: set[str] = set()  # paths already reported as not read (once per process, not per listing)
+
+
+def _report_once(path: str, why: str, *args: object) -> None:
+    if path not in _reported:
+        _reported.add(path)
+        log.warning("not read: %s " + why, readable(path), *args)
 
 
 def local_version(path: str, root: str, landing: str) -> FileVersion | None:
     """The version of the regular file at ``path`` below the local landing folder ``root`` (``landing``: as Spark
     spells it), or None for anything else. A symbolic link is followed only to a regular file inside ``root``: it is
-    recorded with its target's size and mtime (what the reader will read, so the byte cap applies to it). A link out
-    of landing is never read: it is skipped, by events and listings alike, and reported once in the log."""
+    recorded with its target's size and mtime (what the reader will read, so the byte cap applies to it). What is
+    not read (a link out of landing or to nothing, a FIFO, socket or device with an image's name) is skipped, by
+    events and listings alike, and reported once in the log."""
     stat = os.lstat(path)
     if S_ISLNK(stat.st_mode):
         try:
             target = os.path.realpath(path, strict=True)
-        except OSError:  # dangling, or a loop
+        except OSError:
+            _report_once(path, "is a symbolic link that leads nowhere (its target is gone, or a loop)")
             return None
         if os.path.commonpath([target, os.path.realpath(root)]) != os.path.realpath(root):
-            if path not in _outside_links:
-                _outside_links.add(path)
-                log.warning("not read: %s is a symbolic link out of the landing folder (to %s)", readable(path), readable(target))
+            _report_once(path, "is a symbolic link out of the landing folder (to %s)", readable(target))
             return None
         stat = os.stat(path)
     if not S_ISREG(stat.st_mode):
+        _report_once(path, "is not a regular file (a FIFO, a socket, a device, or a link to a folder)")
         return None
     uri = hadoop_uri(path)
     return FileVersion(uri, stat.st_size, local_mtime_ms(stat), label_of(uri, landing))

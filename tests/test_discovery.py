@@ -404,6 +404,26 @@ def test_delete_after_ingest_and_a_file_changed_between_discovery_and_reading(sp
 
 
 @pytest.mark.fast
+def test_what_has_an_images_name_but_is_not_a_readable_file_is_skipped_and_logged_once(tmp_path, caplog):
+    """A FIFO, a link to nothing and a link to a folder, each named like a photo: never listed (a FIFO's read would
+    block), and each named once in the log however many listings pass, so an operator sees why it has no outcome."""
+    from fruits.streaming.discovery import list_local
+
+    landing = tmp_path / "landing"
+    (landing / "Kiwi" / "sub").mkdir(parents=True)
+    photo = landing / "Kiwi" / "photo.jpg"
+    photo.write_bytes(b"bytes of a photo")
+    os.mkfifo(landing / "Kiwi" / "pipe.jpg")
+    (landing / "Kiwi" / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (landing / "Kiwi" / "folder.jpg").symlink_to(landing / "Kiwi" / "sub")
+    with caplog.at_level(logging.WARNING, logger="fruits.discovery"):
+        for _ in range(3):
+            assert [version.path for version in list_local(str(landing), ["jpg"])] == [uri(photo)]
+    reported = [record.getMessage() for record in caplog.records if record.getMessage().startswith("not read: ")]
+    assert sorted(message.split()[2].rsplit("/", 1)[1] for message in reported) == ["folder.jpg", "gone.jpg", "pipe.jpg"]
+
+
+@pytest.mark.fast
 def test_sorted_digests_hold_members_added_in_bulk_and_one_by_one():
     """A ledger view's first load adds its ids at once (merged into the sorted array), later commits a few at a time
     (kept in a set until merged): membership is the same either way."""
