@@ -165,6 +165,7 @@ def test_auto_is_chosen_once_and_a_switch_refuses_while_originals_are_gone(spark
     from fruits.home.home import Home
     from fruits.model.active import model_to_run, target_model
     from fruits.model.cpu import cpu_info
+    from fruits.reports.models import format_models, models_report
     from fruits.streaming.ingest import run_stream
 
     config = make_config(tmp_path / "home", discovery={"after_ingest": "delete"}, model={"precision": "auto"})
@@ -177,6 +178,8 @@ def test_auto_is_chosen_once_and_a_switch_refuses_while_originals_are_gone(spark
     assert model_1.precision == expected and model_1.chosen["precision"] == expected, model_1.chosen
     assert model_1.model_id.endswith(f"/openvino-{expected}") and "AVX" in model_1.cpu
     assert model_to_run(home).config.model.precision == expected  # recorded: never chosen again for this home
+    shown = format_models(models_report(home))  # `fruits model`: the gate's sentence, not its figures as a dict
+    assert f"  {model_1.chosen['why']}" in shown.splitlines() and "{" not in shown, shown
 
     assert not any(p.exists() for p in landed)  # deleted once featurized
     # One original is back in landing, as a delete that failed leaves it (the stream's leftovers delete it later).

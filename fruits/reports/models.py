@@ -31,8 +31,8 @@ def format_models(report: dict[str, Any]) -> str:
         f"  since {active['active_since'] or active['since']}; {active['rows']} rows in {active['table']}",
         f"  chosen on: {active['cpu'] or 'unknown CPU'}",
     ]
-    if active["chosen"]:
-        lines.append(f"  precision chosen by the accuracy gate: {active['chosen']}")
+    if chosen := active["chosen"]:  # the gate's sentence (precision = "auto"); --json has its figures
+        lines.append(f"  {chosen.get('why') or 'precision chosen: ' + str(chosen.get('precision'))}")
     for model in report["models"]:
         if model is not active:
             lines.append(f"model {model['number']} ({model['state']}): {model['model_id']}, {model['rows']} rows"
