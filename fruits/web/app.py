@@ -295,9 +295,9 @@ async def import_what_requests_use() -> None:
     """Import, on the server's thread before any request and before the model and dashboard threads start, what
     anyio imports only on first use: its event-loop backend and its file API (``FileResponse``, ``StaticFiles``).
 
-    Left to the first request, these imports ran on the server's thread while the warm-up thread imported the model's
-    modules, and a CI run lost its first page to an exception raised inside that import (the browser waited for a
-    body that never came)."""
+    Left to the first request, they ran on the server's thread beside the imports of the process's other threads,
+    and a CI run lost its first page to an exception raised inside one (the page's headers were sent: the browser
+    waited for a body that never came)."""
     await anyio.sleep(0)  # anyio.get_async_backend(): imports anyio._backends._asyncio and what it needs
     anyio.open_file  # noqa: B018 (resolving the name is the import)
 
