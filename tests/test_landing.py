@@ -46,6 +46,50 @@ def test_drop_keeps_class_folders_and_never_overwrites(tmp_path):
 
 
 @pytest.mark.fast
+def test_uploads_of_one_name_at_once_each_land_whole_under_their_own_name_and_ledger_row(tmp_path):
+    """A server's threads landing photos that all arrive as `image.jpg` (a phone's name for every photo), at once:
+    every photo lands whole under a name of its own, and the ledger holds one row per landed file, no other."""
+    import hashlib
+
+    from fruits.landing.drop import LedgerRecorder
+
+    landing, home = tmp_path / "landing", Home.from_config(make_config(tmp_path))
+    recorder = LedgerRecorder(home.ledger, landing, "upload")
+    photos = []
+    for i, photo in enumerate(shipped_photos("Banana", 4) + shipped_photos("Strawberry", 4)):
+        (tmp_path / f"upload-{i}").mkdir()
+        photos.append(tmp_path / f"upload-{i}" / "image.jpg")
+        photos[-1].write_bytes(photo.read_bytes())
+    start = threading.Barrier(len(photos))
+    placed, errors = [], []
+
+    def upload(photo: Path) -> None:
+        start.wait()
+        try:
+            placed.extend(drop([photo], landing, EXTENSIONS, label="Phone", recorder=recorder))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upload, args=(photo,)) for photo in photos]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == [] and [d.note for d in placed] == ["placed"] * len(photos)
+
+    def digest(path: Path) -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    landed = sorted((landing / "Phone").iterdir())
+    assert sorted(d.target for d in placed) == landed  # each under its own name, nothing hidden left behind
+    assert sorted(map(digest, landed)) == sorted(map(digest, photos))  # each photo whole, none lost or torn
+    rows = home.ledger.read().to_pylist()
+    assert sorted((row["path"], row["size_bytes"]) for row in rows) == sorted(
+        (f"file:{path}", path.stat().st_size) for path in landed
+    )
+
+
+@pytest.mark.fast
 def test_drop_command_prints_what_it_placed(tmp_path):
     photo = shipped_photos("Pomegranate", 1)[0]
     result = subprocess.run(

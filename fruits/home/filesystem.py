@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import shutil
 from dataclasses import dataclass
 from functools import lru_cache
@@ -109,12 +108,6 @@ def read_json(files: FileSystem, uri: str) -> dict[str, Any] | None:
     return None if data is None else json.loads(data.decode("utf-8"))
 
 
-def _hidden_temporary(name: str) -> str:
-    """A hidden name to write ``name`` under first: unique to this call (two threads writing one file each have
-    their own), at most 255 bytes."""
-    return temporary_name(f"{name}.{secrets.token_hex(4)}")
-
-
 class LocalFiles:
     """:class:`FileSystem` of the local disks, through the OS (see the module docstring)."""
 
@@ -183,7 +176,7 @@ class LocalFiles:
         path = self.path(uri)
         folder, name = os.path.split(path)
         os.makedirs(folder, exist_ok=True)
-        temporary = os.path.join(folder, os.fsencode(_hidden_temporary(os.fsdecode(name))))
+        temporary = os.path.join(folder, os.fsencode(temporary_name(os.fsdecode(name))))
         try:
             with open(temporary, "wb") as handle:
                 handle.write(data)
@@ -531,7 +524,7 @@ class HadoopFiles:
         if fs.getUri().getScheme() in OBJECT_STORE_SCHEMES:
             self._create(fs, path, data, overwrite=True)  # the object appears whole when the stream is closed
             return ""
-        temporary = self._jvm.org.apache.hadoop.fs.Path(path.getParent(), _hidden_temporary(path.getName()))
+        temporary = self._jvm.org.apache.hadoop.fs.Path(path.getParent(), temporary_name(path.getName()))
         self._create(fs, temporary, data, overwrite=True)
         if fs.exists(path):
             fs.delete(path, False)

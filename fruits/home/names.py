@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 from functools import lru_cache
 from pathlib import Path, PurePath
 from typing import Any, Callable, Iterable, Mapping
@@ -218,8 +219,9 @@ def fit_name(name: str, file_id: str | None = None, limit: int = NAME_MAX) -> st
 
 def temporary_name(name: str) -> str:
     """The hidden name a file is written under beside its final ``name`` (any name up to 255 bytes, not necessarily
-    UTF-8): at most 255 bytes itself, unique to the name and this process."""
-    digest = hashlib.sha256(os.fsencode(name) + f"/{os.getpid()}".encode()).hexdigest()
+    UTF-8): at most 255 bytes itself, and unique to this call. Not merely to the name and the process: the threads
+    of one server write uploads of one name (every phone photo may be ``image.jpg``) at the same time."""
+    digest = hashlib.sha256(os.fsencode(name) + secrets.token_bytes(16)).hexdigest()
     return fit_name(f".{name}", digest, limit=NAME_MAX - len(".tmp")) + ".tmp"
 
 

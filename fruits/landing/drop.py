@@ -35,6 +35,11 @@ log = logging.getLogger("fruits.landing.drop")
 # Files recorded in the ledger per commit by `fruits drop` (then made visible in landing).
 RECORD_GROUP = 500
 
+# One local drop at a time in a process. Two threads of a server landing uploads of one name would both choose that
+# name as free and record it in the ledger before one of them finds it taken: a row for bytes that never appear there.
+# Between processes, the link that never replaces a file decides (:func:`_publish`).
+_LANDING = threading.Lock()
+
 
 def local_folder(uri: str) -> Path:
     """The local path of a landing location (``/x`` or ``file:/x``); drop and stage write to local folders only."""
@@ -108,7 +113,7 @@ def _prepare(source: Path, target: Path, chosen: set[Path] = frozenset()) -> _Pl
         return None
     temporary = final.with_name(temporary_name(final.name))
     try:
-        with open(source, "rb") as reader, open(temporary, "wb") as writer:
+        with open(source, "rb") as reader, open(temporary, "xb") as writer:  # never a file another writer has open
             shutil.copyfileobj(reader, writer, 1 << 20)
             writer.flush()
             os.fsync(writer.fileno())
@@ -149,15 +154,16 @@ def place_atomically(source: Path, target: Path, *, recorder: LedgerRecorder | N
     land under ``name-2.ext``, ``name-3.ext``, ... instead. With ``recorder``, the file is recorded in the ledger before
     it appears.
     """
-    placement = _prepare(source, target)
-    if placement is not None:
-        try:
-            if recorder is not None:
-                recorder([placement])
-        except BaseException:
-            placement.temporary.unlink(missing_ok=True)
-            raise
-        _publish(placement, recorder)
+    with _LANDING:
+        placement = _prepare(source, target)
+        if placement is not None:
+            try:
+                if recorder is not None:
+                    recorder([placement])
+            except BaseException:
+                placement.temporary.unlink(missing_ok=True)
+                raise
+            _publish(placement, recorder)
     return placement.final if placement else None
 
 
@@ -228,13 +234,14 @@ def drop(
     ['placed']
     """
     pairs, results = drop_plan(sources, extensions, label=label)
-    return results + land_in_groups(
-        pairs,
-        prepare=lambda path, relative, done: _prepare(path, landing / relative, {p.final for p in done}),
-        record=recorder or (lambda group: None),
-        publish=lambda placement: _publish(placement, recorder),
-        discard=lambda placement: placement.temporary.unlink(missing_ok=True),
-    )
+    with _LANDING:
+        return results + land_in_groups(
+            pairs,
+            prepare=lambda path, relative, done: _prepare(path, landing / relative, {p.final for p in done}),
+            record=recorder or (lambda group: None),
+            publish=lambda placement: _publish(placement, recorder),
+            discard=lambda placement: placement.temporary.unlink(missing_ok=True),
+        )
 
 
 def land_in_groups(
