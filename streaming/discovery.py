@@ -78,6 +78,15 @@ def list_local(root: str, extensions: list[str]) -> list[FileVersion]:
     return found
 
 
+def _identity(folder: str) -> tuple[int, int] | None:
+    """(device, inode) of ``folder``, None if nothing is there."""
+    try:
+        found = os.stat(folder)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return found.st_dev, found.st_ino
+
+
 _reported: set[str] = set()  # paths already reported as not read (once per process, not per listing)
 
 
@@ -275,6 +284,7 @@ class Discovery:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._observer = None
+        self._watched: tuple[int, int] | None = None  # the landing folder the watcher watches: (device, inode)
         self._write_lock = threading.Lock()
 
     def list_landing(self) -> list[FileVersion]:
@@ -409,10 +419,21 @@ class Discovery:
     def _start_watcher(self) -> None:
         """File events on the local landing folder (the observer walks landing to watch each folder)."""
         os.makedirs(self.local, exist_ok=True)
+        self._watched = _identity(self.local)  # before the watch: a folder replaced after it is seen as replaced
         observer = Observer()
         observer.schedule(self._events, self.local, recursive=True)
         observer.start()
         self._observer = observer
+
+    def _stop_watcher(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join()
+
+    def _landing_replaced(self) -> bool:
+        """True if the folder at landing's path is no longer the one watched (moved away, deleted, made again): its
+        watches follow the old folder, so nothing that lands in the new one would be seen until a listing."""
+        return self._observer is not None and _identity(self.local) != self._watched
 
     def _run(self) -> None:
         next_backfill = next_recheck = next_watch = time.monotonic()  # the watcher, then the first listing, at once
@@ -424,6 +445,13 @@ class Discovery:
                     log.exception("file events unavailable; landed files are found by the listings, every %.0f s, "
                                   "until the watcher starts (tried again then)", self.backfill_seconds)
                     next_watch = time.monotonic() + self.backfill_seconds
+            if self._landing_replaced():
+                log.warning("the landing folder %s was replaced (moved away, deleted or made again): watching the "
+                            "folder now there, and listing it", readable(self.local))
+                self._stop_watcher()
+                self._observer = None
+                next_watch = next_backfill = time.monotonic()
+                continue
             try:
                 if self._observer is not None:
                     self.flush_events()
@@ -446,6 +474,5 @@ class Discovery:
         if self._thread is not None:
             self._thread.join()  # it starts the watcher: joined first, so no watcher starts after this
         if self._observer is not None:
-            self._observer.stop()
-            self._observer.join()
+            self._stop_watcher()
             self.flush_events(everything=True)

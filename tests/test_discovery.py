@@ -290,6 +290,38 @@ def test_an_empty_file_closed_or_renamed_in_is_recorded_at_once_one_still_open_w
 
 
 @pytest.mark.fast
+def test_a_landing_folder_moved_away_and_made_again_is_watched_again_at_once(tmp_path):
+    """No Spark, the real watcher: an operator moves landing away and makes a new one while the stream runs. The
+    watches follow the old folder; discovery sees the folder at landing's path is another, lists it and watches
+    it, so photos landed in the new folder are recorded within seconds, not at the next listing (10 minutes)."""
+    from fruits.streaming.discovery import Discovery
+
+    config = make_config(tmp_path, discovery={"backfill_interval": "10m", "commit_interval": "100ms"})
+    landing = tmp_path / "landing"
+    (landing / "Kiwi").mkdir(parents=True)
+    discovery = Discovery(Home.from_config(config), uri(landing))
+    discovery.start()
+
+    def recorded() -> set[str]:
+        rows = Home.from_config(config).ledger.read().to_pandas() if sum(discovery.recorded.values()) else None
+        return set() if rows is None else set(rows["path"].str.rsplit("/", n=1).str[-1])
+
+    try:
+        assert wait_for(lambda: discovery._observer is not None and discovery.last_backfill, 30)
+        time.sleep(0.5)  # the observer's watches are set
+        os.rename(landing, tmp_path / "landing.old")
+        (landing / "Melon").mkdir(parents=True)
+        (landing / "Melon" / "early.jpg").write_bytes(b"landed before discovery looked again")
+        assert wait_for(lambda: "early.jpg" in recorded(), 10, poll=0.2), recorded()
+        time.sleep(0.5)  # the new folder's watches are set
+        (landing / "Melon" / "later.jpg").write_bytes(b"landed in the new folder, seen by its events")
+        assert wait_for(lambda: "later.jpg" in recorded(), 10, poll=0.2), recorded()
+    finally:
+        discovery.stop()
+    assert discovery.recorded["watch"] >= 1 and recorded() == {"early.jpg", "later.jpg"}
+
+
+@pytest.mark.fast
 def test_a_close_that_comes_while_an_empty_created_file_is_looked_at_is_not_lost():
     """An empty file with only its creation seen settles, and the flush finds it empty: it goes back to wait for its
     writer's close. A close that came in between (the writer wrote and closed while the flush looked) decides: the
