@@ -247,7 +247,10 @@ def _await(spark: SparkSession, query: StreamingQuery, stop: threading.Event, pr
         _tell_stop()
     failure = query.exception()
     if failure is not None and progress.sealed_by is None and not (stop.is_set() and progress.stopped_in is not None):
-        raise StreamFailed(f"stream failed: {failure}")
+        # Spark's text goes on with the query's plan and the cause's stack: all of it to the log, its first line to
+        # the error (README: an error prints one line).
+        log.error("the stream's query failed: %s", failure)
+        raise StreamFailed(f"stream failed: {str(failure).strip().splitlines()[0]}")
 
 
 def _tell_stop() -> bool:

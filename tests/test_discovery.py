@@ -98,6 +98,35 @@ def test_old_mtimes_and_a_deleted_checkpoint_lose_and_duplicate_nothing(spark, w
     run_stream(spark, config, weights, available_now=True)  # replays the whole ledger from a new checkpoint
     assert run_stream(spark, config, weights, available_now=True) == 0
 
+    # Deleted under a running stream: its next chunk cannot write its offsets. It fails with a one-line error (the
+    # README's promise for every error), and the next start gives the photo landed then its one outcome.
+    from fruits.streaming.ingest import StreamFailed
+
+    running = make_config(tmp_path, stream={"trigger": "200ms"})
+    failed: list[BaseException] = []
+
+    def stream() -> None:
+        try:
+            run_stream(spark, running, weights)
+        except BaseException as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    try:
+        assert wait_for(lambda: spark.streams.active, 60)
+        time.sleep(2)  # a few empty triggers: the query is running
+        shutil.rmtree(running.checkpoint("ingest"))
+        later += place(sample_files("Lemon", 1, skip=1), landing / "Lemon")
+        thread.join(120)
+    finally:
+        for query in spark.streams.active:
+            query.stop()
+        thread.join(60)
+    assert [type(exc) for exc in failed] == [StreamFailed], failed
+    assert "\n" not in str(failed[0]) and str(failed[0]).startswith("stream failed: "), str(failed[0])
+    run_stream(spark, config, weights, available_now=True)
+
     counts = outcome_paths(config)
     landed = [*first, *copied, *(landing / "Fig" / p.name for p in moved), *later]
     assert sorted(counts) == sorted(uri(p) for p in landed)
