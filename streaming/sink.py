@@ -429,8 +429,8 @@ class OutcomeSink:
                 reason = f"recorded by its writer ({row['discovered_by']}), which has not made it appear yet: waiting"
                 verdicts.append(Verdict(row, reason, Cause.WAITING, retryable=True))
             else:
-                reason = ("its writer stopped before it appeared" if row["discovered_by"] in RECORDED_FIRST
-                          else "file disappeared before it was read")
+                reason = ("not there: its writer stopped before it appeared, or it was removed since"
+                          if row["discovered_by"] in RECORDED_FIRST else "file disappeared before it was read")
                 verdicts.append(Verdict(row, f"{reason}; ingested if it appears", Cause.MISSING, retryable=True))
         gone = {key(row) for row in absent}
         return verdicts, [row for row in rows if key(row) not in gone]
