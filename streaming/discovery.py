@@ -79,10 +79,11 @@ def list_local(root: str, extensions: list[str]) -> list[FileVersion]:
 
 
 def _identity(folder: str) -> tuple[int, int] | None:
-    """(device, inode) of ``folder``, None if nothing is there."""
+    """(device, inode) of ``folder``, None if nothing is there (or it cannot be looked at: never an exception out of
+    the discovery thread's loop)."""
     try:
         found = os.stat(folder)
-    except (FileNotFoundError, NotADirectoryError):
+    except OSError:
         return None
     return found.st_dev, found.st_ino
 
