@@ -525,7 +525,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_from_args(args)
         code = COMMANDS[args.command](config, args)
-        sys.stdout.flush()  # here, not at the interpreter's exit: a reader that left is met by the handler below
+        if sys.stdout is not None:  # None: started with its output closed (`>&-`); print() then writes nothing
+            sys.stdout.flush()  # here, not at the interpreter's exit: a reader that left is met by the handler below
         return code
     except BrokenPipeError:
         if not stdout_is_gone():

@@ -250,7 +250,7 @@ def _await(spark: SparkSession, query: StreamingQuery, stop: threading.Event, pr
         # Spark's text goes on with the query's plan and the cause's stack: all of it to the log, its first line to
         # the error (README: an error prints one line).
         log.error("the stream's query failed: %s", failure)
-        raise StreamFailed(f"stream failed: {str(failure).strip().splitlines()[0]}")
+        raise StreamFailed(f"stream failed: {(str(failure).strip().splitlines() or [type(failure).__name__])[0]}")
 
 
 def _tell_stop() -> bool:

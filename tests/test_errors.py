@@ -93,6 +93,10 @@ def test_a_reader_that_closes_the_output_first_ends_the_command_quietly(tmp_path
             os.close(write)
         assert listed.returncode == OUTPUT_CLOSED, listed.stderr
         assert "Error" not in listed.stderr and "Traceback" not in listed.stderr, listed.stderr
+    # Started with its output closed (`>&-`): Python has no stdout then; the command's work is done, no error.
+    closed = subprocess.run(["sh", "-c", '"$0" files --home "$1" >&-', FRUITS, str(tmp_path)], stderr=subprocess.PIPE,
+                            text=True, timeout=120, env=clean)
+    assert closed.returncode == 0 and "Traceback" not in closed.stderr, closed.stderr
 
 
 def fruits(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
