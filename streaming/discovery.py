@@ -239,7 +239,8 @@ class _Events(FileSystemEventHandler):
     def only_created(self, path: str) -> bool:
         """Whether ``path``'s only event was its creation (no write, close or rename since): an empty file then is
         one its writer has not started writing, not an empty photo (an empty file closed or renamed within landing is
-        recorded, and quarantined as empty; one moved in from outside arrives as a creation, and waits for the listing). Asked once per settled path, which forgets it."""
+        recorded, and quarantined as empty; one moved in from outside arrives as a creation, and waits for the
+        listing). Asked once per settled path, which forgets it."""
         with self.lock:
             if path in self.created:
                 self.created.discard(path)
@@ -430,6 +431,7 @@ class Discovery:
         if self._observer is not None:
             self._observer.stop()
             self._observer.join()
+            self._observer = None
 
     def _landing_replaced(self) -> bool:
         """True if the folder at landing's path is no longer the one watched (moved away, deleted, made again): its
@@ -450,7 +452,6 @@ class Discovery:
                 log.warning("the landing folder %s was replaced (moved away, deleted or made again): watching the "
                             "folder now there, and listing it", readable(self.local))
                 self._stop_watcher()
-                self._observer = None
                 next_watch = next_backfill = time.monotonic()
                 continue
             try:
